@@ -1,0 +1,281 @@
+"""Plain-data plan types shared by the planner, the simulator and the runtime.
+
+Everything here is immutable and JSON-serialisable (``to_dict``/``from_dict``), so every worker that
+computes a plan from the same inputs holds an equal object, and a plan can be logged, diffed and
+replayed. The algorithms that produce these objects live in sibling modules (``templates``,
+``instantiate``, ``batch``, ``reconfigure``); the costs they carry come from ``cost``.
+
+Assumptions:
+    * Stages of a template are listed in pipeline order; stages on the same node are consecutive
+      and occupy that node's devices in order (stage ``k`` on a node starts at the device after the
+      previous stage's last one).
+    * A pipeline's ``nodes[i]`` is the node id that plays template node index ``i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stage:
+    """A contiguous layer range placed on ``gpus`` devices of one node of a template."""
+
+    first_layer: int
+    """Index of the first layer held."""
+    end_layer: int
+    """One past the last layer held (exclusive)."""
+    node: int
+    """Template-local node index (0 .. num_nodes-1)."""
+    gpus: int
+    """Devices of that node used by this stage (tensor parallel degree)."""
+    latency_s: float
+    """Forward + backward time of one microbatch, including sending to the next stage."""
+    memory_bytes: int
+    """Peak memory per device: state / gpus + activations of the microbatches in flight / gpus."""
+
+    @property
+    def layers(self) -> range:
+        return range(self.first_layer, self.end_layer)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layers": [self.first_layer, self.end_layer],
+            "node": self.node,
+            "gpus": self.gpus,
+            "latency_s": self.latency_s,
+            "memory_bytes": self.memory_bytes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Stage:
+        first, end = data["layers"]
+        return cls(
+            first_layer=int(first),
+            end_layer=int(end),
+            node=int(data["node"]),
+            gpus=int(data["gpus"]),
+            latency_s=float(data["latency_s"]),
+            memory_bytes=int(data["memory_bytes"]),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineTemplate:
+    """The best pipeline shape for ``num_nodes`` nodes: stages, their layers and devices.
+
+    Its 1F1B iteration time for ``m`` microbatches is ``sum(latency) + (m - 1) * max(latency)``:
+    the first microbatch crosses every stage once, then the slowest stage paces the rest.
+    """
+
+    num_nodes: int
+    gpus_per_node: int
+    stages: tuple[Stage, ...]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def num_layers(self) -> int:
+        return self.stages[-1].end_layer
+
+    @property
+    def sum_latency_s(self) -> float:
+        return sum(stage.latency_s for stage in self.stages)
+
+    @property
+    def max_latency_s(self) -> float:
+        return max(stage.latency_s for stage in self.stages)
+
+    def iteration_time_s(self, microbatches: int) -> float:
+        """1F1B time of one step with ``microbatches`` microbatches (>= num_stages)."""
+        return self.sum_latency_s + (microbatches - 1) * self.max_latency_s
+
+    def stage_of_layer(self, layer: int) -> int:
+        """Index of the stage that holds ``layer``."""
+        for index, stage in enumerate(self.stages):
+            if stage.first_layer <= layer < stage.end_layer:
+                return index
+        raise IndexError(f"layer {layer} is outside 0..{self.num_layers - 1}")
+
+    def stage_devices(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        """Per stage: (template node index, local device indices on that node)."""
+        next_device: dict[int, int] = {}
+        placement = []
+        for stage in self.stages:
+            start = next_device.get(stage.node, 0)
+            placement.append((stage.node, tuple(range(start, start + stage.gpus))))
+            next_device[stage.node] = start + stage.gpus
+        return tuple(placement)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodes": self.num_nodes,
+            "gpus_per_node": self.gpus_per_node,
+            "stages": [stage.to_dict() for stage in self.stages],
+            "iteration_time_s": self.iteration_time_s(self.num_stages),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PipelineTemplate:
+        return cls(
+            num_nodes=int(data["nodes"]),
+            gpus_per_node=int(data["gpus_per_node"]),
+            stages=tuple(Stage.from_dict(stage) for stage in data["stages"]),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pipeline:
+    """A running instance of a template on concrete node ids."""
+
+    template: PipelineTemplate
+    nodes: tuple[int, ...]
+    """Node ids; ``nodes[i]`` plays template node index ``i``."""
+    microbatches: int
+    """Microbatches this pipeline runs per step (``b_i``)."""
+
+    def __post_init__(self) -> None:
+        if len(self.nodes) != self.template.num_nodes:
+            raise ValueError(
+                f"pipeline has {len(self.nodes)} nodes but its template needs {self.template.num_nodes}"
+            )
+        if self.microbatches < self.template.num_stages:
+            raise ValueError(
+                f"pipeline gets {self.microbatches} microbatches but has {self.template.num_stages} stages"
+            )
+
+    @property
+    def iteration_time_s(self) -> float:
+        return self.template.iteration_time_s(self.microbatches)
+
+    def node_of_stage(self, stage: int) -> int:
+        """Node id that runs ``stage``."""
+        return self.nodes[self.template.stages[stage].node]
+
+    def layers_of_node(self, node: int) -> tuple[int, ...]:
+        """Layers that node id ``node`` holds in this pipeline (empty if it is not a member)."""
+        return tuple(
+            layer
+            for stage in self.template.stages
+            if self.nodes[stage.node] == node
+            for layer in stage.layers
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodes": list(self.nodes),
+            "stages": [
+                {**stage.to_dict(), "node_id": self.nodes[stage.node]} for stage in self.template.stages
+            ],
+            "microbatches": self.microbatches,
+            "iteration_time_s": self.iteration_time_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], gpus_per_node: int) -> Pipeline:
+        nodes = tuple(int(node) for node in data["nodes"])
+        template = PipelineTemplate(
+            num_nodes=len(nodes),
+            gpus_per_node=gpus_per_node,
+            stages=tuple(Stage.from_dict(stage) for stage in data["stages"]),
+        )
+        return cls(template=template, nodes=nodes, microbatches=int(data["microbatches"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """A complete execution plan: pipelines, their nodes and their share of the global batch."""
+
+    pipelines: tuple[Pipeline, ...]
+    global_microbatches: int
+    """B: microbatches per step over all pipelines; never changes during a job."""
+    microbatch_size: int
+    fault_tolerance: int
+    """f: the plan keeps at least f + 1 pipelines while nodes allow."""
+    iteration_time_s: float
+    """Predicted step time: slowest pipeline plus the cross-pipeline gradient sync."""
+
+    def __post_init__(self) -> None:
+        total = sum(pipeline.microbatches for pipeline in self.pipelines)
+        if total != self.global_microbatches:
+            raise ValueError(
+                f"pipelines run {total} microbatches, the global batch has {self.global_microbatches}"
+            )
+        nodes = [node for pipeline in self.pipelines for node in pipeline.nodes]
+        if len(nodes) != len(set(nodes)):
+            raise ValueError("a node appears in more than one pipeline")
+
+    @property
+    def nodes(self) -> tuple[int, ...]:
+        """All node ids in the plan, sorted."""
+        return tuple(sorted(node for pipeline in self.pipelines for node in pipeline.nodes))
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.global_microbatches * self.microbatch_size
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.global_batch_size / self.iteration_time_s
+
+    def gradient_weight(self, pipeline: int) -> float:
+        """Weight ``b_i / B`` of pipeline ``pipeline``'s summed microbatch gradients."""
+        return self.pipelines[pipeline].microbatches / self.global_microbatches
+
+    def first_microbatch(self, pipeline: int) -> int:
+        """Index of the first global microbatch of the step that ``pipeline`` runs."""
+        return sum(p.microbatches for p in self.pipelines[:pipeline])
+
+    def holders(self, layer: int) -> tuple[int, ...]:
+        """Node ids holding ``layer``, one per pipeline, in pipeline order."""
+        return tuple(
+            pipeline.node_of_stage(pipeline.template.stage_of_layer(layer)) for pipeline in self.pipelines
+        )
+
+    def layers_of_node(self, node: int) -> tuple[int, ...]:
+        for pipeline in self.pipelines:
+            if node in pipeline.nodes:
+                return pipeline.layers_of_node(node)
+        return ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pipelines": [pipeline.to_dict() for pipeline in self.pipelines],
+            "global_microbatches": self.global_microbatches,
+            "microbatch_size": self.microbatch_size,
+            "fault_tolerance": self.fault_tolerance,
+            "iteration_time_s": self.iteration_time_s,
+            "samples_per_s": self.samples_per_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], gpus_per_node: int) -> Plan:
+        return cls(
+            pipelines=tuple(Pipeline.from_dict(p, gpus_per_node) for p in data["pipelines"]),
+            global_microbatches=int(data["global_microbatches"]),
+            microbatch_size=int(data["microbatch_size"]),
+            fault_tolerance=int(data["fault_tolerance"]),
+            iteration_time_s=float(data["iteration_time_s"]),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transfer:
+    """One layer's parameters and optimizer state copied from a surviving holder to a new one."""
+
+    layer: int
+    src_node: int
+    dst_node: int
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "src_node": self.src_node,
+            "dst_node": self.dst_node,
+            "bytes": self.bytes,
+        }
