@@ -1,0 +1,312 @@
+"""Job config: the YAML a user writes to describe one training job, validated at load time.
+
+Every section is a ``kw_only``/``slots`` dataclass that validates itself in ``__post_init__``; the
+loader walks the YAML mapping, rejects unknown and missing keys, and prefixes every error with the
+file name and the dotted key path, e.g. ``job.yaml: optim.lr: expected a number > 0, got -1``.
+
+Assumptions:
+    * The config is plain data: no torch import here, so the planner CLI and the control plane can
+      read a job file cheaply.
+    * ``model`` is either a preset name known to the engine adapters (``tiny-gpt2``) or a mapping
+      ``{arch: gpt2|llama|opt, <HF config fields>}``; the HF fields are checked when the model is
+      built, not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from oobleck.errors import ConfigError
+
+ARCHITECTURES: tuple[str, ...] = ("gpt2", "llama", "opt")
+DATA_KINDS: tuple[str, ...] = ("pydoc", "tokens", "hf")
+
+
+def _positive_number(path: str, value: float, *, allow_zero: bool = False) -> None:
+    bad = isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+    if bad or value < 0 or (value == 0 and not allow_zero):
+        rule = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{path}: expected a number {rule}, got {value!r}")
+
+
+def _positive_int(path: str, value: int, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        rule = ">= 0" if allow_zero else ">= 1"
+        raise ConfigError(f"{path}: expected an integer {rule}, got {value!r}")
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelConfig:
+    """Which model to train: an adapter architecture plus HuggingFace config fields."""
+
+    name: str
+    """Label used in profiles and logs (the preset name, or ``<arch>-custom``)."""
+    arch: str
+    """Adapter architecture: one of ``gpt2``, ``llama``, ``opt``."""
+    hf_config: dict[str, Any] = field(default_factory=dict)
+    """Fields passed to the HF config class; empty for presets (the adapter fills them in)."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"model.arch: expected one of {list(ARCHITECTURES)}, got {self.arch!r}")
+
+
+@dataclass(kw_only=True, slots=True)
+class DataConfig:
+    """Where training tokens come from and how they are cut into samples."""
+
+    source: str = "pydoc"
+    """``pydoc`` (CPython's bundled docs, byte-level tokens, offline), ``tokens`` (a ``.npy``/``.bin``
+    file of token ids) or ``hf`` (a locally saved HF ``datasets`` dataset, if installed)."""
+    path: str | None = None
+    """File or directory for ``tokens`` and ``hf`` sources; relative paths are relative to the config."""
+    token_dtype: str = "uint16"
+    """Element type of a raw ``.bin`` token file (``.npy`` files carry their own)."""
+    sequence_length: int = 32
+    """Tokens per sample fed to the model (each sample reads ``sequence_length + 1`` tokens)."""
+    ledger: bool = False
+    """Record which sample ids each pipeline consumed at each step (``<run_dir>/ledger/``)."""
+
+    def __post_init__(self) -> None:
+        if self.source not in DATA_KINDS:
+            raise ConfigError(f"data.source: expected one of {list(DATA_KINDS)}, got {self.source!r}")
+        if self.source != "pydoc" and not self.path:
+            raise ConfigError(f"data.path: required when data.source is {self.source!r}")
+        if self.token_dtype not in ("uint16", "uint32", "int32", "int64"):
+            raise ConfigError(
+                f"data.token_dtype: expected uint16, uint32, int32 or int64, got {self.token_dtype!r}"
+            )
+        _positive_int("data.sequence_length", self.sequence_length)
+
+
+@dataclass(kw_only=True, slots=True)
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay, and global-norm gradient clipping."""
+
+    lr: float = 1e-3
+    """Peak learning rate, reached after ``warmup_steps``."""
+    warmup_steps: int = 0
+    """Steps of linear warmup from ``lr / (warmup_steps + 1)`` to ``lr``."""
+    min_lr: float = 0.0
+    """Learning rate at the last step of the cosine decay."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay applied to matrices (parameters with >= 2 dimensions)."""
+    grad_clip: float = 1.0
+    """Maximum global gradient norm over all stages; 0 disables clipping."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW moment decay rates."""
+    eps: float = 1e-8
+    """AdamW denominator epsilon."""
+
+    def __post_init__(self) -> None:
+        _positive_number("optim.lr", self.lr)
+        _positive_int("optim.warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive_number("optim.min_lr", self.min_lr, allow_zero=True)
+        if self.min_lr > self.lr:
+            raise ConfigError(f"optim.min_lr: must be <= optim.lr={self.lr}, got {self.min_lr}")
+        _positive_number("optim.weight_decay", self.weight_decay, allow_zero=True)
+        _positive_number("optim.grad_clip", self.grad_clip, allow_zero=True)
+        _positive_number("optim.eps", self.eps)
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(isinstance(b, int | float) and 0 <= b < 1 for b in betas):
+            raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {self.betas!r}")
+        self.betas = (float(betas[0]), float(betas[1]))
+
+
+@dataclass(kw_only=True, slots=True)
+class CheckpointConfig:
+    """Periodic checkpoints (written by the elastic runtime; the standalone worker ignores them)."""
+
+    every_steps: int = 0
+    """Write a checkpoint every this many steps; 0 disables checkpoints."""
+    dir: str | None = None
+    """Checkpoint directory; defaults to ``<run_dir>/checkpoints``."""
+
+    def __post_init__(self) -> None:
+        _positive_int("checkpoint.every_steps", self.every_steps, allow_zero=True)
+
+
+@dataclass(kw_only=True, slots=True)
+class JobConfig:
+    """One training job: model, data, batch, schedule, fault tolerance."""
+
+    model: ModelConfig
+    """The model to train."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data."""
+    global_batch: int
+    """Samples per optimizer step over all pipelines; fixed for the whole job (recovery keeps it)."""
+    microbatch_size: int = 1
+    """Samples per microbatch; ``global_batch`` must be a multiple of it."""
+    steps: int
+    """Optimizer steps to run."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and learning-rate schedule."""
+    seed: int = 0
+    """Seeds weights (per layer) and the data permutation: every replica and every run agree."""
+    fault_tolerance: int = 0
+    """f: number of simultaneous node failures the plan must survive (>= f + 1 pipelines)."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoint settings."""
+    hardware: str = "cpu"
+    """Planning-core hardware name (``oobleck.planning.hardware.HARDWARE``)."""
+    profile: Literal["analytic", "measured"] = "analytic"
+    """``analytic``: estimate layer costs from parameter counts; ``measured``: run the profiler."""
+
+    def __post_init__(self) -> None:
+        _positive_int("global_batch", self.global_batch)
+        _positive_int("microbatch_size", self.microbatch_size)
+        _positive_int("steps", self.steps)
+        _positive_int("fault_tolerance", self.fault_tolerance, allow_zero=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed: expected an integer >= 0, got {self.seed!r}")
+        if self.global_batch % self.microbatch_size:
+            raise ConfigError(
+                f"global_batch: {self.global_batch} is not a multiple of microbatch_size="
+                f"{self.microbatch_size}; pick a multiple such as "
+                f"{(self.global_batch // self.microbatch_size + 1) * self.microbatch_size}"
+            )
+        if self.profile not in ("analytic", "measured"):
+            raise ConfigError(f"profile: expected 'analytic' or 'measured', got {self.profile!r}")
+
+    @property
+    def global_microbatches(self) -> int:
+        """B: microbatches per step over all pipelines."""
+        return self.global_batch // self.microbatch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (for logging the effective config once at start)."""
+        return dataclasses.asdict(self)
+
+
+def load_job_config(path: str | Path) -> JobConfig:
+    """Read and validate a job YAML file.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        The validated config; relative data paths are resolved against the file's folder.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or a key is unknown, missing or invalid; the
+            message starts with the file name and names the key path.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    config = job_config_from_dict(raw, source=str(path))
+    if config.data.path is not None and not Path(config.data.path).is_absolute():
+        config.data.path = str(path.parent / config.data.path)
+    return config
+
+
+def job_config_from_dict(raw: Any, *, source: str = "job config") -> JobConfig:
+    """Validate a job config given as a mapping (the parsed YAML).
+
+    Args:
+        raw: the parsed document.
+        source: file name (or label) to prefix error messages with.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: an unknown, missing or invalid key, named by its dotted path.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of job settings, got {type(raw).__name__}")
+    raw = dict(raw)
+    if "model" not in raw:
+        raise ConfigError(f"{source}: model: missing required key (a preset name or {{arch: ...}})")
+    raw["model"] = _model_from_raw(raw["model"], source)
+    try:
+        return _build(JobConfig, raw, "", source)
+    except ConfigError as error:
+        message = str(error)
+        if not message.startswith(source):
+            message = f"{source}: {message}"
+        raise ConfigError(message) from None
+
+
+def _model_from_raw(raw: Any, source: str) -> ModelConfig:
+    if isinstance(raw, str):
+        arch = raw.removeprefix("tiny-").split("-")[0]
+        if arch not in ARCHITECTURES:
+            raise ConfigError(
+                f"{source}: model: unknown preset {raw!r}; use tiny-gpt2, tiny-gpt2-tied, tiny-llama, "
+                "tiny-opt or a mapping {arch: gpt2|llama|opt, ...HF config fields}"
+            )
+        return ModelConfig(name=raw, arch=arch)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: model: expected a preset name or a mapping, got {raw!r}")
+    fields_ = dict(raw)
+    if "arch" not in fields_:
+        raise ConfigError(f"{source}: model.arch: missing required key (one of {list(ARCHITECTURES)})")
+    arch = fields_.pop("arch")
+    name = fields_.pop("name", f"{arch}-custom")
+    try:
+        return ModelConfig(name=str(name), arch=str(arch), hf_config=fields_)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: {prefix}{unknown[0]}: unknown key; valid keys here: {', '.join(known)}")
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(cls):
+        key = f"{prefix}{item.name}"
+        if item.name not in raw:
+            has_default = (
+                item.default is not dataclasses.MISSING or item.default_factory is not dataclasses.MISSING
+            )
+            if not has_default:
+                raise ConfigError(f"{source}: {key}: missing required key")
+            continue
+        value = raw[item.name]
+        hint = hints[item.name]
+        if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: {key}: expected a mapping, got {value!r}")
+            value = _build(hint, value, f"{key}.", source)
+        else:
+            value = _coerce(hint, value, key, source)
+        values[item.name] = value
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
+    """Check scalar types early so errors name the key instead of failing deep inside."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if str in allowed and not isinstance(value, str):
+        raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
+    if bool in allowed and not isinstance(value, bool):
+        raise ConfigError(f"{source}: {key}: expected true or false, got {value!r}")
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: {key}: expected a list, got {value!r}")
+        return tuple(value)
+    return value

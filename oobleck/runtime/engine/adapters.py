@@ -1,0 +1,363 @@
+"""Model adapters: HuggingFace causal LMs as an execution-ordered list of independently built layers.
+
+An adapter turns a :class:`~oobleck.runtime.config.ModelConfig` into ``num_layers`` layer modules
+(embedding, each transformer block, final norm + head) whose indices match the planning profile's
+layer indices. Only the layers a stage holds are ever built.
+
+Assumptions:
+    * ``HF_HUB_OFFLINE=1`` is set before transformers is imported: models come from configs, nothing
+      is downloaded.
+    * Attention runs through SDPA with no mask, i.e. causal and unpadded: samples are full windows
+      of ``sequence_length`` tokens.
+    * Every parameter is initialised from a generator seeded by (job seed, layer index, parameter
+      name), on the CPU, then copied to the device: every replica of a layer is bit-identical
+      whatever rank, device or build order made it. Tied copies (GPT-2 ``lm_head`` = ``wte``) are
+      seeded with the key of the weight they are tied to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+from torch import nn
+
+from oobleck.errors import ConfigError
+from oobleck.runtime.config import ModelConfig
+
+VOCAB_SIZE = 258
+"""Byte-level vocabulary: 256 byte values plus BOS (256) and EOS (257)."""
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-gpt2": {
+        "n_layer": 2,
+        "n_embd": 64,
+        "n_head": 4,
+        "n_positions": 128,
+        "tie_word_embeddings": False,
+    },
+    "tiny-gpt2-tied": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 128},
+    "tiny-llama": {
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+    },
+    "tiny-opt": {
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "ffn_dim": 128,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 128,
+        "word_embed_proj_dim": 64,
+    },
+}
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    # NOTE: dropout is off by default: with it, a split model cannot reproduce one-process training.
+    "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True},
+    "llama": {"tie_word_embeddings": False},
+    "opt": {"dropout": 0.0, "attention_dropout": 0.0, "tie_word_embeddings": True},
+}
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any printable parts; stable across processes and Python versions."""
+    digest = hashlib.sha256("/".join(str(part) for part in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@dataclass(frozen=True, slots=True)
+class TiedWeight:
+    """One weight held twice: ``(layer, name)`` on the last stage mirrors ``(source_layer, source_name)``."""
+
+    layer: int
+    name: str
+    source_layer: int
+    source_name: str
+
+
+@dataclass(slots=True)
+class ModelAdapter:
+    """Builds the layers of one model; same config in, same layers out, on any rank."""
+
+    name: str
+    arch: str
+    hf_config: Any
+    """The HF ``PretrainedConfig`` the layers are built from."""
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    init_std: float
+    config_dict: dict[str, Any]
+    """The full HF config as plain data (its hash keys profiles)."""
+    tied: tuple[TiedWeight, ...] = ()
+    _factories: dict[str, Callable[[int], nn.Module]] = field(default_factory=dict)
+
+    def layer_kind(self, index: int) -> str:
+        """``embedding``, ``block`` or ``head``, as in the planning profile."""
+        if index == 0:
+            return "embedding"
+        return "head" if index == self.num_layers - 1 else "block"
+
+    def layer_name(self, index: int) -> str:
+        """Profile name of a layer: ``embedding``, ``block.<i>`` or ``head``."""
+        kind = self.layer_kind(index)
+        return f"block.{index - 1}" if kind == "block" else kind
+
+    def tied_names(self, index: int) -> tuple[str, ...]:
+        """Names of the parameters of ``index`` that are one side of a tied pair."""
+        return tuple(
+            name
+            for tie in self.tied
+            for layer, name in ((tie.layer, tie.name), (tie.source_layer, tie.source_name))
+            if layer == index
+        )
+
+    def build_layer(self, index: int, seed: int, device: torch.device | str = "cpu") -> nn.Module:
+        """Build layer ``index`` with its deterministic initial weights.
+
+        Args:
+            index: layer index in ``0 .. num_layers-1``.
+            seed: the job seed.
+            device: where the module lives.
+
+        Returns:
+            The module; embedding takes token ids ``[b, t]``, blocks map ``[b, t, h]`` to the same
+            shape, the head returns logits ``[b, t, vocab]``.
+        """
+        if not 0 <= index < self.num_layers:
+            raise IndexError(f"layer {index} is outside 0..{self.num_layers - 1}")
+        module = self._factories[self.layer_kind(index)](index)
+        sources = {(t.layer, t.name): (t.source_layer, t.source_name) for t in self.tied}
+        with torch.no_grad():
+            for name, param in sorted(module.named_parameters()):
+                key_layer, key_name = sources.get((index, name), (index, name))
+                generator = torch.Generator().manual_seed(derive_seed(seed, key_layer, key_name))
+                if name.endswith("bias"):
+                    value = torch.zeros(param.shape)
+                elif param.dim() == 1:
+                    value = torch.ones(param.shape)
+                else:
+                    value = torch.empty(param.shape).normal_(0.0, self.init_std, generator=generator)
+                param.copy_(value.to(param.dtype))
+        return module.to(device).train()
+
+
+class _GPT2Embedding(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return self.drop(self.wte(input_ids) + self.wpe(positions))
+
+
+class _Block(nn.Module):
+    """A HF decoder block with the keyword arguments its model would pass it."""
+
+    def __init__(self, block: nn.Module, rotary: nn.Module | None = None) -> None:
+        super().__init__()
+        self.block = block
+        self.rotary = rotary
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"attention_mask": None}
+        if self.rotary is not None:
+            positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+            kwargs["position_ids"] = positions
+            kwargs["position_embeddings"] = self.rotary(hidden, positions)
+        out = self.block(hidden, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+
+class _Head(nn.Module):
+    def __init__(self, norm: nn.Module | None, vocab_size: int, hidden: int, proj: nn.Module | None) -> None:
+        super().__init__()
+        self.norm = norm
+        self.proj = proj
+        self.lm_head = nn.Linear(hidden, vocab_size, bias=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            hidden = self.norm(hidden)
+        if self.proj is not None:
+            hidden = self.proj(hidden)
+        return self.lm_head(hidden)
+
+
+class _OPTEmbedding(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.word_embed_proj_dim)
+        # NOTE: OPT's learned positions are offset by 2 (a fairseq legacy); keep the offset so a
+        # checkpoint's position table lines up with HF's.
+        self.embed_positions = nn.Embedding(config.max_position_embeddings + 2, config.hidden_size)
+        self.project_in = (
+            nn.Linear(config.word_embed_proj_dim, config.hidden_size, bias=False)
+            if config.word_embed_proj_dim != config.hidden_size
+            else None
+        )
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        embeds = self.embed_tokens(input_ids)
+        if self.project_in is not None:
+            embeds = self.project_in(embeds)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device) + 2
+        return embeds + self.embed_positions(positions)
+
+
+def build_adapter(model: ModelConfig) -> ModelAdapter:
+    """Make the adapter for a job's model (a preset name or HF config fields).
+
+    Args:
+        model: the job's model section.
+
+    Returns:
+        The adapter; it knows the layer count and builds layers on demand.
+
+    Raises:
+        ConfigError: an unknown preset or an HF config field the config class rejects.
+    """
+    fields_ = dict(_DEFAULTS[model.arch])
+    if model.name in _PRESETS:
+        fields_.update(_PRESETS[model.name])
+    elif not model.hf_config:
+        raise ConfigError(f"model: unknown preset {model.name!r}; presets: {', '.join(sorted(_PRESETS))}")
+    fields_.update(model.hf_config)
+    fields_.setdefault("vocab_size", VOCAB_SIZE)
+    fields_.setdefault("bos_token_id", min(256, fields_["vocab_size"] - 1))
+    fields_.setdefault("eos_token_id", min(257, fields_["vocab_size"] - 1))
+    fields_.setdefault("pad_token_id", fields_["eos_token_id"])
+    builder = {"gpt2": _gpt2, "llama": _llama, "opt": _opt}[model.arch]
+    try:
+        return builder(model.name, fields_)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model: invalid {model.arch} config fields {sorted(model.hf_config)}: {error}") from None
+
+
+def _config(cls: type, fields_: dict[str, Any]) -> Any:
+    config = cls(**fields_)
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def _gpt2(name: str, fields_: dict[str, Any]) -> ModelAdapter:
+    from transformers import GPT2Config
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+
+    config = _config(GPT2Config, fields_)
+    layers = config.n_layer + 2
+    tied = (TiedWeight(layers - 1, "lm_head.weight", 0, "wte.weight"),) if config.tie_word_embeddings else ()
+    adapter = ModelAdapter(
+        name=name,
+        arch="gpt2",
+        hf_config=config,
+        num_layers=layers,
+        hidden_size=config.n_embd,
+        vocab_size=config.vocab_size,
+        init_std=config.initializer_range,
+        config_dict=config.to_dict(),
+        tied=tied,
+    )
+    eps = config.layer_norm_epsilon
+    adapter._factories = {
+        "embedding": lambda _: _GPT2Embedding(config),
+        "block": lambda i: _Block(GPT2Block(config, layer_idx=i - 1)),
+        "head": lambda _: _Head(nn.LayerNorm(config.n_embd, eps=eps), config.vocab_size, config.n_embd, None),
+    }
+    return adapter
+
+
+def _llama(name: str, fields_: dict[str, Any]) -> ModelAdapter:
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import (
+        LlamaDecoderLayer,
+        LlamaRMSNorm,
+        LlamaRotaryEmbedding,
+    )
+
+    config = _config(LlamaConfig, fields_)
+    layers = config.num_hidden_layers + 2
+    tied = (
+        (TiedWeight(layers - 1, "lm_head.weight", 0, "embed_tokens.weight"),)
+        if config.tie_word_embeddings
+        else ()
+    )
+    adapter = ModelAdapter(
+        name=name,
+        arch="llama",
+        hf_config=config,
+        num_layers=layers,
+        hidden_size=config.hidden_size,
+        vocab_size=config.vocab_size,
+        init_std=config.initializer_range,
+        config_dict=config.to_dict(),
+        tied=tied,
+    )
+    hidden = config.hidden_size
+    adapter._factories = {
+        "embedding": lambda _: _Embedding(nn.Embedding(config.vocab_size, hidden)),
+        "block": lambda i: _Block(LlamaDecoderLayer(config, layer_idx=i - 1), LlamaRotaryEmbedding(config)),
+        "head": lambda _: _Head(LlamaRMSNorm(hidden, eps=config.rms_norm_eps), config.vocab_size, hidden, None),
+    }
+    return adapter
+
+
+class _Embedding(nn.Module):
+    def __init__(self, embed_tokens: nn.Embedding) -> None:
+        super().__init__()
+        self.embed_tokens = embed_tokens
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
+
+
+def _opt(name: str, fields_: dict[str, Any]) -> ModelAdapter:
+    from transformers import OPTConfig
+    from transformers.models.opt.modeling_opt import OPTDecoderLayer
+
+    config = _config(OPTConfig, fields_)
+    if not config.do_layer_norm_before:
+        raise ConfigError("model.do_layer_norm_before: only pre-norm OPT (true) is supported, got false")
+    layers = config.num_hidden_layers + 2
+    tied = (
+        (TiedWeight(layers - 1, "lm_head.weight", 0, "embed_tokens.weight"),)
+        if config.tie_word_embeddings
+        else ()
+    )
+    adapter = ModelAdapter(
+        name=name,
+        arch="opt",
+        hf_config=config,
+        num_layers=layers,
+        hidden_size=config.hidden_size,
+        vocab_size=config.vocab_size,
+        init_std=config.init_std,
+        config_dict=config.to_dict(),
+        tied=tied,
+    )
+    hidden, proj_dim = config.hidden_size, config.word_embed_proj_dim
+
+    def head(_: int) -> nn.Module:
+        proj = nn.Linear(hidden, proj_dim, bias=False) if proj_dim != hidden else None
+        norm = nn.LayerNorm(hidden, elementwise_affine=config.layer_norm_elementwise_affine)
+        return _Head(norm, config.vocab_size, proj_dim, proj)
+
+    adapter._factories = {
+        "embedding": lambda _: _OPTEmbedding(config),
+        "block": lambda i: _Block(OPTDecoderLayer(config, layer_idx=i - 1)),
+        "head": head,
+    }
+    return adapter

@@ -1,0 +1,141 @@
+"""Communication with a latched error: the first failure is recorded, later calls fail fast.
+
+Every torch.distributed call of the engine goes through :class:`Comm`. A failed collective or
+point-to-point transfer (a peer died, its process groups were destroyed, a timeout) raises
+:class:`CommunicationError` and latches it: every later call raises the same error at once, so a
+step cannot half-continue on a broken world. :meth:`Comm.abort` destroys the process groups, which
+with gloo unblocks every peer waiting on this rank (its sockets close), so failures cascade in
+well under a second.
+
+Assumptions:
+    * One default process group per membership generation; ``reset`` is called after a new one is
+      initialised.
+    * NCCL when CUDA is available, gloo otherwise; one device per local rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class CommunicationError(RuntimeError):
+    """A collective or point-to-point operation failed; the world of this generation is broken.
+
+    Not an :class:`~oobleck.errors.OobleckError`: it is not the user's mistake. The elastic runtime
+    catches it, aborts, re-plans and calls ``Engine.reconfigure``.
+    """
+
+
+def default_backend() -> str:
+    """``nccl`` when CUDA is available, ``gloo`` otherwise."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def default_device(local_rank: int) -> torch.device:
+    """The device of a local rank: ``cuda:<local_rank % visible GPUs>`` or the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+class Comm:
+    """Process-group lifecycle plus latched error handling for one rank.
+
+    Thread safety: :meth:`abort` may be called from another thread (a control-plane listener)
+    while the training thread is blocked in a collective; the blocked call then fails and raises.
+    """
+
+    def __init__(self, backend: str | None = None, timeout: timedelta = timedelta(seconds=60)) -> None:
+        self.backend = backend or default_backend()
+        self.timeout = timeout
+        self.error: CommunicationError | None = None
+        self._lock = threading.Lock()
+        self._groups: dict[tuple[int, ...], Any] = {}
+
+    def init(self, store: dist.Store, *, rank: int, world_size: int, device: torch.device) -> None:
+        """Initialise the default process group of a generation on ``store`` (already prefixed).
+
+        Raises:
+            CommunicationError: the rendezvous failed or timed out.
+        """
+        self.destroy()
+        self.error = None
+        self._groups = {}
+        options: dict[str, Any] = {}
+        if self.backend == "nccl":
+            options["device_id"] = device
+        try:
+            dist.init_process_group(
+                self.backend, store=store, rank=rank, world_size=world_size, timeout=self.timeout, **options
+            )
+        except Exception as error:
+            raise self._latch("init_process_group", error) from error
+
+    def new_groups(self, rank_sets: Sequence[tuple[int, ...]]) -> None:
+        """Create one group per rank set, in the given order, on every rank (a collective rule)."""
+        for ranks in rank_sets:
+            if ranks in self._groups:
+                continue
+            self._groups[ranks] = self.call("new_group", dist.new_group, list(ranks), timeout=self.timeout)
+
+    def group(self, ranks: tuple[int, ...]) -> Any:
+        """The process group made for ``ranks`` by :meth:`new_groups`."""
+        return self._groups[ranks]
+
+    def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one distributed operation; a failure is latched and raised as CommunicationError."""
+        if self.error is not None:
+            raise self.error
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:
+            raise self._latch(what, error) from error
+
+    def wait(self, what: str, works: Sequence[Any]) -> None:
+        """Wait for asynchronous work handles; a failure is latched."""
+        for work in works:
+            self.call(what, work.wait)
+
+    def _latch(self, what: str, error: BaseException) -> CommunicationError:
+        with self._lock:
+            if self.error is None:
+                self.error = CommunicationError(f"{what} failed on rank {self._rank()}: {error}")
+                logger.warning("[rank %s] communication error latched: %s", self._rank(), self.error)
+            return self.error
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Latch ``reason`` (unless an error is already latched) and destroy all process groups.
+
+        Safe to call twice and from another thread; never raises.
+        """
+        self._latch(reason, RuntimeError(reason))
+        self.destroy()
+
+    def destroy(self) -> None:
+        """Destroy the process groups of this generation, if any; never raises."""
+        # NOTE: no lock held here: a training thread failing inside a collective while we tear
+        # down must be able to latch its own error without waiting for us.
+        self._groups = {}
+        if dist.is_available() and dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception as error:  # NOTE: a broken world may fail to tear down; ignore.
+                logger.debug("destroy_process_group: %s", error)
+
+    @staticmethod
+    def _rank() -> str:
+        if dist.is_available() and dist.is_initialized():
+            return str(dist.get_rank())
+        return os.environ.get("RANK", "?")

@@ -1,0 +1,407 @@
+"""The execution engine of one rank: held layers, 1F1B steps, gradient sync, AdamW, recovery hooks.
+
+Assumptions:
+    * Every rank of a generation calls :meth:`Engine.configure` / :meth:`Engine.reconfigure` with
+      the same plan, generation, rank map and transfer list, then :meth:`Engine.train_step` with the
+      same step numbers.
+    * The caller owns the rendezvous store (torchrun's, or the master's TCPStore); the engine only
+      namespaces it per generation (``PrefixStore("gen<g>", store)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from oobleck.errors import PlanningError, ReconfigurationError
+from oobleck.planning.plan import Plan, Transfer
+from oobleck.runtime.config import JobConfig
+from oobleck.runtime.engine.adapters import build_adapter
+from oobleck.runtime.engine.comm import Comm, default_device
+from oobleck.runtime.engine.data import GlobalSampler, load_dataset
+from oobleck.runtime.engine.executor import StageContext, run_1f1b
+from oobleck.runtime.engine.optim import LayerState, clip_coefficient, learning_rate
+from oobleck.runtime.engine.topology import StageInfo, Topology, build_topology
+from oobleck.runtime.engine.transfer import execute_transfers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StepMetrics:
+    """What one step did, identical on every rank except ``sample_ids``."""
+
+    step: int
+    generation: int
+    loss: float
+    """Mean token cross-entropy over the whole global batch."""
+    grad_norm: float
+    """Global gradient norm before clipping (each layer and each tied weight counted once)."""
+    lr: float
+    samples: int
+    tokens: int
+    step_s: float
+    pipeline: int | None
+    """This rank's pipeline index (None for a rank without a stage)."""
+    sample_ids: tuple[int, ...]
+    """Samples this rank's pipeline consumed (recorded on its first stage only, else empty)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconfigureTiming:
+    """Measured phases of one :meth:`Engine.reconfigure` (phase names as the planning core's)."""
+
+    rebuild_groups_s: float
+    transfer_state_s: float
+    bytes_sent: int
+    bytes_received: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Engine:
+    """One rank's trainer: it holds some layers of a plan and runs steps with the other ranks.
+
+    Lifecycle (the recovery API the elastic runtime drives)::
+
+        engine = Engine(job, node=3)
+        engine.configure(plan, generation=0, rank_of_node={0: 0, 1: 1, ...}, store=store)
+        for step in range(job.steps):
+            try:
+                metrics = engine.train_step(step)
+            except CommunicationError:
+                engine.abort()                      # destroys groups: peers blocked on us unblock
+                ...                                 # control plane agrees on lost nodes, new plan
+                engine.reconfigure(new_plan, transfers, generation=1, rank_of_node=..., store=store)
+                metrics = engine.train_step(step)   # redo the interrupted step
+
+    * :meth:`configure` starts a generation: process groups, then layers this rank holds and does
+      not have yet are built from the seed (initial weights: call it at job start, or before
+      :meth:`load_state_tensors` when restarting from a checkpoint).
+    * :meth:`train_step` runs one step; any failed collective or transfer raises
+      :class:`~oobleck.runtime.engine.comm.CommunicationError`. The error is latched: later calls
+      raise it at once until the next (re)configure. Parameters change only after the last
+      collective of the step succeeded on this rank.
+    * :meth:`abort` destroys every process group immediately; safe from another thread and twice.
+    * :meth:`reconfigure` starts the next generation: new groups, then the transfer plan is
+      executed (parameters, AdamW moments and step counts, via torch.distributed), layers no longer
+      held are dropped. The LR schedule and data position are functions of the step number the
+      caller passes, so nothing else needs carrying over. A node that joins constructs an Engine
+      and calls only :meth:`reconfigure`: every layer it holds must be in the transfer plan.
+
+    Ranks: ``rank = rank_of_node[node] + local_rank``; one stage per rank.
+    """
+
+    def __init__(
+        self,
+        job: JobConfig,
+        *,
+        node: int,
+        local_rank: int = 0,
+        device: torch.device | str | None = None,
+        backend: str | None = None,
+        timeout: timedelta = timedelta(seconds=60),
+    ) -> None:
+        self.job = job
+        self.node = node
+        self.local_rank = local_rank
+        self.device = torch.device(device) if device is not None else default_device(local_rank)
+        self.adapter = build_adapter(job.model)
+        self.dataset = load_dataset(job.data, self.adapter.vocab_size)
+        self.sampler = GlobalSampler(len(self.dataset), seed=job.seed, global_batch=job.global_batch)
+        self.comm = Comm(backend, timeout)
+        self.layers: dict[int, LayerState] = {}
+        self.plan: Plan | None = None
+        self.topology: Topology | None = None
+        self.info: StageInfo | None = None
+        self.generation = -1
+        self.rank = -1
+        self._rank_of_node: dict[int, int] = {}
+        self._tied_pairs = tuple((t.source_layer, t.layer) for t in self.adapter.tied)
+
+    def configure(
+        self, plan: Plan, generation: int, rank_of_node: Mapping[int, int], store: dist.Store
+    ) -> None:
+        """Start generation ``generation`` under ``plan``; build held layers that are missing.
+
+        Collective: every rank of the generation calls it.
+
+        Raises:
+            PlanningError: the plan does not fit the model or this node.
+            CommunicationError: the rendezvous failed.
+        """
+        self._start_generation(plan, generation, rank_of_node, store)
+        held = self._held_layers()
+        self.layers = {i: self.layers.get(i) or self._new_layer(i) for i in held}
+        self._barrier()
+
+    def train_step(self, step: int) -> StepMetrics:
+        """Run optimizer step ``step`` (0-based) over the global batch; collective on every rank.
+
+        Raises:
+            CommunicationError: a collective or transfer failed (latched).
+        """
+        if self.plan is None or self.topology is None:
+            raise RuntimeError("configure() or reconfigure() must be called before train_step()")
+        if self.comm.error is not None:
+            raise self.comm.error
+        start = time.perf_counter()
+        plan, job = self.plan, self.job
+        for state in self.layers.values():
+            state.zero_grad()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        sample_ids: tuple[int, ...] = ()
+        if self.info is not None:
+            info, size = self.info, plan.microbatch_size
+            ids = self.sampler.step_samples(step, info.first_microbatch * size, info.microbatches * size)
+            batches = [ids[i * size : (i + 1) * size] for i in range(info.microbatches)]
+            loss_sum = run_1f1b(self._stage_context(), batches, 1.0 / plan.global_microbatches)
+            sample_ids = tuple(ids) if info.is_first else ()
+            self._sync_gradients()
+        totals = torch.stack([loss_sum, self._local_square_norm()]).to(self.device)
+        self.comm.call("loss/norm all_reduce", dist.all_reduce, totals)
+        loss_total, square_norm = totals.tolist()
+        grad_norm = math.sqrt(square_norm)
+        lr = learning_rate(step, job.steps, job.optim)
+        scale = clip_coefficient(grad_norm, job.optim.grad_clip)
+        for index in sorted(self.layers):
+            self.layers[index].adamw_step(lr, job.optim, scale)
+        return StepMetrics(
+            step=step,
+            generation=self.generation,
+            loss=loss_total / plan.global_microbatches,
+            grad_norm=grad_norm,
+            lr=lr,
+            samples=plan.global_batch_size,
+            tokens=plan.global_batch_size * job.data.sequence_length,
+            step_s=time.perf_counter() - start,
+            pipeline=None if self.info is None else self.info.pipeline,
+            sample_ids=sample_ids,
+        )
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Destroy all process groups now; peers blocked on this rank fail and raise. Never raises."""
+        self.comm.abort(reason)
+
+    def reconfigure(
+        self,
+        new_plan: Plan,
+        transfers: Sequence[Transfer],
+        generation: int,
+        rank_of_node: Mapping[int, int],
+        store: dist.Store,
+    ) -> ReconfigureTiming:
+        """Move to ``new_plan``: rebuild groups, receive/send layer state, drop unheld layers.
+
+        Collective over the new generation's ranks, all passing the same arguments.
+
+        Args:
+            new_plan: the plan after the failure or join.
+            transfers: layer copies from surviving holders (``oobleck.planning.reconfigure``).
+            generation: the new membership generation (> the current one).
+            rank_of_node: node id -> first rank in the new generation.
+            store: the job's rendezvous store (un-prefixed).
+
+        Returns:
+            Measured durations of the group rebuild and the state transfer, and bytes moved.
+
+        Raises:
+            ReconfigurationError: after the transfers this rank still lacks a layer it must hold.
+            CommunicationError: the rendezvous or a transfer failed.
+        """
+        old_plan = self.plan
+        start = time.perf_counter()
+        self._start_generation(new_plan, generation, rank_of_node, store)
+        self._barrier()
+        groups_done = time.perf_counter()
+
+        def rank_of(node: int, layer: int, as_source: bool) -> int:
+            plan = old_plan if as_source else new_plan
+            if plan is None:
+                raise ReconfigurationError(f"node {node} cannot send layer {layer}: no previous plan")
+            return _rank_in(plan, rank_of_node, node, layer)
+
+        received, stats = execute_transfers(
+            transfers,
+            rank=self.rank,
+            rank_of=rank_of,
+            held=self.layers,
+            make_layer=self._new_layer,
+            comm=self.comm,
+        )
+        held = self._held_layers()
+        missing = [i for i in held if i not in self.layers and i not in received]
+        if missing:
+            raise ReconfigurationError(
+                f"node {self.node} must hold layers {missing} under the new plan but no transfer brings them"
+            )
+        self.layers = {i: received.get(i) or self.layers[i] for i in held}
+        done = time.perf_counter()
+        return ReconfigureTiming(
+            rebuild_groups_s=groups_done - start,
+            transfer_state_s=done - groups_done,
+            bytes_sent=stats.bytes_sent,
+            bytes_received=stats.bytes_received,
+        )
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Held state as flat named CPU tensors (safetensors-ready): params, moments, step counts."""
+        out: dict[str, torch.Tensor] = {}
+        for index in sorted(self.layers):
+            state = self.layers[index]
+            state.ensure_moments()
+            for name, param in state.params():
+                out[f"layers.{index}.param.{name}"] = param.detach().cpu().clone()
+                out[f"layers.{index}.exp_avg.{name}"] = state.exp_avg[name].cpu().clone()
+                out[f"layers.{index}.exp_avg_sq.{name}"] = state.exp_avg_sq[name].cpu().clone()
+            out[f"layers.{index}.step"] = torch.tensor(state.step, dtype=torch.int64)
+        return out
+
+    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite held layers from :meth:`state_tensors`-style entries (e.g. a checkpoint).
+
+        Raises:
+            KeyError: an entry for a held layer is missing.
+        """
+        with torch.no_grad():
+            for index, state in self.layers.items():
+                state.ensure_moments()
+                for name, param in state.params():
+                    param.copy_(tensors[f"layers.{index}.param.{name}"])
+                    state.exp_avg[name].copy_(tensors[f"layers.{index}.exp_avg.{name}"])
+                    state.exp_avg_sq[name].copy_(tensors[f"layers.{index}.exp_avg_sq.{name}"])
+                state.step = int(tensors[f"layers.{index}.step"])
+
+    def close(self) -> None:
+        """Destroy the process groups (end of job); safe to call twice, never raises."""
+        self.comm.destroy()
+
+    def _start_generation(
+        self, plan: Plan, generation: int, rank_of_node: Mapping[int, int], store: dist.Store
+    ) -> None:
+        if self.node not in rank_of_node:
+            raise PlanningError(f"node {self.node} is not in rank_of_node={dict(rank_of_node)}")
+        topology = build_topology(
+            plan, rank_of_node, num_layers=self.adapter.num_layers, tied_pairs=self._tied_pairs
+        )
+        slots = plan.pipelines[0].template.gpus_per_node if plan.pipelines else 1
+        world_size = max(topology.world_size, len(rank_of_node) * slots)
+        self.rank = rank_of_node[self.node] + self.local_rank
+        prefixed = dist.PrefixStore(f"gen{generation}", store)
+        self.comm.init(prefixed, rank=self.rank, world_size=world_size, device=self.device)
+        self.comm.new_groups(topology.group_rank_sets())
+        self.plan, self.topology, self.generation = plan, topology, generation
+        self._rank_of_node = dict(rank_of_node)
+        try:
+            self.info = topology.stage_of_rank(self.rank)
+        except KeyError:
+            self.info = None
+        logger.info(
+            "[node %d/rank %d gen=%d] stage %s layers %s",
+            self.node,
+            self.rank,
+            generation,
+            None if self.info is None else (self.info.pipeline, self.info.stage),
+            None if self.info is None else self.info.layers,
+        )
+
+    def _held_layers(self) -> tuple[int, ...]:
+        return () if self.info is None else self.info.layers
+
+    def _new_layer(self, index: int) -> LayerState:
+        module = self.adapter.build_layer(index, self.job.seed, self.device)
+        state = LayerState(index=index, module=module)
+        state.ensure_moments()
+        return state
+
+    def _barrier(self) -> None:
+        probe = torch.zeros(1, device=self.device)
+        self.comm.call("generation barrier", dist.all_reduce, probe)
+
+    def _stage_context(self) -> StageContext:
+        assert self.info is not None  # noqa: S101 - guarded by the caller
+        return StageContext(
+            info=self.info,
+            layers=[self.layers[i].module for i in self.info.layers],
+            comm=self.comm,
+            dataset=self.dataset,
+            device=self.device,
+            activation_shape=(self.job.microbatch_size, self.job.data.sequence_length, self.adapter.hidden_size),
+        )
+
+    def _tied_grad_refs(self, pair: int) -> list[torch.nn.Parameter]:
+        tie = self.adapter.tied[pair]
+        refs = []
+        for layer, name in ((tie.source_layer, tie.source_name), (tie.layer, tie.name)):
+            if layer in self.layers:
+                refs.append(dict(self.layers[layer].module.named_parameters())[name])
+        return refs
+
+    def _sync_gradients(self) -> None:
+        """All-reduce (sum) gradients per bucket; tied weights get the sum of both sides everywhere."""
+        assert self.topology is not None  # noqa: S101 - set by configure
+        for bucket in self.topology.buckets_of_rank(self.rank):
+            grads: list[torch.Tensor] = []
+            targets: list[list[torch.nn.Parameter]] = []
+            for layer in bucket.layers:
+                tied = set(self.adapter.tied_names(layer))
+                for name, param in self.layers[layer].params():
+                    if name not in tied:
+                        grads.append(_grad(param))
+                        targets.append([param])
+            for pair in bucket.tied:
+                params = self._tied_grad_refs(pair)
+                grads.append(torch.stack([_grad(p) for p in params]).sum(0) if len(params) > 1 else _grad(params[0]))
+                targets.append(params)
+            if not grads:
+                continue
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            if len(bucket.ranks) > 1:
+                self.comm.call("gradient all_reduce", dist.all_reduce, flat, group=self.comm.group(bucket.ranks))
+            offset = 0
+            for grad, params in zip(grads, targets, strict=True):
+                value = flat[offset : offset + grad.numel()].view_as(grad)
+                offset += grad.numel()
+                for param in params:
+                    param.grad = value.clone() if len(params) > 1 else value
+
+    def _local_square_norm(self) -> torch.Tensor:
+        """Squared gradient norm of the layers this rank counts (their pipeline-0 holder)."""
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        if self.info is None:
+            return total.cpu()
+        for layer in self.info.norm_layers:
+            skip = {tie.name for tie in self.adapter.tied if tie.layer == layer}
+            for name, param in self.layers[layer].params():
+                if name not in skip and param.grad is not None:
+                    total += param.grad.double().pow(2).sum()
+        return total.cpu()
+
+
+def _rank_in(plan: Plan, rank_of_node: Mapping[int, int], node: int, layer: int) -> int:
+    """Rank (in the generation of ``rank_of_node``) of the stage of ``node`` that holds ``layer`` in ``plan``."""
+    for pipeline in plan.pipelines:
+        if node in pipeline.nodes:
+            template = pipeline.template
+            stage = template.stage_of_layer(layer)
+            placement, devices = template.stage_devices()[stage]
+            if pipeline.nodes[placement] != node:
+                raise ReconfigurationError(f"node {node} does not hold layer {layer} in the plan")
+            return rank_of_node[node] + devices[0]
+    raise ReconfigurationError(f"node {node} is not in the plan, so it cannot hold layer {layer}")
+
+
+def _grad(param: torch.nn.Parameter) -> torch.Tensor:
+    return param.grad if param.grad is not None else torch.zeros_like(param)

@@ -1,0 +1,172 @@
+"""The 1F1B stage executor: one step of one stage of one pipeline, with point-to-point transfers.
+
+Schedule (PipeDream-flush / Megatron 1F1B): stage ``s`` of ``S`` runs ``min(S - s - 1, m)``
+warm-up forwards, then alternates one forward and one backward, then drains the remaining
+backwards. Where a stage both sends and receives at once (send activation / receive gradient,
+send gradient / receive next activation) the two operations are issued as one
+``batch_isend_irecv``: with NCCL two blocking sends facing each other would deadlock.
+
+Assumptions:
+    * Activations between stages are ``[microbatch_size, sequence_length, hidden]`` in the compute
+      dtype, the same on every boundary, so no shape metadata is exchanged.
+    * Every stage reads its own inputs (first stage: token ids) and labels (last stage) from the
+      global sampler; labels never travel through the pipeline.
+    * The loss of a microbatch is its token-mean cross-entropy; backward uses it scaled by
+      ``loss_scale = 1 / B`` so that summed gradients are the global-batch mean gradient.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from oobleck.runtime.engine.comm import Comm
+from oobleck.runtime.engine.data import TokenDataset
+from oobleck.runtime.engine.topology import StageInfo
+
+
+@dataclass(slots=True)
+class StageContext:
+    """What one stage needs for a step: its layers, neighbours, data and activation shape."""
+
+    info: StageInfo
+    layers: Sequence[nn.Module]
+    comm: Comm
+    dataset: TokenDataset
+    device: torch.device
+    activation_shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+
+
+class _P2P:
+    """Point-to-point helpers of one stage; each call waits for its operations to finish."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+
+    def _empty(self) -> torch.Tensor:
+        return torch.empty(self.ctx.activation_shape, dtype=self.ctx.dtype, device=self.ctx.device)
+
+    def _run(self, what: str, ops: list[dist.P2POp]) -> None:
+        if ops:
+            works = self.ctx.comm.call(what, dist.batch_isend_irecv, ops)
+            self.ctx.comm.wait(what, works)
+
+    def recv_forward(self) -> torch.Tensor | None:
+        prev = self.ctx.info.prev_rank
+        if prev is None:
+            return None
+        buffer = self._empty()
+        self._run("recv activation", [dist.P2POp(dist.irecv, buffer, prev)])
+        return buffer.requires_grad_()
+
+    def send_forward(self, output: torch.Tensor) -> None:
+        nxt = self.ctx.info.next_rank
+        if nxt is not None:
+            self._run("send activation", [dist.P2POp(dist.isend, output.detach().contiguous(), nxt)])
+
+    def send_forward_recv_backward(self, output: torch.Tensor) -> torch.Tensor | None:
+        nxt = self.ctx.info.next_rank
+        if nxt is None:
+            return None
+        grad = self._empty()
+        ops = [
+            dist.P2POp(dist.isend, output.detach().contiguous(), nxt),
+            dist.P2POp(dist.irecv, grad, nxt),
+        ]
+        self._run("send activation / recv gradient", ops)
+        return grad
+
+    def recv_backward(self) -> torch.Tensor | None:
+        nxt = self.ctx.info.next_rank
+        if nxt is None:
+            return None
+        grad = self._empty()
+        self._run("recv gradient", [dist.P2POp(dist.irecv, grad, nxt)])
+        return grad
+
+    def send_backward(self, grad: torch.Tensor | None) -> None:
+        prev = self.ctx.info.prev_rank
+        if prev is not None and grad is not None:
+            self._run("send gradient", [dist.P2POp(dist.isend, grad.contiguous(), prev)])
+
+    def send_backward_recv_forward(self, grad: torch.Tensor | None) -> torch.Tensor | None:
+        prev = self.ctx.info.prev_rank
+        if prev is None:
+            return None
+        buffer = self._empty()
+        ops = [dist.P2POp(dist.isend, grad.contiguous(), prev)] if grad is not None else []
+        ops.append(dist.P2POp(dist.irecv, buffer, prev))
+        self._run("send gradient / recv activation", ops)
+        return buffer.requires_grad_()
+
+
+def microbatch_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token-mean cross-entropy of one microbatch: sum over its tokens / tokens per microbatch."""
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="sum")
+    return total / labels.numel()
+
+
+def run_1f1b(ctx: StageContext, microbatches: Sequence[Sequence[int]], loss_scale: float) -> torch.Tensor:
+    """Run one step of this stage: forwards, backwards and transfers; gradients accumulate in place.
+
+    Called once per step on every rank of the pipeline, all with the same ``microbatches``.
+
+    Args:
+        ctx: the stage.
+        microbatches: sample ids of each microbatch of this pipeline, in order.
+        loss_scale: factor applied to each microbatch loss before backward (``1 / B``).
+
+    Returns:
+        Sum of the (unscaled) microbatch losses on the last stage, 0 elsewhere (a 0-d fp64 tensor).
+
+    Raises:
+        CommunicationError: a send or receive failed (the error is latched in ``ctx.comm``).
+    """
+    info, p2p = ctx.info, _P2P(ctx)
+    count = len(microbatches)
+    warmup = min(info.num_stages - info.stage - 1, count)
+    steady = count - warmup
+    saved: deque[tuple[torch.Tensor | None, torch.Tensor]] = deque()
+    losses: list[torch.Tensor] = []
+
+    def forward(index: int, received: torch.Tensor | None) -> torch.Tensor:
+        tokens = None
+        if info.is_first or info.is_last:
+            tokens = ctx.dataset.batch(microbatches[index], ctx.device)
+        hidden = tokens[:, :-1] if info.is_first else received
+        for layer in ctx.layers:
+            hidden = layer(hidden)
+        if info.is_last:
+            loss = microbatch_loss(hidden, tokens[:, 1:])
+            losses.append(loss.detach())
+            hidden = loss * loss_scale
+        saved.append((received, hidden))
+        return hidden
+
+    def backward(grad: torch.Tensor | None) -> torch.Tensor | None:
+        received, output = saved.popleft()
+        torch.autograd.backward(output, grad_tensors=grad)
+        return None if received is None else received.grad
+
+    for index in range(warmup):
+        p2p.send_forward(forward(index, p2p.recv_forward()))
+    received = p2p.recv_forward() if steady else None
+    for index in range(steady):
+        output = forward(warmup + index, received)
+        grad_in = backward(p2p.send_forward_recv_backward(output))
+        if index == steady - 1:
+            p2p.send_backward(grad_in)
+        else:
+            received = p2p.send_backward_recv_forward(grad_in)
+    for _ in range(warmup):
+        p2p.send_backward(backward(p2p.recv_backward()))
+    if not losses:
+        return torch.zeros((), dtype=torch.float64)
+    return torch.stack(losses).double().sum().cpu()

@@ -1,0 +1,103 @@
+"""Per-layer AdamW state, the warmup + cosine LR schedule, and the clipping coefficient.
+
+Optimizer state lives with its layer (:class:`LayerState`), not in a ``torch.optim`` object over a
+fixed parameter list: recovery adds and drops whole layers, and a layer's moments and step count
+must travel with its parameters. The update is written out (decoupled weight decay, bias
+correction) so that every rank, one-process or split, performs exactly the same arithmetic.
+
+Assumptions:
+    * fp32 parameters and moments; weight decay applies to matrices (>= 2 dimensions) only.
+    * The learning rate is a pure function of the step, so it needs no state to survive recovery.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from oobleck.runtime.config import OptimConfig
+
+
+def learning_rate(step: int, total_steps: int, config: OptimConfig) -> float:
+    """LR of ``step`` (0-based): linear warmup to ``lr``, then cosine down to ``min_lr`` at the last step.
+
+    Args:
+        step: the optimizer step about to be taken.
+        total_steps: steps of the whole job.
+        config: the optimizer section.
+
+    Returns:
+        The learning rate.
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / (config.warmup_steps + 1)
+    decay_steps = max(1, total_steps - 1 - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def clip_coefficient(grad_norm: float, max_norm: float) -> float:
+    """Factor applied to every gradient so the global norm is at most ``max_norm`` (0: no clipping)."""
+    if max_norm <= 0:
+        return 1.0
+    return min(1.0, max_norm / (grad_norm + 1e-6))
+
+
+@dataclass(slots=True)
+class LayerState:
+    """One held layer: its module, AdamW moments per parameter name and the update count."""
+
+    index: int
+    module: nn.Module
+    exp_avg: dict[str, torch.Tensor] = field(default_factory=dict)
+    exp_avg_sq: dict[str, torch.Tensor] = field(default_factory=dict)
+    step: int = 0
+    """AdamW updates applied so far (drives bias correction); travels with the layer."""
+
+    def params(self) -> list[tuple[str, nn.Parameter]]:
+        """Parameters in a fixed (sorted-name) order, the order of every buffer and transfer."""
+        return sorted(self.module.named_parameters())
+
+    def ensure_moments(self) -> None:
+        """Create zero moments for parameters that have none yet."""
+        for name, param in self.params():
+            if name not in self.exp_avg:
+                self.exp_avg[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                self.exp_avg_sq[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Parameters, first moments, second moments, each in parameter order: what a transfer moves."""
+        self.ensure_moments()
+        names = [name for name, _ in self.params()]
+        return (
+            [param.data for _, param in self.params()]
+            + [self.exp_avg[name] for name in names]
+            + [self.exp_avg_sq[name] for name in names]
+        )
+
+    def zero_grad(self) -> None:
+        for _, param in self.params():
+            param.grad = None
+
+    @torch.no_grad()
+    def adamw_step(self, lr: float, config: OptimConfig, grad_scale: float = 1.0) -> None:
+        """One AdamW update with gradients multiplied by ``grad_scale`` (the clipping factor)."""
+        self.ensure_moments()
+        self.step += 1
+        beta1, beta2 = config.betas
+        bias1 = 1.0 - beta1**self.step
+        bias2 = 1.0 - beta2**self.step
+        for name, param in self.params():
+            if param.grad is None:
+                continue
+            grad = param.grad if grad_scale == 1.0 else param.grad * grad_scale
+            if config.weight_decay and param.dim() >= 2:
+                param.mul_(1.0 - lr * config.weight_decay)
+            exp_avg, exp_avg_sq = self.exp_avg[name], self.exp_avg_sq[name]
+            exp_avg.lerp_(grad, 1.0 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+            denom = (exp_avg_sq / bias2).sqrt_().add_(config.eps)
+            param.addcdiv_(exp_avg, denom, value=-lr / bias1)

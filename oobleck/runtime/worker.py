@@ -1,0 +1,145 @@
+"""Worker entry point: ``python -m oobleck.runtime.worker --config job.yaml --run-dir DIR``.
+
+Standalone mode (no fault tolerance) for users who already have a launcher: it reads the torchrun
+environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), treats each
+process as one node (node id = rank), plans heterogeneous pipelines with the planning core and
+trains. ``torchrun --standalone --nproc-per-node 4 -m oobleck.runtime.worker ...`` and the same
+with ``--nproc-per-node 1`` produce the same losses. Rank 0 appends one JSON line per step to
+``<run_dir>/metrics.jsonl``.
+
+When ``OOBLECK_CONTROL`` is set (the elastic agent sets it), the worker hands over to
+``oobleck.runtime.elastic.main(args)`` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from oobleck.errors import ConfigError, OobleckError
+
+logger = logging.getLogger(__name__)
+
+CONTROL_ENV = "OOBLECK_CONTROL"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The worker's command line (shared with the elastic hand-off, which receives ``args``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m oobleck.runtime.worker",
+        description="Train one job on the processes of a torchrun-style launch (one process = one node).",
+        epilog="example: torchrun --standalone --nproc-per-node 4 -m oobleck.runtime.worker "
+        "--config examples/tiny_gpt2.yaml --run-dir runs/demo",
+    )
+    parser.add_argument("--config", required=True, help="job YAML file")
+    parser.add_argument("--run-dir", required=True, help="output folder (metrics.jsonl, ledger/, state/)")
+    parser.add_argument("--plan", help="use this plan JSON (Plan.to_dict) instead of planning (default: plan)")
+    parser.add_argument(
+        "--dump-state", action="store_true", help="write each node's final layers to <run_dir>/state/"
+    )
+    parser.add_argument("--timeout-s", type=float, default=120.0, help="collective timeout (default: 120 s)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, then train (standalone) or hand over to the elastic runtime; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format=f"%(asctime)s [rank {os.environ.get('RANK', '0')}] %(name)s: %(message)s",
+    )
+    if os.environ.get(CONTROL_ENV):
+        from oobleck.runtime import elastic  # type: ignore[attr-defined]  # owned by the control plane
+
+        return int(elastic.main(args) or 0)
+    try:
+        run_standalone(args)
+    except OobleckError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_standalone(args: argparse.Namespace) -> None:
+    """Train ``args.config`` on the torchrun world; one process per node.
+
+    Raises:
+        ConfigError: a bad config, plan file or environment variable.
+        PlanningError: the model fits on no plan for this many processes.
+    """
+    from safetensors.torch import save_file
+
+    from oobleck.runtime.config import load_job_config
+    from oobleck.runtime.engine import Engine, default_device, plan_for_world, rendezvous_store
+
+    job = load_job_config(args.config)
+    rank, local_rank, world_size = (_env_int(name, default) for name, default in _ENV)
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        logger.info("effective config: %s", json.dumps(job.to_dict(), sort_keys=True))
+    store = rendezvous_store(rank, world_size, timedelta(seconds=args.timeout_s))
+    engine = Engine(
+        job,
+        node=rank,
+        device=default_device(local_rank),
+        timeout=timedelta(seconds=args.timeout_s),
+    )
+    plan = plan_for_world(job, engine.adapter, world_size, store=store, rank=rank, plan_file=args.plan)
+    if rank == 0:
+        (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
+    engine.configure(plan, 0, {node: node for node in range(world_size)}, store)
+    ledger = _ledger_file(run_dir, rank) if job.data.ledger else None
+    try:
+        for step in range(job.steps):
+            metrics = engine.train_step(step)
+            if rank == 0:
+                record = {k: v for k, v in metrics.to_dict().items() if k not in ("sample_ids", "pipeline")}
+                with (run_dir / "metrics.jsonl").open("a") as out:
+                    out.write(json.dumps({**record, "t": time.time()}) + "\n")
+                logger.info("step %d loss %.6f (%.3f s)", step, metrics.loss, metrics.step_s)
+            if ledger is not None and metrics.sample_ids:
+                entry = {"step": step, "generation": 0, "pipeline": metrics.pipeline}
+                with ledger.open("a") as out:
+                    out.write(json.dumps({**entry, "sample_ids": list(metrics.sample_ids)}) + "\n")
+        if args.dump_state:
+            (run_dir / "state").mkdir(exist_ok=True)
+            save_file(engine.state_tensors(), str(run_dir / "state" / f"node{rank}.safetensors"))
+    finally:
+        engine.close()
+
+
+_ENV = (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1))
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"environment {name}={raw!r}: expected an integer >= 0") from None
+    if value < 0:
+        raise ConfigError(f"environment {name}={raw!r}: expected an integer >= 0")
+    return value
+
+
+def _ledger_file(run_dir: Path, rank: int) -> Path:
+    folder = run_dir / "ledger"
+    folder.mkdir(exist_ok=True)
+    return folder / f"node{rank}.jsonl"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

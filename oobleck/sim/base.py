@@ -1,0 +1,176 @@
+"""The policy interface: what a fault-tolerance scheme decides, separate from how time passes.
+
+The simulated job (:mod:`oobleck.sim.job`) owns the clock and the accounting; a :class:`Policy`
+only answers four questions: what to run on these nodes (:meth:`Policy.configure`), what to do when
+nodes are lost (:meth:`Policy.on_loss`), when and how to take joined nodes (:meth:`Policy.on_join`),
+and how often to checkpoint. Every answer is priced by the planning core's cost model and the
+constants of :class:`~oobleck.sim.costs.SimCosts`, so all policies are charged from one place.
+
+Assumptions:
+    * Between two answers the configuration's throughput is constant (steps of equal length).
+    * A policy is deterministic: the same context and the same calls give the same answers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from oobleck.errors import PlanningError
+from oobleck.planning.hardware import HardwareSpec
+from oobleck.planning.instantiate import instantiate
+from oobleck.planning.plan import Plan
+from oobleck.planning.planner import Planner
+from oobleck.planning.profile import ModelProfile
+from oobleck.sim.costs import SimCosts, checkpoint_save_s, restart_s
+
+Rollback = Literal["none", "iteration", "checkpoint"]
+JoinPoint = Literal["step", "checkpoint"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobContext:
+    """Everything a policy may read: the job, the cluster and the cost constants."""
+
+    profile: ModelProfile
+    hardware: HardwareSpec
+    planner: Planner
+    """The planning core's facade, shared by all policies (templates are generated once)."""
+    costs: SimCosts
+    mtbf_s: float
+    """Mean time between node failures of the whole cluster (``inf`` without failures); the
+    Young/Daly checkpoint period reads it."""
+    fault_tolerance: int
+    """f, as given to the planner."""
+    global_microbatches: int
+    """B, as given to the planner; never changes."""
+    microbatch_size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Configuration:
+    """What a policy runs between two cluster events: a plan and its steady cost."""
+
+    plan: Plan
+    step_time_s: float
+    """Wall time of one step, the policy's steady overhead included."""
+    redundancy_fraction: float = 0.0
+    """Fraction of ``step_time_s`` spent on redundant work (Bamboo), reported as overhead."""
+
+    @property
+    def nodes(self) -> tuple[int, ...]:
+        return self.plan.nodes
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.plan.global_batch_size
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples_per_step / self.step_time_s
+
+    @property
+    def min_pipeline_nodes(self) -> int:
+        return min(pipeline.template.num_nodes for pipeline in self.plan.pipelines)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recovery:
+    """A policy's answer to a membership change."""
+
+    kind: str
+    """Label for the results (``"reconfigure"``, ``"restart"``, ``"failover"``, ``"grow"``)."""
+    duration_s: float
+    """Seconds before training resumes; nothing trains meanwhile."""
+    config: Configuration | None
+    """What runs afterwards; ``None``: nothing can run on the nodes up, wait for joins."""
+    rollback: Rollback
+    """Work lost: nothing, the step in flight, or everything since the last checkpoint."""
+
+
+class Policy(ABC):
+    """A fault-tolerance scheme. Subclasses set :attr:`name` and implement the abstract methods."""
+
+    name: ClassVar[str]
+    join_at: ClassVar[JoinPoint] = "step"
+    """When joined nodes are taken: at the next step boundary, or after the next checkpoint."""
+
+    def __init__(self, context: JobContext) -> None:
+        self.context = context
+
+    @abstractmethod
+    def configure(self, nodes: tuple[int, ...]) -> Configuration:
+        """The configuration this policy runs on ``nodes`` (sorted node ids).
+
+        Raises:
+            PlanningError: nothing can run on these nodes (the job waits, or at the start the
+                policy is reported infeasible).
+        """
+
+    @abstractmethod
+    def on_loss(self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]) -> Recovery | None:
+        """Answer the loss of ``lost`` while running (or recovering into) ``config``.
+
+        Returns:
+            The recovery, or ``None`` when ``config`` does not use any lost node.
+        """
+
+    def on_join(self, config: Configuration, joined: tuple[int, ...], alive: tuple[int, ...]) -> Recovery | None:
+        """Take joined nodes at the policy's join point; ``None`` keeps ``config``.
+
+        The default restarts on every node up when that is faster than ``config``.
+        """
+        recovery = self.restart(alive, rollback="none")
+        if recovery.config is None or recovery.config.samples_per_s <= config.samples_per_s:
+            return None
+        return recovery
+
+    def checkpoint_interval_s(self, config: Configuration) -> float:
+        """Training seconds between checkpoints (``inf``: never); default: the fallback period."""
+        return self.context.costs.fallback_checkpoint_interval_s
+
+    def checkpoint_s(self, config: Configuration) -> float:
+        """Seconds one checkpoint stops training: one pipeline's nodes write it in parallel."""
+        return checkpoint_save_s(self.context.profile, self.context.costs, config.min_pipeline_nodes)
+
+    def restart(self, alive: tuple[int, ...], *, rollback: Rollback = "checkpoint") -> Recovery:
+        """Restart every process on ``alive`` and reload the last checkpoint."""
+        try:
+            config = self.configure(alive)
+        except PlanningError:
+            return Recovery(kind="restart", duration_s=0.0, config=None, rollback=rollback)
+        duration = restart_s(self.context.profile, self.context.costs, config.min_pipeline_nodes)
+        return Recovery(kind="restart", duration_s=duration, config=config, rollback=rollback)
+
+    def affected(self, config: Configuration, lost: tuple[int, ...]) -> tuple[int, ...]:
+        """The lost nodes that ``config`` uses."""
+        used = set(config.nodes)
+        return tuple(node for node in lost if node in used)
+
+
+def fallback_plan(context: JobContext, nodes: tuple[int, ...]) -> Plan:
+    """The planning core's plan on ``nodes`` with the largest fault tolerance they allow (<= f).
+
+    A restart from a checkpoint does not need ``f + 1`` pipelines to be correct, only to be
+    resilient, so a cluster shrunk below ``(f + 1) * n0`` nodes still runs with fewer pipelines.
+
+    Raises:
+        PlanningError: fewer than ``n0`` nodes.
+    """
+    planner = context.planner
+    tolerance = min(context.fault_tolerance, len(nodes) // planner.min_nodes - 1)
+    if tolerance < 0:
+        raise PlanningError(f"{len(nodes)} nodes are fewer than n0={planner.min_nodes}")
+    if tolerance == context.fault_tolerance:
+        return planner.plan(nodes)
+    return instantiate(
+        planner.templates,
+        nodes,
+        fault_tolerance=tolerance,
+        global_microbatches=context.global_microbatches,
+        microbatch_size=context.microbatch_size,
+        profile=context.profile,
+        hardware=context.hardware,
+    )
+

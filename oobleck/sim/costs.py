@@ -1,0 +1,129 @@
+"""Every constant a simulated recovery costs, in one place a user can override with ``--costs``.
+
+The planning core's :class:`~oobleck.planning.cost.RecoveryConstants` prices Oobleck's own
+reconfiguration and the checkpoint-restart fallback (restart time, checkpoint save/load bandwidth);
+:class:`SimCosts` adds the per-policy constants of the baselines. A ``--costs`` JSON file is one flat
+object whose keys are fields of either class; an unknown key is an error, never silently ignored.
+
+Assumptions:
+    * A checkpoint holds every layer's parameters and optimizer state once; the nodes of one
+      pipeline write (and, after a restart, read) disjoint parts of it in parallel, each at the
+      per-node bandwidth of ``RecoveryConstants``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from oobleck.errors import ConfigError
+from oobleck.planning.cost import RecoveryConstants
+from oobleck.planning.profile import ModelProfile
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimCosts:
+    """Per-policy cost constants plus the planning core's recovery constants."""
+
+    recovery: RecoveryConstants = field(default_factory=RecoveryConstants)
+    """Oobleck's reconfiguration phases and the restart/load/save costs every policy shares."""
+    checkpoint_interval_s: float | None = None
+    """Checkpoint period of ``checkpoint`` and ``varuna``; ``None`` picks Young/Daly
+    ``sqrt(2 * C * MTBF)`` from the checkpoint cost ``C`` and the cluster's mean time between failures."""
+    fallback_checkpoint_interval_s: float = 6 * 3600.0
+    """Checkpoint period of ``oobleck`` and ``bamboo``, which only read a checkpoint when redundancy
+    is exhausted; 6 h is a common period for long jobs and keeps the steady overhead far below 1%."""
+    bamboo_failover_s: float = 10.0
+    """Seconds for Bamboo to switch a failed node's stage to its neighbour's redundant copy (detect,
+    re-route, rebuild one pipeline's groups); Bamboo (NSDI'23) reports failover in seconds."""
+    bamboo_bubble_hidden_fraction: float = 0.5
+    """Fraction of the redundant forward computation Bamboo hides in pipeline bubbles; the rest
+    lengthens every step. Bamboo reports eager redundancy costs roughly a sixth of its throughput,
+    which this default reproduces for forward = 1/3 of compute."""
+
+    def __post_init__(self) -> None:
+        for name in ("fallback_checkpoint_interval_s", "bamboo_failover_s"):
+            _check_number(name, getattr(self, name), positive=name.endswith("interval_s"))
+        if self.checkpoint_interval_s is not None:
+            _check_number("checkpoint_interval_s", self.checkpoint_interval_s, positive=True)
+        hidden = self.bamboo_bubble_hidden_fraction
+        _check_number("bamboo_bubble_hidden_fraction", hidden, positive=False)
+        if hidden > 1:
+            raise ConfigError(f"costs: bamboo_bubble_hidden_fraction must be in [0, 1], got {hidden!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat mapping of every constant (the ``--costs`` file format)."""
+        values = {item.name: getattr(self, item.name) for item in fields(self) if item.name != "recovery"}
+        return {**self.recovery.to_dict(), **values}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "costs") -> SimCosts:
+        """Build from a flat mapping; missing keys keep their defaults.
+
+        Raises:
+            ConfigError: an unknown key (the message lists the valid ones) or a bad value.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected a JSON object of cost constants, got {type(data).__name__}")
+        own = [item.name for item in fields(cls) if item.name != "recovery"]
+        shared = [item.name for item in fields(RecoveryConstants)]
+        unknown = sorted(str(key) for key in data if key not in own and key not in shared)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key(s) {unknown}; valid keys: {', '.join(sorted(own + shared))}"
+            )
+        recovery = RecoveryConstants.from_dict({k: v for k, v in data.items() if k in shared}, source=source)
+        try:
+            return cls(recovery=recovery, **{k: v for k, v in data.items() if k in own})
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {str(error).removeprefix('costs: ')}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> SimCosts:
+        """Read a ``--costs`` JSON file.
+
+        Raises:
+            ConfigError: missing file, invalid JSON, unknown key or bad value.
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read cost constants ({error.strerror})") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        return cls.from_dict(data, source=str(path))
+
+
+def checkpoint_bytes(profile: ModelProfile) -> int:
+    """Bytes of one checkpoint: every layer's parameters and optimizer state, once."""
+    return sum(layer.transfer_bytes for layer in profile.layers)
+
+
+def checkpoint_save_s(profile: ModelProfile, costs: SimCosts, writers: int) -> float:
+    """Seconds to write a checkpoint with ``writers`` nodes writing disjoint shares in parallel."""
+    return checkpoint_bytes(profile) / (costs.recovery.checkpoint_save_bandwidth_bytes_per_s * writers)
+
+
+def restart_s(profile: ModelProfile, costs: SimCosts, readers: int) -> float:
+    """Seconds of a restart-all: relaunch every worker, then read the checkpoint in parallel."""
+    load_s = checkpoint_bytes(profile) / (costs.recovery.checkpoint_load_bandwidth_bytes_per_s * readers)
+    return costs.recovery.restart_s + load_s
+
+
+def young_daly_interval_s(checkpoint_s: float, mtbf_s: float) -> float:
+    """Young/Daly first-order optimal checkpoint period ``sqrt(2 * C * MTBF)`` (``inf`` without failures)."""
+    if not math.isfinite(mtbf_s):
+        return math.inf
+    return math.sqrt(2.0 * checkpoint_s * mtbf_s)
+
+
+def _check_number(name: str, value: Any, *, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"costs: {name} must be a finite number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ConfigError(f"costs: {name} must be {'> 0' if positive else '>= 0'}, got {value!r}")

@@ -1,0 +1,234 @@
+"""The simulated training job: advances time analytically between cluster events.
+
+Between two events the configuration's throughput is constant, so a training phase is one SimPy
+timeout that lasts until the next thing the job itself must do (a checkpoint, taking joined nodes at
+a step boundary, or the horizon). A membership change interrupts that timeout; the elapsed time is
+credited pro rata and the policy decides what happens next. The number of SimPy events therefore
+grows with failures and checkpoints, never with training steps.
+
+Assumptions:
+    * Checkpoints and joins happen at step boundaries; a failure can strike at any instant, also
+      during a checkpoint (which is then not committed) or a recovery (which then starts over from
+      the policy's new answer, the time already spent staying recovery time).
+    * A recovery's whole predicted duration trains nothing, its first step included.
+    * The run stops at the horizon; the step in flight counts pro rata.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from enum import Enum
+from typing import Any
+
+import simpy
+
+from oobleck.sim.base import Configuration, Policy, Recovery
+from oobleck.sim.cluster import Cluster, SimTime
+from oobleck.sim.failures import ClusterEvent
+from oobleck.sim.metrics import JobMetrics, TimelinePoint
+
+_SNAP = 1e-9
+"""Relative tolerance under which a step's progress counts as a boundary (float round-off)."""
+
+
+class Mode(str, Enum):
+    """What the job does now. Transitions: TRAIN <-> CHECKPOINT; any -> RECOVER on a loss;
+    RECOVER -> TRAIN, or -> DOWN when nothing can run; DOWN -> RECOVER when nodes join."""
+
+    TRAIN = "train"
+    CHECKPOINT = "checkpoint"
+    RECOVER = "recover"
+    DOWN = "down"
+
+
+class TrainingJob:
+    """One policy's job on a cluster; starts its :meth:`run_training` process on creation."""
+
+    def __init__(self, env: simpy.Environment, cluster: Cluster, policy: Policy, config: Configuration) -> None:
+        self.env = env
+        self.cluster = cluster
+        self.policy = policy
+        self.metrics = JobMetrics()
+        self.config: Configuration | None = config
+        self.pending: Recovery | None = None
+        self.pending_joins: list[int] = []
+        self.progress_s = 0.0
+        """Seconds into the step in flight."""
+        self.since_checkpoint_s = 0.0
+        """Training seconds since the last committed checkpoint."""
+        self.checkpoint_due = False
+        self.uncommitted = [0.0, 0.0, 0.0]
+        """Samples, useful seconds and redundancy seconds since the last committed checkpoint."""
+        self.outage_start_s: SimTime | None = None
+        self._stop_reason = "horizon"
+        self.process = env.process(self.run_training())
+        cluster.attach(self.process)
+
+    def run_training(self) -> Generator[simpy.Event, Any, None]:
+        """Alternate phases until the horizon; each phase is one interruptible timeout."""
+        horizon = self.cluster.horizon_s
+        while self.env.now < horizon:
+            mode, duration = self._next_phase(horizon - self.env.now)
+            if duration <= 0:
+                self._finish(mode)
+                continue
+            self._mark(mode)
+            start = self.env.now
+            try:
+                yield self.env.timeout(duration)
+            except simpy.Interrupt as interrupt:
+                self._spend(mode, self.env.now - start)
+                self._handle(interrupt.cause, mode)
+                continue
+            self._spend(mode, duration)
+            if self.env.now >= horizon:
+                break  # NOTE: a phase cut by the horizon never completes (no commit, no resume).
+            self._finish(mode)
+        self._mark(Mode.DOWN if self.config is None else Mode.TRAIN)
+
+    def _next_phase(self, remaining_s: float) -> tuple[Mode, float]:
+        if self.pending is not None:
+            return Mode.RECOVER, min(self.pending.duration_s, remaining_s)
+        if self.config is None:
+            return Mode.DOWN, remaining_s
+        if self.checkpoint_due:
+            return Mode.CHECKPOINT, min(self.policy.checkpoint_s(self.config), remaining_s)
+        step = self.config.step_time_s
+        to_boundary = (step - self.progress_s) % step
+        stops = [(remaining_s, "horizon")]
+        interval = self.policy.checkpoint_interval_s(self.config)
+        if math.isfinite(interval):
+            wait = max(interval - self.since_checkpoint_s, 0.0)
+            stops.append((wait + (step - (self.progress_s + wait) % step) % step, "checkpoint"))
+        if self.pending_joins and (self.policy.join_at == "step" or not math.isfinite(interval)):
+            stops.append((to_boundary, "join"))
+        duration, self._stop_reason = min(stops)
+        return Mode.TRAIN, duration
+
+    def _spend(self, mode: Mode, elapsed: float) -> None:
+        """Credit ``elapsed`` seconds of ``mode`` to the breakdown (and samples when training)."""
+        breakdown = self.metrics.breakdown_s
+        if mode is Mode.TRAIN:
+            assert self.config is not None  # NOTE: TRAIN is only chosen with a configuration.
+            config = self.config
+            redundancy = elapsed * config.redundancy_fraction
+            samples = elapsed / config.step_time_s * config.samples_per_step
+            breakdown["useful"] += elapsed - redundancy
+            breakdown["redundancy"] += redundancy
+            self.metrics.samples += samples
+            self.uncommitted[0] += samples
+            self.uncommitted[1] += elapsed - redundancy
+            self.uncommitted[2] += redundancy
+            self.since_checkpoint_s += elapsed
+            progress = (self.progress_s + elapsed) % config.step_time_s
+            self.progress_s = 0.0 if config.step_time_s - progress < _SNAP * config.step_time_s else progress
+        elif mode is Mode.CHECKPOINT:
+            breakdown["checkpoint"] += elapsed
+        elif mode is Mode.RECOVER:
+            breakdown["recovery"] += elapsed
+        else:
+            breakdown["down"] += elapsed
+
+    def _finish(self, mode: Mode) -> None:
+        """A phase ran to its end: move on to what it was waiting for."""
+        if mode is Mode.TRAIN:
+            if self._stop_reason == "horizon":
+                return
+            self.progress_s = 0.0
+            if self._stop_reason == "checkpoint":
+                self.checkpoint_due = True
+            else:
+                self._take_joins()
+        elif mode is Mode.CHECKPOINT:
+            self.checkpoint_due = False
+            self.since_checkpoint_s = 0.0
+            self.uncommitted = [0.0, 0.0, 0.0]
+            if self.pending_joins:
+                self._take_joins()
+        elif mode is Mode.RECOVER:
+            assert self.pending is not None  # NOTE: RECOVER is only chosen with a pending recovery.
+            self.config = self.pending.config
+            self.pending = None
+            self.progress_s = 0.0
+            if self.outage_start_s is not None:
+                self.metrics.recovery_durations_s.append(self.env.now - self.outage_start_s)
+                self.outage_start_s = None
+
+    def _handle(self, event: ClusterEvent, mode: Mode) -> None:
+        """React to a membership change that interrupted ``mode``."""
+        self.metrics.failures += len(event.lost)
+        self.pending_joins.extend(event.joined)
+        alive = self.cluster.alive
+        target = self.pending.config if self.pending is not None else self.config
+        if event.lost and target is not None:
+            recovery = self.policy.on_loss(target, event.lost, alive)
+            if recovery is not None:
+                self._begin(recovery)
+                return
+        if target is None and event.joined:
+            self.pending_joins.clear()
+            recovery = self.policy.restart(alive, rollback="none")
+            if recovery.config is not None:
+                self._begin(recovery)
+
+    def _take_joins(self) -> None:
+        assert self.config is not None  # NOTE: joins are taken only while a configuration runs.
+        joined = tuple(sorted(node for node in self.pending_joins if node in set(self.cluster.alive)))
+        self.pending_joins.clear()
+        if joined:
+            recovery = self.policy.on_join(self.config, joined, self.cluster.alive)
+            if recovery is not None:
+                self._begin(recovery)
+
+    def _begin(self, recovery: Recovery) -> None:
+        """Start ``recovery``: take back the work it loses and make it the pending phase."""
+        if recovery.rollback == "iteration":
+            self._lose(self.progress_s)
+        elif recovery.rollback == "checkpoint":
+            samples, useful, redundancy = self.uncommitted
+            self.metrics.samples -= samples
+            self.metrics.breakdown_s["useful"] -= useful
+            self.metrics.breakdown_s["redundancy"] -= redundancy
+            self.metrics.breakdown_s["lost"] += useful + redundancy
+            self.uncommitted = [0.0, 0.0, 0.0]
+            self.since_checkpoint_s = 0.0
+            self.checkpoint_due = False
+        self.progress_s = 0.0
+        self.metrics.recoveries[recovery.kind] = self.metrics.recoveries.get(recovery.kind, 0) + 1
+        if self.outage_start_s is None:
+            self.outage_start_s = self.env.now
+        if recovery.config is None:
+            self.pending = None
+            self.config = None
+        else:
+            self.pending = recovery
+
+    def _lose(self, seconds: float) -> None:
+        """Take back the step in flight: ``seconds`` of training become lost work."""
+        if seconds <= 0 or self.config is None:
+            return
+        config = self.config
+        redundancy = seconds * config.redundancy_fraction
+        samples = seconds / config.step_time_s * config.samples_per_step
+        self.metrics.samples -= samples
+        self.metrics.breakdown_s["useful"] -= seconds - redundancy
+        self.metrics.breakdown_s["redundancy"] -= redundancy
+        self.metrics.breakdown_s["lost"] += seconds
+        self.uncommitted[0] -= samples
+        self.uncommitted[1] -= seconds - redundancy
+        self.uncommitted[2] -= redundancy
+        self.since_checkpoint_s -= seconds
+
+    def _mark(self, mode: Mode) -> None:
+        config = self.config if self.pending is None else self.pending.config
+        running = mode is Mode.TRAIN and self.config is not None
+        self.metrics.mark(
+            TimelinePoint(
+                time_s=self.env.now,
+                nodes_up=len(self.cluster.alive),
+                nodes_used=len(config.nodes) if config is not None else 0,
+                samples_per_s=self.config.samples_per_s if running and self.config is not None else 0.0,
+                min_pipeline_nodes=config.min_pipeline_nodes if config is not None else 0,
+            )
+        )
