@@ -104,7 +104,8 @@ def _extra_at_threshold(base: np.ndarray, slope: np.ndarray, stages: np.ndarray,
 
     Those increments are a prefix of the greedy's pick order, so taking them at once is safe.
     """
-    if remaining == 0:
+    if remaining <= 4 * len(stages):
+        # NOTE: few picks: the heap alone is cheaper than ~60 vectorised bisection steps.
         return np.zeros_like(stages)
     low = 0.0
     high = float(_time(base, slope, stages + remaining).max())

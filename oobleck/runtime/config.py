@@ -106,6 +106,11 @@ class OptimConfig:
     """AdamW moment decay rates."""
     eps: float = 1e-8
     """AdamW denominator epsilon."""
+    exact_accumulation: bool = True
+    """Sum microbatch gradients and all-reduce them in float64, so any split of the batch over
+    pipelines gives the bits of one-process training (Adam amplifies rounding noise in near-zero
+    gradients otherwise). Costs 8 bytes per parameter and doubles gradient traffic; turn it off
+    for throughput runs."""
 
     def __post_init__(self) -> None:
         _positive_number("optim.lr", self.lr)

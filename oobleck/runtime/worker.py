@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", required=True, help="job YAML file")
     parser.add_argument("--run-dir", required=True, help="output folder (metrics.jsonl, ledger/, state/)")
-    parser.add_argument("--plan", help="use this plan JSON (Plan.to_dict) instead of planning (default: plan)")
+    parser.add_argument(
+        "--plan", help="use this plan JSON (Plan.to_dict) instead of planning (default: plan)"
+    )
     parser.add_argument(
         "--dump-state", action="store_true", help="write each node's final layers to <run_dir>/state/"
     )
@@ -65,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OobleckError as error:
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        sys.stderr.write(f"error: {error}\n")
         return 2
     return 0
 
@@ -77,6 +79,7 @@ def run_standalone(args: argparse.Namespace) -> None:
         ConfigError: a bad config, plan file or environment variable.
         PlanningError: the model fits on no plan for this many processes.
     """
+    import torch
     from safetensors.torch import save_file
 
     from oobleck.runtime.config import load_job_config
@@ -84,6 +87,10 @@ def run_standalone(args: argparse.Namespace) -> None:
 
     job = load_job_config(args.config)
     rank, local_rank, world_size = (_env_int(name, default) for name, default in _ENV)
+    if "OMP_NUM_THREADS" not in os.environ:
+        # NOTE: like torchrun, do not let every process of a node spin on every core: intra-op
+        # threads of co-located CPU workers contend and slow small kernels down by 10-100x.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // _env_int("LOCAL_WORLD_SIZE", world_size)))
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:

@@ -14,16 +14,18 @@ Assumptions:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from oobleck.errors import PlanningError
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.instantiate import instantiate
 from oobleck.planning.plan import Plan
-from oobleck.planning.planner import Planner
 from oobleck.planning.profile import ModelProfile
 from oobleck.sim.costs import SimCosts, checkpoint_save_s, restart_s
+
+if TYPE_CHECKING:
+    from oobleck.planning.planner import Planner
 
 Rollback = Literal["none", "iteration", "checkpoint"]
 JoinPoint = Literal["step", "checkpoint"]
@@ -46,6 +48,8 @@ class JobContext:
     global_microbatches: int
     """B, as given to the planner; never changes."""
     microbatch_size: int
+    checkpoint_bytes: int
+    """Bytes of one checkpoint (:func:`oobleck.sim.costs.checkpoint_bytes` of the profile)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,10 +61,19 @@ class Configuration:
     """Wall time of one step, the policy's steady overhead included."""
     redundancy_fraction: float = 0.0
     """Fraction of ``step_time_s`` spent on redundant work (Bamboo), reported as overhead."""
+    nodes: tuple[int, ...] = field(init=False)
+    """The plan's node ids, sorted (cached: the job reads them on every event)."""
+    node_set: frozenset[int] = field(init=False)
+    min_pipeline_nodes: int = field(init=False)
+    """Nodes of the smallest pipeline."""
 
-    @property
-    def nodes(self) -> tuple[int, ...]:
-        return self.plan.nodes
+    def __post_init__(self) -> None:
+        # NOTE: frozen dataclass; derived fields are computed once here.
+        nodes = self.plan.nodes
+        object.__setattr__(self, "nodes", nodes)
+        object.__setattr__(self, "node_set", frozenset(nodes))
+        smallest = min(pipeline.template.num_nodes for pipeline in self.plan.pipelines)
+        object.__setattr__(self, "min_pipeline_nodes", smallest)
 
     @property
     def samples_per_step(self) -> int:
@@ -69,10 +82,6 @@ class Configuration:
     @property
     def samples_per_s(self) -> float:
         return self.samples_per_step / self.step_time_s
-
-    @property
-    def min_pipeline_nodes(self) -> int:
-        return min(pipeline.template.num_nodes for pipeline in self.plan.pipelines)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +108,14 @@ class Policy(ABC):
     def __init__(self, context: JobContext) -> None:
         self.context = context
 
+    def start(self, nodes: tuple[int, ...]) -> Configuration:
+        """The configuration the job starts with (default: :meth:`configure`).
+
+        Raises:
+            PlanningError: the policy cannot run this job; it is reported infeasible.
+        """
+        return self.configure(nodes)
+
     @abstractmethod
     def configure(self, nodes: tuple[int, ...]) -> Configuration:
         """The configuration this policy runs on ``nodes`` (sorted node ids).
@@ -109,22 +126,27 @@ class Policy(ABC):
         """
 
     @abstractmethod
-    def on_loss(self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]) -> Recovery | None:
+    def on_loss(
+        self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]
+    ) -> Recovery | None:
         """Answer the loss of ``lost`` while running (or recovering into) ``config``.
 
         Returns:
             The recovery, or ``None`` when ``config`` does not use any lost node.
         """
 
-    def on_join(self, config: Configuration, joined: tuple[int, ...], alive: tuple[int, ...]) -> Recovery | None:
+    def on_join(
+        self, config: Configuration, joined: tuple[int, ...], alive: tuple[int, ...]
+    ) -> Recovery | None:
         """Take joined nodes at the policy's join point; ``None`` keeps ``config``.
 
-        The default restarts on every node up when that is faster than ``config``.
+        The default restarts on every node up (losing no work: the join point is a checkpoint or
+        step boundary) when that runs faster than ``config``.
         """
         recovery = self.restart(alive, rollback="none")
         if recovery.config is None or recovery.config.samples_per_s <= config.samples_per_s:
             return None
-        return recovery
+        return Recovery(kind="grow", duration_s=recovery.duration_s, config=recovery.config, rollback="none")
 
     def checkpoint_interval_s(self, config: Configuration) -> float:
         """Training seconds between checkpoints (``inf``: never); default: the fallback period."""
@@ -132,7 +154,7 @@ class Policy(ABC):
 
     def checkpoint_s(self, config: Configuration) -> float:
         """Seconds one checkpoint stops training: one pipeline's nodes write it in parallel."""
-        return checkpoint_save_s(self.context.profile, self.context.costs, config.min_pipeline_nodes)
+        return checkpoint_save_s(self.context.checkpoint_bytes, self.context.costs, config.min_pipeline_nodes)
 
     def restart(self, alive: tuple[int, ...], *, rollback: Rollback = "checkpoint") -> Recovery:
         """Restart every process on ``alive`` and reload the last checkpoint."""
@@ -140,13 +162,12 @@ class Policy(ABC):
             config = self.configure(alive)
         except PlanningError:
             return Recovery(kind="restart", duration_s=0.0, config=None, rollback=rollback)
-        duration = restart_s(self.context.profile, self.context.costs, config.min_pipeline_nodes)
+        duration = restart_s(self.context.checkpoint_bytes, self.context.costs, config.min_pipeline_nodes)
         return Recovery(kind="restart", duration_s=duration, config=config, rollback=rollback)
 
     def affected(self, config: Configuration, lost: tuple[int, ...]) -> tuple[int, ...]:
         """The lost nodes that ``config`` uses."""
-        used = set(config.nodes)
-        return tuple(node for node in lost if node in used)
+        return tuple(node for node in lost if node in config.node_set)
 
 
 def fallback_plan(context: JobContext, nodes: tuple[int, ...]) -> Plan:
@@ -173,4 +194,3 @@ def fallback_plan(context: JobContext, nodes: tuple[int, ...]) -> Plan:
         profile=context.profile,
         hardware=context.hardware,
     )
-

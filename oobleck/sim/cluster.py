@@ -28,13 +28,14 @@ class Cluster:
         self.trace = trace
         self.horizon_s = horizon_s
         self._alive = set(trace.initial_nodes)
+        self._sorted = tuple(sorted(self._alive))
         self._job: simpy.Process | None = None
         self.process = env.process(self.inject_failures())
 
     @property
     def alive(self) -> tuple[int, ...]:
         """Node ids up now, sorted."""
-        return tuple(sorted(self._alive))
+        return self._sorted
 
     def attach(self, job: simpy.Process) -> None:
         """Name the process that receives membership changes (call before ``env.run``)."""
@@ -48,6 +49,7 @@ class Cluster:
             yield self.env.timeout(event.time_s - self.env.now)
             self._alive.difference_update(event.lost)
             self._alive.update(event.joined)
+            self._sorted = tuple(sorted(self._alive))
             # NOTE: interrupting a finished process raises; the job only ends at the horizon.
             if self._job is not None and self._job.is_alive:
                 self._job.interrupt(event)

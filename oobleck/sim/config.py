@@ -69,7 +69,8 @@ class SimulationConfig:
         unknown = [name for name in self.policies if name not in POLICIES]
         if unknown or not self.policies:
             raise ConfigError(
-                f"--policy {','.join(unknown) or '(none)'} is unknown; choose from {', '.join(POLICIES)} or all"
+                f"--policy {','.join(unknown) or '(none)'} is unknown; "
+                f"choose from {', '.join(POLICIES)} or all"
             )
         if len(set(self.policies)) != len(self.policies):
             raise ConfigError(f"--policy lists a policy twice: {', '.join(self.policies)}")

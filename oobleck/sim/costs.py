@@ -68,7 +68,9 @@ class SimCosts:
             ConfigError: an unknown key (the message lists the valid ones) or a bad value.
         """
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{source}: expected a JSON object of cost constants, got {type(data).__name__}")
+            raise ConfigError(
+                f"{source}: expected a JSON object of cost constants, got {type(data).__name__}"
+            )
         own = [item.name for item in fields(cls) if item.name != "recovery"]
         shared = [item.name for item in fields(RecoveryConstants)]
         unknown = sorted(str(key) for key in data if key not in own and key not in shared)
@@ -104,14 +106,14 @@ def checkpoint_bytes(profile: ModelProfile) -> int:
     return sum(layer.transfer_bytes for layer in profile.layers)
 
 
-def checkpoint_save_s(profile: ModelProfile, costs: SimCosts, writers: int) -> float:
-    """Seconds to write a checkpoint with ``writers`` nodes writing disjoint shares in parallel."""
-    return checkpoint_bytes(profile) / (costs.recovery.checkpoint_save_bandwidth_bytes_per_s * writers)
+def checkpoint_save_s(size_bytes: int, costs: SimCosts, writers: int) -> float:
+    """Seconds to write a ``size_bytes`` checkpoint with ``writers`` nodes writing disjoint shares."""
+    return size_bytes / (costs.recovery.checkpoint_save_bandwidth_bytes_per_s * writers)
 
 
-def restart_s(profile: ModelProfile, costs: SimCosts, readers: int) -> float:
+def restart_s(size_bytes: int, costs: SimCosts, readers: int) -> float:
     """Seconds of a restart-all: relaunch every worker, then read the checkpoint in parallel."""
-    load_s = checkpoint_bytes(profile) / (costs.recovery.checkpoint_load_bandwidth_bytes_per_s * readers)
+    load_s = size_bytes / (costs.recovery.checkpoint_load_bandwidth_bytes_per_s * readers)
     return costs.recovery.restart_s + load_s
 
 

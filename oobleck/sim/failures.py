@@ -118,7 +118,9 @@ def build_trace(
         if event.time_s == 0 and event.kind == "add":
             continue
         if event.time_s > current and (lost or joined):
-            grouped.append(ClusterEvent(time_s=current, lost=tuple(sorted(lost)), joined=tuple(sorted(joined))))
+            grouped.append(
+                ClusterEvent(time_s=current, lost=tuple(sorted(lost)), joined=tuple(sorted(joined)))
+            )
             lost, joined = [], []
         current = event.time_s
         if event.kind == "remove":
@@ -207,7 +209,9 @@ class FailureModel:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.node_rate_per_hour) or self.node_rate_per_hour < 0:
-            raise ConfigError(f"--fail-rate must be a number >= 0 (per node per hour), got {self.node_rate_per_hour}")
+            raise ConfigError(
+                f"--fail-rate must be a number >= 0 (per node per hour), got {self.node_rate_per_hour}"
+            )
         if self.repair_hours is not None and not (math.isfinite(self.repair_hours) and self.repair_hours > 0):
             raise ConfigError(f"--repair-hours must be > 0 hours, got {self.repair_hours}")
         if self.repair_distribution not in ("fixed", "exponential"):
@@ -217,7 +221,9 @@ class FailureModel:
         if self.rack_size < 0:
             raise ConfigError(f"--rack-size must be >= 0 nodes (0 disables racks), got {self.rack_size}")
         if not math.isfinite(self.rack_rate_per_hour) or self.rack_rate_per_hour < 0:
-            raise ConfigError(f"--rack-fail-rate must be a number >= 0 (per rack per hour), got {self.rack_rate_per_hour}")
+            raise ConfigError(
+                f"--rack-fail-rate must be a number >= 0 (per rack per hour), got {self.rack_rate_per_hour}"
+            )
 
 
 def generate_trace(model: FailureModel, num_nodes: int, hours: float, rng: random.Random) -> FailureTrace:

@@ -45,7 +45,9 @@ class Mode(str, Enum):
 class TrainingJob:
     """One policy's job on a cluster; starts its :meth:`run_training` process on creation."""
 
-    def __init__(self, env: simpy.Environment, cluster: Cluster, policy: Policy, config: Configuration) -> None:
+    def __init__(
+        self, env: simpy.Environment, cluster: Cluster, policy: Policy, config: Configuration
+    ) -> None:
         self.env = env
         self.cluster = cluster
         self.policy = policy
@@ -122,7 +124,8 @@ class TrainingJob:
             self.uncommitted[2] += redundancy
             self.since_checkpoint_s += elapsed
             progress = (self.progress_s + elapsed) % config.step_time_s
-            self.progress_s = 0.0 if config.step_time_s - progress < _SNAP * config.step_time_s else progress
+            near_boundary = min(progress, config.step_time_s - progress) < _SNAP * config.step_time_s
+            self.progress_s = 0.0 if near_boundary else progress
         elif mode is Mode.CHECKPOINT:
             breakdown["checkpoint"] += elapsed
         elif mode is Mode.RECOVER:
@@ -174,7 +177,8 @@ class TrainingJob:
 
     def _take_joins(self) -> None:
         assert self.config is not None  # NOTE: joins are taken only while a configuration runs.
-        joined = tuple(sorted(node for node in self.pending_joins if node in set(self.cluster.alive)))
+        alive = set(self.cluster.alive)
+        joined = tuple(sorted(node for node in self.pending_joins if node in alive))
         self.pending_joins.clear()
         if joined:
             recovery = self.policy.on_join(self.config, joined, self.cluster.alive)

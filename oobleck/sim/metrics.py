@@ -82,6 +82,8 @@ class PolicyResult:
     """Outage lengths: from a loss to training again (chained recoveries count as one)."""
     breakdown_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(BREAKDOWN_KEYS, 0.0))
     timeline: tuple[TimelinePoint, ...] = ()
+    wall_s: float = 0.0
+    """Wall-clock seconds this policy's simulation took (not in :meth:`to_dict`: not deterministic)."""
 
     @property
     def throughput_samples_per_s(self) -> float:

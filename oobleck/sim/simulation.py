@@ -26,9 +26,10 @@ from oobleck.planning.profile import ModelProfile
 from oobleck.sim.base import JobContext, Policy
 from oobleck.sim.cluster import Cluster
 from oobleck.sim.config import SimulationConfig
+from oobleck.sim.costs import checkpoint_bytes
 from oobleck.sim.failures import SECONDS_PER_HOUR, FailureModel, FailureTrace, generate_trace, read_trace
 from oobleck.sim.job import TrainingJob
-from oobleck.sim.metrics import PolicyResult, TimelinePoint
+from oobleck.sim.metrics import PolicyResult
 from oobleck.sim.policies.bamboo import BambooPolicy
 from oobleck.sim.policies.checkpoint import CheckpointPolicy
 from oobleck.sim.policies.homogeneous import HomogeneousPlanner
@@ -139,6 +140,7 @@ def simulate(
         fault_tolerance=config.fault_tolerance,
         global_microbatches=config.global_microbatches,
         microbatch_size=config.microbatch_size,
+        checkpoint_bytes=checkpoint_bytes(profile),
     )
     homogeneous = HomogeneousPlanner(context)
     factories = {name: POLICY_FACTORIES[name] for name in config.policies} | dict(extra_policies or {})
@@ -182,6 +184,7 @@ def _run_policy(
     profile: ModelProfile,
     progress: ProgressCallback | None,
 ) -> PolicyResult:
+    started = time.perf_counter()
     try:
         config = policy.start(trace.initial_nodes)
     except PlanningError as error:
@@ -205,7 +208,8 @@ def _run_policy(
         recoveries=dict(metrics.recoveries),
         recovery_durations_s=tuple(metrics.recovery_durations_s),
         breakdown_s=dict(metrics.breakdown_s),
-        timeline=tuple(metrics.timeline) or (TimelinePoint(time_s=0, nodes_up=0, nodes_used=0, samples_per_s=0, min_pipeline_nodes=0),),
+        timeline=tuple(metrics.timeline),
+        wall_s=time.perf_counter() - started,
     )
 
 

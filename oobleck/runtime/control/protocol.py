@@ -174,10 +174,11 @@ class Channel:
             ConnectionClosedError: The peer closed the connection between frames.
             ProtocolError: The frame is oversized, mis-MAC'd, replayed or not a JSON object.
         """
-        if timeout_s is not None:
-            ready, _, _ = select.select([self._sock], [], [], max(0.0, timeout_s))
-            if not ready:
-                raise TimeoutError(f"no message from {self.peer} within {timeout_s} s")
+        # NOTE: waiting for the *start* of a frame is select()'s job; the socket's own timeout
+        # (IO_TIMEOUT_S) only bounds a frame that has started, so an idle link never times out.
+        ready, _, _ = select.select([self._sock], [], [], None if timeout_s is None else max(0.0, timeout_s))
+        if not ready:
+            raise TimeoutError(f"no message from {self.peer} within {timeout_s} s")
         length, seq, mac = _HEADER.unpack(_recv_exact(self._sock, _HEADER.size))
         if length > self.max_frame_bytes:
             raise ProtocolError(f"frame of {length} bytes exceeds the {self.max_frame_bytes} cap")

@@ -122,6 +122,12 @@ class ModelAdapter:
             if layer == index
         )
 
+    def parameter_count(self, index: int) -> int:
+        """Parameters of layer ``index`` (built on the meta device: no memory, no init)."""
+        with torch.device("meta"):
+            module = self._factories[self.layer_kind(index)](index)
+        return sum(param.numel() for param in module.parameters())
+
     def build_layer(self, index: int, seed: int, device: torch.device | str = "cpu") -> nn.Module:
         """Build layer ``index`` with its deterministic initial weights.
 
@@ -244,7 +250,9 @@ def build_adapter(model: ModelConfig) -> ModelAdapter:
     try:
         return builder(model.name, fields_)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"model: invalid {model.arch} config fields {sorted(model.hf_config)}: {error}") from None
+        raise ConfigError(
+            f"model: invalid {model.arch} config fields {sorted(model.hf_config)}: {error}"
+        ) from None
 
 
 def _config(cls: type, fields_: dict[str, Any]) -> Any:
@@ -310,7 +318,9 @@ def _llama(name: str, fields_: dict[str, Any]) -> ModelAdapter:
     adapter._factories = {
         "embedding": lambda _: _Embedding(nn.Embedding(config.vocab_size, hidden)),
         "block": lambda i: _Block(LlamaDecoderLayer(config, layer_idx=i - 1), LlamaRotaryEmbedding(config)),
-        "head": lambda _: _Head(LlamaRMSNorm(hidden, eps=config.rms_norm_eps), config.vocab_size, hidden, None),
+        "head": lambda _: _Head(
+            LlamaRMSNorm(hidden, eps=config.rms_norm_eps), config.vocab_size, hidden, None
+        ),
     }
     return adapter
 

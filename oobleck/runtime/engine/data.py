@@ -154,6 +154,8 @@ class GlobalSampler:
         """
         count = self.global_batch - start if count is None else count
         if start < 0 or count < 0 or start + count > self.global_batch:
-            raise ValueError(f"slice [{start}, {start + count}) is outside the global batch {self.global_batch}")
+            raise ValueError(
+                f"slice [{start}, {start + count}) is outside the global batch {self.global_batch}"
+            )
         base = step * self.global_batch + start
         return [self._position(base + i) for i in range(count)]

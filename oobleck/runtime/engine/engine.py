@@ -167,9 +167,10 @@ class Engine:
             info, size = self.info, plan.microbatch_size
             ids = self.sampler.step_samples(step, info.first_microbatch * size, info.microbatches * size)
             batches = [ids[i * size : (i + 1) * size] for i in range(info.microbatches)]
-            loss_sum = run_1f1b(self._stage_context(), batches, 1.0 / plan.global_microbatches)
+            after = self._accumulate if job.optim.exact_accumulation else None
+            loss_sum = run_1f1b(self._stage_context(info), batches, 1.0 / plan.global_microbatches, after)
             sample_ids = tuple(ids) if info.is_first else ()
-            self._sync_gradients()
+            self._sync_gradients(self.topology)
         totals = torch.stack([loss_sum, self._local_square_norm()]).to(self.device)
         self.comm.call("loss/norm all_reduce", dist.all_reduce, totals)
         loss_total, square_norm = totals.tolist()
@@ -330,52 +331,65 @@ class Engine:
         probe = torch.zeros(1, device=self.device)
         self.comm.call("generation barrier", dist.all_reduce, probe)
 
-    def _stage_context(self) -> StageContext:
-        assert self.info is not None  # noqa: S101 - guarded by the caller
+    def _stage_context(self, info: StageInfo) -> StageContext:
         return StageContext(
-            info=self.info,
-            layers=[self.layers[i].module for i in self.info.layers],
+            info=info,
+            layers=[self.layers[i].module for i in info.layers],
             comm=self.comm,
             dataset=self.dataset,
             device=self.device,
-            activation_shape=(self.job.microbatch_size, self.job.data.sequence_length, self.adapter.hidden_size),
+            activation_shape=(
+                self.job.microbatch_size,
+                self.job.data.sequence_length,
+                self.adapter.hidden_size,
+            ),
         )
 
-    def _tied_grad_refs(self, pair: int) -> list[torch.nn.Parameter]:
+    def _tied_sides(self, pair: int) -> list[tuple[LayerState, str]]:
         tie = self.adapter.tied[pair]
-        refs = []
-        for layer, name in ((tie.source_layer, tie.source_name), (tie.layer, tie.name)):
-            if layer in self.layers:
-                refs.append(dict(self.layers[layer].module.named_parameters())[name])
-        return refs
+        sides = ((tie.source_layer, tie.source_name), (tie.layer, tie.name))
+        return [(self.layers[layer], name) for layer, name in sides if layer in self.layers]
 
-    def _sync_gradients(self) -> None:
-        """All-reduce (sum) gradients per bucket; tied weights get the sum of both sides everywhere."""
-        assert self.topology is not None  # noqa: S101 - set by configure
-        for bucket in self.topology.buckets_of_rank(self.rank):
+    def _accumulate(self) -> None:
+        for index in self.info.layers if self.info is not None else ():
+            self.layers[index].accumulate_grads()
+
+    def _sync_gradients(self, topology: Topology) -> None:
+        """All-reduce (sum) gradients per bucket; tied weights get the sum of both sides everywhere.
+
+        With ``optim.exact_accumulation`` the buffers are the float64 microbatch sums: float64 adds
+        of float32 values are exact in practice, so the result does not depend on how the batch was
+        split, and Adam (which amplifies noise in near-zero gradients) sees the same bits as in a
+        one-process run.
+        """
+        for bucket in topology.buckets_of_rank(self.rank):
             grads: list[torch.Tensor] = []
-            targets: list[list[torch.nn.Parameter]] = []
+            targets: list[list[tuple[LayerState, str]]] = []
             for layer in bucket.layers:
+                state = self.layers[layer]
                 tied = set(self.adapter.tied_names(layer))
-                for name, param in self.layers[layer].params():
+                for name, _ in state.params():
                     if name not in tied:
-                        grads.append(_grad(param))
-                        targets.append([param])
+                        grads.append(state.gradient(name))
+                        targets.append([(state, name)])
             for pair in bucket.tied:
-                params = self._tied_grad_refs(pair)
-                grads.append(torch.stack([_grad(p) for p in params]).sum(0) if len(params) > 1 else _grad(params[0]))
-                targets.append(params)
+                sides = self._tied_sides(pair)
+                values = [state.gradient(name) for state, name in sides]
+                grads.append(values[0] + values[1] if len(values) > 1 else values[0])
+                targets.append(sides)
             if not grads:
                 continue
             flat = torch.cat([g.reshape(-1) for g in grads])
             if len(bucket.ranks) > 1:
-                self.comm.call("gradient all_reduce", dist.all_reduce, flat, group=self.comm.group(bucket.ranks))
+                self.comm.call(
+                    "gradient all_reduce", dist.all_reduce, flat, group=self.comm.group(bucket.ranks)
+                )
             offset = 0
-            for grad, params in zip(grads, targets, strict=True):
+            for grad, sides in zip(grads, targets, strict=True):
                 value = flat[offset : offset + grad.numel()].view_as(grad)
                 offset += grad.numel()
-                for param in params:
-                    param.grad = value.clone() if len(params) > 1 else value
+                for state, name in sides:
+                    state.set_gradient(name, value)
 
     def _local_square_norm(self) -> torch.Tensor:
         """Squared gradient norm of the layers this rank counts (their pipeline-0 holder)."""
@@ -391,7 +405,7 @@ class Engine:
 
 
 def _rank_in(plan: Plan, rank_of_node: Mapping[int, int], node: int, layer: int) -> int:
-    """Rank (in the generation of ``rank_of_node``) of the stage of ``node`` that holds ``layer`` in ``plan``."""
+    """Rank (in ``rank_of_node``'s generation) of the stage of ``node`` holding ``layer`` in ``plan``."""
     for pipeline in plan.pipelines:
         if node in pipeline.nodes:
             template = pipeline.template
@@ -401,7 +415,3 @@ def _rank_in(plan: Plan, rank_of_node: Mapping[int, int], node: int, layer: int)
                 raise ReconfigurationError(f"node {node} does not hold layer {layer} in the plan")
             return rank_of_node[node] + devices[0]
     raise ReconfigurationError(f"node {node} is not in the plan, so it cannot hold layer {layer}")
-
-
-def _grad(param: torch.nn.Parameter) -> torch.Tensor:
-    return param.grad if param.grad is not None else torch.zeros_like(param)

@@ -18,12 +18,11 @@ Assumptions:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from oobleck.runtime.engine.comm import Comm
@@ -109,11 +108,18 @@ class _P2P:
 
 def microbatch_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Token-mean cross-entropy of one microbatch: sum over its tokens / tokens per microbatch."""
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="sum")
+    total = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), reduction="sum"
+    )
     return total / labels.numel()
 
 
-def run_1f1b(ctx: StageContext, microbatches: Sequence[Sequence[int]], loss_scale: float) -> torch.Tensor:
+def run_1f1b(
+    ctx: StageContext,
+    microbatches: Sequence[Sequence[int]],
+    loss_scale: float,
+    after_backward: Callable[[], None] | None = None,
+) -> torch.Tensor:
     """Run one step of this stage: forwards, backwards and transfers; gradients accumulate in place.
 
     Called once per step on every rank of the pipeline, all with the same ``microbatches``.
@@ -122,6 +128,7 @@ def run_1f1b(ctx: StageContext, microbatches: Sequence[Sequence[int]], loss_scal
         ctx: the stage.
         microbatches: sample ids of each microbatch of this pipeline, in order.
         loss_scale: factor applied to each microbatch loss before backward (``1 / B``).
+        after_backward: called after each microbatch's backward (e.g. to accumulate in float64).
 
     Returns:
         Sum of the (unscaled) microbatch losses on the last stage, 0 elsewhere (a 0-d fp64 tensor).
@@ -153,6 +160,8 @@ def run_1f1b(ctx: StageContext, microbatches: Sequence[Sequence[int]], loss_scal
     def backward(grad: torch.Tensor | None) -> torch.Tensor | None:
         received, output = saved.popleft()
         torch.autograd.backward(output, grad_tensors=grad)
+        if after_backward is not None:
+            after_backward()
         return None if received is None else received.grad
 
     for index in range(warmup):

@@ -56,6 +56,8 @@ class LayerState:
     exp_avg_sq: dict[str, torch.Tensor] = field(default_factory=dict)
     step: int = 0
     """AdamW updates applied so far (drives bias correction); travels with the layer."""
+    grad_sum: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Float64 sums of microbatch gradients (only with ``optim.exact_accumulation``)."""
 
     def params(self) -> list[tuple[str, nn.Parameter]]:
         """Parameters in a fixed (sorted-name) order, the order of every buffer and transfer."""
@@ -79,8 +81,35 @@ class LayerState:
         )
 
     def zero_grad(self) -> None:
+        """Forget gradients of the previous (or an interrupted) step."""
+        self.grad_sum = {}
         for _, param in self.params():
             param.grad = None
+
+    @torch.no_grad()
+    def accumulate_grads(self) -> None:
+        """Move the gradients of one microbatch into the float64 sums (exact, order-independent)."""
+        for name, param in self.params():
+            if param.grad is None:
+                continue
+            if name in self.grad_sum:
+                self.grad_sum[name].add_(param.grad)
+            else:
+                self.grad_sum[name] = param.grad.to(torch.float64)
+            param.grad = None
+
+    def gradient(self, name: str) -> torch.Tensor:
+        """The step's gradient of ``name`` so far: the float64 sum if any, else ``.grad`` (or zeros)."""
+        if name in self.grad_sum:
+            return self.grad_sum[name]
+        param = dict(self.module.named_parameters())[name]
+        return param.grad if param.grad is not None else torch.zeros_like(param)
+
+    def set_gradient(self, name: str, value: torch.Tensor) -> None:
+        """Install the synchronised gradient of ``name`` (cast to the parameter's dtype)."""
+        param = dict(self.module.named_parameters())[name]
+        param.grad = value.to(param.dtype, copy=True)
+        self.grad_sum.pop(name, None)
 
     @torch.no_grad()
     def adamw_step(self, lr: float, config: OptimConfig, grad_scale: float = 1.0) -> None:

@@ -162,6 +162,8 @@ def build_topology(
     for index, (source, tied) in enumerate(tied_pairs):
         ranks = tuple(sorted({holder(p, lay) for p in range(len(plan.pipelines)) for lay in (source, tied)}))
         tied_sets.setdefault(ranks, []).append(index)
-    buckets = [Bucket(ranks, tuple(layers), tuple(tied_sets.pop(ranks, ()))) for ranks, layers in layer_sets.items()]
+    buckets = [
+        Bucket(ranks, tuple(layers), tuple(tied_sets.pop(ranks, ()))) for ranks, layers in layer_sets.items()
+    ]
     buckets += [Bucket(ranks, (), tuple(tied)) for ranks, tied in tied_sets.items()]
     return Topology(stages=tuple(stages), buckets=tuple(buckets), world_size=len(all_ranks))

@@ -61,7 +61,9 @@ def plan_transfers(old_plan: Plan, new_plan: Plan, alive_nodes: Sequence[int]) -
                 continue
             sources = [holder for holder in old_plan.holders(layer) if holder in alive]
             if not sources:
-                raise ReconfigurationError(f"layer {layer} has no surviving holder; restart from a checkpoint")
+                raise ReconfigurationError(
+                    f"layer {layer} has no surviving holder; restart from a checkpoint"
+                )
             transfers.append(Transfer(layer=layer, src_node=sources[0], dst_node=node, bytes=0))
     return tuple(sorted(transfers, key=lambda t: (t.layer, t.dst_node)))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from oobleck.errors import PlanningError
 from oobleck.planning.plan import PipelineTemplate
-from oobleck.sim.base import Configuration, JobContext, Policy, Recovery
+from oobleck.sim.base import Configuration, JobContext, Policy, Recovery, Rollback
 from oobleck.sim.policies.homogeneous import HomogeneousPlanner
 
 
@@ -36,8 +36,15 @@ class BambooPolicy(Policy):
         compute = sum(layer.compute_s for layer in layers)
         hidden = context.costs.bamboo_bubble_hidden_fraction
         self.overhead = (forward / compute if compute > 0 else 0.0) * (1.0 - hidden)
+        self._fits: dict[int, bool] = {}
 
     def fits(self, template: PipelineTemplate) -> bool:
+        """Whether ``template`` can carry Bamboo's redundant layers (cached per node count)."""
+        if template.num_nodes not in self._fits:
+            self._fits[template.num_nodes] = self._check_memory(template)
+        return self._fits[template.num_nodes]
+
+    def _check_memory(self, template: PipelineTemplate) -> bool:
         """Whether every node of ``template`` holds its stages plus its successor's layer state.
 
         Redundancy needs a successor on another node, so a one-node pipeline never qualifies.
@@ -53,7 +60,8 @@ class BambooPolicy(Policy):
             own[stage.node] += stage.memory_bytes * stage.gpus
             state[stage.node] += sum(layers[i].state_bytes for i in stage.layers)
         return all(
-            own[node] + state[(node + 1) % template.num_nodes] <= capacity for node in range(template.num_nodes)
+            own[node] + state[(node + 1) % template.num_nodes] <= capacity
+            for node in range(template.num_nodes)
         )
 
     def configure(self, nodes: tuple[int, ...]) -> Configuration:
@@ -66,9 +74,13 @@ class BambooPolicy(Policy):
             ) from None
         plan = self.homogeneous.plan(nodes, depth)
         step = plan.iteration_time_s * (1.0 + self.overhead)
-        return Configuration(plan=plan, step_time_s=step, redundancy_fraction=self.overhead / (1.0 + self.overhead))
+        return Configuration(
+            plan=plan, step_time_s=step, redundancy_fraction=self.overhead / (1.0 + self.overhead)
+        )
 
-    def on_loss(self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]) -> Recovery | None:
+    def on_loss(
+        self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]
+    ) -> Recovery | None:
         affected = set(self.affected(config, lost))
         if not affected:
             return None
@@ -79,13 +91,19 @@ class BambooPolicy(Policy):
                     return self.restart(alive)
         return self._failover("failover", alive, "iteration") or self.restart(alive)
 
-    def on_join(self, config: Configuration, joined: tuple[int, ...], alive: tuple[int, ...]) -> Recovery | None:
+    def on_join(
+        self, config: Configuration, joined: tuple[int, ...], alive: tuple[int, ...]
+    ) -> Recovery | None:
         recovery = self._failover("grow", alive, "none")
-        if recovery is None or recovery.config is None or recovery.config.samples_per_s <= config.samples_per_s:
+        if (
+            recovery is None
+            or recovery.config is None
+            or recovery.config.samples_per_s <= config.samples_per_s
+        ):
             return None
         return recovery
 
-    def _failover(self, kind: str, alive: tuple[int, ...], rollback: str) -> Recovery | None:
+    def _failover(self, kind: str, alive: tuple[int, ...], rollback: Rollback) -> Recovery | None:
         try:
             config = self.configure(alive)
         except PlanningError:
@@ -94,5 +112,5 @@ class BambooPolicy(Policy):
             kind=kind,
             duration_s=self.context.costs.bamboo_failover_s,
             config=config,
-            rollback=rollback,  # type: ignore[arg-type]  # NOTE: callers pass a Rollback literal.
+            rollback=rollback,
         )

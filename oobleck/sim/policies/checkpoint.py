@@ -10,6 +10,7 @@ Joined nodes are taken at the next checkpoint, by a restart that loses no work.
 
 from __future__ import annotations
 
+from oobleck.errors import PlanningError
 from oobleck.sim.base import Configuration, JobContext, Policy, Recovery
 from oobleck.sim.costs import young_daly_interval_s
 from oobleck.sim.policies.homogeneous import HomogeneousPlanner
@@ -27,12 +28,35 @@ class CheckpointPolicy(Policy):
         self.depth: int | None = None
 
     def configure(self, nodes: tuple[int, ...]) -> Configuration:
-        if self.depth is None:
-            self.depth = self.homogeneous.best_depth(len(nodes))
-        plan = self.homogeneous.plan(nodes, self.depth)
+        plan = self.homogeneous.plan(nodes, self.depth_for(len(nodes)))
         return Configuration(plan=plan, step_time_s=plan.iteration_time_s)
 
-    def on_loss(self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]) -> Recovery | None:
+    def depth_for(self, num_nodes: int) -> int:
+        """Pipeline depth on ``num_nodes`` nodes: the one chosen for the first configuration.
+
+        Raises:
+            PlanningError: no pipeline fits on ``num_nodes`` nodes.
+        """
+        if self.depth is None:
+            self.depth = self.homogeneous.best_depth(num_nodes)
+        return self.depth
+
+    def on_join(
+        self, config: Configuration, joined: tuple[int, ...], alive: tuple[int, ...]
+    ) -> Recovery | None:
+        """Restart onto the joined nodes only when they change the depth or add a pipeline."""
+        try:
+            depth = self.depth_for(len(alive))
+        except PlanningError:
+            return None
+        shape = (depth, self.homogeneous.width(depth, len(alive)))
+        if shape == (config.plan.pipelines[0].template.num_nodes, len(config.plan.pipelines)):
+            return None
+        return super().on_join(config, joined, alive)
+
+    def on_loss(
+        self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]
+    ) -> Recovery | None:
         if not self.affected(config, lost):
             return None
         return self.restart(alive)

@@ -37,7 +37,9 @@ class HomogeneousPlanner:
         self._stages = np.array([self.templates[d].num_stages for d in depths], dtype=np.int64)
         self._grad = np.array(
             [
-                max(int(grads[s.end_layer] - grads[s.first_layer]) // s.gpus for s in self.templates[d].stages)
+                max(
+                    int(grads[s.end_layer] - grads[s.first_layer]) // s.gpus for s in self.templates[d].stages
+                )
                 for d in depths
             ],
             dtype=np.float64,
@@ -60,8 +62,7 @@ class HomogeneousPlanner:
         if width < 1:
             raise PlanningError(f"{len(nodes)} nodes cannot hold one {depth}-node pipeline")
         template = self.templates[depth]
-        chosen = [template] * width
-        microbatches = distribute_batch(chosen, self.context.global_microbatches)
+        microbatches, step_s = self._shape(depth, width)
         pipelines = tuple(
             Pipeline(template=template, nodes=nodes[i * depth : (i + 1) * depth], microbatches=count)
             for i, count in enumerate(microbatches)
@@ -71,8 +72,19 @@ class HomogeneousPlanner:
             global_microbatches=self.context.global_microbatches,
             microbatch_size=self.context.microbatch_size,
             fault_tolerance=0,
-            iteration_time_s=plan_iteration_time_s(pipelines, self.context.profile, self.context.hardware),
+            iteration_time_s=step_s,
         )
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019  # NOTE: one planner per run; bounded cache.
+    def _shape(self, depth: int, width: int) -> tuple[tuple[int, ...], float]:
+        """Batch split and step time of ``width`` pipelines of ``depth`` nodes (node ids do not matter)."""
+        template = self.templates[depth]
+        microbatches = distribute_batch([template] * width, self.context.global_microbatches)
+        pipelines = [
+            Pipeline(template=template, nodes=tuple(range(i * depth, (i + 1) * depth)), microbatches=count)
+            for i, count in enumerate(microbatches)
+        ]
+        return microbatches, plan_iteration_time_s(pipelines, self.context.profile, self.context.hardware)
 
     def best_depth(self, num_nodes: int, allowed: Callable[[PipelineTemplate], bool] | None = None) -> int:
         """The depth whose homogeneous plan on ``num_nodes`` nodes has the shortest step.

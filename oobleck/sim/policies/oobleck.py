@@ -25,11 +25,18 @@ class OobleckPolicy(Policy):
     name = "oobleck"
     join_at = "step"
 
+    def start(self, nodes: tuple[int, ...]) -> Configuration:
+        """The planner's plan with the full ``f + 1`` pipelines; fewer nodes make oobleck infeasible."""
+        plan = self.context.planner.plan(nodes)
+        return Configuration(plan=plan, step_time_s=plan.iteration_time_s)
+
     def configure(self, nodes: tuple[int, ...]) -> Configuration:
         plan = fallback_plan(self.context, nodes)
         return Configuration(plan=plan, step_time_s=plan.iteration_time_s)
 
-    def on_loss(self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]) -> Recovery | None:
+    def on_loss(
+        self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]
+    ) -> Recovery | None:
         affected = self.affected(config, lost)
         if not affected:
             return None
@@ -37,11 +44,18 @@ class OobleckPolicy(Policy):
             return self.restart(alive)
         return self._reconfigure(config, "reconfigure", lost_nodes=affected) or self.restart(alive)
 
-    def on_join(self, config: Configuration, joined: tuple[int, ...], alive: tuple[int, ...]) -> Recovery | None:
+    def on_join(
+        self, config: Configuration, joined: tuple[int, ...], alive: tuple[int, ...]
+    ) -> Recovery | None:
         return self._reconfigure(config, "grow", joined_nodes=joined)
 
     def _reconfigure(
-        self, config: Configuration, kind: str, *, lost_nodes: tuple[int, ...] = (), joined_nodes: tuple[int, ...] = ()
+        self,
+        config: Configuration,
+        kind: str,
+        *,
+        lost_nodes: tuple[int, ...] = (),
+        joined_nodes: tuple[int, ...] = (),
     ) -> Recovery | None:
         planner = self.context.planner
         try:

@@ -8,7 +8,6 @@ the pipeline depth and data-parallel width that give the shortest step on the no
 
 from __future__ import annotations
 
-from oobleck.sim.base import Configuration
 from oobleck.sim.policies.checkpoint import CheckpointPolicy
 
 
@@ -17,6 +16,6 @@ class VarunaPolicy(CheckpointPolicy):
 
     name = "varuna"
 
-    def configure(self, nodes: tuple[int, ...]) -> Configuration:
-        plan = self.homogeneous.plan(nodes, self.homogeneous.best_depth(len(nodes)))
-        return Configuration(plan=plan, step_time_s=plan.iteration_time_s)
+    def depth_for(self, num_nodes: int) -> int:
+        """The depth with the shortest step on ``num_nodes`` nodes, re-chosen on every restart."""
+        return self.homogeneous.best_depth(num_nodes)

@@ -1,0 +1,158 @@
+"""Benchmark: oobleck's 1F1B engine vs ``torch.distributed.pipelining.Schedule1F1B``, side by side.
+
+Same model (a GPT-2 built by our adapter, same seed), same stage split (one stage per process),
+same microbatches, same data, gloo on CPU (NCCL on GPU), AdamW after each step on both sides.
+Rounds alternate the two systems so machine noise hits both alike; the median step time of each
+is reported with the throughput ratio (goal: ours >= 0.9x).
+
+Run: ``python benchmarks/engine.py [--stages 2] [--layers 4] [--width 256] [--microbatches 8]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+SEED = 0
+
+
+def job_config(args: argparse.Namespace):
+    from oobleck.runtime.config import job_config_from_dict
+
+    return job_config_from_dict(
+        {
+            "model": {"arch": "gpt2", "n_layer": args.layers, "n_embd": args.width, "n_head": 4},
+            "data": {"sequence_length": args.seq},
+            "global_batch": args.microbatches * args.mbs,
+            "microbatch_size": args.mbs,
+            "steps": 1000,
+            "optim": {"lr": 1e-4, "grad_clip": 0.0, "exact_accumulation": False},
+            "seed": SEED,
+        },
+        source="benchmark",
+    )
+
+
+def split_plan(num_layers: int, stages: int, microbatches: int, mbs: int):
+    from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Stage
+
+    bounds = [round(i * num_layers / stages) for i in range(stages + 1)]
+    template = PipelineTemplate(
+        num_nodes=stages,
+        gpus_per_node=1,
+        stages=tuple(
+            Stage(first_layer=bounds[i], end_layer=bounds[i + 1], node=i, gpus=1, latency_s=1.0, memory_bytes=0)
+            for i in range(stages)
+        ),
+    )
+    pipeline = Pipeline(template=template, nodes=tuple(range(stages)), microbatches=microbatches)
+    return Plan(
+        pipelines=(pipeline,),
+        global_microbatches=microbatches,
+        microbatch_size=mbs,
+        fault_tolerance=0,
+        iteration_time_s=1.0,
+    ), bounds
+
+
+def worker(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
+    """One stage: build both systems on the same process group, then time them in alternating rounds."""
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B
+
+    from oobleck.runtime.engine import Engine
+    from oobleck.runtime.engine.executor import microbatch_loss
+
+    torch.set_num_threads(args.threads)
+    job = job_config(args)
+    store = dist.TCPStore("127.0.0.1", port, is_master=rank == 0, timeout=timedelta(seconds=120))
+    engine = Engine(job, node=rank, timeout=timedelta(seconds=120))
+    plan, bounds = split_plan(engine.adapter.num_layers, args.stages, args.microbatches, args.mbs)
+    engine.configure(plan, 0, {n: n for n in range(args.stages)}, store)
+
+    module = nn.Sequential(
+        *[engine.adapter.build_layer(i, SEED, engine.device) for i in range(bounds[rank], bounds[rank + 1])]
+    )
+    stage = PipelineStage(module, rank, args.stages, engine.device)
+    schedule = Schedule1F1B(stage, args.microbatches, loss_fn=microbatch_loss)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=0.0, foreach=True)
+
+    def torch_step(step: int) -> None:
+        tokens = engine.dataset.batch(engine.sampler.step_samples(step), engine.device)
+        optimizer.zero_grad(set_to_none=True)
+        if rank == 0:
+            schedule.step(tokens[:, :-1])
+        elif rank == args.stages - 1:
+            schedule.step(target=tokens[:, 1:])
+        else:
+            schedule.step()
+        optimizer.step()
+
+    times: dict[str, list[float]] = {"oobleck": [], "torch": []}
+    step = 0
+    for round_index in range(args.rounds):
+        for name in ("oobleck", "torch"):
+            for repeat in range(args.steps + 1):
+                dist.barrier()
+                start = time.perf_counter()
+                if name == "oobleck":
+                    engine.train_step(step)
+                else:
+                    torch_step(step)
+                if engine.device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - start
+                step += 1
+                if repeat > 0 or round_index > 0:  # first step of the first round is warm-up
+                    times[name].append(elapsed)
+    if rank == 0:
+        Path(out).write_text(json.dumps(times))
+    engine.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stages", type=int, default=2, help="pipeline stages = processes (default: 2)")
+    parser.add_argument("--layers", type=int, default=4, help="transformer blocks (default: 4)")
+    parser.add_argument("--width", type=int, default=256, help="hidden size (default: 256)")
+    parser.add_argument("--seq", type=int, default=64, help="tokens per sample (default: 64)")
+    parser.add_argument("--mbs", type=int, default=4, help="samples per microbatch (default: 4)")
+    parser.add_argument("--microbatches", type=int, default=8, help="microbatches per step (default: 8)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round (default: 5)")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds (default: 4)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process (default: 1)")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as folder:
+        out = str(Path(folder) / "times.json")
+        mp.spawn(worker, args=(args, port, out), nprocs=args.stages, join=True)
+        times = json.loads(Path(out).read_text())
+    samples = args.microbatches * args.mbs
+    ours, theirs = statistics.median(times["oobleck"]), statistics.median(times["torch"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(
+        f"GPT-2 {args.layers}x{args.width}, seq {args.seq}, {args.stages} stages, "
+        f"{args.microbatches} microbatches x {args.mbs}, {device}, {len(times['oobleck'])} steps each"
+    )
+    print(f"{'system':<32}{'median step s':>14}{'samples/s':>12}")
+    print(f"{'oobleck engine (1F1B)':<32}{ours:>14.4f}{samples / ours:>12.1f}")
+    print(f"{'torch pipelining Schedule1F1B':<32}{theirs:>14.4f}{samples / theirs:>12.1f}")
+    print(f"throughput ratio oobleck / torch = {theirs / ours:.3f}  (goal >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()

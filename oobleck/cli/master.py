@@ -1,0 +1,102 @@
+"""``oobleck master`` / ``python -m oobleck.runtime.master``: run a job to completion, or serve as a daemon.
+
+With ``--config`` the master launches one agent per hostfile line (or per Slurm node), runs the job
+and exits 0 when every worker finished (1 if the job failed, 2 for bad input). Without it, the
+master is a daemon that waits for ``oobleck submit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from oobleck.cli._common import new_parser, positive, run_command
+from oobleck.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The master's flags."""
+    parser = new_parser(
+        "master",
+        description="Run the elastic control plane: rendezvous store, agents, failure detection, membership.",
+        example="python -m oobleck.runtime.master --hostfile examples/hosts.local4 "
+        "--config examples/tiny_gpt2.yaml --run-dir runs/demo",
+    )
+    parser.add_argument("--hostfile", help="one agent per line: HOST [slots=N] [port=P]; default: Slurm nodes")
+    parser.add_argument("--config", help="job YAML; without it the master runs as a daemon for `oobleck submit`")
+    parser.add_argument("--run-dir", help="output folder (default: runs/<UTC time>)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address; a routable one needs OOBLECK_TOKEN")
+    parser.add_argument("--port", type=int, default=0, help="control port (0: a free port, see master.json)")
+    parser.add_argument("--token-file", help="0600 file with the shared token (default: $OOBLECK_TOKEN, "
+                        "else a token generated into <run-dir>/token for this run)")
+    parser.add_argument("--heartbeat-interval-s", type=float, default=0.5, help="agent heartbeat period (s)")
+    parser.add_argument("--missed-heartbeats", type=int, default=3, help="silent periods before a node is dead")
+    parser.add_argument("--register-timeout-s", type=float, default=120.0,
+                        help="longest wait for the expected agents (s)")
+    parser.add_argument("--timeout-s", type=float, default=None, help="fail the job after this long (s)")
+    return parser
+
+
+def _token(args: argparse.Namespace, run_dir: Path) -> bytes:
+    from oobleck.runtime.control.server import check_bind
+    from oobleck.runtime.control.token import describe_source, generate_token_file, load_token
+
+    token = load_token(args.token_file)
+    check_bind(args.host, token_supplied=token is not None)
+    if token is not None:
+        logger.info("token from %s", describe_source(args.token_file))
+        return token
+    path = run_dir / "token"
+    logger.info("generated a token for this run in %s (mode 0600)", path)
+    return generate_token_file(path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from oobleck.runtime.control.hostfile import hosts_from_slurm, parse_hostfile
+    from oobleck.runtime.control.submission import JobSpec
+
+    logging.getLogger("oobleck").setLevel(logging.DEBUG if args.debug else logging.INFO)
+    positive("--missed-heartbeats", args.missed_heartbeats)
+    if args.heartbeat_interval_s <= 0:
+        raise ConfigError(f"--heartbeat-interval-s must be > 0, got {args.heartbeat_interval_s}")
+    job = JobSpec.from_path(args.config) if args.config else None
+    hosts = parse_hostfile(args.hostfile) if args.hostfile else hosts_from_slurm()
+    if job is not None and hosts is None:
+        raise ConfigError("--hostfile: required outside a Slurm allocation (SLURM_JOB_NODELIST is unset)")
+    run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    token = _token(args, run_dir)
+
+    from oobleck.runtime.control.job import check_reachable, run_job
+    from oobleck.runtime.control.master import Master, MasterConfig
+
+    if job is not None and hosts is not None:
+        check_reachable(hosts, args.host)
+    config = MasterConfig(run_dir=run_dir, host=args.host, port=args.port,
+                          heartbeat_interval_s=args.heartbeat_interval_s, missed_heartbeats=args.missed_heartbeats,
+                          register_timeout_s=args.register_timeout_s)
+    master = Master(config, token)
+    logger.info("master at %s:%d, run dir %s", master.address, master.server.port, run_dir)
+    if job is not None and hosts is not None:
+        return run_job(master, job, hosts, slurm=args.hostfile is None, timeout_s=args.timeout_s)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        master.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``oobleck master``; returns the exit status (0 done, 1 job failed, 2 bad input)."""
+    return run_command(build_parser(), _run, argv)

@@ -1,0 +1,272 @@
+"""The agent: one per node; registers with the master, heartbeats, runs and watches the workers.
+
+Assumptions:
+- The node is the failure unit: a worker that exits non-zero, or losing the master, ends the whole
+  agent (its other workers are killed), and the master turns that into a membership change.
+- Workers run in the agent's process group, so killing the group kills the node.
+- Agent and workers talk over an inherited socketpair (``OOBLECK_CONTROL=fd:N``) using the same
+  MAC'd frames as the network, keyed by a per-worker random key; the job token never reaches a worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from oobleck.runtime.control.protocol import Channel, ConnectionClosedError, ProtocolError, connect
+
+logger = logging.getLogger(__name__)
+
+CONTROL_ENV = "OOBLECK_CONTROL"
+"""``fd:<n>``: the worker's end of its socketpair to the agent."""
+CONTROL_KEY_ENV = "OOBLECK_CONTROL_KEY"
+"""Hex MAC key of that socketpair."""
+NODE_ENV = "OOBLECK_NODE"
+"""The worker's stable node id."""
+
+
+@dataclass(kw_only=True, slots=True)
+class AgentConfig:
+    """How to reach the master and what to run."""
+
+    master_host: str
+    """Master address."""
+    master_port: int
+    """Master control port."""
+    index: int | None = None
+    """Requested node id (the hostfile index); None lets the master choose (a hand-started agent)."""
+    slots: int = 1
+    """Workers to start (one per device)."""
+    run_dir: Path | None = None
+    """Overrides the master's run directory (a node without the shared file system)."""
+    worker_module: str = "oobleck.runtime.worker"
+    """Module run as ``python -m`` for each worker."""
+    connect_timeout_s: float = 60.0
+    """Keep retrying the master this long (agents may start before it)."""
+
+
+@dataclass(slots=True)
+class _Worker:
+    local_rank: int
+    process: subprocess.Popen[bytes]
+    channel: Channel
+    error_file: Path
+
+
+class Agent:
+    """Drives one node for the life of a job; :meth:`run` returns the process exit status."""
+
+    def __init__(self, config: AgentConfig, token: bytes) -> None:
+        """Args:
+        config: Master address and worker settings.
+        token: The job's shared secret.
+        """
+        self.config = config
+        self._token = token
+        self.node = -1
+        self.workers: list[_Worker] = []
+        self.job: dict[str, Any] | None = None
+        self.membership: dict[str, Any] | None = None
+        self.store: dict[str, Any] = {}
+        self.run_dir = config.run_dir
+        self._exit_code: int | None = None
+        self._stop = threading.Event()
+        self._channel: Channel | None = None
+
+    def _connect(self) -> Channel:
+        deadline = time.monotonic() + self.config.connect_timeout_s
+        delay = 0.1
+        while True:
+            try:
+                return connect(self.config.master_host, self.config.master_port, self._token, "agent")
+            except (ConnectionRefusedError, TimeoutError, socket.gaierror):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def run(self) -> int:
+        """Register, then serve until shutdown (0), a local failure (1), or losing the master (1).
+
+        Returns:
+            The exit status for the agent process.
+        """
+        channel = self._channel = self._connect()
+        channel.send({"type": "register", "index": self.config.index, "slots": self.config.slots,
+                      "host": socket.gethostname(), "pid": os.getpid()})
+        welcome = channel.recv(10.0)
+        if welcome["type"] != "welcome":
+            logger.error("master refused this agent: %s", welcome.get("message", welcome))
+            return 2
+        self.node, self.store = int(welcome["node"]), dict(welcome["store"])
+        self.run_dir = self.run_dir or Path(welcome["run_dir"])
+        interval = float(welcome["heartbeat_interval_s"])
+        logger.info("[node %d] registered with %s:%d", self.node, self.config.master_host, self.config.master_port)
+        threading.Thread(target=self._heartbeat, args=(interval,), name="heartbeat", daemon=True).start()
+        threading.Thread(target=self._watch_workers, name="worker-watch", daemon=True).start()
+        try:
+            while self._exit_code is None:
+                try:
+                    message = channel.recv(interval)
+                except TimeoutError:
+                    continue
+                self._on_message(message)
+        except (ConnectionClosedError, ProtocolError, OSError) as exc:
+            if self._exit_code is None:
+                logger.error("[node %d] lost the master (%s); stopping workers", self.node, exc)
+                self._exit_code = 1
+        finally:
+            self._stop.set()
+            self.kill_workers()
+            channel.close()
+        return self._exit_code
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "job":
+            self.job = message
+        elif kind == "membership":
+            self.membership = message
+            if not self.workers and self.node in message["members"]:
+                self._start_workers()
+            for worker in self.workers:
+                with contextlib.suppress(OSError, ProtocolError):
+                    worker.channel.send(message)
+        elif kind == "shutdown":
+            logger.info("[node %d] shutdown requested", self.node)
+            self._exit_code = 0
+        elif kind == "error":
+            logger.error("[node %d] master: %s", self.node, message.get("message"))
+            self._exit_code = 2
+
+    def _heartbeat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                assert self._channel is not None  # noqa: S101 - set before this thread starts
+                self._channel.send({"type": "heartbeat", "t": time.time()})
+            except (OSError, ProtocolError):
+                return
+
+    def _config_path(self) -> str:
+        assert self.job is not None and self.run_dir is not None  # noqa: S101 - job precedes membership
+        path = Path(self.job["config_path"])
+        if path.is_file() and path.read_text(encoding="utf-8") == self.job["config_text"]:
+            return str(path)
+        local = self.run_dir / f"job.node{self.node}.yaml"
+        local.write_text(self.job["config_text"], encoding="utf-8")
+        return str(local)
+
+    def _start_workers(self) -> None:
+        assert self.run_dir is not None  # noqa: S101 - set at registration
+        errors = self.run_dir / "errors"
+        errors.mkdir(parents=True, exist_ok=True)
+        config_path = self._config_path()
+        for local_rank in range(self.config.slots):
+            ours, theirs = socket.socketpair()
+            key = secrets.token_bytes(32)
+            error_file = errors / f"node{self.node}_local{local_rank}.json"
+            error_file.unlink(missing_ok=True)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("OOBLECK_TOKEN")}
+            env.update({
+                CONTROL_ENV: f"fd:{theirs.fileno()}", CONTROL_KEY_ENV: key.hex(), NODE_ENV: str(self.node),
+                "LOCAL_RANK": str(local_rank), "LOCAL_WORLD_SIZE": str(self.config.slots),
+                "MASTER_ADDR": str(self.store["host"]), "MASTER_PORT": str(self.store["port"]),
+                "TORCHELASTIC_ERROR_FILE": str(error_file), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            })
+            argv = [sys.executable, "-m", self.config.worker_module, "--config", config_path,
+                    "--run-dir", str(self.run_dir)]
+            process = subprocess.Popen(argv, env=env, pass_fds=(theirs.fileno(),))
+            theirs.close()
+            channel = Channel(ours, key, is_server=True, peer=f"worker{local_rank}")
+            worker = _Worker(local_rank, process, channel, error_file)
+            self.workers.append(worker)
+            threading.Thread(target=self._relay_worker, args=(worker,), daemon=True).start()
+        self._send({"type": "workers", "pids": [w.process.pid for w in self.workers]})
+        logger.info("[node %d] started workers %s", self.node, [w.process.pid for w in self.workers])
+
+    def _relay_worker(self, worker: _Worker) -> None:
+        """Forward requests a worker makes of the master (e.g. ``regroup``)."""
+        while not self._stop.is_set():
+            try:
+                message = worker.channel.recv(1.0)
+            except TimeoutError:
+                continue
+            except (ConnectionError, OSError):
+                return
+            if message["type"] == "regroup":
+                self._send({"type": "regroup", "generation": message.get("generation")})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError, ProtocolError):
+            assert self._channel is not None  # noqa: S101 - set in run()
+            self._channel.send(message)
+
+    def _watch_workers(self) -> None:
+        finished: set[int] = set()
+        while not self._stop.wait(0.05):
+            for worker in self.workers:
+                code = worker.process.poll()
+                if code is None or worker.local_rank in finished:
+                    continue
+                finished.add(worker.local_rank)
+                error = read_error_file(worker.error_file, code)
+                self._send({"type": "worker_exit", "local_rank": worker.local_rank, "code": code, "error": error})
+                if code != 0:
+                    logger.error("[node %d] worker %d exited with %d; the node leaves the job",
+                                 self.node, worker.local_rank, code)
+                    self._exit_code = 1
+                    if self._channel is not None:
+                        self._channel.close()
+                    return
+            if self.workers and len(finished) == len(self.workers):
+                self._send({"type": "done"})
+                return
+
+    def kill_workers(self) -> None:
+        """SIGKILL every live worker and reap it; never raises, idempotent."""
+        for worker in self.workers:
+            if worker.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.process.wait(5)
+            worker.channel.close()
+
+
+def read_error_file(path: Path, code: int) -> dict[str, Any] | None:
+    """Summarise a worker's error file (``TORCHELASTIC_ERROR_FILE`` layout or ours).
+
+    Args:
+        path: The error file the worker was told to write.
+        code: Its exit status (negative: killed by that signal).
+
+    Returns:
+        ``{"message", "timestamp"}``, or None for a clean exit without a file.
+    """
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            data = {}
+        message = data.get("message", "")
+        if isinstance(message, dict):  # torch's @record layout
+            extra = message.get("extraInfo", {})
+            return {"message": str(message.get("message", ""))[:2000],
+                    "timestamp": float(extra.get("timestamp", path.stat().st_mtime))}
+        return {"message": str(message)[:2000], "timestamp": float(data.get("timestamp", path.stat().st_mtime))}
+    if code == 0:
+        return None
+    what = f"killed by signal {-code}" if code < 0 else f"exited with code {code} (no error file)"
+    return {"message": f"worker {what}", "timestamp": time.time()}

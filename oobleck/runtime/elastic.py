@@ -1,0 +1,303 @@
+"""The elastic worker loop: train, and on any failure notice or communication error recover in place.
+
+``oobleck.runtime.worker`` hands over to :func:`main` when the agent set ``OOBLECK_CONTROL``.
+
+Per membership generation G every worker does::
+
+    publish (committed plan, next step) under ctl/gen<G>/state/<node>/<local>   -- store barrier
+    read every member's record; survivors agree on the committed plan and step
+    plan    = Planner.reconfigure(committed, lost=committed - members, joined=members - committed)
+    engine.reconfigure(plan, transfers, G, rank_of_node, store)                 -- or configure at G=0
+    redo the interrupted step
+
+Assumptions:
+- Every worker derives the same plan: same committed plan (the one the last completed step ran
+  under; a step completes on all ranks or none, the engine commits after its last collective),
+  same member list (from the master), same planner inputs (profile and max_nodes published once
+  in the store), and the planning core is deterministic.
+- A failure notice aborts the engine on the link's reader thread at once, so a training thread
+  blocked in a collective fails within milliseconds; a join is applied at the next step boundary
+  (this worker aborts its groups there, so peers already in the next step redo it).
+- When the planner finds no valid plan (a layer lost every replica), the job restarts from the
+  latest complete checkpoint on the remaining nodes; with none, the worker fails the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from oobleck.errors import PlanningError, ReconfigurationError
+from oobleck.planning.hardware import get_hardware
+from oobleck.planning.plan import Plan
+from oobleck.planning.profile import ModelProfile
+from oobleck.runtime.config import JobConfig, load_job_config
+from oobleck.runtime.control.agent import NODE_ENV
+from oobleck.runtime.control.checkpoint import latest_complete, write_shard
+from oobleck.runtime.control.link import WorkerLink
+from oobleck.runtime.control.master import append_jsonl
+from oobleck.runtime.control.membership import Membership
+from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_profile
+
+logger = logging.getLogger(__name__)
+
+BARRIER_TIMEOUT_S = 120.0
+"""Longest a generation's store barrier waits for a member that the master still believes alive."""
+QUIET_ERROR_WAIT_S = 5.0
+"""After a communication error with no notice, wait this long before asking the master to regroup."""
+
+
+class ElasticLoop:
+    """One worker's training loop across membership generations."""
+
+    def __init__(self, job: JobConfig, run_dir: Path, *, node: int, local_rank: int, timeout_s: float) -> None:
+        """Connect to the agent link and the store; build the engine (no layers yet).
+
+        Args:
+            job: The validated job.
+            run_dir: Where metrics, ledger and checkpoints go.
+            node: This worker's stable node id.
+            local_rank: Its index on the node.
+            timeout_s: Collective timeout of the engine (a backstop; notices normally come first).
+        """
+        self.job, self.run_dir, self.node, self.local_rank = job, run_dir, node, local_rank
+        self.engine = Engine(job, node=node, local_rank=local_rank, timeout=timedelta(seconds=timeout_s))
+        self.store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                   timeout=timedelta(seconds=timeout_s))
+        self.link = WorkerLink.from_env(on_failure=self._on_failure)
+        self.ckpt_dir = Path(job.checkpoint.dir) if job.checkpoint.dir else run_dir / "checkpoints"
+        self.committed: Plan | None = None
+        self.plan: Plan | None = None
+        self.generation = -1
+        self.next_step = 0
+        self._planner: Any = None
+        self._recovery: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ main loop
+    def _on_failure(self, membership: Membership) -> None:
+        logger.warning("[node %d] notice: generation %d, %s; aborting process groups",
+                       self.node, membership.generation, membership.reason)
+        self.engine.abort(f"generation {membership.generation}: {membership.reason}")
+
+    def run(self) -> None:
+        """Train every step of the job, recovering from failures and applying joins.
+
+        Raises:
+            PlanningError: No plan and no checkpoint can continue the job.
+            RuntimeError: The agent link closed or a barrier timed out.
+        """
+        if self.link.wait_newer(-1, BARRIER_TIMEOUT_S) is None:
+            raise RuntimeError("no membership from the agent")
+        while self.next_step < self.job.steps:
+            target = self.link.latest
+            assert target is not None  # noqa: S101 - waited for above
+            if target.generation != self.generation and not self._regroup(target):
+                continue
+            try:
+                metrics = self.engine.train_step(self.next_step)
+            except CommunicationError as exc:
+                logger.warning("[node %d step=%d] %s", self.node, self.next_step, exc)
+                self._await_change()
+                continue
+            self._record_step(metrics)
+            self.next_step += 1
+            self._maybe_checkpoint()
+            latest = self.link.latest
+            if latest is not None and latest.generation != self.generation and self.next_step < self.job.steps:
+                self.engine.abort(f"generation {latest.generation} at the step boundary")
+        self.engine.close()
+        self.link.close()
+
+    def _await_change(self) -> None:
+        if self.link.wait_newer(self.generation, QUIET_ERROR_WAIT_S) is not None:
+            return
+        logger.warning("[node %d] communication error without a notice; asking for a regroup", self.node)
+        self.link.request_regroup(self.generation)
+        if self.link.wait_newer(self.generation, BARRIER_TIMEOUT_S) is None:
+            raise RuntimeError(f"no new generation after a communication error at generation {self.generation}")
+
+    # ------------------------------------------------------------------ generations
+    def _barrier(self, target: Membership) -> list[dict[str, Any]] | None:
+        prefix = f"ctl/gen{target.generation}/state"
+        record = {"plan": None if self.committed is None else self.committed.to_dict(), "step": self.next_step}
+        self.store.set(f"{prefix}/{self.node}/{self.local_rank}", json.dumps(record))
+        keys = [f"{prefix}/{n}/{r}" for n in target.members for r in range(target.slots)]
+        deadline = time.monotonic() + BARRIER_TIMEOUT_S
+        while not self.store.check(keys):
+            if self._superseded(target):
+                return None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"generation {target.generation}: members {target.members} never all arrived")
+            time.sleep(0.01)
+        return [json.loads(self.store.get(k)) for k in keys]
+
+    def _superseded(self, target: Membership) -> bool:
+        latest = self.link.latest
+        return latest is not None and latest.generation > target.generation
+
+    def _regroup(self, target: Membership) -> bool:
+        noticed = self.link.received_at.get(target.generation, time.time())
+        states = self._barrier(target)
+        if states is None:
+            return False
+        rank_of_node = target.rank_of_node()
+        planner = self._get_planner(target)
+        if self._superseded(target):
+            return False
+        survivors = [s for s in states if s["plan"] is not None]
+        timing: dict[str, Any] = {}
+        try:
+            if not survivors:
+                self.plan = planner.plan(target.members)
+                plan_ready = time.time()
+                self.engine.configure(self.plan, target.generation, rank_of_node, self.store)
+                self.next_step = 0
+            else:
+                committed = Plan.from_dict(survivors[0]["plan"], gpus_per_node=target.slots)
+                steps = sorted({s["step"] for s in survivors})
+                if len(steps) > 1:
+                    logger.error("[node %d] survivors disagree on the step %s; resuming at %d", self.node, steps, steps[0])
+                self.next_step = steps[0]
+                plan_ready, timing = self._reconfigure(planner, committed, target, rank_of_node)
+        except CommunicationError as exc:
+            logger.warning("[node %d] regroup at generation %d failed: %s", self.node, target.generation, exc)
+            self._await_change()
+            return False
+        self.generation = target.generation
+        if target.generation > 0:
+            self._recovery = {"event": "recovery", "generation": target.generation, "lost": list(target.lost),
+                              "joined": list(target.joined), "reason": target.reason,
+                              "t_failure": target.failure_at or target.detected_at, "t_detected": target.detected_at,
+                              "t_notice": noticed, "t_plan_ready": plan_ready, **timing}
+        logger.info("[node %d] generation %d running: %d pipelines, step %d", self.node, target.generation,
+                    len(self.plan.pipelines) if self.plan else 0, self.next_step)
+        return True
+
+    def _reconfigure(self, planner: Any, committed: Plan, target: Membership,
+                     rank_of_node: dict[int, int]) -> tuple[float, dict[str, Any]]:
+        lost = tuple(n for n in committed.nodes if n not in target.members)
+        joined = tuple(n for n in target.members if n not in committed.nodes)
+        try:
+            change = planner.reconfigure(committed, lost_nodes=lost, joined_nodes=joined)
+        except ReconfigurationError as exc:
+            return self._restart_from_checkpoint(planner, target, rank_of_node, exc)
+        self.plan = change.plan
+        plan_ready = time.time()
+        measured = self.engine.reconfigure(change.plan, change.transfers, target.generation, rank_of_node, self.store)
+        return plan_ready, {"restart": False, "rebuild_groups_s": measured.rebuild_groups_s,
+                            "transfer_state_s": measured.transfer_state_s, "bytes_sent": measured.bytes_sent,
+                            "bytes_received": measured.bytes_received,
+                            "transfer_bytes": sum(t.bytes for t in change.transfers)}
+
+    def _restart_from_checkpoint(self, planner: Any, target: Membership, rank_of_node: dict[int, int],
+                                 cause: Exception) -> tuple[float, dict[str, Any]]:
+        checkpoint = latest_complete(self.ckpt_dir, self.engine.adapter.num_layers)
+        if checkpoint is None:
+            raise PlanningError(f"{cause}; and no complete checkpoint in {self.ckpt_dir} to restart from "
+                                "(set checkpoint.every_steps)") from cause
+        logger.warning("[node %d] %s; restarting from the checkpoint at step %d", self.node, cause, checkpoint.step)
+        self.plan = planner.plan(target.members)
+        plan_ready = time.time()
+        start = time.perf_counter()
+        self.engine.configure(self.plan, target.generation, rank_of_node, self.store)
+        groups = time.perf_counter()
+        self.engine.load_state_tensors(checkpoint.load())
+        self.next_step = checkpoint.step
+        return plan_ready, {"restart": True, "checkpoint_step": checkpoint.step, "rebuild_groups_s": groups - start,
+                            "transfer_state_s": time.perf_counter() - groups, "transfer_bytes": 0}
+
+    def _get_planner(self, target: Membership) -> Any:
+        if self._planner is not None:
+            return self._planner
+        from oobleck.planning.planner import Planner
+
+        if self.store.add("ctl/planner/claim", 1) == 1:
+            profile = job_profile(self.job, self.engine.adapter)
+            self.store.set("ctl/planner/inputs", json.dumps({"profile": profile.to_dict(),
+                                                             "max_nodes": len(target.members)}))
+        inputs = json.loads(self.store.get("ctl/planner/inputs"))
+        self._planner = Planner(ModelProfile.from_dict(inputs["profile"]), get_hardware(self.job.hardware),
+                                fault_tolerance=self.job.fault_tolerance,
+                                global_microbatches=self.job.global_microbatches,
+                                microbatch_size=self.job.microbatch_size, max_nodes=inputs["max_nodes"],
+                                max_gpus_per_stage=1)
+        return self._planner
+
+    # ------------------------------------------------------------------ records
+    def _is_reporter(self) -> bool:
+        return self.engine.rank == 0
+
+    def _record_step(self, metrics: StepMetrics) -> None:
+        now = time.time()
+        self.committed = self.plan
+        if self.job.data.ledger and metrics.sample_ids:
+            folder = self.run_dir / "ledger"
+            folder.mkdir(exist_ok=True)
+            append_jsonl(folder / f"node{self.node}.jsonl", {"step": metrics.step, "generation": self.generation,
+                                                              "pipeline": metrics.pipeline,
+                                                              "sample_ids": list(metrics.sample_ids)})
+        if not self._is_reporter():
+            self._recovery = None
+            return
+        record = {k: v for k, v in metrics.to_dict().items() if k not in ("sample_ids", "pipeline")}
+        append_jsonl(self.run_dir / "metrics.jsonl", {**record, "t": now})
+        if self._recovery is not None:
+            rec = self._recovery
+            rec["t_first_step"] = now
+            rec["phases_s"] = {
+                "detect": max(0.0, rec["t_notice"] - rec["t_failure"]),
+                "plan": max(0.0, rec["t_plan_ready"] - rec["t_notice"]),
+                "rebuild_groups": rec.get("rebuild_groups_s", 0.0),
+                "transfer_state": rec.get("transfer_state_s", 0.0),
+                "first_step": metrics.step_s,
+            }
+            append_jsonl(self.run_dir / "metrics.jsonl", {**rec, "t": now, "step": metrics.step})
+            self._recovery = None
+
+    def _maybe_checkpoint(self) -> None:
+        every = self.job.checkpoint.every_steps
+        info = self.engine.info
+        if every <= 0 or self.next_step % every or info is None or info.pipeline != 0:
+            return
+        write_shard(self.ckpt_dir, self.next_step, self.node, self.local_rank, list(info.layers),
+                    self.engine.state_tensors())
+
+
+def _write_error(exc: BaseException) -> None:
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    data = {"message": f"{exc.__class__.__name__}: {exc}", "timestamp": time.time(),
+            "traceback": traceback.format_exc()}
+    Path(path).write_text(json.dumps(data), encoding="utf-8")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the elastic loop for the worker the agent started.
+
+    Args:
+        args: The worker's parsed flags (``config``, ``run_dir``, ``timeout_s``).
+
+    Returns:
+        0 when the job's last step completed here; 1 on any error (written to the error file).
+    """
+    try:
+        job = load_job_config(args.config)
+        run_dir = Path(args.run_dir)
+        node, local_rank = int(os.environ[NODE_ENV]), int(os.environ.get("LOCAL_RANK", "0"))
+        ElasticLoop(job, run_dir, node=node, local_rank=local_rank,
+                    timeout_s=float(getattr(args, "timeout_s", 60.0))).run()
+    except Exception as exc:
+        logger.exception("worker failed")
+        _write_error(exc)
+        return 1
+    return 0

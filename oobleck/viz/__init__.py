@@ -1,0 +1,18 @@
+"""Figures, tables and small analyses for the notebooks; every notebook cell is a call into here.
+
+Import the submodule you need; this package imports none of them, because they pull in different
+parts of oobleck (and ``execute`` needs the optional notebook dependencies):
+
+* :mod:`oobleck.viz.templates` -- pipeline templates: stage cuts, devices, memory (planning only);
+* :mod:`oobleck.viz.plans` -- instantiated plans and throughput against cluster size (planning only);
+* :mod:`oobleck.viz.simulation` -- one simulated run: timeline per policy, time breakdown (simulator);
+* :mod:`oobleck.viz.sweep` -- failure-rate sweeps across policies and models (simulator);
+* :mod:`oobleck.viz.runs` -- reading a recorded run directory of the real runtime (no torch);
+* :mod:`oobleck.viz.recovery` -- predicted against measured recovery phases and step times;
+* :mod:`oobleck.viz.execute` -- headless execution of notebooks and comparison of their outputs;
+* :mod:`oobleck.viz.style` -- the shared look: sizes, colours, units.
+
+Every plotting function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``.
+"""
+
+__all__ = ["execute", "plans", "recovery", "runs", "simulation", "style", "sweep", "templates"]

@@ -1,0 +1,232 @@
+"""Hold a prediction against a measurement: recovery phases and step times, predicted vs recorded.
+
+The prediction is the planning core's (:class:`~oobleck.planning.cost.RecoveryPrediction`, whose
+``to_dict()`` keys are the phase names) and the simulator's timeline; the measurement is a run
+directory read by :mod:`oobleck.viz.runs`. Both speak the same phase names, so comparing them is a
+join on the name.
+
+Assumptions:
+    * A recorded run has one recovery of interest (the first one); the step after it is measured
+      as the ``first_step`` phase and excluded from the post-recovery step time.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from oobleck.errors import ConfigError
+from oobleck.sim.metrics import TimelinePoint
+from oobleck.viz.runs import PHASES, RecordedRun, RecoveryRecord
+from oobleck.viz.style import PHASE_COLORS, cycle_color, format_seconds, new_figure
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PredictionError:
+    """One predicted quantity next to its measurement."""
+
+    name: str
+    """A phase name, ``"total"``, or ``"step_before"`` / ``"step_after"`` for steady step times."""
+    predicted_s: float
+    measured_s: float
+
+    @property
+    def relative_error(self) -> float:
+        """``(predicted - measured) / measured``; positive when the prediction is pessimistic."""
+        if self.measured_s <= 0:
+            return math.nan
+        return (self.predicted_s - self.measured_s) / self.measured_s
+
+
+def compare_phases(predicted: Mapping[str, float], measured: RecoveryRecord) -> tuple[PredictionError, ...]:
+    """Pair every phase the run measured with its prediction, plus the total over those phases.
+
+    Args:
+        predicted: ``RecoveryPrediction.to_dict()`` (phase name -> seconds).
+        measured: One recovery of a recorded run.
+
+    Returns:
+        One entry per measured phase in phase order, then ``"total"``.
+
+    Raises:
+        ConfigError: the prediction lacks a phase the run measured.
+    """
+    missing = [name for name in measured.phases_s if name not in predicted]
+    if missing:
+        raise ConfigError(f"prediction has no phase {missing}; expected keys {', '.join(PHASES)}")
+    errors = [
+        PredictionError(name=name, predicted_s=predicted[name], measured_s=measured.phases_s[name])
+        for name in PHASES
+        if name in measured.phases_s
+    ]
+    errors.append(
+        PredictionError(
+            name="total",
+            predicted_s=sum(error.predicted_s for error in errors),
+            measured_s=sum(error.measured_s for error in errors),
+        )
+    )
+    return tuple(errors)
+
+
+def steady_step_s(run: RecordedRun, *, generation: int, skip_first: int = 1) -> float:
+    """Median step time of one membership generation, leaving out its first steps.
+
+    The first step of a generation includes warm-up (generation 0) or is the recovery's
+    ``first_step`` phase (later generations), so it is not steady state.
+
+    Args:
+        run: A recorded run.
+        generation: Which generation's steps.
+        skip_first: Steps of the generation to leave out.
+
+    Returns:
+        Seconds.
+
+    Raises:
+        ConfigError: the generation has no steps left after skipping.
+    """
+    times = [step.step_s for step in run.steps if step.generation == generation][skip_first:]
+    if not times:
+        raise ConfigError(
+            f"{run.run_dir}: generation {generation} has no steady steps (skipping {skip_first}); "
+            "run more steps after the failure"
+        )
+    return statistics.median(times)
+
+
+def errors_table(errors: Sequence[PredictionError]) -> str:
+    """Text table of predicted and measured seconds and the relative error, one row per entry.
+
+    Args:
+        errors: Output of :func:`compare_phases`, possibly with step-time entries appended.
+
+    Returns:
+        Printable text with a header line.
+    """
+    header = f"{'':<15} {'predicted':>10} {'measured':>10} {'error':>8}"
+    lines = [header, "-" * len(header)]
+    for error in errors:
+        relative = error.relative_error
+        shown = "-" if math.isnan(relative) else f"{relative:+.0%}"
+        lines.append(
+            f"{error.name:<15} {format_seconds(error.predicted_s):>10} "
+            f"{format_seconds(error.measured_s):>10} {shown:>8}"
+        )
+    return "\n".join(lines)
+
+
+def plot_recovery_phases(
+    predicted: Mapping[str, float], measured: RecoveryRecord, *, title: str = ""
+) -> Figure:
+    """Predicted and measured recovery as two stacked bars, one segment per phase.
+
+    Args:
+        predicted: ``RecoveryPrediction.to_dict()``.
+        measured: The recorded recovery.
+        title: Figure title (default: both totals).
+
+    Returns:
+        The figure.
+    """
+    figure, (ax,) = new_figure(9, 2.4)
+    rows = (("predicted", predicted), ("measured", measured.phases_s))
+    for row, (_, phases) in enumerate(rows):
+        left = 0.0
+        for name in PHASES:
+            seconds = float(phases.get(name, 0.0))
+            ax.barh(
+                row,
+                seconds,
+                left=left,
+                color=PHASE_COLORS[name],
+                height=0.6,
+                label=name if row == 0 else None,
+            )
+            left += seconds
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds from the failure")
+    ax.legend(ncols=len(PHASES), loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    predicted_total = sum(float(predicted.get(name, 0.0)) for name in PHASES)
+    default = (
+        f"recovery: predicted {format_seconds(predicted_total)}, measured {format_seconds(measured.total_s)}"
+    )
+    ax.set_title(title or default, pad=22)
+    return figure
+
+
+def plot_run_vs_prediction(
+    run: RecordedRun, predicted: Sequence[TimelinePoint], *, end_s: float, title: str = ""
+) -> Figure:
+    """Measured throughput per step against the simulator's predicted timeline, on one time axis.
+
+    Measured points sit at the end of each step (seconds since the run's first step started) at
+    that step's ``samples / step_s``; the prediction is the simulator's step function. Red lines
+    mark the failures the master recorded.
+
+    Args:
+        run: A recorded run.
+        predicted: The ``oobleck`` policy's timeline from a simulation of the same job and failure.
+        end_s: Where the predicted step function ends (the simulated duration, seconds).
+        title: Figure title (default: the run directory's name).
+
+    Returns:
+        The figure.
+    """
+    figure, (ax,) = new_figure(9, 3.2)
+    start = run.start_t
+    ax.stairs(
+        [point.samples_per_s for point in predicted],
+        [point.time_s for point in predicted] + [end_s],
+        color=cycle_color(0),
+        label="predicted (simulator)",
+    )
+    ax.plot(
+        [step.t - start for step in run.steps],
+        [step.samples_per_s for step in run.steps],
+        "o",
+        markersize=4,
+        color=cycle_color(1),
+        label="measured (each step)",
+    )
+    for failure in run.failures:
+        ax.axvline(failure.failure_at - start, color="red", alpha=0.5, linewidth=1)
+    ax.set_xlabel("seconds since the first step started; red: node killed")
+    ax.set_ylabel("samples / s")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_title(title or Path(run.run_dir).name)
+    return figure
+
+
+def failure_trace(run: RecordedRun) -> str:
+    """The run's node losses as a simulator trace (``time_ms,remove,node<k>`` lines).
+
+    Times are measured from the start of the run's first step, so the simulator kills the same
+    nodes at the same point of training.
+
+    Args:
+        run: A recorded run with at least one failure recorded by the master.
+
+    Returns:
+        The CSV text, one line per lost node.
+
+    Raises:
+        ConfigError: the run recorded no failure.
+    """
+    if not run.failures:
+        raise ConfigError(f"{run.run_dir}: the master recorded no failure; nothing to replay")
+    start = run.start_t
+    return "".join(
+        f"{round((failure.failure_at - start) * 1000)},remove,node{node}\n"
+        for failure in run.failures
+        for node in failure.lost
+    )

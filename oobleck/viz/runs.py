@@ -1,0 +1,198 @@
+"""Read a recorded run of the real runtime: its per-step rows and its recovery events.
+
+The runtime appends JSON lines to ``<run_dir>/metrics.jsonl``. Three kinds are understood, and
+every other line (job start/end, future kinds) is skipped, so an older notebook reads a newer run:
+
+* **step rows** (no ``event`` key, or ``"event": "step"``): ``step``, ``loss``, ``samples``,
+  ``tokens``, ``step_s``, ``generation`` and the wall-clock ``t`` at which the step ended;
+* **recovery rows** (``"event": "recovery"``): the measured seconds of each phase, named as the
+  planning core's :class:`~oobleck.planning.cost.RecoveryPrediction` names them, either as a
+  ``"phases"`` object (``{"detect": 0.1, ...}``) or as flat ``"detect_s"``-style keys; optional
+  ``t``, ``step``, ``generation``, ``lost``, ``joined``;
+* **membership rows** (``"event": "membership"``, written by the master): ``generation``,
+  ``lost``, ``joined``, ``failure_at`` and ``detected_at`` wall-clock times.
+
+Assumptions:
+    * Times ``t``, ``failure_at`` and ``detected_at`` are ``time.time()`` values of one machine (or
+      of clocks synchronised well below a step time).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oobleck.errors import ConfigError
+
+PHASES: tuple[str, ...] = ("detect", "plan", "rebuild_groups", "transfer_state", "first_step")
+"""Recovery phases in the order they happen; the keys of ``RecoveryPrediction.to_dict()``."""
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepRecord:
+    """One completed training step as the runtime measured it."""
+
+    step: int
+    generation: int
+    loss: float
+    samples: int
+    tokens: int
+    step_s: float
+    t: float
+    """Wall-clock time the step ended (``nan`` if the row has none)."""
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.step_s if self.step_s > 0 else math.nan
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecoveryRecord:
+    """One measured recovery: seconds per phase, and what it recovered from."""
+
+    phases_s: dict[str, float]
+    """Phase name -> measured seconds; only phases the row reports."""
+    t: float = math.nan
+    step: int | None = None
+    """The step that was interrupted and redone."""
+    generation: int | None = None
+    lost: tuple[int, ...] = ()
+    joined: tuple[int, ...] = ()
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.phases_s.values())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MembershipRecord:
+    """One membership generation announced by the master."""
+
+    generation: int
+    lost: tuple[int, ...]
+    joined: tuple[int, ...]
+    failure_at: float
+    """Best estimate of when the failure happened (0 for joins and for the first generation)."""
+    detected_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordedRun:
+    """Everything the notebooks read from one run directory."""
+
+    run_dir: Path
+    steps: tuple[StepRecord, ...]
+    recoveries: tuple[RecoveryRecord, ...]
+    memberships: tuple[MembershipRecord, ...] = ()
+    plan: dict[str, Any] | None = field(default=None)
+    """The initial plan (``<run_dir>/plan.json``, ``Plan.to_dict()``), if the run wrote one."""
+
+    @property
+    def start_t(self) -> float:
+        """Wall-clock start: the end of the first step minus its duration."""
+        first = self.steps[0]
+        return first.t - first.step_s
+
+    @property
+    def failures(self) -> tuple[MembershipRecord, ...]:
+        """Generations that lost nodes, in order."""
+        return tuple(m for m in self.memberships if m.lost)
+
+
+def load_run(run_dir: str | Path) -> RecordedRun:
+    """Parse ``<run_dir>/metrics.jsonl`` (and ``plan.json`` when present).
+
+    Args:
+        run_dir: A directory the runtime wrote.
+
+    Returns:
+        The run's steps (in file order; a redone step appears once per completion), recoveries
+        and membership changes.
+
+    Raises:
+        ConfigError: no metrics file, a line that is not JSON, a row missing a required key, or a
+            run without any step rows.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; pass a run directory the oobleck runtime wrote")
+    steps: list[StepRecord] = []
+    recoveries: list[RecoveryRecord] = []
+    memberships: list[MembershipRecord] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{where}: not valid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        event = row.get("event", "step")
+        try:
+            if event == "step":
+                steps.append(_step(row))
+            elif event == "recovery":
+                recoveries.append(_recovery(row))
+            elif event == "membership":
+                memberships.append(_membership(row))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ConfigError(f"{where}: malformed {event} row ({error!r}): {line[:120]}") from None
+    if not steps:
+        raise ConfigError(f"{path}: no step rows; was the run interrupted before its first step?")
+    plan_path = run_dir / "plan.json"
+    plan = json.loads(plan_path.read_text()) if plan_path.is_file() else None
+    return RecordedRun(
+        run_dir=run_dir,
+        steps=tuple(steps),
+        recoveries=tuple(recoveries),
+        memberships=tuple(memberships),
+        plan=plan,
+    )
+
+
+def _step(row: dict[str, Any]) -> StepRecord:
+    return StepRecord(
+        step=int(row["step"]),
+        generation=int(row.get("generation", 0)),
+        loss=float(row["loss"]),
+        samples=int(row["samples"]),
+        tokens=int(row.get("tokens", 0)),
+        step_s=float(row["step_s"]),
+        t=float(row.get("t", math.nan)),
+    )
+
+
+def _recovery(row: dict[str, Any]) -> RecoveryRecord:
+    nested = row.get("phases")
+    if nested is not None:
+        phases = {name: float(nested[name]) for name in PHASES if name in nested}
+    else:
+        phases = {name: float(row[f"{name}_s"]) for name in PHASES if f"{name}_s" in row}
+    if not phases:
+        raise ValueError(f"no phase among {', '.join(PHASES)}")
+    return RecoveryRecord(
+        phases_s=phases,
+        t=float(row.get("t", math.nan)),
+        step=int(row["step"]) if "step" in row else None,
+        generation=int(row["generation"]) if "generation" in row else None,
+        lost=tuple(int(node) for node in row.get("lost", ())),
+        joined=tuple(int(node) for node in row.get("joined", ())),
+    )
+
+
+def _membership(row: dict[str, Any]) -> MembershipRecord:
+    return MembershipRecord(
+        generation=int(row["generation"]),
+        lost=tuple(int(node) for node in row.get("lost", ())),
+        joined=tuple(int(node) for node in row.get("joined", ())),
+        failure_at=float(row.get("failure_at", 0.0)),
+        detected_at=float(row.get("detected_at", 0.0)),
+    )

@@ -1,0 +1,203 @@
+"""Engine recovery API without the control plane: a node leaves, survivors reconfigure and stay exact.
+
+Four processes train 3 steps under a 1-stage + 3-stage plan; node 3 then leaves (planned), the three
+survivors call ``Engine.reconfigure`` (new groups, layer and optimizer state copied from surviving
+holders, dropped layers released) into a 1-stage + 2-stage plan and train 2 more steps. Losses and
+final parameters equal a one-process run of the same 5 steps.
+
+This file is also the child script: ``python test_engine_recovery.py MODE RANK WORLD PORT CONFIG OUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+STEPS, LEAVE_AFTER = 5, 3
+TOLERANCE = 1e-5
+
+
+def _plan(pipelines, nodes):
+    from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Stage
+
+    built = []
+    for (bounds, microbatches), members in zip(pipelines, nodes, strict=True):
+        stages = tuple(
+            Stage(first_layer=a, end_layer=b, node=i, gpus=1, latency_s=1.0, memory_bytes=0)
+            for i, (a, b) in enumerate(bounds)
+        )
+        template = PipelineTemplate(num_nodes=len(bounds), gpus_per_node=1, stages=stages)
+        built.append(Pipeline(template=template, nodes=tuple(members), microbatches=microbatches))
+    total = sum(p.microbatches for p in built)
+    return Plan(
+        pipelines=tuple(built),
+        global_microbatches=total,
+        microbatch_size=2,
+        fault_tolerance=1,
+        iteration_time_s=1.0,
+    )
+
+
+def child(mode: str, rank: int, world: int, port: int, config: str, out: str) -> None:
+    """One process: the one-process reference, or one node of the recovery scenario."""
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from oobleck.runtime.config import load_job_config
+    from oobleck.runtime.engine import CommunicationError, Engine, plan_transfers
+
+    torch.set_num_threads(1)
+    job = load_job_config(config)
+    store = dist.TCPStore("127.0.0.1", port, is_master=rank == 0, timeout=timedelta(seconds=60))
+    engine = Engine(job, node=rank, timeout=timedelta(seconds=60))
+    record = Path(out) / f"node{rank}.jsonl"
+
+    def train(steps: range) -> None:
+        for step in steps:
+            metrics = engine.train_step(step)
+            with record.open("a") as file:
+                file.write(json.dumps(metrics.to_dict()) + "\n")
+
+    if mode == "abort":
+        engine.configure(_plan([([(0, 4)], 4), ([(0, 4)], 4)], [[0], [1]]), 0, {0: 0, 1: 1}, store)
+        if rank == 1:
+            time.sleep(1.0)
+            engine.abort("leaving on purpose")
+            engine.abort("twice is fine")
+            return
+        start = time.monotonic()
+        try:
+            engine.train_step(0)
+        except CommunicationError as error:
+            first = error
+        unblocked_s = time.monotonic() - start
+        try:
+            engine.train_step(0)
+        except CommunicationError as error:
+            latched = error is first
+        record.write_text(json.dumps({"unblocked_s": unblocked_s, "latched": latched, "error": str(first)}))
+        engine.close()
+        return
+    if mode == "ref":
+        engine.configure(_plan([([(0, 4)], 8)], [[0]]), 0, {0: 0}, store)
+        train(range(STEPS))
+    else:
+        before = _plan([([(0, 4)], 3), ([(0, 1), (1, 3), (3, 4)], 5)], [[0], [1, 2, 3]])
+        engine.configure(before, 0, {n: n for n in range(4)}, store)
+        train(range(LEAVE_AFTER))
+        if rank == 3:
+            engine.close()
+            return
+        after = _plan([([(0, 4)], 3), ([(0, 2), (2, 4)], 5)], [[0], [1, 2]])
+        transfers = plan_transfers(before, after, alive_nodes=[0, 1, 2])
+        timing = engine.reconfigure(after, transfers, 1, {0: 0, 1: 1, 2: 2}, store)
+        (Path(out) / f"timing{rank}.json").write_text(json.dumps(timing.to_dict()))
+        assert sorted(engine.layers) == list(after.layers_of_node(rank))
+        train(range(LEAVE_AFTER, STEPS))
+    save_file(engine.state_tensors(), str(Path(out) / f"node{rank}.safetensors"))
+    engine.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _write_job(folder: Path) -> Path:
+    job = {
+        "model": "tiny-gpt2-tied",
+        "data": {"sequence_length": 16},
+        "global_batch": 16,
+        "microbatch_size": 2,
+        "steps": STEPS,
+        "optim": {"lr": 0.003, "warmup_steps": 1, "weight_decay": 0.01, "grad_clip": 1.0},
+        "seed": 3,
+        "fault_tolerance": 1,
+    }
+    config = folder / "job.yaml"
+    config.write_text(yaml.safe_dump(job))
+    return config
+
+
+def _run(mode: str, world: int, config: Path, out: Path, timeout_s: float = 150.0) -> None:
+    out.mkdir()
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = []
+    for rank in range(world):
+        log = (out / f"rank{rank}.log").open("w")
+        args = [sys.executable, __file__, mode, str(rank), str(world), str(port), str(config), str(out)]
+        procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout_s
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    codes = [proc.returncode for proc in procs]
+    logs = "\n".join((out / f"rank{r}.log").read_text()[-2000:] for r in range(world))
+    assert codes == [0] * world, f"exit codes {codes}\n{logs}"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_survivors_reconfigure_and_match_one_process(tmp_path: Path) -> None:
+    """After node 3 leaves at step 3, losses and parameters still equal the one-process run."""
+    from safetensors.torch import load_file
+
+    config = _write_job(tmp_path)
+    _run("ref", 1, config, tmp_path / "ref")
+    _run("recover", 4, config, tmp_path / "rec")
+
+    def losses(path: Path) -> list[float]:
+        return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+
+    expected = losses(tmp_path / "ref" / "node0.jsonl")
+    got = losses(tmp_path / "rec" / "node0.jsonl")
+    assert len(got) == len(expected) == STEPS
+    for step, (a, b) in enumerate(zip(got, expected, strict=True)):
+        assert abs(a - b) <= TOLERANCE * abs(b), f"step {step}: {a} vs {b}"
+    generations = [json.loads(line)["generation"] for line in (tmp_path / "rec" / "node1.jsonl").open()]
+    assert generations == [0] * LEAVE_AFTER + [1] * (STEPS - LEAVE_AFTER)
+    reference = load_file(str(tmp_path / "ref" / "node0.safetensors"))
+    seen = set()
+    for node in range(3):
+        for key, tensor in load_file(str(tmp_path / "rec" / f"node{node}.safetensors")).items():
+            ref = reference[key]
+            assert float((tensor.double() - ref.double()).norm()) <= TOLERANCE * max(
+                float(ref.double().norm()), 1e-12
+            ), key
+            seen.add(key)
+    assert seen == set(reference)
+    timing = [json.loads((tmp_path / "rec" / f"timing{n}.json").read_text()) for n in range(3)]
+    assert timing[0]["bytes_sent"] > 0 and timing[1]["bytes_received"] > 0 and timing[2]["bytes_received"] > 0
+    assert sum(t["bytes_sent"] for t in timing) == sum(t["bytes_received"] for t in timing)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_abort_unblocks_a_peer_waiting_in_a_step(tmp_path: Path) -> None:
+    """A rank that aborts makes its blocked peer raise CommunicationError in seconds, not at the 60 s timeout."""
+    _run("abort", 2, _write_job(tmp_path), tmp_path / "abort")
+    result = json.loads((tmp_path / "abort" / "node0.jsonl").read_text())
+    assert result["unblocked_s"] < 10.0, result
+    assert result["latched"], "a second call must re-raise the first, latched error"
+
+
+if __name__ == "__main__":
+    _mode, _rank, _world, _port, _config, _out = sys.argv[1:7]
+    child(_mode, int(_rank), int(_world), int(_port), _config, _out)

@@ -1,0 +1,70 @@
+"""Job configs load from YAML, and every mistake names the file and the key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from oobleck.errors import ConfigError
+from oobleck.runtime.config import load_job_config
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = "model: tiny-gpt2\nglobal_batch: 8\nmicrobatch_size: 2\nsteps: 3\n"
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2.yaml", "tiny_llama.yaml"])
+def test_shipped_examples_load(name: str) -> None:
+    """The example jobs shipped in examples/ are valid."""
+    job = load_job_config(EXAMPLES / name)
+    assert job.global_microbatches * job.microbatch_size == job.global_batch
+    assert job.model.arch in ("gpt2", "llama")
+
+
+def test_defaults_and_hf_fields(tmp_path: Path) -> None:
+    """Omitted sections take documented defaults; a model mapping keeps its HF fields."""
+    job = load_job_config(write(tmp_path, BASE.replace("tiny-gpt2", "{arch: llama, hidden_size: 32}")))
+    assert job.model.arch == "llama" and job.model.hf_config == {"hidden_size": 32}
+    assert job.optim.lr == 1e-3 and job.data.source == "pydoc" and job.profile == "analytic"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("optim: {lr: -1}\n", "job.yaml: optim.lr: expected a number > 0, got -1"),
+        ("optim: {lrr: 1}\n", "job.yaml: optim.lrr: unknown key"),
+        ("colour: red\n", "job.yaml: colour: unknown key"),
+        ("data: {source: tokens}\n", "job.yaml: data.path: required"),
+        ("data: {sequence_length: 0}\n", "job.yaml: data.sequence_length: expected an integer >= 1"),
+        ("profile: guessed\n", "job.yaml: profile: expected 'analytic' or 'measured'"),
+        ("data: {ledger: 3}\n", "job.yaml: data.ledger: expected true or false"),
+    ],
+)
+def test_bad_keys_name_file_and_path(tmp_path: Path, extra: str, message: str) -> None:
+    """Unknown keys and bad values raise ConfigError naming the file and the dotted key."""
+    with pytest.raises(ConfigError) as error:
+        load_job_config(write(tmp_path, BASE + extra))
+    assert str(error.value).startswith(f"{tmp_path}/{message}")
+    assert "\n" not in str(error.value)
+
+
+def test_missing_keys_and_bad_batch(tmp_path: Path) -> None:
+    """A missing required key or a batch that is not a multiple of the microbatch is named."""
+    with pytest.raises(ConfigError, match=r"job.yaml: steps: missing required key"):
+        load_job_config(write(tmp_path, BASE.replace("steps: 3\n", "")))
+    with pytest.raises(
+        ConfigError, match=r"job.yaml: global_batch: 9 is not a multiple of microbatch_size=2"
+    ):
+        load_job_config(write(tmp_path, BASE.replace("global_batch: 8", "global_batch: 9")))
+    with pytest.raises(ConfigError, match=r"model: unknown preset 'tiny-bert'"):
+        load_job_config(write(tmp_path, BASE.replace("tiny-gpt2", "tiny-bert")))
+    with pytest.raises(ConfigError, match=r"job.yaml:2: not valid YAML"):
+        load_job_config(write(tmp_path, "model: x\n  bad: [\n"))

@@ -1,0 +1,127 @@
+"""The ``sim`` command line: defaults run, outputs are written, bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from oobleck.cli.sim import main
+
+_SMALL = [
+    "--nodes",
+    "8",
+    "--model",
+    "gpt2",
+    "--hardware",
+    "cpu",
+    "--hours",
+    "2",
+    "--global-batch",
+    "32",
+    "--quiet",
+]
+
+
+def test_small_run_prints_one_row_per_policy_and_the_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    """A small run exits 0 and its table names every policy, the ratio column and the seed."""
+    assert main([*_SMALL, "--fail-rate", "0.05", "--seed", "4"]) == 0
+    out = capsys.readouterr().out
+    for name in ("oobleck", "checkpoint", "varuna", "bamboo", "vs oobleck", "seed 4"):
+        assert name in out
+
+
+def test_json_output_follows_the_documented_schema(tmp_path: Path) -> None:
+    """--json writes config, per-policy results with the documented keys, and the timelines."""
+    path = tmp_path / "out.json"
+    assert main([*_SMALL, "--fail-rate", "0.1", "--repair-hours", "0.5", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert set(data) == {"config", "results", "timeline"}
+    assert data["config"]["nodes"] == 8
+    assert [row["policy"] for row in data["results"]] == ["oobleck", "checkpoint", "varuna", "bamboo"]
+    for row in data["results"]:
+        assert {
+            "policy",
+            "samples",
+            "throughput_samples_per_s",
+            "ettr",
+            "failures",
+            "recovery_s",
+            "breakdown_s",
+        } <= set(row)
+        assert set(row["recovery_s"]) == {"p50", "p99"}
+        assert sum(row["breakdown_s"].values()) == pytest.approx(2 * 3600.0)
+    assert set(data["timeline"]["policies"]) == {"oobleck", "checkpoint", "varuna", "bamboo"}
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    """--plot writes a PNG file."""
+    path = tmp_path / "plot.png"
+    assert main([*_SMALL, "--fail-rate", "0.1", "--policy", "oobleck,varuna", "--plot", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--fail-rate", "-1"], "--fail-rate must be a number >= 0"),
+        (["--nodes", "0"], "--nodes must be a positive integer"),
+        (["--hours", "0"], "--hours must be a number > 0"),
+        (["--policy", "magic"], "--policy magic is unknown"),
+        (["--repair-hours", "-2"], "--repair-hours must be a number > 0"),
+        (["--global-batch", "33", "--microbatch-size", "2"], "--global-batch must be a positive multiple"),
+        (["--model", "gpt9"], "unknown model 'gpt9'"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line_naming_the_flag(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad flag value exits 2 with one stderr line that names it, and no traceback."""
+    assert main([*_SMALL, *argv]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("100,remove,node8\n", ":1: node8 is outside the cluster of 8 nodes"),
+        ("0,add,node1\n100;remove;node1\n", ":2: '100;remove;node1' has 1 fields"),
+    ],
+)
+def test_bad_trace_exits_2_naming_file_and_line(
+    tmp_path: Path, text: str, fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trace naming a node outside the cluster, or a malformed line, exits 2 with path:line."""
+    trace = tmp_path / "t.csv"
+    trace.write_text(text)
+    assert main([*_SMALL, "--trace", str(trace)]) == 2
+    assert f"{trace}{fragment}" in capsys.readouterr().err
+
+
+def test_unknown_cost_key_exits_2_listing_valid_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --costs file with an unknown key exits 2 naming the key and the valid ones."""
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps({"restart_s": 60, "warp_speed": 9}))
+    assert main([*_SMALL, "--costs", str(costs)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key(s) ['warp_speed']" in err
+    assert "restart_s" in err and "bamboo_failover_s" in err
+
+
+def test_cost_overrides_change_the_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A --costs file that makes restarts slower lowers checkpoint's samples for the same trace."""
+    argv = [*_SMALL, "--fail-rate", "0.2", "--policy", "checkpoint", "--seed", "2"]
+    base, slow = tmp_path / "base.json", tmp_path / "slow.json"
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps({"restart_s": 900}))
+    assert main([*argv, "--json", str(base)]) == 0
+    assert main([*argv, "--costs", str(costs), "--json", str(slow)]) == 0
+    samples = [json.loads(p.read_text())["results"][0]["samples"] for p in (base, slow)]
+    assert samples[1] < samples[0]
+    assert json.loads(slow.read_text())["config"]["costs"]["restart_s"] == 900

@@ -1,0 +1,98 @@
+"""Tests of prediction-vs-measurement: phase errors, steady step times, figures and the replay trace."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from oobleck.errors import ConfigError
+from oobleck.sim.metrics import TimelinePoint
+from oobleck.viz.recovery import (
+    PredictionError,
+    compare_phases,
+    errors_table,
+    failure_trace,
+    plot_recovery_phases,
+    plot_run_vs_prediction,
+    steady_step_s,
+)
+from oobleck.viz.runs import PHASES, MembershipRecord, RecordedRun, RecoveryRecord, StepRecord
+
+PREDICTED = {
+    "detect": 0.1,
+    "plan": 0.05,
+    "rebuild_groups": 1.2,
+    "transfer_state": 0.3,
+    "first_step": 0.5,
+    "total": 2.15,
+}
+MEASURED = RecoveryRecord(
+    phases_s={"detect": 0.2, "plan": 0.05, "rebuild_groups": 1.0, "transfer_state": 0.25, "first_step": 0.5}
+)
+
+
+def _run(step_times: list[tuple[int, float]]) -> RecordedRun:
+    steps, t = [], 10.0
+    for index, (generation, step_s) in enumerate(step_times):
+        t += step_s
+        steps.append(
+            StepRecord(step=index, generation=generation, loss=1.0, samples=8, tokens=8, step_s=step_s, t=t)
+        )
+    failure = MembershipRecord(generation=1, lost=(2, 3), joined=(), failure_at=12.5, detected_at=12.6)
+    return RecordedRun(
+        run_dir=Path("runs/x"), steps=tuple(steps), recoveries=(MEASURED,), memberships=(failure,)
+    )
+
+
+def test_phases_pair_by_name_and_total_sums_them() -> None:
+    """Each measured phase meets its prediction by name; the total is the sum over those phases."""
+    errors = compare_phases(PREDICTED, MEASURED)
+    assert [e.name for e in errors] == [*PHASES, "total"]
+    assert errors[0].relative_error == pytest.approx(-0.5)
+    assert errors[-1].predicted_s == pytest.approx(2.15) and errors[-1].measured_s == pytest.approx(2.0)
+
+
+def test_missing_predicted_phase_is_a_config_error() -> None:
+    """A prediction that lacks a measured phase is refused with the expected keys named."""
+    with pytest.raises(ConfigError, match="no phase \\['detect'\\]"):
+        compare_phases({"plan": 1.0}, RecoveryRecord(phases_s={"detect": 1.0, "plan": 1.0}))
+
+
+def test_relative_error_of_a_zero_measurement_is_nan() -> None:
+    """Nothing measured means no relative error, shown as a dash in the table."""
+    error = PredictionError(name="plan", predicted_s=0.1, measured_s=0.0)
+    assert math.isnan(error.relative_error)
+    assert errors_table([error]).splitlines()[-1].split()[-1] == "-"
+
+
+def test_steady_step_time_skips_the_first_step_of_a_generation() -> None:
+    """The median leaves out warm-up and the recovery's first step."""
+    run = _run([(0, 5.0), (0, 1.0), (0, 1.2), (1, 9.0), (1, 2.0), (1, 2.2), (1, 2.1)])
+    assert steady_step_s(run, generation=0) == pytest.approx(1.1)
+    assert steady_step_s(run, generation=1) == pytest.approx(2.1)
+    with pytest.raises(ConfigError, match="generation 2 has no steady steps"):
+        steady_step_s(run, generation=2)
+
+
+def test_failure_trace_replays_each_lost_node_at_its_time() -> None:
+    """Losses become trace lines in milliseconds since the first step started."""
+    run = _run([(0, 1.0), (1, 1.0)])
+    assert failure_trace(run) == "1500,remove,node2\n1500,remove,node3\n"
+    with pytest.raises(ConfigError, match="no failure"):
+        failure_trace(RecordedRun(run_dir=Path("r"), steps=run.steps, recoveries=()))
+
+
+def test_figures_show_both_sides() -> None:
+    """The phase figure stacks one bar per phase for each side; the timeline has one dot per step."""
+    (ax,) = plot_recovery_phases(PREDICTED, MEASURED).axes
+    assert len(ax.patches) == 2 * len(PHASES)
+    assert sum(
+        p.get_width() for p in ax.patches if round(p.get_y() + p.get_height() / 2) == 1
+    ) == pytest.approx(2.0)
+    run = _run([(0, 1.0), (0, 1.0), (1, 2.0)])
+    timeline = (TimelinePoint(time_s=0, nodes_up=4, nodes_used=4, samples_per_s=8.0, min_pipeline_nodes=1),)
+    (ax,) = plot_run_vs_prediction(run, timeline, end_s=4.0).axes
+    (dots,) = ax.get_lines()[:1]
+    assert list(dots.get_ydata()) == [8.0, 8.0, 4.0]

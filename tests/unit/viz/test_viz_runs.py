@@ -1,0 +1,80 @@
+"""Tests of reading a run directory: steps, recoveries and memberships, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from oobleck.errors import ConfigError
+from oobleck.viz.runs import PHASES, load_run
+
+
+def _write(run_dir: Path, rows: list[dict]) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return run_dir
+
+
+def _step(step: int, t: float, generation: int = 0) -> dict:
+    return {
+        "step": step,
+        "generation": generation,
+        "loss": 5.0 - step / 10,
+        "samples": 16,
+        "tokens": 512,
+        "step_s": 0.5,
+        "t": t,
+    }
+
+
+def test_rows_are_sorted_into_steps_recoveries_and_memberships(tmp_path: Path) -> None:
+    """Step rows, both recovery-row spellings and master membership rows are all understood."""
+    phases = dict.fromkeys(PHASES, 0.25)
+    rows = [
+        {"event": "membership", "generation": 0, "members": [0, 1], "lost": [], "detected_at": 99.0},
+        _step(0, 100.5),
+        {"event": "membership", "generation": 1, "lost": [1], "failure_at": 100.7, "detected_at": 100.8},
+        {"event": "recovery", "step": 1, "generation": 1, "lost": [1], "phases": phases},
+        {"event": "recovery", **{f"{name}_s": 0.5 for name in PHASES}},
+        {"event": "job_completed", "t": 103.0},
+        _step(1, 102.0, generation=1),
+    ]
+    run = load_run(_write(tmp_path / "run", rows))
+    assert [s.step for s in run.steps] == [0, 1]
+    assert run.steps[1].samples_per_s == 32.0
+    assert run.start_t == 100.0
+    assert [r.total_s for r in run.recoveries] == [1.25, 2.5]
+    assert run.recoveries[0].lost == (1,) and run.recoveries[0].step == 1
+    assert [m.generation for m in run.failures] == [1]
+    assert run.failures[0].failure_at == 100.7
+    assert run.plan is None
+
+
+def test_plan_json_is_read_when_present(tmp_path: Path) -> None:
+    """A run that wrote plan.json exposes it as a dict."""
+    run_dir = _write(tmp_path / "run", [_step(0, 1.0)])
+    (run_dir / "plan.json").write_text(json.dumps({"global_microbatches": 8}))
+    assert load_run(run_dir).plan == {"global_microbatches": 8}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "metrics.jsonl: not found"),
+        ("{not json\n", "metrics.jsonl:1: not valid JSON"),
+        ('{"step": 0}\n', "metrics.jsonl:1: malformed step row"),
+        ('{"event": "recovery", "t": 1}\n', "metrics.jsonl:1: malformed recovery row"),
+        ('{"event": "job_started"}\n', "no step rows"),
+    ],
+)
+def test_bad_run_directories_raise_one_line_config_errors(
+    tmp_path: Path, content: str | None, expected: str
+) -> None:
+    """Each malformed run names the file (and line) and what is wrong, in one line."""
+    if content is not None:
+        (tmp_path / "metrics.jsonl").write_text(content)
+    with pytest.raises(ConfigError, match=expected) as caught:
+        load_run(tmp_path)
+    assert "\n" not in str(caught.value)
