@@ -11,6 +11,7 @@ Run: ``python benchmarks/engine.py [--stages 2] [--layers 4] [--width 256] [--mi
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -53,8 +54,8 @@ def split_plan(num_layers: int, stages: int, microbatches: int, mbs: int):
         num_nodes=stages,
         gpus_per_node=1,
         stages=tuple(
-            Stage(first_layer=bounds[i], end_layer=bounds[i + 1], node=i, gpus=1, latency_s=1.0, memory_bytes=0)
-            for i in range(stages)
+            Stage(first_layer=a, end_layer=b, node=i, gpus=1, latency_s=1.0, memory_bytes=0)
+            for i, (a, b) in enumerate(itertools.pairwise(bounds))
         ),
     )
     pipeline = Pipeline(template=template, nodes=tuple(range(stages)), microbatches=microbatches)

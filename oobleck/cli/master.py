@@ -29,17 +29,29 @@ def build_parser() -> argparse.ArgumentParser:
         example="python -m oobleck.runtime.master --hostfile examples/hosts.local4 "
         "--config examples/tiny_gpt2.yaml --run-dir runs/demo",
     )
-    parser.add_argument("--hostfile", help="one agent per line: HOST [slots=N] [port=P]; default: Slurm nodes")
-    parser.add_argument("--config", help="job YAML; without it the master runs as a daemon for `oobleck submit`")
+    parser.add_argument(
+        "--hostfile", help="one agent per line: HOST [slots=N] [port=P]; default: Slurm nodes"
+    )
+    parser.add_argument(
+        "--config", help="job YAML; without it the master runs as a daemon for `oobleck submit`"
+    )
     parser.add_argument("--run-dir", help="output folder (default: runs/<UTC time>)")
-    parser.add_argument("--host", default="127.0.0.1", help="bind address; a routable one needs OOBLECK_TOKEN")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="bind address; a routable one needs OOBLECK_TOKEN"
+    )
     parser.add_argument("--port", type=int, default=0, help="control port (0: a free port, see master.json)")
-    parser.add_argument("--token-file", help="0600 file with the shared token (default: $OOBLECK_TOKEN, "
-                        "else a token generated into <run-dir>/token for this run)")
+    parser.add_argument(
+        "--token-file",
+        help="0600 file with the shared token (default: $OOBLECK_TOKEN, "
+        "else a token generated into <run-dir>/token for this run)",
+    )
     parser.add_argument("--heartbeat-interval-s", type=float, default=0.5, help="agent heartbeat period (s)")
-    parser.add_argument("--missed-heartbeats", type=int, default=3, help="silent periods before a node is dead")
-    parser.add_argument("--register-timeout-s", type=float, default=120.0,
-                        help="longest wait for the expected agents (s)")
+    parser.add_argument(
+        "--missed-heartbeats", type=int, default=3, help="silent periods before a node is dead"
+    )
+    parser.add_argument(
+        "--register-timeout-s", type=float, default=120.0, help="longest wait for the expected agents (s)"
+    )
     parser.add_argument("--timeout-s", type=float, default=None, help="fail the job after this long (s)")
     return parser
 
@@ -79,9 +91,14 @@ def _run(args: argparse.Namespace) -> int:
 
     if job is not None and hosts is not None:
         check_reachable(hosts, args.host)
-    config = MasterConfig(run_dir=run_dir, host=args.host, port=args.port,
-                          heartbeat_interval_s=args.heartbeat_interval_s, missed_heartbeats=args.missed_heartbeats,
-                          register_timeout_s=args.register_timeout_s)
+    config = MasterConfig(
+        run_dir=run_dir,
+        host=args.host,
+        port=args.port,
+        heartbeat_interval_s=args.heartbeat_interval_s,
+        missed_heartbeats=args.missed_heartbeats,
+        register_timeout_s=args.register_timeout_s,
+    )
     master = Master(config, token)
     logger.info("master at %s:%d, run dir %s", master.address, master.server.port, run_dir)
     if job is not None and hosts is not None:

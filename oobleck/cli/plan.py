@@ -37,6 +37,8 @@ _EXAMPLE = (
 _GIB = float(1 << 30)
 #: Stage layer ranges shown per template row before the middle is elided.
 _MAX_RANGES_SHOWN = 6
+#: Pipelines of a table row whose node ids are listed one by one rather than merged.
+_MAX_PIPELINES_SPELLED = 3
 #: Console width when stdout is a file or a pipe.
 _PIPE_WIDTH = 120
 
@@ -46,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = new_parser(
         "plan",
         description=(
-            "Plan fault-tolerant pipeline-parallel training: the pipeline template for every node count, "
-            "the plan for --nodes nodes, and with --fail/--join the reconfigured plan, the state "
-            "transfers and the predicted recovery time."
+            "Plan fault-tolerant pipeline-parallel training: the pipeline template for every node\n"
+            "count, the plan for --nodes nodes, and with --fail/--join the reconfigured plan, the\n"
+            "state transfers and the predicted recovery time."
         ),
         example=_EXAMPLE,
     )
@@ -64,14 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"node type, one of: {', '.join(HARDWARE)} (GPU nodes have 8 GPUs, cpu has 1)",
     )
-    parser.add_argument("--nodes", type=int, default=32, help="nodes in the cluster (ids 0..N-1)")
     parser.add_argument(
-        "--fault-tolerance", type=int, default=1, help="f: node failures the plan must survive"
+        "--nodes", type=int, default=32, metavar="N", help="nodes in the cluster (ids 0..N-1)"
     )
     parser.add_argument(
-        "--global-batch", type=int, default=1024, help="samples per optimizer step (never changes)"
+        "--fault-tolerance", type=int, default=1, metavar="F", help="f: node failures the plan must survive"
     )
-    parser.add_argument("--microbatch-size", type=int, default=1, help="samples per microbatch")
+    parser.add_argument(
+        "--global-batch",
+        type=int,
+        default=1024,
+        metavar="B",
+        help="samples per optimizer step (never changes)",
+    )
+    parser.add_argument("--microbatch-size", type=int, default=1, metavar="M", help="samples per microbatch")
     parser.add_argument(
         "--fail", default="", metavar="IDS", help="comma-separated node ids to fail, e.g. 3,17; empty: none"
     )
@@ -322,7 +330,7 @@ def _print_plan(console: Console, title: str, plan: dict[str, Any]) -> None:
         first = group[0][1]
         table.add_row(
             _node_ranges([index for index, _ in group]),
-            _node_ranges([node for _, pipeline in group for node in pipeline["nodes"]]),
+            _group_nodes([pipeline["nodes"] for _, pipeline in group]),
             str(len(first["nodes"])),
             str(len(first["stages"])),
             _layer_ranges(first["stages"]),
@@ -335,6 +343,13 @@ def _print_plan(console: Console, title: str, plan: dict[str, Any]) -> None:
         f"{title}: {len(plan['pipelines'])} pipelines, step {plan['iteration_time_s']:.3f} s, "
         f"{plan['samples_per_s']:,.1f} samples/s{tokens}"
     )
+
+
+def _group_nodes(members: Sequence[Sequence[int]]) -> str:
+    """Node ids of each pipeline of a group, or of the whole group when it has many pipelines."""
+    if len(members) <= _MAX_PIPELINES_SPELLED:
+        return " | ".join(_node_ranges(nodes) for nodes in members)
+    return _node_ranges([node for nodes in members for node in nodes])
 
 
 def _same_shape(left: dict[str, Any], right: dict[str, Any]) -> bool:

@@ -27,7 +27,8 @@ from oobleck.sim.report import breakdown_table, plot, results_table, write_json
 
 _EXAMPLE = (
     "python -m oobleck.sim --nodes 32 --fail-rate 0.01\n"
-    "  python -m oobleck.sim --nodes 30 --trace traces/1h.csv --policy oobleck,varuna --json out.json"
+    "  python -m oobleck.sim --nodes 31 --trace 1h.csv --policy oobleck,varuna --json out.json\n"
+    "  (the published Oobleck traces name node1..node30, so they need --nodes 31)"
 )
 _PIPE_WIDTH = 160
 
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repair-hours",
         type=float,
         metavar="H",
-        help="failed nodes come back after H hours (default: never)",
+        help="failed nodes come back after H hours; None: never",
     )
     add(
         "--repair-distribution",

@@ -99,7 +99,9 @@ def _count_at_most(
     return np.clip(capacity - stages, 0, cap)
 
 
-def _extra_at_threshold(base: np.ndarray, slope: np.ndarray, stages: np.ndarray, remaining: int) -> np.ndarray:
+def _extra_at_threshold(
+    base: np.ndarray, slope: np.ndarray, stages: np.ndarray, remaining: int
+) -> np.ndarray:
     """Increments with value <= the largest threshold whose total stays <= ``remaining``.
 
     Those increments are a prefix of the greedy's pick order, so taking them at once is safe.

@@ -18,9 +18,11 @@ Assumptions:
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 _NEGATIVE = -(2**62)
 """Knapsack value of an unreachable state; far below any sum of real values."""
+_UNUSABLE = np.iinfo(np.int64).min
+"""Marks a template that cannot meet the makespan (it is left out of the knapsack)."""
+_EXACT_BUDGET = 30_000_000
+"""Largest (items x states) of the exact stage-total knapsack: about 0.1 s and 30 MB to backtrack."""
 
 
 def guaranteed_range(
@@ -127,9 +133,13 @@ def choose_counts(
 ) -> dict[int, int]:
     """Pipelines per template size that use exactly ``num_nodes`` with the smallest makespan.
 
-    Exact: the optimal makespan is one of the values ``a_n + c_n * (b - 1)``; we bisect on ``T``,
-    snap a feasible ``T`` down to the makespan its combination really achieves and stop when no
-    candidate value lies between the largest infeasible and the smallest feasible ``T``.
+    The optimal makespan is one of the values ``a_n + c_n * (b - 1)``. We start just below a
+    fractional lower bound, grow geometrically to a feasible ``T``, then bisect, snapping every
+    feasible ``T`` down to the largest candidate value below it; we stop when no candidate lies
+    between the largest infeasible and the smallest feasible ``T``. Exact whenever ``B`` covers the
+    stages of the highest-capacity combination (always when ``B >= N * S_n / n`` for every
+    template) or the small-batch knapsack fits ``_EXACT_BUDGET``; otherwise a combination with more
+    than ``B`` stages can hide a feasible mixed one and the makespan found may be higher.
 
     Args:
         templates: Templates with distinct node counts.
@@ -142,30 +152,36 @@ def choose_counts(
 
     Raises:
         PlanningError: no combination of template sizes adds up to ``num_nodes`` with enough
-            pipelines, or ``B`` is too small for the stages of every feasible combination.
+            pipelines, or ``B`` is too small for the stages of every combination.
     """
     knapsack = _Knapsack(templates, num_nodes, min_pipelines, global_microbatches)
-    high = float(knapsack.times(np.full(len(templates), global_microbatches)).max())
-    best = knapsack.solve(high)
-    if best is None:
-        sizes = sorted(template.num_nodes for template in templates)
-        raise PlanningError(
-            f"no combination of pipeline sizes {sizes} with >= {min_pipelines} pipelines uses exactly "
-            f"{num_nodes} nodes with global_microbatches={global_microbatches} (each pipeline needs "
-            f">= its stage count); change the node count or raise global_microbatches"
-        )
-    high, counts = best
-    low = -1.0
+    low = knapsack.lower_bound()
+    top = float(knapsack.times(np.full(len(templates), global_microbatches)).max())
+    step = max(abs(low), top) * 1e-3 if low <= 0 else low * 0.01
+    while True:
+        probe = min(low + step, top)
+        values = knapsack.feasible_values(probe)
+        if values is not None:
+            high = knapsack.snap(probe)
+            break
+        if probe >= top:
+            sizes = sorted(template.num_nodes for template in templates)
+            raise PlanningError(
+                f"no combination of pipeline sizes {sizes} with >= {min_pipelines} pipelines uses "
+                f"exactly {num_nodes} nodes with global_microbatches={global_microbatches} (a pipeline "
+                f"needs >= 1 microbatch per stage); change the node count or raise global_microbatches"
+            )
+        low, step = probe, step * 4
     while True:
         next_candidate = knapsack.next_value_above(low)
         if next_candidate >= high:
-            return counts
+            return knapsack.backtrack(high, values)
         middle = max(0.5 * (low + high), next_candidate)
-        found = knapsack.solve(middle)
+        found = knapsack.feasible_values(middle)
         if found is None:
             low = middle
         else:
-            high, counts = found
+            high, values = knapsack.snap(middle), found
 
 
 @dataclass
@@ -191,83 +207,159 @@ class _Knapsack:
     def times(self, microbatches: np.ndarray) -> np.ndarray:
         return self.base + (microbatches - 1) * self.slope
 
+    def capacity(self, threshold: float) -> np.ndarray:
+        return microbatch_capacity(self.base, self.slope, threshold, self.global_microbatches)
+
+    def lower_bound(self) -> float:
+        """A makespan below every feasible one: even the best microbatches-per-node rate misses B.
+
+        Capacity within ``T`` is at most ``(T - a_n) / c_n + 1``, i.e. ``T >= a_n + c_n * (n * B / N
+        - 1)`` for the template with the best rate; a relative margin absorbs rounding.
+        """
+        per_node = self.global_microbatches / self.num_nodes
+        bound = self.base + self.slope * np.maximum(self.sizes * per_node - 1, 0)
+        bound = np.maximum(bound, self.times(self.stages))
+        lowest = float(bound.min())
+        return lowest - 1e-9 * abs(lowest) - 1e-12
+
     def next_value_above(self, threshold: float) -> float:
         """Smallest candidate makespan strictly above ``threshold``."""
-        capacity = microbatch_capacity(self.base, self.slope, threshold, self.global_microbatches)
-        following = np.maximum(capacity + 1, self.stages)
-        return float(self.times(following).min())
+        following = np.maximum(self.capacity(threshold) + 1, self.stages)
+        # NOTE: a template already able to take the whole batch never changes capacity again.
+        growing = following <= self.global_microbatches
+        if not growing.any():
+            return float("inf")
+        return float(self.times(following)[growing].min())
 
-    def solve(self, threshold: float) -> tuple[float, dict[int, int]] | None:
-        """The best combination within makespan ``threshold`` and its real makespan, or None."""
-        capacity = microbatch_capacity(self.base, self.slope, threshold, self.global_microbatches)
-        usable = np.flatnonzero(capacity >= self.stages)
-        if usable.size == 0:
+    def snap(self, threshold: float) -> float:
+        """Largest candidate value <= ``threshold``; every template's capacity is the same there."""
+        capacity = self.capacity(threshold)
+        return float(self.times(capacity)[capacity >= 1].max())
+
+    def feasible_values(self, threshold: float) -> tuple[np.ndarray, bool] | None:
+        """A proof that ``threshold`` is feasible (knapsack values, exact-DP flag), or None.
+
+        The most capacity (ties: fewest stages) decides, unless that combination has more stages
+        than B; then the fewest stages (ties: most capacity) gets a second chance, and if that is
+        inconclusive a knapsack with the stage total as a third state decides exactly, when small
+        enough (``_EXACT_BUDGET``). Unusable templates (capacity below their stages) are skipped.
+        """
+        capacity = self.capacity(threshold)
+        usable = capacity >= self.stages
+        capacity_first = np.where(usable, capacity * self.stage_scale - self.stages, _UNUSABLE)
+        best = self._table(capacity_first)[0]
+        if best is None:
             return None
-        # NOTE: the most capacity (ties: fewest stages) decides feasibility unless that combination has
-        # more stages than B; then the fewest stages (ties: most capacity) gets a second chance.
-        capacity_first = capacity * self.stage_scale - self.stages
-        stages_first = capacity - self.stages * self.capacity_scale
-        for values in (capacity_first, stages_first):
-            counts = self._best_counts(usable, values)
-            if counts is None:
-                return None
-            chosen = [i for i in usable for _ in range(counts.get(int(self.sizes[i]), 0))]
-            total_stages = int(sum(self.stages[i] for i in chosen))
-            if total_stages <= self.global_microbatches:
-                break
+        total_capacity = -(-best // self.stage_scale)
+        total_stages = total_capacity * self.stage_scale - best
+        if total_stages <= self.global_microbatches:
+            return (capacity_first, False) if total_capacity >= self.global_microbatches else None
+        stages_first = np.where(usable, capacity - self.stages * self.capacity_scale, _UNUSABLE)
+        best = self._table(stages_first)[0]
+        if best is None:
+            return None
+        total_stages = -(best // self.capacity_scale)
+        total_capacity = best + total_stages * self.capacity_scale
+        if total_stages > self.global_microbatches:
+            return None
+        if total_capacity >= self.global_microbatches:
+            return stages_first, False
+        if len(self._items(capacity_first)) * self._stage_table_size() > _EXACT_BUDGET:
+            return None
+        table, _ = self._stage_table(capacity)
+        return (capacity, True) if table[-1, -1].max() >= self.global_microbatches else None
+
+    def backtrack(self, threshold: float, proof: tuple[np.ndarray, bool]) -> dict[int, int]:
+        """Template counts of the knapsack optimum that proved ``threshold`` feasible."""
+        values, exact = proof
+        counts: dict[int, int] = {}
+        row, column, depth = self.min_pipelines, self.num_nodes, 0
+        if exact:
+            table, history = self._stage_table(values, record=True)
+            depth = int(np.flatnonzero(table[-1, -1] >= self.global_microbatches)[0])
         else:
-            return None
-        if int(sum(capacity[i] for i in chosen)) < self.global_microbatches:
-            return None
-        microbatches = distribute_batch([self.templates[i] for i in chosen], self.global_microbatches)
-        makespan = max(
-            self.templates[i].iteration_time_s(b) for i, b in zip(chosen, microbatches, strict=True)
-        )
-        return makespan, counts
+            _, history = self._table(values, record=True)
+        for (index, take, weight, used), better, source in reversed(history):
+            if better[row, column, depth] if exact else better[row, column]:
+                size = int(self.sizes[index])
+                counts[size] = counts.get(size, 0) + take
+                origin = source[column, depth] if exact else source[column]
+                row = int(origin) if row == self.min_pipelines else row - take
+                column, depth = column - weight, depth - used
+        logger.debug("makespan %.6g s reached with %s", threshold, counts)
+        return counts
 
-    def _best_counts(self, usable: np.ndarray, values: np.ndarray) -> dict[int, int] | None:
-        """Knapsack ``max sum x*value s.t. sum x*size = N, min(sum x, f+1) = f+1``; backtracked."""
-        full = self.min_pipelines
-        width = self.num_nodes + 1
+    def _stage_table_size(self) -> int:
+        return (self.min_pipelines + 1) * (self.num_nodes + 1) * (self.global_microbatches + 1)
+
+    def _stage_table(self, capacity: np.ndarray, *, record: bool = False) -> tuple[np.ndarray, list[Any]]:
+        """Exact knapsack: most capacity per (min(pipelines, f+1), nodes, total stages <= B)."""
+        full, width, depth = self.min_pipelines, self.num_nodes + 1, self.global_microbatches + 1
+        table = np.full((full + 1, width, depth), _NEGATIVE, dtype=np.int64)
+        table[0, 0, 0] = 0
+        history = []
+        for index, take, weight, gain in self._items(np.where(capacity >= self.stages, capacity, _UNUSABLE)):
+            used = take * int(self.stages[index])
+            if used >= depth:
+                continue
+            shifted = table[:, : width - weight, : depth - used] + gain
+            tail_start = max(full - take, 0)
+            before = table.copy() if record else None
+            if take < full:
+                target = table[take:full, weight:, used:]
+                np.maximum(target, shifted[: full - take], out=target)
+            np.maximum(
+                table[full, weight:, used:], shifted[tail_start:].max(axis=0), out=table[full, weight:, used:]
+            )
+            if record:
+                source = np.zeros((width, depth), dtype=np.int64)
+                source[weight:, used:] = np.argmax(shifted[tail_start:], axis=0) + tail_start
+                history.append(((index, take, weight, used), table > before, source))
+        return table, history
+
+    def _table(self, values: np.ndarray, *, record: bool = False) -> tuple[int | None, list[Any]]:
+        """0/1 knapsack over binary-split template copies; state = (min(pipelines, f+1), nodes).
+
+        Returns the best value at ``(f + 1, N)`` (None when unreachable) and, when ``record``, per
+        item the states it improved and, for the saturated row, the row it came from.
+        """
+        full, width = self.min_pipelines, self.num_nodes + 1
         table = np.full((full + 1, width), _NEGATIVE, dtype=np.int64)
         table[0, 0] = 0
         history = []
-        for index in usable:
+        for item in self._items(values):
+            _, take, weight, gain = item
+            shifted = table[:, : width - weight] + gain
+            tail_start = max(full - take, 0)
+            if record:
+                before = table.copy()
+                source = np.zeros(width, dtype=np.int64)
+                source[weight:] = np.argmax(shifted[tail_start:], axis=0) + tail_start
+            if take < full:
+                np.maximum(table[take:full, weight:], shifted[: full - take], out=table[take:full, weight:])
+            np.maximum(table[full, weight:], shifted[tail_start:].max(axis=0), out=table[full, weight:])
+            if record:
+                history.append(((item[0], take, weight, 0), table > before, source))
+        best = int(table[full, self.num_nodes])
+        return (None if best < _NEGATIVE // 2 else best), history
+
+    def _items(self, values: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Binary-split copies ``(template index, copies, nodes, value)`` of each usable template."""
+        items = []
+        for index in np.flatnonzero(values != _UNUSABLE):
             size = int(self.sizes[index])
-            remaining = self.num_nodes // size
-            copies = 1
+            remaining, copies = self.num_nodes // size, 1
             while remaining > 0:
                 take = min(copies, remaining)
+                items.append((int(index), take, take * size, take * int(values[index])))
                 remaining -= take
                 copies *= 2
-                weight = take * size
-                gain = take * int(values[index])
-                candidate = np.full_like(table, _NEGATIVE)
-                source = np.zeros(width, dtype=np.int64)
-                if take < full:
-                    candidate[take:full, weight:] = table[: full - take, : width - weight] + gain
-                tail = table[max(full - take, 0) :, : width - weight]
-                source[weight:] = np.argmax(tail, axis=0) + max(full - take, 0)
-                candidate[full, weight:] = tail.max(axis=0) + gain
-                better = candidate > table
-                table = np.where(better, candidate, table)
-                history.append((index, take, weight, better, source))
-        if table[full, self.num_nodes] < _NEGATIVE // 2:
-            return None
-        row, column = full, self.num_nodes
-        counts: dict[int, int] = {}
-        for index, take, weight, better, source in reversed(history):
-            if better[row, column]:
-                size = int(self.sizes[index])
-                counts[size] = counts.get(size, 0) + take
-                row = int(source[column]) if row == full else row - take
-                column -= weight
-        return counts
+        return items
 
 
 def _validated_nodes(node_ids: Sequence[int]) -> tuple[int, ...]:
     nodes = tuple(sorted(int(node) for node in node_ids))
-    duplicates = sorted({a for a, b in zip(nodes, nodes[1:]) if a == b})
+    duplicates = sorted({a for a, b in itertools.pairwise(nodes) if a == b})
     if duplicates:
         raise ConfigError(f"node_ids: node {duplicates[0]} is listed more than once; list each node once")
     if not nodes:

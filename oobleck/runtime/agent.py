@@ -29,11 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.prog = "python -m oobleck.runtime.agent"
     parser.add_argument("--master", required=True, help="HOST:PORT of the master (see <run_dir>/master.json)")
     parser.add_argument("--slots", type=int, default=1, help="workers (devices) on this node")
-    parser.add_argument("--index", type=int, default=None, help="requested node id (the master's hostfile index)")
+    parser.add_argument(
+        "--index", type=int, default=None, help="requested node id (the master's hostfile index)"
+    )
     parser.add_argument("--run-dir", help="local run directory (default: the master's)")
     parser.add_argument("--token-file", help="0600 file with the shared token (default: $OOBLECK_TOKEN)")
-    parser.add_argument("--worker-module", default=os.environ.get("OOBLECK_WORKER_MODULE", "oobleck.runtime.worker"),
-                        help="module run per worker (env OOBLECK_WORKER_MODULE)")
+    parser.add_argument(
+        "--worker-module",
+        default=os.environ.get("OOBLECK_WORKER_MODULE", "oobleck.runtime.worker"),
+        help="module run per worker (env OOBLECK_WORKER_MODULE)",
+    )
     parser.add_argument("--connect-timeout-s", type=float, default=60.0, help="keep retrying the master (s)")
     return parser
 
@@ -52,9 +57,15 @@ def _run(args: argparse.Namespace) -> int:
     if token is None:
         raise ConfigError("no token: set OOBLECK_TOKEN or pass --token-file (the master's <run_dir>/token)")
     os.environ.pop("OOBLECK_TOKEN", None)
-    config = AgentConfig(master_host=host.strip("[]"), master_port=int(port), index=args.index, slots=args.slots,
-                         run_dir=Path(args.run_dir).resolve() if args.run_dir else None,
-                         worker_module=args.worker_module, connect_timeout_s=args.connect_timeout_s)
+    config = AgentConfig(
+        master_host=host.strip("[]"),
+        master_port=int(port),
+        index=args.index,
+        slots=args.slots,
+        run_dir=Path(args.run_dir).resolve() if args.run_dir else None,
+        worker_module=args.worker_module,
+        connect_timeout_s=args.connect_timeout_s,
+    )
     agent = Agent(config, token)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

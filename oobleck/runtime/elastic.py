@@ -46,6 +46,7 @@ from oobleck.runtime.control.checkpoint import latest_complete, write_shard
 from oobleck.runtime.control.link import WorkerLink
 from oobleck.runtime.control.master import append_jsonl
 from oobleck.runtime.control.membership import Membership
+from oobleck.runtime.control.sever import sever_tcp_connections
 from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_profile
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,9 @@ QUIET_ERROR_WAIT_S = 5.0
 class ElasticLoop:
     """One worker's training loop across membership generations."""
 
-    def __init__(self, job: JobConfig, run_dir: Path, *, node: int, local_rank: int, timeout_s: float) -> None:
+    def __init__(
+        self, job: JobConfig, run_dir: Path, *, node: int, local_rank: int, timeout_s: float
+    ) -> None:
         """Connect to the agent link and the store; build the engine (no layers yet).
 
         Args:
@@ -71,8 +74,12 @@ class ElasticLoop:
         """
         self.job, self.run_dir, self.node, self.local_rank = job, run_dir, node, local_rank
         self.engine = Engine(job, node=node, local_rank=local_rank, timeout=timedelta(seconds=timeout_s))
-        self.store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                                   timeout=timedelta(seconds=timeout_s))
+        self.store = dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
+            timeout=timedelta(seconds=timeout_s),
+        )
         self.link = WorkerLink.from_env(on_failure=self._on_failure)
         self.ckpt_dir = Path(job.checkpoint.dir) if job.checkpoint.dir else run_dir / "checkpoints"
         self.committed: Plan | None = None
@@ -81,12 +88,21 @@ class ElasticLoop:
         self.next_step = 0
         self._planner: Any = None
         self._recovery: dict[str, Any] | None = None
+        self._last: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ main loop
     def _on_failure(self, membership: Membership) -> None:
-        logger.warning("[node %d] notice: generation %d, %s; aborting process groups",
-                       self.node, membership.generation, membership.reason)
-        self.engine.abort(f"generation {membership.generation}: {membership.reason}")
+        logger.warning(
+            "[node %d] notice: generation %d, %s; aborting process groups",
+            self.node,
+            membership.generation,
+            membership.reason,
+        )
+        self._abort(f"generation {membership.generation}: {membership.reason}")
+
+    def _abort(self, reason: str) -> None:
+        self.engine.abort(reason)
+        sever_tcp_connections({int(os.environ["MASTER_PORT"])})
 
     def run(self) -> None:
         """Train every step of the job, recovering from failures and applying joins.
@@ -95,16 +111,24 @@ class ElasticLoop:
             PlanningError: No plan and no checkpoint can continue the job.
             RuntimeError: The agent link closed or a barrier timed out.
         """
-        if self.link.wait_newer(-1, BARRIER_TIMEOUT_S) is None:
-            raise RuntimeError("no membership from the agent")
+        self.link.send_ready()
         while self.next_step < self.job.steps:
             target = self.link.latest
-            assert target is not None  # noqa: S101 - waited for above
+            if target is None or self.node not in target.members:
+                if self.generation >= 0:
+                    raise RuntimeError(
+                        f"node {self.node} was removed from the job ({target and target.reason})"
+                    )
+                if self.link.wait_newer(-1 if target is None else target.generation, None) is None:
+                    raise RuntimeError("the agent link closed before this node was admitted")
+                continue
             if target.generation != self.generation and not self._regroup(target):
                 continue
             try:
                 metrics = self.engine.train_step(self.next_step)
-            except CommunicationError as exc:
+            except Exception as exc:
+                if not self._aborted(exc):
+                    raise
                 logger.warning("[node %d step=%d] %s", self.node, self.next_step, exc)
                 self._await_change()
                 continue
@@ -112,10 +136,19 @@ class ElasticLoop:
             self.next_step += 1
             self._maybe_checkpoint()
             latest = self.link.latest
-            if latest is not None and latest.generation != self.generation and self.next_step < self.job.steps:
-                self.engine.abort(f"generation {latest.generation} at the step boundary")
+            if (
+                latest is not None
+                and latest.generation != self.generation
+                and self.next_step < self.job.steps
+            ):
+                self._abort(f"generation {latest.generation} at the step boundary")
         self.engine.close()
         self.link.close()
+
+    def _aborted(self, exc: Exception) -> bool:
+        """Whether ``exc`` is the fallout of a failure: a communication error, or anything an abort
+        from the link thread caused mid-call (its groups vanished under the training thread)."""
+        return isinstance(exc, CommunicationError) or self.engine.comm.error is not None
 
     def _await_change(self) -> None:
         if self.link.wait_newer(self.generation, QUIET_ERROR_WAIT_S) is not None:
@@ -123,12 +156,18 @@ class ElasticLoop:
         logger.warning("[node %d] communication error without a notice; asking for a regroup", self.node)
         self.link.request_regroup(self.generation)
         if self.link.wait_newer(self.generation, BARRIER_TIMEOUT_S) is None:
-            raise RuntimeError(f"no new generation after a communication error at generation {self.generation}")
+            raise RuntimeError(
+                f"no new generation after a communication error at generation {self.generation}"
+            )
 
     # ------------------------------------------------------------------ generations
     def _barrier(self, target: Membership) -> list[dict[str, Any]] | None:
         prefix = f"ctl/gen{target.generation}/state"
-        record = {"plan": None if self.committed is None else self.committed.to_dict(), "step": self.next_step}
+        record = {
+            "plan": None if self.committed is None else self.committed.to_dict(),
+            "step": self.next_step,
+            "last": self._last,
+        }
         self.store.set(f"{prefix}/{self.node}/{self.local_rank}", json.dumps(record))
         keys = [f"{prefix}/{n}/{r}" for n in target.members for r in range(target.slots)]
         deadline = time.monotonic() + BARRIER_TIMEOUT_S
@@ -136,7 +175,9 @@ class ElasticLoop:
             if self._superseded(target):
                 return None
             if time.monotonic() > deadline:
-                raise RuntimeError(f"generation {target.generation}: members {target.members} never all arrived")
+                raise RuntimeError(
+                    f"generation {target.generation}: members {target.members} never all arrived"
+                )
             time.sleep(0.01)
         return [json.loads(self.store.get(k)) for k in keys]
 
@@ -163,27 +204,47 @@ class ElasticLoop:
                 self.next_step = 0
             else:
                 committed = Plan.from_dict(survivors[0]["plan"], gpus_per_node=target.slots)
-                steps = sorted({s["step"] for s in survivors})
-                if len(steps) > 1:
-                    logger.error("[node %d] survivors disagree on the step %s; resuming at %d", self.node, steps, steps[0])
-                self.next_step = steps[0]
+                ahead = max(survivors, key=lambda s: s["step"])
+                if min(s["step"] for s in survivors) < ahead["step"] - 1:
+                    raise RuntimeError(
+                        f"survivors are more than one step apart: {[s['step'] for s in survivors]}"
+                    )
+                if self.committed is not None and self.next_step < ahead["step"]:
+                    self._roll_forward(ahead["last"])
+                self.next_step = ahead["step"]
                 plan_ready, timing = self._reconfigure(planner, committed, target, rank_of_node)
-        except CommunicationError as exc:
+        except Exception as exc:
+            if not self._aborted(exc):
+                raise
             logger.warning("[node %d] regroup at generation %d failed: %s", self.node, target.generation, exc)
             self._await_change()
             return False
         self.generation = target.generation
         if target.generation > 0:
-            self._recovery = {"event": "recovery", "generation": target.generation, "lost": list(target.lost),
-                              "joined": list(target.joined), "reason": target.reason,
-                              "t_failure": target.failure_at or target.detected_at, "t_detected": target.detected_at,
-                              "t_notice": noticed, "t_plan_ready": plan_ready, **timing}
-        logger.info("[node %d] generation %d running: %d pipelines, step %d", self.node, target.generation,
-                    len(self.plan.pipelines) if self.plan else 0, self.next_step)
+            self._recovery = {
+                "event": "recovery",
+                "generation": target.generation,
+                "lost": list(target.lost),
+                "joined": list(target.joined),
+                "reason": target.reason,
+                "t_failure": target.failure_at or target.detected_at,
+                "t_detected": target.detected_at,
+                "t_notice": noticed,
+                "t_plan_ready": plan_ready,
+                **timing,
+            }
+        logger.info(
+            "[node %d] generation %d running: %d pipelines, step %d",
+            self.node,
+            target.generation,
+            len(self.plan.pipelines) if self.plan else 0,
+            self.next_step,
+        )
         return True
 
-    def _reconfigure(self, planner: Any, committed: Plan, target: Membership,
-                     rank_of_node: dict[int, int]) -> tuple[float, dict[str, Any]]:
+    def _reconfigure(
+        self, planner: Any, committed: Plan, target: Membership, rank_of_node: dict[int, int]
+    ) -> tuple[float, dict[str, Any]]:
         lost = tuple(n for n in committed.nodes if n not in target.members)
         joined = tuple(n for n in target.members if n not in committed.nodes)
         try:
@@ -192,19 +253,30 @@ class ElasticLoop:
             return self._restart_from_checkpoint(planner, target, rank_of_node, exc)
         self.plan = change.plan
         plan_ready = time.time()
-        measured = self.engine.reconfigure(change.plan, change.transfers, target.generation, rank_of_node, self.store)
-        return plan_ready, {"restart": False, "rebuild_groups_s": measured.rebuild_groups_s,
-                            "transfer_state_s": measured.transfer_state_s, "bytes_sent": measured.bytes_sent,
-                            "bytes_received": measured.bytes_received,
-                            "transfer_bytes": sum(t.bytes for t in change.transfers)}
+        measured = self.engine.reconfigure(
+            change.plan, change.transfers, target.generation, rank_of_node, self.store
+        )
+        return plan_ready, {
+            "restart": False,
+            "rebuild_groups_s": measured.rebuild_groups_s,
+            "transfer_state_s": measured.transfer_state_s,
+            "bytes_sent": measured.bytes_sent,
+            "bytes_received": measured.bytes_received,
+            "transfer_bytes": sum(t.bytes for t in change.transfers),
+        }
 
-    def _restart_from_checkpoint(self, planner: Any, target: Membership, rank_of_node: dict[int, int],
-                                 cause: Exception) -> tuple[float, dict[str, Any]]:
+    def _restart_from_checkpoint(
+        self, planner: Any, target: Membership, rank_of_node: dict[int, int], cause: Exception
+    ) -> tuple[float, dict[str, Any]]:
         checkpoint = latest_complete(self.ckpt_dir, self.engine.adapter.num_layers)
         if checkpoint is None:
-            raise PlanningError(f"{cause}; and no complete checkpoint in {self.ckpt_dir} to restart from "
-                                "(set checkpoint.every_steps)") from cause
-        logger.warning("[node %d] %s; restarting from the checkpoint at step %d", self.node, cause, checkpoint.step)
+            raise PlanningError(
+                f"{cause}; and no complete checkpoint in {self.ckpt_dir} to restart from "
+                "(set checkpoint.every_steps)"
+            ) from cause
+        logger.warning(
+            "[node %d] %s; restarting from the checkpoint at step %d", self.node, cause, checkpoint.step
+        )
         self.plan = planner.plan(target.members)
         plan_ready = time.time()
         start = time.perf_counter()
@@ -212,8 +284,13 @@ class ElasticLoop:
         groups = time.perf_counter()
         self.engine.load_state_tensors(checkpoint.load())
         self.next_step = checkpoint.step
-        return plan_ready, {"restart": True, "checkpoint_step": checkpoint.step, "rebuild_groups_s": groups - start,
-                            "transfer_state_s": time.perf_counter() - groups, "transfer_bytes": 0}
+        return plan_ready, {
+            "restart": True,
+            "checkpoint_step": checkpoint.step,
+            "rebuild_groups_s": groups - start,
+            "transfer_state_s": time.perf_counter() - groups,
+            "transfer_bytes": 0,
+        }
 
     def _get_planner(self, target: Membership) -> Any:
         if self._planner is not None:
@@ -222,14 +299,20 @@ class ElasticLoop:
 
         if self.store.add("ctl/planner/claim", 1) == 1:
             profile = job_profile(self.job, self.engine.adapter)
-            self.store.set("ctl/planner/inputs", json.dumps({"profile": profile.to_dict(),
-                                                             "max_nodes": len(target.members)}))
+            self.store.set(
+                "ctl/planner/inputs",
+                json.dumps({"profile": profile.to_dict(), "max_nodes": len(target.members)}),
+            )
         inputs = json.loads(self.store.get("ctl/planner/inputs"))
-        self._planner = Planner(ModelProfile.from_dict(inputs["profile"]), get_hardware(self.job.hardware),
-                                fault_tolerance=self.job.fault_tolerance,
-                                global_microbatches=self.job.global_microbatches,
-                                microbatch_size=self.job.microbatch_size, max_nodes=inputs["max_nodes"],
-                                max_gpus_per_stage=1)
+        self._planner = Planner(
+            ModelProfile.from_dict(inputs["profile"]),
+            get_hardware(self.job.hardware),
+            fault_tolerance=self.job.fault_tolerance,
+            global_microbatches=self.job.global_microbatches,
+            microbatch_size=self.job.microbatch_size,
+            max_nodes=inputs["max_nodes"],
+            max_gpus_per_stage=1,
+        )
         return self._planner
 
     # ------------------------------------------------------------------ records
@@ -237,18 +320,57 @@ class ElasticLoop:
         return self.engine.rank == 0
 
     def _record_step(self, metrics: StepMetrics) -> None:
-        now = time.time()
         self.committed = self.plan
-        if self.job.data.ledger and metrics.sample_ids:
+        self._last = {k: v for k, v in metrics.to_dict().items() if k not in ("sample_ids", "pipeline")}
+        self._log_step(self._last, metrics.pipeline, metrics.sample_ids)
+
+    def _roll_forward(self, done: dict[str, Any]) -> None:
+        """Finish step ``done["step"]``, which failed here only in its last all-reduce.
+
+        If any survivor completed a step, every rank entered that step's final loss/norm all-reduce,
+        so every survivor already holds the step's synchronised gradients; only the global norm is
+        missing, and the survivor that completed the step published it. Applying the same AdamW
+        update here makes all survivors agree without redoing (and double-applying) the step.
+        """
+        from oobleck.runtime.engine.optim import adamw_update, clip_coefficient
+
+        step = int(done["step"])
+        if self.next_step != step:
+            raise RuntimeError(f"node {self.node} is at step {self.next_step}, cannot finish step {step}")
+        scale = clip_coefficient(float(done["grad_norm"]), self.job.optim.grad_clip)
+        layers = self.engine.layers
+        adamw_update([layers[i] for i in sorted(layers)], float(done["lr"]), self.job.optim, scale)
+        info, ids = self.engine.info, ()
+        if info is not None and info.is_first:
+            size = self.job.microbatch_size
+            first, count = info.first_microbatch * size, info.microbatches * size
+            ids = tuple(self.engine.sampler.step_samples(step, first, count))
+        self._last = done
+        self._log_step(done, None if info is None else info.pipeline, ids)
+        self.next_step = step + 1
+        logger.warning(
+            "[node %d] finished step %d from a survivor's result (failed in its last all-reduce)",
+            self.node,
+            step,
+        )
+
+    def _log_step(self, record: dict[str, Any], pipeline: int | None, sample_ids: tuple[int, ...]) -> None:
+        now = time.time()
+        if self.job.data.ledger and sample_ids:
             folder = self.run_dir / "ledger"
             folder.mkdir(exist_ok=True)
-            append_jsonl(folder / f"node{self.node}.jsonl", {"step": metrics.step, "generation": self.generation,
-                                                              "pipeline": metrics.pipeline,
-                                                              "sample_ids": list(metrics.sample_ids)})
+            append_jsonl(
+                folder / f"node{self.node}.jsonl",
+                {
+                    "step": record["step"],
+                    "generation": self.generation,
+                    "pipeline": pipeline,
+                    "sample_ids": list(sample_ids),
+                },
+            )
         if not self._is_reporter():
             self._recovery = None
             return
-        record = {k: v for k, v in metrics.to_dict().items() if k not in ("sample_ids", "pipeline")}
         append_jsonl(self.run_dir / "metrics.jsonl", {**record, "t": now})
         if self._recovery is not None:
             rec = self._recovery
@@ -258,9 +380,9 @@ class ElasticLoop:
                 "plan": max(0.0, rec["t_plan_ready"] - rec["t_notice"]),
                 "rebuild_groups": rec.get("rebuild_groups_s", 0.0),
                 "transfer_state": rec.get("transfer_state_s", 0.0),
-                "first_step": metrics.step_s,
+                "first_step": record["step_s"],
             }
-            append_jsonl(self.run_dir / "metrics.jsonl", {**rec, "t": now, "step": metrics.step})
+            append_jsonl(self.run_dir / "metrics.jsonl", {**rec, "t": now, "step": record["step"]})
             self._recovery = None
 
     def _maybe_checkpoint(self) -> None:
@@ -268,16 +390,25 @@ class ElasticLoop:
         info = self.engine.info
         if every <= 0 or self.next_step % every or info is None or info.pipeline != 0:
             return
-        write_shard(self.ckpt_dir, self.next_step, self.node, self.local_rank, list(info.layers),
-                    self.engine.state_tensors())
+        write_shard(
+            self.ckpt_dir,
+            self.next_step,
+            node=self.node,
+            local_rank=self.local_rank,
+            layers=list(info.layers),
+            tensors=self.engine.state_tensors(),
+        )
 
 
 def _write_error(exc: BaseException) -> None:
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return
-    data = {"message": f"{exc.__class__.__name__}: {exc}", "timestamp": time.time(),
-            "traceback": traceback.format_exc()}
+    data = {
+        "message": f"{exc.__class__.__name__}: {exc}",
+        "timestamp": time.time(),
+        "traceback": traceback.format_exc(),
+    }
     Path(path).write_text(json.dumps(data), encoding="utf-8")
 
 
@@ -294,8 +425,9 @@ def main(args: argparse.Namespace) -> int:
         job = load_job_config(args.config)
         run_dir = Path(args.run_dir)
         node, local_rank = int(os.environ[NODE_ENV]), int(os.environ.get("LOCAL_RANK", "0"))
-        ElasticLoop(job, run_dir, node=node, local_rank=local_rank,
-                    timeout_s=float(getattr(args, "timeout_s", 60.0))).run()
+        ElasticLoop(
+            job, run_dir, node=node, local_rank=local_rank, timeout_s=float(getattr(args, "timeout_s", 60.0))
+        ).run()
     except Exception as exc:
         logger.exception("worker failed")
         _write_error(exc)

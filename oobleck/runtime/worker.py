@@ -79,13 +79,15 @@ def run_standalone(args: argparse.Namespace) -> None:
         ConfigError: a bad config, plan file or environment variable.
         PlanningError: the model fits on no plan for this many processes.
     """
+    from oobleck.runtime.config import load_job_config
+
+    job = load_job_config(args.config)  # NOTE: before the heavy imports, so config errors are instant.
+
     import torch
     from safetensors.torch import save_file
 
-    from oobleck.runtime.config import load_job_config
     from oobleck.runtime.engine import Engine, default_device, plan_for_world, rendezvous_store
 
-    job = load_job_config(args.config)
     rank, local_rank, world_size = (_env_int(name, default) for name, default in _ENV)
     if "OMP_NUM_THREADS" not in os.environ:
         # NOTE: like torchrun, do not let every process of a node spin on every core: intra-op

@@ -177,8 +177,10 @@ class TrainingJob:
 
     def _take_joins(self) -> None:
         assert self.config is not None  # NOTE: joins are taken only while a configuration runs.
+        # NOTE: a restart since the join may already have taken the node, or it may have failed again.
         alive = set(self.cluster.alive)
-        joined = tuple(sorted(node for node in self.pending_joins if node in alive))
+        used = self.config.node_set
+        joined = tuple(sorted({node for node in self.pending_joins if node in alive and node not in used}))
         self.pending_joins.clear()
         if joined:
             recovery = self.policy.on_join(self.config, joined, self.cluster.alive)
@@ -234,5 +236,6 @@ class TrainingJob:
                 nodes_used=len(config.nodes) if config is not None else 0,
                 samples_per_s=self.config.samples_per_s if running and self.config is not None else 0.0,
                 min_pipeline_nodes=config.min_pipeline_nodes if config is not None else 0,
+                samples=self.metrics.samples,
             )
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 BREAKDOWN_KEYS: tuple[str, ...] = ("useful", "recovery", "lost", "checkpoint", "redundancy", "down")
 """Time categories: useful training, recovering (reconfigure/restart/failover), work lost or redone,
@@ -30,9 +30,22 @@ class TimelinePoint:
     """Instantaneous training throughput; 0 while recovering, checkpointing or down."""
     min_pipeline_nodes: int
     """Nodes of the smallest pipeline of the configuration in use (0 when none)."""
+    samples: float
+    """Samples trained so far (after any rollback at ``time_s``); it grows by ``samples_per_s``
+    until the next point, so lost work shows as a drop."""
+
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "time_s",
+        "nodes_up",
+        "nodes_used",
+        "samples_per_s",
+        "min_pipeline_nodes",
+        "samples",
+    )
 
     def to_list(self) -> list[float]:
-        return [self.time_s, self.nodes_up, self.nodes_used, self.samples_per_s, self.min_pipeline_nodes]
+        """Values in :attr:`COLUMNS` order (compact JSON for long timelines)."""
+        return [getattr(self, name) for name in self.COLUMNS]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -47,15 +60,17 @@ class JobMetrics:
     timeline: list[TimelinePoint] = field(default_factory=list)
 
     def mark(self, point: TimelinePoint) -> None:
-        """Append ``point`` unless the state it describes equals the last one."""
+        """Append ``point`` unless it only continues the last one (same state, samples on track)."""
         if self.timeline:
             last = self.timeline[-1]
-            if (last.nodes_up, last.nodes_used, last.samples_per_s, last.min_pipeline_nodes) == (
+            on_track = last.samples + last.samples_per_s * (point.time_s - last.time_s)
+            same = (last.nodes_up, last.nodes_used, last.samples_per_s, last.min_pipeline_nodes) == (
                 point.nodes_up,
                 point.nodes_used,
                 point.samples_per_s,
                 point.min_pipeline_nodes,
-            ):
+            )
+            if same and math.isclose(point.samples, on_track, rel_tol=1e-9, abs_tol=1e-6):
                 return
             if last.time_s == point.time_s:
                 self.timeline[-1] = point

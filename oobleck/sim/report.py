@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 from rich.table import Table
 
@@ -18,6 +19,9 @@ from oobleck.sim.metrics import BREAKDOWN_KEYS, PolicyResult
 from oobleck.sim.simulation import SimulationResult
 
 _REFERENCE = "oobleck"
+_PLOT_BINS = 200
+"""Time bins of the throughput plot: fine enough to show each outage, coarse enough that the
+checkpoint pauses of a long run average out instead of filling the plot."""
 _BREAKDOWN_LABELS = {
     "useful": "useful",
     "recovery": "recov",
@@ -37,7 +41,10 @@ def results_table(result: SimulationResult) -> Table:
             f"{config.model} on {config.nodes} x {config.hardware}, {config.hours:g} h, {source}, "
             f"f={config.fault_tolerance}, n0={result.min_nodes}, seed {config.seed}"
         ),
-        caption=f"{result.trace.num_failures} node failures in the shared trace",
+        caption="\n".join(
+            [f"{result.trace.num_failures} node failures in the shared trace"]
+            + [f"{row.policy} is infeasible: {row.reason}" for row in result.results if not row.feasible]
+        ),
     )
     for column in ("policy", "samples", "samples/s", "vs oobleck", "ETTR", "recov", "p50 s", "p99 s"):
         table.add_column(column, justify="left" if column == "policy" else "right")
@@ -68,7 +75,7 @@ def breakdown_table(result: SimulationResult) -> Table:
     table.add_column("recoveries by kind")
     for row in result.results:
         if not row.feasible:
-            table.add_row(row.policy, *[""] * len(BREAKDOWN_KEYS), f"infeasible: {row.reason}")
+            table.add_row(row.policy, *[""] * len(BREAKDOWN_KEYS), "infeasible")
             continue
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(row.recoveries.items())) or "none"
         shares = [f"{100 * row.breakdown_s[key] / row.duration_s:.1f}" for key in BREAKDOWN_KEYS]
@@ -84,38 +91,70 @@ def write_json(result: SimulationResult, path: str | Path) -> None:
 
 
 def plot(result: SimulationResult, path: str | Path) -> None:
-    """Save a PNG: throughput over time per policy with failures marked, and the time breakdown.
+    """Save :func:`make_figure` as a PNG at ``path`` (parent folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_figure(result).savefig(path, dpi=110)
+
+
+def make_figure(result: SimulationResult) -> Figure:
+    """Throughput and samples trained over time per policy (failures marked), and the breakdown.
 
     Uses :class:`matplotlib.figure.Figure` directly, so no GUI backend or global pyplot state is
-    touched (safe in tests and notebooks).
+    touched (safe in tests; a notebook displays the returned figure).
     """
-    figure = Figure(figsize=(11, 4.5), layout="constrained")
-    timeline_axes, breakdown_axes = figure.subplots(1, 2, width_ratios=[2.2, 1])
+    figure = Figure(figsize=(12, 6.5), layout="constrained")
+    axes = figure.subplot_mosaic([["rate", "bars"], ["samples", "bars"]], width_ratios=[2.2, 1])
     hours = result.config.hours
     feasible = [row for row in result.results if row.feasible]
+    edges_h = np.linspace(0.0, hours, _PLOT_BINS + 1)
     for row in feasible:
-        times = [point.time_s / 3600 for point in row.timeline] + [hours]
-        rates = [point.samples_per_s for point in row.timeline]
-        timeline_axes.stairs(rates, times, label=row.policy, linewidth=1.2)
-    for event in result.trace.events:
-        if event.lost:
-            timeline_axes.axvline(event.time_s / 3600, color="red", alpha=0.25, linewidth=0.8)
-    timeline_axes.set_xlabel("time (h); red lines: node failures")
-    timeline_axes.set_ylabel("throughput (samples/s)")
-    timeline_axes.set_xlim(0, hours)
-    timeline_axes.legend(loc="lower left", fontsize="small")
+        axes["rate"].stairs(
+            _binned_rate(row, edges_h * 3600.0), edges_h, baseline=None, label=row.policy, linewidth=1.2
+        )
+        times_s, samples = _samples_curve(row)
+        axes["samples"].plot(times_s / 3600.0, samples, label=row.policy, linewidth=1.2)
+    for name in ("rate", "samples"):
+        for event in result.trace.events:
+            if event.lost:
+                axes[name].axvline(event.time_s / 3600, color="red", alpha=0.25, linewidth=0.8)
+        axes[name].set_xlim(0, hours)
+        axes[name].set_ylim(bottom=0)
+    axes["rate"].set_ylabel(f"samples/s (mean over {hours * 60 / _PLOT_BINS:.3g} min)")
+    axes["rate"].legend(loc="lower left", fontsize="small", framealpha=0.9)
+    axes["samples"].set_ylabel("samples trained (drops: lost work)")
+    axes["samples"].set_xlabel("time (h); red lines: node failures")
     bottom = [0.0] * len(feasible)
     names = [row.policy for row in feasible]
     for key in BREAKDOWN_KEYS:
         shares = [row.breakdown_s[key] / row.duration_s for row in feasible]
-        breakdown_axes.bar(names, shares, bottom=bottom, label=key)
+        axes["bars"].bar(names, shares, bottom=bottom, label=key)
         bottom = [b + s for b, s in zip(bottom, shares, strict=True)]
-    breakdown_axes.set_ylabel("share of simulated time")
-    breakdown_axes.set_ylim(0, 1)
-    breakdown_axes.legend(loc="lower right", fontsize="small")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    axes["bars"].set_ylabel("share of simulated time")
+    axes["bars"].set_ylim(0, 1)
+    axes["bars"].legend(loc="lower right", fontsize="small")
+    return figure
+
+
+def _samples_curve(row: PolicyResult) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cumulative samples: linear growth between points, then the value recorded at each point."""
+    times: list[float] = []
+    samples: list[float] = []
+    points = row.timeline
+    for point, after in zip(points, [*points[1:], None], strict=True):
+        end_s = after.time_s if after is not None else row.duration_s
+        times += [point.time_s, end_s]
+        samples += [point.samples, point.samples + point.samples_per_s * (end_s - point.time_s)]
+    return np.array(times), np.array(samples)
+
+
+def _binned_rate(row: PolicyResult, edges_s: np.ndarray) -> np.ndarray:
+    """Mean instantaneous throughput per time bin: the timeline is a step function, so its integral
+    is piecewise linear and ``np.interp`` of the cumulative samples at the bin edges is exact."""
+    times = np.array([point.time_s for point in row.timeline] + [row.duration_s])
+    rates = np.array([point.samples_per_s for point in row.timeline])
+    cumulative = np.concatenate([[0.0], np.cumsum(rates * np.diff(times))])
+    return np.diff(np.interp(edges_s, times, cumulative)) / np.diff(edges_s)
 
 
 def _reference(results: tuple[PolicyResult, ...]) -> PolicyResult | None:

@@ -29,7 +29,7 @@ from oobleck.sim.config import SimulationConfig
 from oobleck.sim.costs import checkpoint_bytes
 from oobleck.sim.failures import SECONDS_PER_HOUR, FailureModel, FailureTrace, generate_trace, read_trace
 from oobleck.sim.job import TrainingJob
-from oobleck.sim.metrics import PolicyResult
+from oobleck.sim.metrics import PolicyResult, TimelinePoint
 from oobleck.sim.policies.bamboo import BambooPolicy
 from oobleck.sim.policies.checkpoint import CheckpointPolicy
 from oobleck.sim.policies.homogeneous import HomogeneousPlanner
@@ -89,7 +89,7 @@ class SimulationResult:
             "config": {**self.config.to_dict(), "min_nodes": self.min_nodes},
             "results": [result.to_dict() for result in self.results],
             "timeline": {
-                "columns": ["time_s", "nodes_up", "nodes_used", "samples_per_s", "min_pipeline_nodes"],
+                "columns": list(TimelinePoint.COLUMNS),
                 "policies": {r.policy: [point.to_list() for point in r.timeline] for r in self.results},
                 "events": {"columns": ["time_s", "lost", "joined"], "rows": events},
             },

@@ -9,7 +9,7 @@ Assumptions:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from matplotlib.figure import Figure
@@ -19,7 +19,7 @@ from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.plan import Plan
 from oobleck.planning.planner import Planner
 from oobleck.planning.profile import ModelProfile
-from oobleck.viz.style import cycle_color, format_seconds, message_figure, new_figure
+from oobleck.viz.style import GIB, cycle_color, format_seconds, message_figure, new_figure
 
 _ROW_HEIGHT_IN = 0.34
 
@@ -33,6 +33,24 @@ class ScalingPoint:
     """Pipelines instantiated (at least f + 1)."""
     iteration_time_s: float
     samples_per_s: float
+
+
+def planner_summary(planner: Planner) -> str:
+    """Two lines: the model's size, and ``n0`` with the range of templates the planner built.
+
+    Args:
+        planner: A planner.
+
+    Returns:
+        Printable text.
+    """
+    profile, hardware, built = planner.profile, planner.hardware, planner.templates
+    return (
+        f"{profile.model}: {profile.num_layers} layers, {profile.total_state_bytes / GIB:.0f} GiB of "
+        f"weights, gradients and optimizer state\n"
+        f"n0 = {planner.min_nodes} nodes of {hardware.gpus_per_node} x {hardware.name}; templates for "
+        f"{built[0].num_nodes}..{built[-1].num_nodes} nodes"
+    )
 
 
 def plan_summary(plan: Plan) -> str:
@@ -168,42 +186,36 @@ def plot_scaling(points: tuple[ScalingPoint, ...], *, title: str = "") -> Figure
     return figure
 
 
-def explore_plan(
-    profile: ModelProfile,
-    hardware: HardwareSpec,
-    *,
-    nodes: int,
-    fault_tolerance: int,
-    global_microbatches: int,
-    microbatch_size: int = 1,
-) -> Figure:
-    """Plan ``nodes`` nodes from scratch and draw the plan: the callback behind the notebook sliders.
+def plan_explorer(profile: ModelProfile, hardware: HardwareSpec) -> Callable[[int, int, int], Figure]:
+    """The callback behind the notebook's plan sliders: ``interact(plan_explorer(p, h), nodes=...)``.
 
-    Templates are regenerated for each call (they depend on the batch and the cluster size, and
-    take milliseconds). A request the planner refuses (too few nodes for ``f``, a batch smaller than
-    a pipeline's stage count) is drawn as a figure
-    holding the planner's one-line reason, so a slider never produces a traceback.
+    The returned function plans ``nodes`` nodes from scratch for its arguments and draws the plan;
+    each of its parameters (``nodes``, ``fault_tolerance``, ``global_microbatches``) is one slider.
+    Templates are regenerated on every call (they depend on the batch and the cluster size, and take
+    milliseconds). A request the planner refuses (too few nodes for ``f``, a batch smaller than a
+    pipeline's stage count) is drawn as a figure holding the planner's one-line reason, so a slider
+    never produces a traceback.
 
     Args:
-        profile: Model profile.
+        profile: Model profile (its microbatch size is the plans').
         hardware: Node type.
-        nodes: Cluster size N (nodes ``0 .. N-1``).
-        fault_tolerance: f.
-        global_microbatches: B.
-        microbatch_size: Samples per microbatch.
 
     Returns:
-        The plan figure, or a figure with the reason no plan exists.
+        ``explore_plan(nodes, fault_tolerance, global_microbatches) -> Figure``.
     """
-    try:
-        planner = Planner(
-            profile,
-            hardware,
-            fault_tolerance=fault_tolerance,
-            global_microbatches=global_microbatches,
-            microbatch_size=microbatch_size,
-            max_nodes=nodes,
-        )
-        return plot_plan(planner.plan(range(nodes)))
-    except OobleckError as error:
-        return message_figure(f"no plan: {error}")
+
+    def explore_plan(nodes: int, fault_tolerance: int, global_microbatches: int) -> Figure:
+        try:
+            planner = Planner(
+                profile,
+                hardware,
+                fault_tolerance=fault_tolerance,
+                global_microbatches=global_microbatches,
+                microbatch_size=profile.microbatch_size,
+                max_nodes=nodes,
+            )
+            return plot_plan(planner.plan(range(nodes)))
+        except OobleckError as error:
+            return message_figure(f"no plan: {error}")
+
+    return explore_plan

@@ -6,9 +6,11 @@ every other line (job start/end, future kinds) is skipped, so an older notebook 
 * **step rows** (no ``event`` key, or ``"event": "step"``): ``step``, ``loss``, ``samples``,
   ``tokens``, ``step_s``, ``generation`` and the wall-clock ``t`` at which the step ended;
 * **recovery rows** (``"event": "recovery"``): the measured seconds of each phase, named as the
-  planning core's :class:`~oobleck.planning.cost.RecoveryPrediction` names them, either as a
-  ``"phases"`` object (``{"detect": 0.1, ...}``) or as flat ``"detect_s"``-style keys; optional
-  ``t``, ``step``, ``generation``, ``lost``, ``joined``;
+  planning core's :class:`~oobleck.planning.cost.RecoveryPrediction` names them, as a
+  ``"phases_s"`` object (``{"detect": 0.1, ...}``, what the elastic runtime writes; ``"phases"`` is
+  accepted too) or as flat ``"detect_s"``-style keys; optional ``t``, ``step``, ``generation``,
+  ``lost``, ``joined``, ``restart`` (a checkpoint restart rather than a reconfiguration),
+  ``t_failure`` and ``transfer_bytes``;
 * **membership rows** (``"event": "membership"``, written by the master): ``generation``,
   ``lost``, ``joined``, ``failure_at`` and ``detected_at`` wall-clock times.
 
@@ -63,6 +65,12 @@ class RecoveryRecord:
     generation: int | None = None
     lost: tuple[int, ...] = ()
     joined: tuple[int, ...] = ()
+    restart: bool = False
+    """Whether the runtime fell back to a checkpoint restart instead of reconfiguring."""
+    t_failure: float = math.nan
+    """Wall-clock estimate of when the failure happened."""
+    transfer_bytes: int = 0
+    """Layer-state bytes the transfer plan moved."""
 
     @property
     def total_s(self) -> float:
@@ -171,7 +179,7 @@ def _step(row: dict[str, Any]) -> StepRecord:
 
 
 def _recovery(row: dict[str, Any]) -> RecoveryRecord:
-    nested = row.get("phases")
+    nested = row.get("phases_s", row.get("phases"))
     if nested is not None:
         phases = {name: float(nested[name]) for name in PHASES if name in nested}
     else:
@@ -185,6 +193,9 @@ def _recovery(row: dict[str, Any]) -> RecoveryRecord:
         generation=int(row["generation"]) if "generation" in row else None,
         lost=tuple(int(node) for node in row.get("lost", ())),
         joined=tuple(int(node) for node in row.get("joined", ())),
+        restart=bool(row.get("restart", False)),
+        t_failure=float(row.get("t_failure", math.nan)),
+        transfer_bytes=int(row.get("transfer_bytes", 0)),
     )
 
 

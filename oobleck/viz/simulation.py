@@ -1,7 +1,7 @@
 """Pictures of one simulated run: throughput over time per policy, and where each policy's time went.
 
 Everything is read from a :class:`~oobleck.sim.simulation.SimulationResult`; nothing is simulated
-here except in :func:`explore_simulation`, the slider callback, which calls ``simulate`` once.
+here except in :func:`run_explorer`'s slider callback, which calls ``simulate`` once.
 
 Assumptions:
     * Every policy of a result replayed the same failure trace, so one set of failure marks serves
@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Callable, Sequence
 
 from matplotlib.figure import Figure
 from rich.console import Console
 
 from oobleck.errors import OobleckError
 from oobleck.sim.config import SimulationConfig
-from oobleck.sim.metrics import BREAKDOWN_KEYS
+from oobleck.sim.metrics import BREAKDOWN_KEYS, TimelinePoint
 from oobleck.sim.report import results_table
 from oobleck.sim.simulation import SimulationResult, simulate
-from oobleck.viz.style import DPI, cycle_color, message_figure, new_figure, policy_color
+from oobleck.viz.style import DPI, cycle_color, format_seconds, message_figure, new_figure, policy_color
 
 _SECONDS_PER_HOUR = 3600.0
 _TABLE_WIDTH = 150
+_WINDOWS = 120
 
 
 def summary_text(result: SimulationResult) -> str:
@@ -36,7 +38,10 @@ def summary_text(result: SimulationResult) -> str:
     Returns:
         The table without colour codes, ``_TABLE_WIDTH`` characters wide at most.
     """
-    console = Console(file=io.StringIO(), width=_TABLE_WIDTH, color_system=None, record=True)
+    # NOTE: inside a Jupyter kernel rich would display the table as HTML by itself unless told not to.
+    console = Console(
+        file=io.StringIO(), width=_TABLE_WIDTH, color_system=None, record=True, force_jupyter=False
+    )
     console.print(results_table(result))
     return console.export_text()
 
@@ -44,9 +49,11 @@ def summary_text(result: SimulationResult) -> str:
 def plot_throughput_timeline(result: SimulationResult, *, title: str = "") -> Figure:
     """Throughput of every feasible policy over simulated time, with node losses marked.
 
-    The upper panel draws each policy's training throughput as a step function (zero while it
-    recovers, restarts or checkpoints); the lower one the nodes that are up. Red lines mark the
-    instants nodes were lost, green ones where nodes came back.
+    The upper panel draws each policy's training throughput averaged over short windows (1/120 of
+    the run): the instantaneous rate is zero during every checkpoint write, which would otherwise
+    paint the checkpointing policies as solid blocks; the average shows them as a lower plateau and
+    a recovery as a dip. The lower panel draws the nodes that are up. Red lines mark the instants
+    nodes were lost, green ones where nodes came back.
 
     Args:
         result: A simulation result.
@@ -62,10 +69,10 @@ def plot_throughput_timeline(result: SimulationResult, *, title: str = "") -> Fi
     for row in result.results:
         if not row.feasible:
             continue
-        times = [point.time_s / _SECONDS_PER_HOUR for point in row.timeline] + [hours]
+        edges, rates = windowed_throughput(row.timeline, config.hours * _SECONDS_PER_HOUR, _WINDOWS)
         top.stairs(
-            [point.samples_per_s for point in row.timeline],
-            times,
+            rates,
+            [edge / _SECONDS_PER_HOUR for edge in edges],
             label=row.policy,
             color=policy_color(row.policy),
             linewidth=1.3,
@@ -82,7 +89,7 @@ def plot_throughput_timeline(result: SimulationResult, *, title: str = "") -> Fi
         nodes_times.append(hour)
         nodes_up.append(nodes_up[-1] - len(event.lost) + len(event.joined))
     bottom.stairs(nodes_up, [*nodes_times, hours], color=cycle_color(7), baseline=None)
-    top.set_ylabel("samples / s")
+    top.set_ylabel(f"samples / s ({format_seconds(config.hours * _SECONDS_PER_HOUR / _WINDOWS)} mean)")
     top.set_ylim(bottom=0)
     top.legend(loc="lower left", fontsize=8)
     top.set_title(title or _default_title(result))
@@ -92,6 +99,32 @@ def plot_throughput_timeline(result: SimulationResult, *, title: str = "") -> Fi
     for ax in (top, bottom):
         ax.spines[["top", "right"]].set_visible(False)
     return figure
+
+
+def windowed_throughput(
+    timeline: Sequence[TimelinePoint], duration_s: float, windows: int
+) -> tuple[list[float], list[float]]:
+    """Mean throughput of a step-function timeline over ``windows`` equal windows.
+
+    Args:
+        timeline: Points of constant throughput from their ``time_s`` to the next point's.
+        duration_s: End of the last point's interval (the simulated duration).
+        windows: Number of windows.
+
+    Returns:
+        ``windows + 1`` window edges (seconds) and the ``windows`` mean rates (samples/s).
+    """
+    width = duration_s / windows
+    edges = [index * width for index in range(windows + 1)]
+    samples = [0.0] * windows
+    ends = [point.time_s for point in timeline[1:]] + [duration_s]
+    for point, end in zip(timeline, ends, strict=True):
+        first = min(int(point.time_s // width), windows - 1)
+        last = min(int(end // width), windows - 1)
+        for index in range(first, last + 1):
+            overlap = min(end, edges[index + 1]) - max(point.time_s, edges[index])
+            samples[index] += max(0.0, overlap) * point.samples_per_s
+    return edges, [total / width for total in samples]
 
 
 def plot_breakdown(result: SimulationResult, *, title: str = "") -> Figure:
@@ -128,27 +161,30 @@ def plot_breakdown(result: SimulationResult, *, title: str = "") -> Figure:
     return figure
 
 
-def explore_simulation(base: SimulationConfig, *, nodes: int, fail_rate: float, policy: str) -> Figure:
-    """Simulate ``base`` with another cluster size, failure rate and policy, and draw the timeline.
+def run_explorer(base: SimulationConfig) -> Callable[[int, float, str], Figure]:
+    """The callback behind the notebook's simulation sliders: ``interact(run_explorer(config), ...)``.
 
-    The callback behind the notebook's sliders. ``policy="all"`` runs every policy of ``base``; a
-    configuration the simulator rejects is drawn as a figure holding its one-line reason.
+    The returned function simulates ``base`` with another cluster size, failure rate and policy
+    (``"all"`` runs every policy of ``base``) and draws the timeline; each of its parameters
+    (``nodes``, ``fail_rate``, ``policy``) is one widget. A configuration the simulator rejects is
+    drawn as a figure holding its one-line reason.
 
     Args:
         base: The configuration to vary (model, hardware, duration, seed, costs, ...).
-        nodes: Cluster size.
-        fail_rate: Failures per node per hour.
-        policy: A policy name, or ``"all"``.
 
     Returns:
-        The timeline figure, or a figure with the reason the run was refused.
+        ``explore_run(nodes, fail_rate, policy) -> Figure``.
     """
-    policies = base.policies if policy == "all" else (policy,)
-    try:
-        config = dataclasses.replace(base, nodes=nodes, fail_rate=fail_rate, policies=policies)
-        return plot_throughput_timeline(simulate(config))
-    except OobleckError as error:
-        return message_figure(f"not simulated: {error}")
+
+    def explore_run(nodes: int, fail_rate: float, policy: str) -> Figure:
+        policies = base.policies if policy == "all" else (policy,)
+        try:
+            config = dataclasses.replace(base, nodes=nodes, fail_rate=fail_rate, policies=policies)
+            return plot_throughput_timeline(simulate(config))
+        except OobleckError as error:
+            return message_figure(f"not simulated: {error}")
+
+    return explore_run
 
 
 def _default_title(result: SimulationResult) -> str:

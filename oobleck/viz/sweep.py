@@ -1,18 +1,21 @@
 """Failure-rate sweeps: how each policy's throughput falls as nodes fail more often.
 
-A sweep runs the simulator once per (model, failure rate) with every policy on the same trace, and
-keeps one number per policy: throughput over the whole simulated duration (samples/s, failures
-and recoveries included). The figure sets the policies side by side and divides each by oobleck.
+A sweep runs the simulator once per (model, failure rate, seed) with every policy on the same
+trace, and keeps one number per policy: throughput over the whole simulated duration (samples/s,
+failures and recoveries included), averaged over the seeds. The figure sets the policies side by
+side and divides each by oobleck.
 
 Assumptions:
     * Rates are independent node failures per node per hour, the simulator's ``fail_rate``.
-    * The same seed is used at every rate, so neighbouring points differ by the rate, not by luck.
+    * The same seeds are used at every rate, so neighbouring points differ by the rate, not by luck;
+      a few seeds smooth out traces that happen to have far fewer or more losses than expected.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,9 +42,9 @@ class SweepPoint:
     policy: str
     feasible: bool
     samples_per_s: float
-    """Throughput over the whole run, failures included (0 when infeasible)."""
-    failures: int
-    """Node losses in the shared trace."""
+    """Throughput over the whole run, failures included, mean over seeds (0 when infeasible)."""
+    failures: float
+    """Node losses in the shared trace, mean over seeds."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +55,7 @@ class FailureSweep:
     """The configuration every run started from (its ``model`` and ``fail_rate`` were replaced)."""
     models: tuple[str, ...]
     rates: tuple[float, ...]
+    seeds: tuple[int, ...]
     points: tuple[SweepPoint, ...]
 
     @property
@@ -104,37 +108,48 @@ def sweep_rates(nodes: int, *, count: int, every_minutes: float = 10.0) -> tuple
 
 
 def sweep_failure_rates(
-    base: SimulationConfig, *, models: Sequence[str], rates: Sequence[float]
+    base: SimulationConfig, *, models: Sequence[str], rates: Sequence[float], seeds: Sequence[int] = (0,)
 ) -> FailureSweep:
-    """Simulate every model at every rate, all of ``base.policies`` on one trace per run.
+    """Simulate every model at every rate and seed, all of ``base.policies`` on one trace per run.
 
     Args:
-        base: Cluster, duration, seed, policies and costs shared by every run.
+        base: Cluster, duration, policies and costs shared by every run (its seed is replaced).
         models: Catalogue model names (or profile paths).
         rates: Failures per node per hour.
+        seeds: Failure-trace seeds to average over.
 
     Returns:
-        The sweep.
+        The sweep, one point per (model, rate, policy).
 
     Raises:
-        ConfigError: a bad model name or rate (from the simulator).
+        ConfigError: a bad model name or rate (from the simulator), or no seed.
     """
+    if not seeds:
+        raise ConfigError("sweep_failure_rates: seeds must name at least one seed")
     points = []
     for model in models:
         for rate in rates:
-            result = simulate(dataclasses.replace(base, model=model, fail_rate=rate))
-            points.extend(
-                SweepPoint(
-                    model=model,
-                    fail_rate=rate,
-                    policy=row.policy,
-                    feasible=row.feasible,
-                    samples_per_s=row.throughput_samples_per_s if row.feasible else 0.0,
-                    failures=result.trace.num_failures,
+            runs = [
+                simulate(dataclasses.replace(base, model=model, fail_rate=rate, seed=seed)) for seed in seeds
+            ]
+            for index, policy in enumerate(run.policy for run in runs[0].results):
+                rows = [run.results[index] for run in runs]
+                feasible = all(row.feasible for row in rows)
+                points.append(
+                    SweepPoint(
+                        model=model,
+                        fail_rate=rate,
+                        policy=policy,
+                        feasible=feasible,
+                        samples_per_s=statistics.fmean(row.throughput_samples_per_s for row in rows)
+                        if feasible
+                        else 0.0,
+                        failures=statistics.fmean(run.trace.num_failures for run in runs),
+                    )
                 )
-                for row in result.results
-            )
-    return FailureSweep(base=base, models=tuple(models), rates=tuple(rates), points=tuple(points))
+    return FailureSweep(
+        base=base, models=tuple(models), rates=tuple(rates), seeds=tuple(seeds), points=tuple(points)
+    )
 
 
 def sweep_table(sweep: FailureSweep) -> str:
@@ -161,7 +176,7 @@ def sweep_table(sweep: FailureSweep) -> str:
                 else f" {values[index]:>9.1f} ({ratios[index]:.2f}x)"
                 for values, ratios in columns
             )
-            lines.append(f"{model:<12} {rate:>11.3g} {losses:>6}{cells}")
+            lines.append(f"{model:<12} {rate:>11.3g} {losses:>6.1f}{cells}")
     return "\n".join(lines)
 
 
@@ -198,6 +213,8 @@ def plot_sweep(sweep: FailureSweep, *, title: str = "") -> Figure:
             top.legend(fontsize=8)
     base = sweep.base
     figure.suptitle(
-        title or f"{base.nodes} x {base.hardware}, {base.hours:g} h simulated, seed {base.seed}", fontsize=11
+        title
+        or f"{base.nodes} x {base.hardware}, {base.hours:g} h simulated, mean of seeds {list(sweep.seeds)}",
+        fontsize=11,
     )
     return figure

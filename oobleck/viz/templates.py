@@ -17,6 +17,7 @@ from matplotlib.lines import Line2D
 
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.plan import PipelineTemplate
+from oobleck.planning.templates import microbatches_for
 from oobleck.viz.style import GIB, cycle_color, format_seconds, new_figure
 
 _ROW_HEIGHT_IN = 0.32
@@ -24,31 +25,46 @@ _MIN_LABEL_FRACTION = 0.035
 """A stage narrower than this fraction of the model gets no text label (it would not fit)."""
 
 
-def templates_table(templates: Sequence[PipelineTemplate], hardware: HardwareSpec) -> str:
+def templates_table(
+    templates: Sequence[PipelineTemplate],
+    hardware: HardwareSpec,
+    *,
+    global_microbatches: int | None = None,
+    total_nodes: int | None = None,
+) -> str:
     """A fixed-width text table, one row per template, for printing in a notebook or a terminal.
 
-    Columns: nodes, stages, devices per stage, slowest and total stage latency, the step time of a
-    pipeline that runs ``4 * stages`` microbatches (the original Oobleck's yardstick, independent of
-    the batch), and the fullest device's memory as a share of what the hardware lets us use.
+    Columns: nodes, stages, devices per stage, slowest and total stage latency, the microbatches
+    ``m`` the template was optimised for (its share of the global batch, or ``4 * stages`` without
+    one: see :func:`~oobleck.planning.templates.microbatches_for`), its 1F1B step time for ``m``,
+    and the fullest device's memory as a share of what the hardware lets us use.
 
     Args:
         templates: The templates, any number.
         hardware: The node type they were planned for.
+        global_microbatches: ``B`` the templates were generated with, if any.
+        total_nodes: ``N`` the templates were generated with (default: the template's own size).
 
     Returns:
         The table as one string with a header line.
     """
     header = (
         f"{'nodes':>5} {'stages':>6} {'GPUs/stage':>10} {'slowest stage':>14} "
-        f"{'all stages':>11} {'step @4S mb':>12} {'peak mem':>9}"
+        f"{'all stages':>11} {'m':>4} {'step for m':>11} {'peak mem':>9}"
     )
     lines = [header, "-" * len(header)]
     for template in templates:
         peak = max(stage.memory_bytes for stage in template.stages)
+        share = microbatches_for(
+            template.num_stages,
+            template.num_nodes,
+            global_microbatches=global_microbatches,
+            total_nodes=total_nodes,
+        )
         lines.append(
             f"{template.num_nodes:>5} {template.num_stages:>6} {template.stages[0].gpus:>10} "
             f"{format_seconds(template.max_latency_s):>14} {format_seconds(template.sum_latency_s):>11} "
-            f"{format_seconds(template.iteration_time_s(4 * template.num_stages)):>12} "
+            f"{share:>4} {format_seconds(template.iteration_time_s(share)):>11} "
             f"{peak / hardware.usable_memory_bytes:>8.0%}"
         )
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -68,13 +69,20 @@ def child(mode: str, rank: int, world: int, port: int, config: str, out: str) ->
             with record.open("a") as file:
                 file.write(json.dumps(metrics.to_dict()) + "\n")
 
-    if mode == "abort":
+    if mode in ("abort", "hang"):
         engine.configure(_plan([([(0, 4)], 4), ([(0, 4)], 4)], [[0], [1]]), 0, {0: 0, 1: 1}, store)
+        if rank == 1 and mode == "hang":  # a hung peer: sockets open, never joins the step
+            deadline = time.monotonic() + 30
+            while not record.with_name("node0.jsonl").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            return
         if rank == 1:
             time.sleep(1.0)
             engine.abort("leaving on purpose")
             engine.abort("twice is fine")
             return
+        if mode == "hang":  # the control plane's notice arrives on another thread
+            threading.Timer(1.0, engine.abort, args=("failure notice",)).start()
         start = time.monotonic()
         try:
             engine.train_step(0)
@@ -191,11 +199,21 @@ def test_survivors_reconfigure_and_match_one_process(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_abort_unblocks_a_peer_waiting_in_a_step(tmp_path: Path) -> None:
-    """A rank that aborts makes its blocked peer raise CommunicationError in seconds, not at the 60 s timeout."""
+    """An aborting rank makes its blocked peer raise CommunicationError in seconds, not at the timeout."""
     _run("abort", 2, _write_job(tmp_path), tmp_path / "abort")
     result = json.loads((tmp_path / "abort" / "node0.jsonl").read_text())
     assert result["unblocked_s"] < 10.0, result
     assert result["latched"], "a second call must re-raise the first, latched error"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_abort_from_another_thread_ends_a_wait_on_a_hung_peer(tmp_path: Path) -> None:
+    """abort() on a control thread makes this rank's wait on a hung (not dead) peer raise at once."""
+    _run("hang", 2, _write_job(tmp_path), tmp_path / "hang")
+    result = json.loads((tmp_path / "hang" / "node0.jsonl").read_text())
+    assert result["unblocked_s"] < 5.0, result
+    assert "failure notice" in result["error"] and result["latched"]
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ class Agent:
         self.store: dict[str, Any] = {}
         self.run_dir = config.run_dir
         self._exit_code: int | None = None
+        self._ready: set[int] = set()
         self._stop = threading.Event()
         self._channel: Channel | None = None
 
@@ -104,8 +105,15 @@ class Agent:
             The exit status for the agent process.
         """
         channel = self._channel = self._connect()
-        channel.send({"type": "register", "index": self.config.index, "slots": self.config.slots,
-                      "host": socket.gethostname(), "pid": os.getpid()})
+        channel.send(
+            {
+                "type": "register",
+                "index": self.config.index,
+                "slots": self.config.slots,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            }
+        )
         welcome = channel.recv(10.0)
         if welcome["type"] != "welcome":
             logger.error("master refused this agent: %s", welcome.get("message", welcome))
@@ -113,7 +121,9 @@ class Agent:
         self.node, self.store = int(welcome["node"]), dict(welcome["store"])
         self.run_dir = self.run_dir or Path(welcome["run_dir"])
         interval = float(welcome["heartbeat_interval_s"])
-        logger.info("[node %d] registered with %s:%d", self.node, self.config.master_host, self.config.master_port)
+        logger.info(
+            "[node %d] registered with %s:%d", self.node, self.config.master_host, self.config.master_port
+        )
         threading.Thread(target=self._heartbeat, args=(interval,), name="heartbeat", daemon=True).start()
         threading.Thread(target=self._watch_workers, name="worker-watch", daemon=True).start()
         try:
@@ -137,10 +147,10 @@ class Agent:
         kind = message["type"]
         if kind == "job":
             self.job = message
+            if not self.workers:
+                self._start_workers()
         elif kind == "membership":
             self.membership = message
-            if not self.workers and self.node in message["members"]:
-                self._start_workers()
             for worker in self.workers:
                 with contextlib.suppress(OSError, ProtocolError):
                     worker.channel.send(message)
@@ -154,13 +164,13 @@ class Agent:
     def _heartbeat(self, interval: float) -> None:
         while not self._stop.wait(interval):
             try:
-                assert self._channel is not None  # noqa: S101 - set before this thread starts
+                assert self._channel is not None
                 self._channel.send({"type": "heartbeat", "t": time.time()})
             except (OSError, ProtocolError):
                 return
 
     def _config_path(self) -> str:
-        assert self.job is not None and self.run_dir is not None  # noqa: S101 - job precedes membership
+        assert self.job is not None and self.run_dir is not None
         path = Path(self.job["config_path"])
         if path.is_file() and path.read_text(encoding="utf-8") == self.job["config_text"]:
             return str(path)
@@ -169,7 +179,7 @@ class Agent:
         return str(local)
 
     def _start_workers(self) -> None:
-        assert self.run_dir is not None  # noqa: S101 - set at registration
+        assert self.run_dir is not None
         errors = self.run_dir / "errors"
         errors.mkdir(parents=True, exist_ok=True)
         config_path = self._config_path()
@@ -179,14 +189,28 @@ class Agent:
             error_file = errors / f"node{self.node}_local{local_rank}.json"
             error_file.unlink(missing_ok=True)
             env = {k: v for k, v in os.environ.items() if not k.startswith("OOBLECK_TOKEN")}
-            env.update({
-                CONTROL_ENV: f"fd:{theirs.fileno()}", CONTROL_KEY_ENV: key.hex(), NODE_ENV: str(self.node),
-                "LOCAL_RANK": str(local_rank), "LOCAL_WORLD_SIZE": str(self.config.slots),
-                "MASTER_ADDR": str(self.store["host"]), "MASTER_PORT": str(self.store["port"]),
-                "TORCHELASTIC_ERROR_FILE": str(error_file), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-            })
-            argv = [sys.executable, "-m", self.config.worker_module, "--config", config_path,
-                    "--run-dir", str(self.run_dir)]
+            env.update(
+                {
+                    CONTROL_ENV: f"fd:{theirs.fileno()}",
+                    CONTROL_KEY_ENV: key.hex(),
+                    NODE_ENV: str(self.node),
+                    "LOCAL_RANK": str(local_rank),
+                    "LOCAL_WORLD_SIZE": str(self.config.slots),
+                    "MASTER_ADDR": str(self.store["host"]),
+                    "MASTER_PORT": str(self.store["port"]),
+                    "TORCHELASTIC_ERROR_FILE": str(error_file),
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+                }
+            )
+            argv = [
+                sys.executable,
+                "-m",
+                self.config.worker_module,
+                "--config",
+                config_path,
+                "--run-dir",
+                str(self.run_dir),
+            ]
             process = subprocess.Popen(argv, env=env, pass_fds=(theirs.fileno(),))
             theirs.close()
             channel = Channel(ours, key, is_server=True, peer=f"worker{local_rank}")
@@ -207,10 +231,17 @@ class Agent:
                 return
             if message["type"] == "regroup":
                 self._send({"type": "regroup", "generation": message.get("generation")})
+            elif message["type"] == "ready":
+                self._ready.add(worker.local_rank)
+                if len(self._ready) == self.config.slots:
+                    self._send({"type": "ready"})
+                if self.membership is not None:
+                    with contextlib.suppress(OSError, ProtocolError):
+                        worker.channel.send(self.membership)
 
     def _send(self, message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError, ProtocolError):
-            assert self._channel is not None  # noqa: S101 - set in run()
+            assert self._channel is not None
             self._channel.send(message)
 
     def _watch_workers(self) -> None:
@@ -222,10 +253,16 @@ class Agent:
                     continue
                 finished.add(worker.local_rank)
                 error = read_error_file(worker.error_file, code)
-                self._send({"type": "worker_exit", "local_rank": worker.local_rank, "code": code, "error": error})
+                self._send(
+                    {"type": "worker_exit", "local_rank": worker.local_rank, "code": code, "error": error}
+                )
                 if code != 0:
-                    logger.error("[node %d] worker %d exited with %d; the node leaves the job",
-                                 self.node, worker.local_rank, code)
+                    logger.error(
+                        "[node %d] worker %d exited with %d; the node leaves the job",
+                        self.node,
+                        worker.local_rank,
+                        code,
+                    )
                     self._exit_code = 1
                     if self._channel is not None:
                         self._channel.close()
@@ -263,9 +300,14 @@ def read_error_file(path: Path, code: int) -> dict[str, Any] | None:
         message = data.get("message", "")
         if isinstance(message, dict):  # torch's @record layout
             extra = message.get("extraInfo", {})
-            return {"message": str(message.get("message", ""))[:2000],
-                    "timestamp": float(extra.get("timestamp", path.stat().st_mtime))}
-        return {"message": str(message)[:2000], "timestamp": float(data.get("timestamp", path.stat().st_mtime))}
+            return {
+                "message": str(message.get("message", ""))[:2000],
+                "timestamp": float(extra.get("timestamp", path.stat().st_mtime)),
+            }
+        return {
+            "message": str(message)[:2000],
+            "timestamp": float(data.get("timestamp", path.stat().st_mtime)),
+        }
     if code == 0:
         return None
     what = f"killed by signal {-code}" if code < 0 else f"exited with code {code} (no error file)"

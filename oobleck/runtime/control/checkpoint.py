@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +46,15 @@ class Checkpoint:
         return merged
 
 
-def write_shard(directory: Path, step: int, node: int, local_rank: int, layers: list[int],
-                tensors: dict[str, torch.Tensor]) -> Path:
+def write_shard(
+    directory: Path,
+    step: int,
+    *,
+    node: int,
+    local_rank: int,
+    layers: list[int],
+    tensors: dict[str, torch.Tensor],
+) -> Path:
     """Write this rank's layers for resuming at ``step``, atomically.
 
     Args:
@@ -68,10 +74,12 @@ def write_shard(directory: Path, step: int, node: int, local_rank: int, layers: 
     final = folder / f"{stem}.safetensors"
     tmp = folder / f".{stem}.safetensors.tmp"
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, final)
+    tmp.replace(final)
     meta_tmp = folder / f".{stem}.json.tmp"
-    meta_tmp.write_text(json.dumps({"step": step, "layers": sorted(layers), "file": final.name}), encoding="utf-8")
-    os.replace(meta_tmp, folder / f"{stem}.json")
+    meta_tmp.write_text(
+        json.dumps({"step": step, "layers": sorted(layers), "file": final.name}), encoding="utf-8"
+    )
+    meta_tmp.replace(folder / f"{stem}.json")
     return final
 
 
@@ -104,6 +112,10 @@ def latest_complete(directory: Path, num_layers: int) -> Checkpoint | None:
                 files.append(folder / meta["file"])
         if covered >= set(range(num_layers)):
             return Checkpoint(step, tuple(files))
-        logger.warning("checkpoint %s is incomplete (layers %s of %d); trying an older one",
-                       folder, sorted(covered), num_layers)
+        logger.warning(
+            "checkpoint %s is incomplete (layers %s of %d); trying an older one",
+            folder,
+            sorted(covered),
+            num_layers,
+        )
     return None

@@ -70,7 +70,9 @@ def parse_hostfile_text(text: str, source: str = "<hostfile>") -> tuple[HostEntr
             continue
         host, *fields = line.split()
         if "=" in host or not _HOST_RE.match(host):
-            raise ConfigError(f"{where}: {raw.strip()!r} does not start with a host name; use 'HOST [slots=N] [port=P]'")
+            raise ConfigError(
+                f"{where}: {raw.strip()!r} does not start with a host name; use 'HOST [slots=N] [port=P]'"
+            )
         values: dict[str, int] = {}
         for field in fields:
             key, sep, value = field.partition("=")

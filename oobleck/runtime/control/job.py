@@ -58,8 +58,14 @@ def launch_agents(master: Master, hosts: Sequence[HostEntry], *, slurm: bool = F
         master.launched.append(agent)
 
 
-def run_job(master: Master, job: JobSpec, hosts: Sequence[HostEntry], *, slurm: bool = False,
-            timeout_s: float | None = None) -> int:
+def run_job(
+    master: Master,
+    job: JobSpec,
+    hosts: Sequence[HostEntry],
+    *,
+    slurm: bool = False,
+    timeout_s: float | None = None,
+) -> int:
     """Run ``job`` to completion on agents launched from ``hosts``.
 
     Args:

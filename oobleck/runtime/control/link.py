@@ -51,7 +51,9 @@ class WorkerLink:
         """
         spec, key = os.environ.get(CONTROL_ENV, ""), os.environ.get(CONTROL_KEY_ENV, "")
         if not spec.startswith("fd:") or not spec[3:].isdigit() or not key:
-            raise RuntimeError(f"{CONTROL_ENV}={spec!r}: expected fd:N with {CONTROL_KEY_ENV} set (run by an agent)")
+            raise RuntimeError(
+                f"{CONTROL_ENV}={spec!r}: expected fd:N with {CONTROL_KEY_ENV} set (run by an agent)"
+            )
         sock = socket.socket(fileno=int(spec[3:]))
         return cls(Channel(sock, bytes.fromhex(key), is_server=False, peer="agent"), on_failure)
 
@@ -101,6 +103,10 @@ class WorkerLink:
                     return None
                 self._cond.wait(remaining)
             return self.latest
+
+    def send_ready(self) -> None:
+        """Tell the agent this worker is built and waits for a membership (joins wait for this)."""
+        self._channel.send({"type": "ready"})
 
     def request_regroup(self, generation: int) -> None:
         """Ask the master for a fresh generation with the same members (after an unexplained error)."""

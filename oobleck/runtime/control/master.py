@@ -27,7 +27,12 @@ import torch.distributed as dist
 
 from oobleck.runtime.control.launchers import LaunchedAgent
 from oobleck.runtime.control.membership import Membership
-from oobleck.runtime.control.protocol import HANDSHAKE_TIMEOUT_S, Channel, ConnectionClosedError, ProtocolError
+from oobleck.runtime.control.protocol import (
+    HANDSHAKE_TIMEOUT_S,
+    Channel,
+    ConnectionClosedError,
+    ProtocolError,
+)
 from oobleck.runtime.control.server import ControlServer
 from oobleck.runtime.control.submission import JobSpec
 
@@ -68,6 +73,8 @@ class AgentRecord:
     last_seen: float
     last_seen_wall: float
     worker_pids: list[int] = field(default_factory=list)
+    ready: bool = False
+    """All its workers have built their engine and wait for a membership."""
     alive: bool = True
     done: bool = False
 
@@ -122,10 +129,17 @@ class Master:
             config.host, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30)
         )
         self.server = ControlServer(token, self._handle, host=config.host, port=config.port)
-        self.address = advertise_host or (config.host if config.host not in ("0.0.0.0", "::") else os.uname()[1])
+        self.address = advertise_host or (
+            config.host if config.host not in ("0.0.0.0", "::") else os.uname()[1]
+        )
         _write_json_atomic(
             config.run_dir / "master.json",
-            {"address": self.address, "port": self.server.port, "store_port": self.store.port, "pid": os.getpid()},
+            {
+                "address": self.address,
+                "port": self.server.port,
+                "store_port": self.store.port,
+                "pid": os.getpid(),
+            },
         )
         self._monitor = threading.Thread(target=self._watch_heartbeats, name="master-monitor", daemon=True)
         self._monitor.start()
@@ -166,8 +180,11 @@ class Master:
                     return "timeout"
                 if self.membership is None and now >= registered_by:
                     alive = sum(r.alive for r in self.agents.values())
-                    self._finish("failed", f"only {alive} of {self.expected_agents} agents registered "
-                                 f"within {self.config.register_timeout_s} s; see agent*.log in {self.config.run_dir}")
+                    self._finish(
+                        "failed",
+                        f"only {alive} of {self.expected_agents} agents registered "
+                        f"within {self.config.register_timeout_s} s; see agent*.log in {self.config.run_dir}",
+                    )
                     break
                 if self.membership is None:
                     self._check_launched_alive()
@@ -231,26 +248,41 @@ class Master:
                 node = max([self._next_node - 1, *self.agents]) + 1 if self.agents else self._next_node
             self._next_node = max(self._next_node, node + 1)
             now = time.monotonic()
-            record = AgentRecord(node, str(message.get("host", "?")), int(message.get("pid", 0)), slots, channel,
-                                 now, time.time())
+            record = AgentRecord(
+                node,
+                str(message.get("host", "?")),
+                int(message.get("pid", 0)),
+                slots,
+                channel,
+                now,
+                time.time(),
+            )
             expected_slots = next((r.slots for r in self.agents.values() if r.alive), slots)
             if slots != expected_slots:
-                channel.send({"type": "error", "message": f"slots={slots} but the job's nodes have {expected_slots}"})
-                logger.warning("refused agent on %s: slots=%d, job has %d", record.host, slots, expected_slots)
+                channel.send(
+                    {"type": "error", "message": f"slots={slots} but the job's nodes have {expected_slots}"}
+                )
+                logger.warning(
+                    "refused agent on %s: slots=%d, job has %d", record.host, slots, expected_slots
+                )
                 return None
             self.agents[node] = record
-            self._send(record, {"type": "welcome", "node": node,
-                                "heartbeat_interval_s": self.config.heartbeat_interval_s,
-                                "store": {"host": self.address, "port": self.store.port},
-                                "run_dir": str(self.config.run_dir)})
-            logger.info("agent registered: node %d on %s (pid %d, %d slots)", node, record.host, record.pid, slots)
+            self._send(
+                record,
+                {
+                    "type": "welcome",
+                    "node": node,
+                    "heartbeat_interval_s": self.config.heartbeat_interval_s,
+                    "store": {"host": self.address, "port": self.store.port},
+                    "run_dir": str(self.config.run_dir),
+                },
+            )
+            logger.info(
+                "agent registered: node %d on %s (pid %d, %d slots)", node, record.host, record.pid, slots
+            )
             self._write_agents()
             if self.job is not None and self.outcome is None:
                 self._send(record, self.job.to_message())
-                if self.membership is not None:
-                    self._new_generation(joined=(node,), reason=f"node {node} joined")
-                else:
-                    self._maybe_start()
             return record
 
     def _on_message(self, record: AgentRecord, message: dict[str, Any]) -> None:
@@ -269,6 +301,15 @@ class Master:
                 self._record_error(record.node, message["error"])
             if code != 0:
                 self._fail(record.node, f"worker {message.get('local_rank')} exited with code {code}")
+        elif kind == "ready":
+            with self._cond:
+                record.ready = True
+                if self.outcome is not None or self.job is None:
+                    return
+                if self.membership is None:
+                    self._maybe_start()
+                elif record.node not in self.membership.members:
+                    self._new_generation(joined=(record.node,), reason=f"node {record.node} joined")
         elif kind == "done":
             with self._cond:
                 record.done = True
@@ -277,28 +318,46 @@ class Master:
                     self._finish("completed", "every worker finished")
         elif kind == "regroup":
             with self._cond:
-                if self.membership is not None and int(message.get("generation", -1)) == self.membership.generation:
+                if (
+                    self.membership is not None
+                    and int(message.get("generation", -1)) == self.membership.generation
+                ):
                     self._new_generation(reason=f"regroup requested by node {record.node}")
         else:
             raise ProtocolError(f"unexpected message type {kind!r} from an agent")
 
     # ----------------------------------------------------------------- membership
     def _maybe_start(self) -> None:
-        alive = sorted(n for n, r in self.agents.items() if r.alive)
+        alive = sorted(n for n, r in self.agents.items() if r.alive and r.ready)
         if self.job is None or self.membership is not None or len(alive) < self.expected_agents:
             return
         slots = self.agents[alive[0]].slots
-        self.membership = Membership(0, tuple(alive), joined=tuple(alive), detected_at=time.time(),
-                                     reason="job start", slots=slots)
+        self.membership = Membership(
+            0, tuple(alive), joined=tuple(alive), detected_at=time.time(), reason="job start", slots=slots
+        )
         logger.info("job starting on nodes %s", alive)
         self._broadcast()
 
-    def _new_generation(self, *, lost: tuple[int, ...] = (), joined: tuple[int, ...] = (), reason: str,
-                        failure_at: float = 0.0) -> None:
-        assert self.membership is not None  # noqa: S101 - callers check
+    def _new_generation(
+        self,
+        *,
+        lost: tuple[int, ...] = (),
+        joined: tuple[int, ...] = (),
+        reason: str,
+        failure_at: float = 0.0,
+    ) -> None:
+        assert self.membership is not None
         members = tuple(sorted((set(self.membership.members) - set(lost)) | set(joined)))
-        self.membership = Membership(self.membership.generation + 1, members, lost, joined, time.time(),
-                                     failure_at, reason, self.membership.slots)
+        self.membership = Membership(
+            self.membership.generation + 1,
+            members,
+            lost,
+            joined,
+            time.time(),
+            failure_at,
+            reason,
+            self.membership.slots,
+        )
         logger.warning("generation %d: %s; members %s", self.membership.generation, reason, list(members))
         if not members:
             self._finish("failed", f"no nodes left ({reason})")
@@ -306,10 +365,12 @@ class Master:
         self._broadcast()
 
     def _broadcast(self) -> None:
-        assert self.membership is not None  # noqa: S101 - callers check
+        assert self.membership is not None
         message = self.membership.to_message()
-        append_jsonl(self.config.run_dir / "metrics.jsonl", {"event": "membership", "source": "master",
-                                                             "t": self.membership.detected_at, **message})
+        append_jsonl(
+            self.config.run_dir / "metrics.jsonl",
+            {"event": "membership", "source": "master", "t": self.membership.detected_at, **message},
+        )
         for node in self.membership.members:
             self._send(self.agents[node], message)
 
@@ -321,7 +382,7 @@ class Master:
             logger.info("send to node %d failed: %s", record.node, exc)
             record.channel.close()
 
-    def _fail(self, node: int, reason: str) -> None:
+    def _fail(self, node: int, reason: str, *, silent_since: float | None = None) -> None:
         with self._cond:
             record = self.agents.get(node)
             if record is None or not record.alive:
@@ -336,8 +397,9 @@ class Master:
             if self.outcome is None and self.membership is not None and node in self.membership.members:
                 if record.done:
                     return
-                self._new_generation(lost=(node,), reason=f"node {node} lost: {reason}",
-                                     failure_at=record.last_seen_wall)
+                self._new_generation(
+                    lost=(node,), reason=f"node {node} lost: {reason}", failure_at=silent_since or time.time()
+                )
             self._cond.notify_all()
 
     def _watch_heartbeats(self) -> None:
@@ -345,16 +407,23 @@ class Master:
         while not self._closed.wait(self.config.heartbeat_interval_s / 4):
             now = time.monotonic()
             with self._cond:
-                late = [r.node for r in self.agents.values() if r.alive and now - r.last_seen > limit]
-            for node in late:
-                self._fail(node, f"no heartbeat for {limit:.1f} s")
+                late = [
+                    (r.node, r.last_seen_wall)
+                    for r in self.agents.values()
+                    if r.alive and now - r.last_seen > limit
+                ]
+            for node, since in late:
+                self._fail(node, f"no heartbeat for {limit:.1f} s", silent_since=since)
 
     def _check_launched_alive(self) -> None:
         for agent in self.launched:
             code = agent.process.poll()
             if code is not None and code != 0 and self.membership is None:
-                self._finish("failed", f"agent {agent.index} on {agent.entry.host} exited with code {code} "
-                             f"before the job started; see {agent.log_path}")
+                self._finish(
+                    "failed",
+                    f"agent {agent.index} on {agent.entry.host} exited with code {code} "
+                    f"before the job started; see {agent.log_path}",
+                )
 
     def _record_error(self, node: int, error: dict[str, Any]) -> None:
         with self._cond:
@@ -369,10 +438,15 @@ class Master:
         log = logger.info if outcome == "completed" else logger.error
         log("job %s: %s", outcome, reason)
         if self.first_error is not None:
-            logger.error("first worker error (node %s): %s", self.first_error.get("node"),
-                         self.first_error.get("message"))
-        append_jsonl(self.config.run_dir / "metrics.jsonl",
-                     {"event": "job_" + outcome, "source": "master", "t": time.time(), "reason": reason})
+            logger.error(
+                "first worker error (node %s): %s",
+                self.first_error.get("node"),
+                self.first_error.get("message"),
+            )
+        append_jsonl(
+            self.config.run_dir / "metrics.jsonl",
+            {"event": "job_" + outcome, "source": "master", "t": time.time(), "reason": reason},
+        )
         for record in self.agents.values():
             if record.alive:
                 self._send(record, {"type": "shutdown"})
@@ -381,8 +455,14 @@ class Master:
     def _write_agents(self) -> None:
         launched = {a.index: a for a in self.launched}
         rows = [
-            {"node": r.node, "host": r.host, "agent_pid": r.pid, "worker_pids": r.worker_pids, "alive": r.alive,
-             "launcher_pid": launched[r.node].pid if r.node in launched else None}
+            {
+                "node": r.node,
+                "host": r.host,
+                "agent_pid": r.pid,
+                "worker_pids": r.worker_pids,
+                "alive": r.alive,
+                "launcher_pid": launched[r.node].pid if r.node in launched else None,
+            }
             for r in sorted(self.agents.values(), key=lambda r: r.node)
         ]
         _write_json_atomic(self.config.run_dir / "agents.json", rows)

@@ -26,6 +26,7 @@ Assumptions:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -195,10 +196,8 @@ class Channel:
         if self._closed:
             return
         self._closed = True
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._sock.close()
 
 
@@ -300,7 +299,9 @@ def client_handshake(
     try:
         _recv_raw(sock, key, _S2C, 0, "auth_ok")
     except ConnectionClosedError as exc:
-        raise AuthenticationError(f"{peer} closed the connection during the handshake (wrong token?)") from exc
+        raise AuthenticationError(
+            f"{peer} closed the connection during the handshake (wrong token?)"
+        ) from exc
     return Channel(sock, key, is_server=False, peer=peer, max_frame_bytes=max_frame_bytes)
 
 

@@ -9,6 +9,7 @@ Assumptions:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -110,7 +111,9 @@ class ControlServer:
             except OSError:
                 return
             peer = f"{addr[0]}:{addr[1]}"
-            threading.Thread(target=self._serve, args=(conn, peer), name=f"control-{peer}", daemon=True).start()
+            threading.Thread(
+                target=self._serve, args=(conn, peer), name=f"control-{peer}", daemon=True
+            ).start()
 
     def _serve(self, conn: socket.socket, peer: str) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -134,8 +137,6 @@ class ControlServer:
         if self._closed.is_set():
             return
         self._closed.set()
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._sock.close()

@@ -73,16 +73,19 @@ def serve_submission(master: Master, channel: Channel) -> None:
         master: The running master.
         channel: The authenticated submitter.
     """
-    from oobleck.runtime.control.job import launch_agents
     from oobleck.runtime.control.hostfile import parse_hostfile_text
+    from oobleck.runtime.control.job import launch_agents
 
     message = channel.recv(HANDSHAKE_TIMEOUT_S)
     if message.get("type") != "submit":
         raise ProtocolError(f"expected 'submit', got {message.get('type')!r}")
     try:
         job = JobSpec.from_message(message)
-        hosts = parse_hostfile_text(message["hostfile_text"], str(message.get("hostfile", "hostfile"))) \
-            if message.get("hostfile_text") else ()
+        hosts = (
+            parse_hostfile_text(message["hostfile_text"], str(message.get("hostfile", "hostfile")))
+            if message.get("hostfile_text")
+            else ()
+        )
         expected = len(hosts) or int(message.get("nodes", 0))
         if expected < 1:
             raise ConfigError("submit: give --hostfile or --nodes N (agents started by hand)")
@@ -96,3 +99,50 @@ def serve_submission(master: Master, channel: Channel) -> None:
     if message.get("wait"):
         outcome = master.wait()
         channel.send({"type": "finished", "outcome": outcome, "error": master.first_error})
+
+
+def submit_job(
+    host: str,
+    port: int,
+    token: bytes,
+    job: JobSpec,
+    *,
+    hostfile: str | None = None,
+    nodes: int = 0,
+    wait: bool = False,
+) -> dict[str, Any]:
+    """Send a job to a daemon master (the client side of :func:`serve_submission`).
+
+    Args:
+        host: Master address.
+        port: Master control port.
+        token: The master's token.
+        job: The validated job.
+        hostfile: A hostfile whose agents the master should launch (read here, sent as text).
+        nodes: Without a hostfile: how many hand-started agents to wait for.
+        wait: Keep the connection until the job ends.
+
+    Returns:
+        The master's last reply: ``accepted``, ``rejected`` or (with ``wait``) ``finished``.
+
+    Raises:
+        ConfigError: The hostfile cannot be read.
+        OSError: The master cannot be reached.
+    """
+    from oobleck.runtime.control.protocol import connect
+
+    message: dict[str, Any] = {**job.to_message(), "type": "submit", "nodes": nodes, "wait": wait}
+    if hostfile is not None:
+        path = Path(hostfile)
+        if not path.is_file():
+            raise ConfigError(f"--hostfile {hostfile}: no such file")
+        message.update(hostfile=str(path), hostfile_text=path.read_text(encoding="utf-8"))
+    channel = connect(host, port, token, "submit")
+    try:
+        channel.send(message)
+        reply = channel.recv(30.0)
+        if reply["type"] == "accepted" and wait:
+            reply = channel.recv(None)
+        return reply
+    finally:
+        channel.close()

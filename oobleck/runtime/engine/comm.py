@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -28,6 +29,11 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_POLL_MIN_S = 5e-5
+"""First sleep between completion checks of a gloo operation; doubles up to ``_POLL_MAX_S``."""
+_POLL_MAX_S = 2e-3
+"""Longest sleep between checks: bounds the extra latency of a long wait and the abort reaction."""
 
 
 class CommunicationError(RuntimeError):
@@ -54,7 +60,8 @@ class Comm:
     """Process-group lifecycle plus latched error handling for one rank.
 
     Thread safety: :meth:`abort` may be called from another thread (a control-plane listener)
-    while the training thread is blocked in a collective; the blocked call then fails and raises.
+    while the training thread waits in a collective; with gloo the wait then raises within
+    ``_POLL_MAX_S``. (NCCL waits are not interrupted this way; aborting destroys the communicator.)
     """
 
     def __init__(self, backend: str | None = None, timeout: timedelta = timedelta(seconds=60)) -> None:
@@ -103,9 +110,27 @@ class Comm:
         except Exception as error:
             raise self._latch(what, error) from error
 
+    def run(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Run one collective asynchronously and wait for it (abortable; see :meth:`wait`)."""
+        self.wait(what, [self.call(what, fn, *args, async_op=True, **kwargs)])
+
     def wait(self, what: str, works: Sequence[Any]) -> None:
-        """Wait for asynchronous work handles; a failure is latched."""
+        """Wait for asynchronous work handles; a failure is latched.
+
+        With gloo the wait polls ``is_completed`` and checks the latch in between, so an
+        :meth:`abort` from another thread ends a wait on a peer that hangs (a stopped process
+        keeps its sockets open and would otherwise block us until the timeout).
+        """
         for work in works:
+            if self.backend != "gloo":
+                self.call(what, work.wait)
+                continue
+            delay_s = _POLL_MIN_S
+            while not work.is_completed():
+                if self.error is not None:
+                    raise self.error
+                time.sleep(delay_s)
+                delay_s = min(2 * delay_s, _POLL_MAX_S)
             self.call(what, work.wait)
 
     def _latch(self, what: str, error: BaseException) -> CommunicationError:

@@ -28,7 +28,7 @@ from oobleck.runtime.engine.adapters import build_adapter
 from oobleck.runtime.engine.comm import Comm, default_device
 from oobleck.runtime.engine.data import GlobalSampler, load_dataset
 from oobleck.runtime.engine.executor import StageContext, run_1f1b
-from oobleck.runtime.engine.optim import LayerState, clip_coefficient, learning_rate
+from oobleck.runtime.engine.optim import LayerState, adamw_update, clip_coefficient, learning_rate
 from oobleck.runtime.engine.topology import StageInfo, Topology, build_topology
 from oobleck.runtime.engine.transfer import execute_transfers
 
@@ -172,13 +172,12 @@ class Engine:
             sample_ids = tuple(ids) if info.is_first else ()
             self._sync_gradients(self.topology)
         totals = torch.stack([loss_sum, self._local_square_norm()]).to(self.device)
-        self.comm.call("loss/norm all_reduce", dist.all_reduce, totals)
+        self.comm.run("loss/norm all_reduce", dist.all_reduce, totals)
         loss_total, square_norm = totals.tolist()
         grad_norm = math.sqrt(square_norm)
         lr = learning_rate(step, job.steps, job.optim)
         scale = clip_coefficient(grad_norm, job.optim.grad_clip)
-        for index in sorted(self.layers):
-            self.layers[index].adamw_step(lr, job.optim, scale)
+        adamw_update([self.layers[i] for i in sorted(self.layers)], lr, job.optim, scale)
         return StepMetrics(
             step=step,
             generation=self.generation,
@@ -329,7 +328,7 @@ class Engine:
 
     def _barrier(self) -> None:
         probe = torch.zeros(1, device=self.device)
-        self.comm.call("generation barrier", dist.all_reduce, probe)
+        self.comm.run("generation barrier", dist.all_reduce, probe)
 
     def _stage_context(self, info: StageInfo) -> StageContext:
         return StageContext(
@@ -381,7 +380,7 @@ class Engine:
                 continue
             flat = torch.cat([g.reshape(-1) for g in grads])
             if len(bucket.ranks) > 1:
-                self.comm.call(
+                self.comm.run(
                     "gradient all_reduce", dist.all_reduce, flat, group=self.comm.group(bucket.ranks)
                 )
             offset = 0
@@ -396,11 +395,13 @@ class Engine:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         if self.info is None:
             return total.cpu()
+        grads = []
         for layer in self.info.norm_layers:
             skip = {tie.name for tie in self.adapter.tied if tie.layer == layer}
-            for name, param in self.layers[layer].params():
-                if name not in skip and param.grad is not None:
-                    total += param.grad.double().pow(2).sum()
+            grads += [p.grad for n, p in self.layers[layer].params() if n not in skip and p.grad is not None]
+        if grads:
+            norms = torch._foreach_norm(grads)
+            total = torch.stack(norms).double().pow(2).sum()
         return total.cpu()
 
 

@@ -59,9 +59,16 @@ class LayerState:
     grad_sum: dict[str, torch.Tensor] = field(default_factory=dict)
     """Float64 sums of microbatch gradients (only with ``optim.exact_accumulation``)."""
 
+    _params: list[tuple[str, nn.Parameter]] = field(default_factory=list, repr=False)
+    _by_name: dict[str, nn.Parameter] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._params = sorted(self.module.named_parameters())
+        self._by_name = dict(self._params)
+
     def params(self) -> list[tuple[str, nn.Parameter]]:
         """Parameters in a fixed (sorted-name) order, the order of every buffer and transfer."""
-        return sorted(self.module.named_parameters())
+        return self._params
 
     def ensure_moments(self) -> None:
         """Create zero moments for parameters that have none yet."""
@@ -102,31 +109,55 @@ class LayerState:
         """The step's gradient of ``name`` so far: the float64 sum if any, else ``.grad`` (or zeros)."""
         if name in self.grad_sum:
             return self.grad_sum[name]
-        param = dict(self.module.named_parameters())[name]
+        param = self._by_name[name]
         return param.grad if param.grad is not None else torch.zeros_like(param)
 
     def set_gradient(self, name: str, value: torch.Tensor) -> None:
         """Install the synchronised gradient of ``name`` (cast to the parameter's dtype)."""
-        param = dict(self.module.named_parameters())[name]
+        param = self._by_name[name]
         param.grad = value.to(param.dtype, copy=True)
         self.grad_sum.pop(name, None)
 
-    @torch.no_grad()
-    def adamw_step(self, lr: float, config: OptimConfig, grad_scale: float = 1.0) -> None:
-        """One AdamW update with gradients multiplied by ``grad_scale`` (the clipping factor)."""
-        self.ensure_moments()
-        self.step += 1
-        beta1, beta2 = config.betas
-        bias1 = 1.0 - beta1**self.step
-        bias2 = 1.0 - beta2**self.step
-        for name, param in self.params():
-            if param.grad is None:
-                continue
-            grad = param.grad if grad_scale == 1.0 else param.grad * grad_scale
-            if config.weight_decay and param.dim() >= 2:
-                param.mul_(1.0 - lr * config.weight_decay)
-            exp_avg, exp_avg_sq = self.exp_avg[name], self.exp_avg_sq[name]
-            exp_avg.lerp_(grad, 1.0 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-            denom = (exp_avg_sq / bias2).sqrt_().add_(config.eps)
-            param.addcdiv_(exp_avg, denom, value=-lr / bias1)
+
+@torch.no_grad()
+def adamw_update(states: list[LayerState], lr: float, config: OptimConfig, grad_scale: float = 1.0) -> None:
+    """One AdamW update of every given layer, gradients multiplied by ``grad_scale`` (clipping).
+
+    Layers are grouped by their update count (normally all equal) and each group is updated with
+    ``torch._foreach_*`` kernels: one launch per operation instead of one per parameter.
+
+    Args:
+        states: the layers to update (each gets ``step += 1``).
+        lr: learning rate of this step.
+        config: betas, eps and weight decay.
+        grad_scale: factor applied to every gradient before the update.
+    """
+    beta1, beta2 = config.betas
+    groups: dict[int, list[LayerState]] = {}
+    for state in states:
+        state.ensure_moments()
+        groups.setdefault(state.step, []).append(state)
+    for step, members in sorted(groups.items()):
+        chosen = [(s, n, p) for s in members for n, p in s.params() if p.grad is not None]
+        for state in members:
+            state.step = step + 1
+        if not chosen:
+            continue
+        params = [p for _, _, p in chosen]
+        grads = [p.grad for _, _, p in chosen]
+        exp_avgs = [s.exp_avg[n] for s, n, _ in chosen]
+        exp_avg_sqs = [s.exp_avg_sq[n] for s, n, _ in chosen]
+        if grad_scale != 1.0:
+            grads = torch._foreach_mul(grads, grad_scale)
+        decayed = [p for p in params if p.dim() >= 2]
+        if config.weight_decay and decayed:
+            torch._foreach_mul_(decayed, 1.0 - lr * config.weight_decay)
+        bias1 = 1.0 - beta1 ** (step + 1)
+        bias2 = 1.0 - beta2 ** (step + 1)
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        denom = torch._foreach_div(exp_avg_sqs, bias2)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, config.eps)
+        torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr / bias1)

@@ -69,8 +69,8 @@ class BambooPolicy(Policy):
             depth = self.homogeneous.best_depth(len(nodes), self.fits)
         except PlanningError:
             raise PlanningError(
-                f"bamboo: no pipeline depth on {len(nodes)} nodes fits each node's stages plus its "
-                "neighbour's redundant layers in memory"
+                f"no pipeline depth on {len(nodes)} nodes fits each node's stages plus its "
+                "neighbour's redundant layers in memory; add nodes or use a smaller model"
             ) from None
         plan = self.homogeneous.plan(nodes, depth)
         step = plan.iteration_time_s * (1.0 + self.overhead)

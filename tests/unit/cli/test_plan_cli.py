@@ -199,3 +199,16 @@ def test_module_entry_point_exits_2_without_traceback() -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("oobleck plan: error: unknown model 'gpt5'")
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_losing_every_node_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """Failing every node leaves no valid plan, which is reported as one line and exit 2."""
+    assert "surviving" in _error_line(capsys, [*SMALL, "--fail", "0,1,2,3"])
+
+
+def test_join_only_grows_onto_the_new_nodes(capsys: pytest.CaptureFixture[str]) -> None:
+    """--join 2 without failures reconfigures onto all six nodes and loses none."""
+    report = _json(capsys, [*SMALL, "--join", "2"])
+    assert report["lost_nodes"] == []
+    nodes = sorted(node for p in report["reconfigured"]["pipelines"] for node in p["nodes"])
+    assert nodes == [0, 1, 2, 3, 4, 5]

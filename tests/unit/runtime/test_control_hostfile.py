@@ -18,7 +18,11 @@ def test_bare_and_slots_lines_with_comments():
     """Bare names, slots/port fields, comments and blank lines parse in file order."""
     text = "# cluster\nnode1\n\nnode2 slots=1 port=2222  # ssh port\nnode1\n"
     entries = parse_hostfile_text(text, "h")
-    assert [(e.host, e.slots, e.port) for e in entries] == [("node1", 1, None), ("node2", 1, 2222), ("node1", 1, None)]
+    assert [(e.host, e.slots, e.port) for e in entries] == [
+        ("node1", 1, None),
+        ("node2", 1, 2222),
+        ("node1", 1, None),
+    ]
     assert entries[1].source == "h:4"
 
 

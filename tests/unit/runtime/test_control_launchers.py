@@ -43,10 +43,22 @@ def test_agent_command_has_no_secret(tmp_path):
 def test_ssh_command_is_strict_and_keeps_token_off_argv(tmp_path):
     """ssh runs in batch mode with strict host keys, the same python path, and reads the token from stdin."""
     launcher = SshLauncher(workdir=tmp_path)
-    argv = launcher.command(HostEntry("node7", 1, 2222), ["/opt/py/bin/python", "-m", "oobleck.runtime.agent"])
-    assert argv[:7] == ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ServerAliveInterval=5"]
+    argv = launcher.command(
+        HostEntry("node7", 1, 2222), ["/opt/py/bin/python", "-m", "oobleck.runtime.agent"]
+    )
+    assert argv[:7] == [
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "ServerAliveInterval=5",
+    ]
     assert argv[7:10] == ["-p", "2222", "node7"]
-    assert argv[10].startswith(f"cd {tmp_path} && IFS= read -r OOBLECK_TOKEN && export OOBLECK_TOKEN && exec ")
+    assert argv[10].startswith(
+        f"cd {tmp_path} && IFS= read -r OOBLECK_TOKEN && export OOBLECK_TOKEN && exec "
+    )
     assert argv[10].endswith("/opt/py/bin/python -m oobleck.runtime.agent")
     assert launcher.stdin_secret(TOKEN) == TOKEN + b"\n"
     assert TOKEN.decode() not in " ".join(argv)

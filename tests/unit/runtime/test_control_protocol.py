@@ -138,6 +138,6 @@ def test_pickle_payload_is_refused():
 
 def test_message_without_type_is_refused_on_send():
     """send() refuses a message that has no string type (receivers would reject it anyway)."""
-    server, client = _pair()
+    _, client = _pair()
     with pytest.raises(ProtocolError):
         client.send({"kind": "x"})

@@ -38,6 +38,17 @@ def _assert_still_serves(server: ControlServer) -> None:
     channel.close()
 
 
+class _Recorder:
+    """Stands in for a channel's socket and keeps what was sent, to replay it later."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.sent = sock, []
+
+    def sendall(self, data: bytes) -> None:
+        self.sent.append(data)
+        self.sock.sendall(data)
+
+
 def _closed_by_peer(sock: socket.socket) -> bool:
     sock.settimeout(3)
     try:
@@ -86,19 +97,19 @@ def test_wrong_mac_replay_and_oversize_after_auth(server, caplog):
             payload = b'{"type":"x"}'
             sock.sendall(struct.pack(">IQ32s", len(payload), 1, b"\1" * 32) + payload)
         elif attack == "replay":
-            frames: list[bytes] = []
-            real = sock.sendall
-            sock_proxy = type("P", (), {"sendall": lambda self, d: (frames.append(d), real(d))[1]})()
-            channel._sock = sock_proxy
+            recorder = _Recorder(sock)
+            channel._sock = recorder
             channel.send({"type": "ping"})
             channel._sock = sock
             assert channel.recv(2)["type"] == "echo"
-            sock.sendall(frames[0])
+            sock.sendall(recorder.sent[0])
         elif attack == "oversize":
             sock.sendall(struct.pack(">IQ32s", 1 << 30, 1, b"\0" * 32))
         else:
             payload = pickle.dumps({"type": "x"})
-            mac = hmac.new(channel._key, b"c2s" + struct.pack(">QI", 1, len(payload)) + payload, hashlib.sha256)
+            mac = hmac.new(
+                channel._key, b"c2s" + struct.pack(">QI", 1, len(payload)) + payload, hashlib.sha256
+            )
             sock.sendall(struct.pack(">IQ32s", len(payload), 1, mac.digest()) + payload)
         assert _closed_by_peer(sock), attack
         channel.close()

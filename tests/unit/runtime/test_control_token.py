@@ -62,5 +62,5 @@ def test_routable_bind_needs_supplied_token():
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
     check_bind("127.0.0.1", token_supplied=False)
     check_bind("0.0.0.0", token_supplied=True)
-    with pytest.raises(ConfigError, match="--host 0.0.0.0"):
+    with pytest.raises(ConfigError, match=r"--host 0\.0\.0\.0"):
         check_bind("0.0.0.0", token_supplied=False)

@@ -7,13 +7,13 @@ import math
 from pathlib import Path
 
 import pytest
-from oobleck.planning.planner import Planner
 
 from oobleck.planning.batch import distribute_batch
 from oobleck.planning.catalogue import resolve_profile
 from oobleck.planning.cost import RecoveryConstants, plan_iteration_time_s
 from oobleck.planning.hardware import get_hardware
 from oobleck.planning.plan import Pipeline
+from oobleck.planning.planner import Planner
 from oobleck.sim import SimCosts, SimulationConfig, simulate
 from oobleck.sim.costs import checkpoint_bytes, checkpoint_save_s, restart_s
 from oobleck.sim.metrics import BREAKDOWN_KEYS
@@ -173,3 +173,17 @@ def test_checkpoint_lost_work_matches_the_analytic_expectation(small_config: Sim
     # another failure counts whole in the count but not in the time.
     restart_all = (restarts + row.recoveries.get("grow", 0)) * restart_s(size, config.costs, plan_nodes)
     assert 0.9 * restart_all <= row.breakdown_s["recovery"] <= restart_all
+
+
+def test_bamboo_is_reported_infeasible_when_redundant_layers_do_not_fit(
+    small_config: SimulationConfig,
+) -> None:
+    """On 2 CPU nodes GPT-2 medium fits once but not twice: bamboo is a result row marked infeasible."""
+    config = dataclasses.replace(small_config, nodes=2, fault_tolerance=0)
+    result = simulate(config)
+    bamboo = result.result("bamboo")
+    assert not bamboo.feasible
+    assert "redundant layers" in bamboo.reason
+    assert bamboo.samples == 0
+    assert result.result("varuna").feasible
+    assert result.to_dict()["results"][3]["feasible"] is False

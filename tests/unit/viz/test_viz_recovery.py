@@ -77,9 +77,9 @@ def test_steady_step_time_skips_the_first_step_of_a_generation() -> None:
 
 
 def test_failure_trace_replays_each_lost_node_at_its_time() -> None:
-    """Losses become trace lines in milliseconds since the first step started."""
+    """Losses become trace lines in milliseconds since the first step started (10 s here)."""
     run = _run([(0, 1.0), (1, 1.0)])
-    assert failure_trace(run) == "1500,remove,node2\n1500,remove,node3\n"
+    assert failure_trace(run) == "2500,remove,node2\n2500,remove,node3\n"
     with pytest.raises(ConfigError, match="no failure"):
         failure_trace(RecordedRun(run_dir=Path("r"), steps=run.steps, recoveries=()))
 
@@ -92,7 +92,11 @@ def test_figures_show_both_sides() -> None:
         p.get_width() for p in ax.patches if round(p.get_y() + p.get_height() / 2) == 1
     ) == pytest.approx(2.0)
     run = _run([(0, 1.0), (0, 1.0), (1, 2.0)])
-    timeline = (TimelinePoint(time_s=0, nodes_up=4, nodes_used=4, samples_per_s=8.0, min_pipeline_nodes=1),)
+    timeline = (
+        TimelinePoint(
+            time_s=0, nodes_up=4, nodes_used=4, samples_per_s=8.0, min_pipeline_nodes=1, samples=0.0
+        ),
+    )
     (ax,) = plot_run_vs_prediction(run, timeline, end_s=4.0).axes
     (dots,) = ax.get_lines()[:1]
     assert list(dots.get_ydata()) == [8.0, 8.0, 4.0]

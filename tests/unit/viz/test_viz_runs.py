@@ -36,7 +36,15 @@ def test_rows_are_sorted_into_steps_recoveries_and_memberships(tmp_path: Path) -
         {"event": "membership", "generation": 0, "members": [0, 1], "lost": [], "detected_at": 99.0},
         _step(0, 100.5),
         {"event": "membership", "generation": 1, "lost": [1], "failure_at": 100.7, "detected_at": 100.8},
-        {"event": "recovery", "step": 1, "generation": 1, "lost": [1], "phases": phases},
+        {
+            "event": "recovery",
+            "step": 1,
+            "generation": 1,
+            "lost": [1],
+            "phases_s": phases,
+            "rebuild_groups_s": 9.0,
+        },
+        {"event": "recovery", "phases": phases, "restart": True},
         {"event": "recovery", **{f"{name}_s": 0.5 for name in PHASES}},
         {"event": "job_completed", "t": 103.0},
         _step(1, 102.0, generation=1),
@@ -45,7 +53,8 @@ def test_rows_are_sorted_into_steps_recoveries_and_memberships(tmp_path: Path) -
     assert [s.step for s in run.steps] == [0, 1]
     assert run.steps[1].samples_per_s == 32.0
     assert run.start_t == 100.0
-    assert [r.total_s for r in run.recoveries] == [1.25, 2.5]
+    assert [r.total_s for r in run.recoveries] == [1.25, 1.25, 2.5]
+    assert [r.restart for r in run.recoveries] == [False, True, False]
     assert run.recoveries[0].lost == (1,) and run.recoveries[0].step == 1
     assert [m.generation for m in run.failures] == [1]
     assert run.failures[0].failure_at == 100.7

@@ -30,6 +30,14 @@ def test_table_has_one_row_per_template(templates: tuple[PipelineTemplate, ...])
             str(template.num_stages),
             str(template.stages[0].gpus),
         ]
+        assert line.split()[7] == str(4 * template.num_stages)
+
+
+def test_table_uses_each_templates_share_of_the_batch(templates: tuple[PipelineTemplate, ...]) -> None:
+    """With B and N given, m is the template's share ceil(B n / N), at least one per stage."""
+    rows = templates_table(templates, HARDWARE, global_microbatches=64, total_nodes=6).splitlines()[2:]
+    shares = [int(row.split()[7]) for row in rows]
+    assert shares == [max(t.num_stages, -(-64 * t.num_nodes // 6)) for t in templates]
 
 
 def test_layer_chart_draws_every_stage_over_its_layers(templates: tuple[PipelineTemplate, ...]) -> None:

@@ -1,0 +1,111 @@
+"""The planning facade: templates built once, then plans, reconfigurations and recovery predictions.
+
+The simulator and the runtime hold one ``Planner`` per job; every node builds its own from the
+same profile and arguments and therefore computes the same plans.
+
+Assumptions:
+    * ``max_nodes`` is the largest cluster the job will ever run on; templates cover up to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from oobleck.planning.cost import RecoveryConstants, RecoveryPrediction, predict_recovery
+from oobleck.planning.hardware import HardwareSpec
+from oobleck.planning.instantiate import instantiate
+from oobleck.planning.plan import PipelineTemplate, Plan
+from oobleck.planning.profile import ModelProfile
+from oobleck.planning.reconfigure import Reconfiguration, reconfigure
+from oobleck.planning.templates import generate_templates
+
+
+class Planner:
+    """Plans for one job: fixed model, hardware, fault tolerance and global batch."""
+
+    def __init__(
+        self,
+        profile: ModelProfile,
+        hardware: HardwareSpec,
+        *,
+        fault_tolerance: int,
+        global_microbatches: int,
+        microbatch_size: int,
+        max_nodes: int,
+        max_gpus_per_stage: int | None = None,
+    ) -> None:
+        """Generate the templates once (the expensive step, done before training starts).
+
+        Args:
+            profile: Per-layer costs of the model.
+            hardware: Node type.
+            fault_tolerance: ``f``; plans keep ``f + 1`` pipelines while nodes allow.
+            global_microbatches: ``B``, fixed for the whole job.
+            microbatch_size: Samples per microbatch.
+            max_nodes: Largest cluster (and largest pipeline) to plan for.
+            max_gpus_per_stage: Largest tensor-parallel degree (default: devices per node).
+
+        Raises:
+            ConfigError: a bad argument.
+            PlanningError: the model fits on no pipeline of up to ``max_nodes`` nodes.
+        """
+        self.profile = profile
+        self.hardware = hardware
+        self.fault_tolerance = fault_tolerance
+        self.global_microbatches = global_microbatches
+        self.microbatch_size = microbatch_size
+        self.max_nodes = max_nodes
+        self.templates: tuple[PipelineTemplate, ...] = generate_templates(
+            profile,
+            hardware,
+            max_nodes=max_nodes,
+            global_microbatches=global_microbatches,
+            total_nodes=max_nodes,
+            max_gpus_per_stage=max_gpus_per_stage,
+        )
+
+    @property
+    def min_nodes(self) -> int:
+        """``n0``: the fewest nodes one pipeline needs."""
+        return self.templates[0].num_nodes
+
+    def plan(self, node_ids: Sequence[int]) -> Plan:
+        """The fastest plan on exactly these nodes (see :func:`instantiate`).
+
+        Raises:
+            ConfigError: duplicate node ids.
+            PlanningError: fewer than ``(f + 1) * n0`` nodes, or no combination fits.
+        """
+        return instantiate(
+            self.templates,
+            node_ids,
+            fault_tolerance=self.fault_tolerance,
+            global_microbatches=self.global_microbatches,
+            microbatch_size=self.microbatch_size,
+            profile=self.profile,
+            hardware=self.hardware,
+        )
+
+    def reconfigure(
+        self, plan: Plan, lost_nodes: Sequence[int] = (), joined_nodes: Sequence[int] = ()
+    ) -> Reconfiguration:
+        """The new plan and layer copies after a membership change (see :func:`reconfigure`).
+
+        Raises:
+            ConfigError: an unknown or repeated node.
+            ReconfigurationError: no valid plan exists on the remaining nodes.
+        """
+        return reconfigure(
+            plan,
+            lost_nodes=lost_nodes,
+            joined_nodes=joined_nodes,
+            templates=self.templates,
+            profile=self.profile,
+            hardware=self.hardware,
+        )
+
+    def predict_recovery(
+        self, reconfiguration: Reconfiguration, constants: RecoveryConstants | None = None
+    ) -> RecoveryPrediction:
+        """Predicted seconds per recovery phase for ``reconfiguration`` on this hardware."""
+        return predict_recovery(reconfiguration.plan, reconfiguration.transfers, self.hardware, constants)

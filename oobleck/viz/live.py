@@ -1,0 +1,127 @@
+"""Record a real run with a node killed mid-run: the measurement side of notebook 03.
+
+The job is run by the runtime's own command line (``python -m oobleck.runtime.master``) in a child
+process, exactly as a user would start it; this module only watches ``metrics.jsonl`` and, once
+the chosen step has completed, kills one agent's whole process group with SIGKILL (a node that
+vanishes without a word: the TCP-disconnect failure of the cost model). Nothing here imports the
+runtime, so the notebooks keep the simulator and the runtime apart.
+
+Assumptions:
+    * The master writes ``agents.json`` (node, ``agent_pid``, ``worker_pids``) and the agents it
+      launches lead their own process group, so killing that group takes exactly one node down.
+    * Every wait is bounded; on any error or timeout the master's process group is killed, so no
+      process outlives the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from oobleck.errors import OobleckError
+
+logger = logging.getLogger(__name__)
+
+_POLL_S = 0.1
+
+
+def record_failure_run(
+    config: str | Path,
+    run_dir: str | Path,
+    *,
+    hostfile: str | Path,
+    kill_after_step: int,
+    node: int | None = None,
+    timeout_s: float = 300.0,
+) -> Path:
+    """Run a job on local agents, kill one node after a given step, and wait for the job to finish.
+
+    Args:
+        config: Job YAML (its ``fault_tolerance`` must allow the loss).
+        run_dir: Output folder; must not hold an earlier run (metrics are appended).
+        hostfile: Agents to start (e.g. ``examples/hosts.local4``).
+        kill_after_step: Kill once a step row with this step number (or later) is written.
+        node: Node id to kill; default the highest node id.
+        timeout_s: Bound on the whole run.
+
+    Returns:
+        ``run_dir``, ready for :func:`oobleck.viz.runs.load_run`.
+
+    Raises:
+        OobleckError: ``run_dir`` already holds metrics, the job ended before the kill, the job
+            failed, or it did not finish within ``timeout_s``.
+    """
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        raise OobleckError(f"{metrics} exists; give record_failure_run a fresh run directory")
+    command = [sys.executable, "-m", "oobleck.runtime.master", "--hostfile", str(hostfile)]
+    command += ["--config", str(config), "--run-dir", str(run_dir)]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    with (run_dir / "master.out").open("w") as log:
+        master = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_for_step(master, metrics, kill_after_step, deadline)
+            _kill_node(run_dir, node)
+            code = master.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise OobleckError(f"the job in {run_dir} did not finish within {timeout_s:g} s") from None
+        finally:
+            if master.poll() is None:
+                os.killpg(master.pid, signal.SIGKILL)
+                master.wait()
+    if code != 0:
+        raise OobleckError(f"the job failed (master exit code {code}); see {run_dir}/master.out")
+    return run_dir
+
+
+def _wait_for_step(master: subprocess.Popen[bytes], metrics: Path, step: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if metrics.is_file() and _last_step(metrics) >= step:
+            return
+        if master.poll() is not None:
+            raise OobleckError(f"the job ended (exit code {master.returncode}) before step {step} completed")
+        time.sleep(_POLL_S)
+    raise subprocess.TimeoutExpired(master.args, 0)
+
+
+def _last_step(metrics: Path) -> int:
+    last = -1
+    for line in metrics.read_text().splitlines():
+        # NOTE: the last line may be half written; only complete JSON rows count.
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "event" not in row and "step" in row:
+            last = max(last, int(row["step"]))
+    return last
+
+
+def _kill_node(run_dir: Path, node: int | None) -> None:
+    agents = [row for row in json.loads((run_dir / "agents.json").read_text()) if row.get("alive", True)]
+    victim = (
+        max(agents, key=lambda row: row["node"])
+        if node is None
+        else next((row for row in agents if row["node"] == node), None)
+    )
+    if victim is None:
+        raise OobleckError(f"node {node} is not a live agent in {run_dir}/agents.json")
+    pid = int(victim["agent_pid"])
+    if os.getpgid(pid) == pid:
+        os.killpg(pid, signal.SIGKILL)
+    else:
+        # NOTE: an agent sharing our process group must not take us down with it: kill it and its
+        # workers one by one instead.
+        for target in (pid, *victim.get("worker_pids", ())):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(target), signal.SIGKILL)
+    logger.info("killed node %d (agent pid %d)", victim["node"], pid)

@@ -1,0 +1,50 @@
+"""Tests of the run recorder's building blocks: refusing a used run dir, reading steps, killing a node."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oobleck.errors import OobleckError
+from oobleck.viz.live import _kill_node, _last_step, record_failure_run
+
+
+def test_a_run_directory_with_metrics_is_refused(tmp_path: Path) -> None:
+    """Appending to an earlier run's metrics would mix two runs, so the recorder refuses at once."""
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(OobleckError, match="fresh run directory"):
+        record_failure_run("job.yaml", tmp_path, hostfile="hosts", kill_after_step=1)
+
+
+def test_last_step_ignores_events_and_a_half_written_line(tmp_path: Path) -> None:
+    """Only complete step rows count; membership events and a torn last line do not."""
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"event": "membership", "step": 9}\n{"step": 0}\n{"step": 1}\n{"step": 2, "lo')
+    assert _last_step(metrics) == 1
+
+
+@pytest.mark.parametrize("own_group", [True, False])
+def test_kill_node_kills_exactly_the_chosen_agent(tmp_path: Path, own_group: bool) -> None:
+    """The highest live node's agent dies, in its own process group or not; the other agent survives."""
+    agents = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=own_group)
+        for _ in range(2)
+    ]
+    try:
+        rows = [
+            {"node": n, "agent_pid": p.pid, "worker_pids": [], "alive": True} for n, p in enumerate(agents)
+        ]
+        (tmp_path / "agents.json").write_text(json.dumps(rows))
+        _kill_node(tmp_path, None)
+        assert agents[1].wait(timeout=10) != 0
+        assert agents[0].poll() is None
+        with pytest.raises(OobleckError, match="node 7 is not a live agent"):
+            _kill_node(tmp_path, 7)
+    finally:
+        for process in agents:
+            process.kill()
+            process.wait(timeout=10)
