@@ -354,5 +354,5 @@ def _no_fit_message(profile: ModelProfile, hardware: HardwareSpec, max_nodes: in
         f"({hardware.gpus_per_node} x {hardware.usable_memory_bytes / GIB:.1f} GiB usable each): "
         f"its state is {profile.total_state_bytes / GIB:.1f} GiB (>= {needed} node(s)), its largest layer "
         f"{profile.layers[largest].name!r} needs {per_device / GIB:.2f} GiB per device with one "
-        f"microbatch; raise max_nodes, lower microbatch_size or use devices with more memory"
+        f"microbatch; use more nodes, a smaller microbatch size or devices with more memory"
     )

@@ -109,7 +109,13 @@ class Policy(ABC):
         self.context = context
 
     def start(self, nodes: tuple[int, ...]) -> Configuration:
-        """The configuration the job starts with (default: :meth:`configure`).
+        """The configuration the job starts with (default: :meth:`configure`); called once.
+
+        Args:
+            nodes: Node ids up at time 0, sorted.
+
+        Returns:
+            The first configuration.
 
         Raises:
             PlanningError: the policy cannot run this job; it is reported infeasible.
@@ -118,7 +124,13 @@ class Policy(ABC):
 
     @abstractmethod
     def configure(self, nodes: tuple[int, ...]) -> Configuration:
-        """The configuration this policy runs on ``nodes`` (sorted node ids).
+        """The configuration this policy runs on exactly these nodes (or a subset it picks).
+
+        Args:
+            nodes: Node ids up now, sorted.
+
+        Returns:
+            The configuration; its plan's nodes are a subset of ``nodes``.
 
         Raises:
             PlanningError: nothing can run on these nodes (the job waits, or at the start the
@@ -131,6 +143,14 @@ class Policy(ABC):
     ) -> Recovery | None:
         """Answer the loss of ``lost`` while running (or recovering into) ``config``.
 
+        Called once per cluster event that removes nodes, at the instant of the event, unless the
+        job is down (nothing runs).
+
+        Args:
+            config: The configuration running, or the one a recovery in progress leads to.
+            lost: Nodes that failed at this instant, sorted (some may be unused by ``config``).
+            alive: Node ids up after the event, sorted.
+
         Returns:
             The recovery, or ``None`` when ``config`` does not use any lost node.
         """
@@ -138,10 +158,18 @@ class Policy(ABC):
     def on_join(
         self, config: Configuration, joined: tuple[int, ...], alive: tuple[int, ...]
     ) -> Recovery | None:
-        """Take joined nodes at the policy's join point; ``None`` keeps ``config``.
+        """Take joined nodes at the policy's join point (:attr:`join_at`).
 
         The default restarts on every node up (losing no work: the join point is a checkpoint or
         step boundary) when that runs faster than ``config``.
+
+        Args:
+            config: The configuration running.
+            joined: Nodes that joined since the last join point, still up and unused, sorted.
+            alive: Node ids up now, sorted.
+
+        Returns:
+            The recovery that takes the nodes, or ``None`` to keep ``config``.
         """
         recovery = self.restart(alive, rollback="none")
         if recovery.config is None or recovery.config.samples_per_s <= config.samples_per_s:
@@ -157,7 +185,16 @@ class Policy(ABC):
         return checkpoint_save_s(self.context.checkpoint_bytes, self.context.costs, config.min_pipeline_nodes)
 
     def restart(self, alive: tuple[int, ...], *, rollback: Rollback = "checkpoint") -> Recovery:
-        """Restart every process on ``alive`` and reload the last checkpoint."""
+        """Restart every process on ``alive`` and reload the last checkpoint.
+
+        Args:
+            alive: Node ids up now, sorted.
+            rollback: Work lost by the restart (``"none"`` when it happens at a checkpoint).
+
+        Returns:
+            A ``"restart"`` recovery priced by :func:`oobleck.sim.costs.restart_s`; its config is
+            ``None`` when nothing fits on ``alive`` (the job goes down).
+        """
         try:
             config = self.configure(alive)
         except PlanningError:

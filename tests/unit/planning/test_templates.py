@@ -274,7 +274,7 @@ def test_model_that_fits_nowhere_raises_with_numbers() -> None:
     assert "'huge'" in message
     assert "300.0 GiB" in message
     assert ">= 10 node(s)" in message
-    assert "max_nodes" in message
+    assert "use more nodes" in message
     assert "\n" not in message
 
 
