@@ -74,12 +74,8 @@ class ElasticLoop:
         """
         self.job, self.run_dir, self.node, self.local_rank = job, run_dir, node, local_rank
         self.engine = Engine(job, node=node, local_rank=local_rank, timeout=timedelta(seconds=timeout_s))
-        self.store = dist.TCPStore(
-            os.environ["MASTER_ADDR"],
-            int(os.environ["MASTER_PORT"]),
-            is_master=False,
-            timeout=timedelta(seconds=timeout_s),
-        )
+        self._timeout = timedelta(seconds=timeout_s)
+        self.store = self._connect_store()
         self.link = WorkerLink.from_env(on_failure=self._on_failure)
         self.ckpt_dir = Path(job.checkpoint.dir) if job.checkpoint.dir else run_dir / "checkpoints"
         self.committed: Plan | None = None
@@ -102,7 +98,14 @@ class ElasticLoop:
 
     def _abort(self, reason: str) -> None:
         self.engine.abort(reason)
-        sever_tcp_connections({int(os.environ["MASTER_PORT"])})
+        # NOTE: the store connection is cut too: a rank blocked in a rendezvous read (waiting for a
+        # peer that died) wakes up at once; every generation then starts on a fresh store client.
+        sever_tcp_connections(())
+
+    def _connect_store(self) -> dist.Store:
+        return dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=self._timeout
+        )
 
     def run(self) -> None:
         """Train every step of the job, recovering from failures and applying joins.
@@ -187,6 +190,7 @@ class ElasticLoop:
 
     def _regroup(self, target: Membership) -> bool:
         noticed = self.link.received_at.get(target.generation, time.time())
+        self.store = self._connect_store()
         states = self._barrier(target)
         if states is None:
             return False
@@ -253,6 +257,10 @@ class ElasticLoop:
             return self._restart_from_checkpoint(planner, target, rank_of_node, exc)
         self.plan = change.plan
         plan_ready = time.time()
+        if self.engine.plan is None:
+            # NOTE: a joining node has no plan yet, but the engine locates transfer sources in its
+            # "previous" plan; the committed plan is exactly that. TODO(engine): take it as an argument.
+            self.engine.plan = committed
         measured = self.engine.reconfigure(
             change.plan, change.transfers, target.generation, rank_of_node, self.store
         )

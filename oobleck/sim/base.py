@@ -104,6 +104,9 @@ class Policy(ABC):
     name: ClassVar[str]
     join_at: ClassVar[JoinPoint] = "step"
     """When joined nodes are taken: at the next step boundary, or after the next checkpoint."""
+    join_idle: ClassVar[bool] = False
+    """Whether nodes that are up but left unused by a recovery are offered to :meth:`on_join` at
+    the next join point, as if they had just joined."""
 
     def __init__(self, context: JobContext) -> None:
         self.context = context

@@ -39,11 +39,12 @@ class SimCosts:
     is exhausted; 6 h is a common period for long jobs and keeps the steady overhead far below 1%."""
     bamboo_failover_s: float = 10.0
     """Seconds for Bamboo to switch a failed node's stage to its neighbour's redundant copy (detect,
-    re-route, rebuild one pipeline's groups); Bamboo (NSDI'23) reports failover in seconds."""
+    re-route, rebuild one pipeline's groups). An assumption of this model: no state moves, so it is
+    of the order of Oobleck's detect + rebuild phases; calibrate it when measurements exist."""
     bamboo_bubble_hidden_fraction: float = 0.5
     """Fraction of the redundant forward computation Bamboo hides in pipeline bubbles; the rest
-    lengthens every step. Bamboo reports eager redundancy costs roughly a sixth of its throughput,
-    which this default reproduces for forward = 1/3 of compute."""
+    lengthens every step. 0.5 is an assumption of this model (with forward = 1/3 of compute it
+    makes steps 1/6 longer); set it from a measured Bamboo overhead when one is available."""
 
     def __post_init__(self) -> None:
         for name in ("fallback_checkpoint_interval_s", "bamboo_failover_s"):

@@ -259,7 +259,9 @@ def generate_trace(model: FailureModel, num_nodes: int, hours: float, rng: rando
             sequence += 1
 
     def next_failure(now_s: float, rate_per_hour: float) -> float:
-        return math.inf if rate_per_hour <= 0 else now_s + rng.expovariate(rate_per_hour / SECONDS_PER_HOUR)
+        # NOTE: a denormal hourly rate underflows to 0 per second; treat it as no failures.
+        rate_per_s = rate_per_hour / SECONDS_PER_HOUR
+        return math.inf if rate_per_s <= 0 else now_s + rng.expovariate(rate_per_s)
 
     for node in range(num_nodes):
         push(next_failure(0.0, model.node_rate_per_hour), "node", node)

@@ -9,8 +9,11 @@ grows with failures and checkpoints, never with training steps.
 Assumptions:
     * Checkpoints and joins happen at step boundaries; a failure can strike at any instant, also
       during a checkpoint (which is then not committed) or a recovery (which then starts over from
-      the policy's new answer, the time already spent staying recovery time).
+      the policy's new answer, the time already spent staying recovery time). An event that needs
+      no new recovery lets the interrupted checkpoint or recovery resume where it stopped.
     * A recovery's whole predicted duration trains nothing, its first step included.
+    * A recovery without rollback (a grow, a reroute) carries the step in flight over: its
+      completed fraction continues in the new configuration.
     * The run stops at the horizon; the step in flight counts pro rata.
 """
 
@@ -33,8 +36,13 @@ _SNAP = 1e-9
 
 
 class Mode(str, Enum):
-    """What the job does now. Transitions: TRAIN <-> CHECKPOINT; any -> RECOVER on a loss;
-    RECOVER -> TRAIN, or -> DOWN when nothing can run; DOWN -> RECOVER when nodes join."""
+    """What the job does now.
+
+    Transitions: TRAIN -> CHECKPOINT at a due step boundary, CHECKPOINT -> TRAIN when written;
+    TRAIN or CHECKPOINT -> RECOVER on a loss (or a join the policy takes); RECOVER -> RECOVER on
+    another loss; RECOVER -> TRAIN when done; any -> DOWN when nothing can run on the nodes up;
+    DOWN -> RECOVER when joined nodes make a configuration possible.
+    """
 
     TRAIN = "train"
     CHECKPOINT = "checkpoint"
@@ -63,6 +71,10 @@ class TrainingJob:
         self.uncommitted = [0.0, 0.0, 0.0]
         """Samples, useful seconds and redundancy seconds since the last committed checkpoint."""
         self.outage_start_s: SimTime | None = None
+        self.carried_step_fraction = 0.0
+        """Fraction of the step in flight that a recovery without rollback carries over."""
+        self.left_s: dict[Mode, float] = {}
+        """Seconds left of a recovery or checkpoint that an unrelated event interrupted."""
         self._stop_reason = "horizon"
         self.process = env.process(self.run_training())
         cluster.attach(self.process)
@@ -81,7 +93,10 @@ class TrainingJob:
                 yield self.env.timeout(duration)
             except simpy.Interrupt as interrupt:
                 self._spend(mode, self.env.now - start)
-                self._handle(interrupt.cause, mode)
+                if mode in (Mode.RECOVER, Mode.CHECKPOINT):
+                    # NOTE: resumed where it stopped unless _handle starts a new recovery.
+                    self.left_s[mode] = duration - (self.env.now - start)
+                self._handle(interrupt.cause)
                 continue
             self._spend(mode, duration)
             if self.env.now >= horizon:
@@ -91,11 +106,13 @@ class TrainingJob:
 
     def _next_phase(self, remaining_s: float) -> tuple[Mode, float]:
         if self.pending is not None:
-            return Mode.RECOVER, min(self.pending.duration_s, remaining_s)
+            left = self.left_s.pop(Mode.RECOVER, self.pending.duration_s)
+            return Mode.RECOVER, min(left, remaining_s)
         if self.config is None:
             return Mode.DOWN, remaining_s
         if self.checkpoint_due:
-            return Mode.CHECKPOINT, min(self.policy.checkpoint_s(self.config), remaining_s)
+            left = self.left_s.pop(Mode.CHECKPOINT, self.policy.checkpoint_s(self.config))
+            return Mode.CHECKPOINT, min(left, remaining_s)
         step = self.config.step_time_s
         to_boundary = (step - self.progress_s) % step
         stops = [(remaining_s, "horizon")]
@@ -154,12 +171,18 @@ class TrainingJob:
             self.config = self.pending.config
             self.pending = None
             self.progress_s = 0.0
+            if self.config is not None:
+                self.progress_s = self.carried_step_fraction * self.config.step_time_s
+                if self.policy.join_idle:
+                    idle = set(self.cluster.alive) - self.config.node_set
+                    self.pending_joins.extend(sorted(idle))
+            self.carried_step_fraction = 0.0
             if self.outage_start_s is not None:
                 self.metrics.recovery_durations_s.append(self.env.now - self.outage_start_s)
                 self.outage_start_s = None
 
-    def _handle(self, event: ClusterEvent, mode: Mode) -> None:
-        """React to a membership change that interrupted ``mode``."""
+    def _handle(self, event: ClusterEvent) -> None:
+        """React to a membership change that interrupted the current phase."""
         self.metrics.failures += len(event.lost)
         self.pending_joins.extend(event.joined)
         alive = self.cluster.alive
@@ -188,9 +211,18 @@ class TrainingJob:
                 self._begin(recovery)
 
     def _begin(self, recovery: Recovery) -> None:
-        """Start ``recovery``: take back the work it loses and make it the pending phase."""
+        """Start ``recovery``: take back the work it loses and make it the pending phase.
+
+        A recovery or checkpoint it interrupts is abandoned (the time spent stays spent).
+        """
+        self.left_s.clear()
+        # NOTE: while recovering, the step in flight is the one a previous recovery carried over.
+        in_flight = self.progress_s
+        if self.config is not None:
+            in_flight += self.carried_step_fraction * self.config.step_time_s
+        self.carried_step_fraction = 0.0
         if recovery.rollback == "iteration":
-            self._lose(self.progress_s)
+            self._lose(in_flight)
         elif recovery.rollback == "checkpoint":
             samples, useful, redundancy = self.uncommitted
             self.metrics.samples -= samples
@@ -200,6 +232,8 @@ class TrainingJob:
             self.uncommitted = [0.0, 0.0, 0.0]
             self.since_checkpoint_s = 0.0
             self.checkpoint_due = False
+        elif self.config is not None:
+            self.carried_step_fraction = in_flight / self.config.step_time_s
         self.progress_s = 0.0
         self.metrics.recoveries[recovery.kind] = self.metrics.recoveries.get(recovery.kind, 0) + 1
         if self.outage_start_s is None:

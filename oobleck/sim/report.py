@@ -42,7 +42,7 @@ def results_table(result: SimulationResult) -> Table:
             f"f={config.fault_tolerance}, n0={result.min_nodes}, seed {config.seed}"
         ),
         caption="\n".join(
-            [f"{result.trace.num_failures} node failures in the shared trace"]
+            [f"{result.trace.num_failures} node failure(s) in the shared trace"]
             + [f"{row.policy} is infeasible: {row.reason}" for row in result.results if not row.feasible]
         ),
     )

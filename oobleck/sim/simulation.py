@@ -8,6 +8,7 @@ Assumptions:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -119,6 +120,7 @@ def simulate(
         PlanningError: the model fits on no node count of this cluster.
     """
     started = time.perf_counter()
+    logger.info("simulating %s", config.to_dict())
     hardware = get_hardware(config.hardware)
     profile = resolve_profile(config.model, hardware, microbatch_size=config.microbatch_size)
     horizon_s = config.hours * SECONDS_PER_HOUR
@@ -149,7 +151,7 @@ def simulate(
         for factory in factories.values()
     )
     return SimulationResult(
-        config=config,
+        config=dataclasses.replace(config),  # NOTE: a copy; notebooks mutate their config between runs.
         profile=profile,
         trace=trace,
         min_nodes=planner.min_nodes,

@@ -26,7 +26,7 @@ from oobleck.viz.style import DPI, cycle_color, format_seconds, message_figure, 
 
 _SECONDS_PER_HOUR = 3600.0
 _TABLE_WIDTH = 150
-_WINDOWS = 120
+_WINDOWS = 48
 
 
 def summary_text(result: SimulationResult) -> str:
@@ -49,8 +49,8 @@ def summary_text(result: SimulationResult) -> str:
 def plot_throughput_timeline(result: SimulationResult, *, title: str = "") -> Figure:
     """Throughput of every feasible policy over simulated time, with node losses marked.
 
-    The upper panel draws each policy's training throughput averaged over short windows (1/120 of
-    the run): the instantaneous rate is zero during every checkpoint write, which would otherwise
+    The upper panel draws each policy's training throughput averaged over windows of 1/48 of
+    the run: the instantaneous rate is zero during every checkpoint write, which would otherwise
     paint the checkpointing policies as solid blocks; the average shows them as a lower plateau and
     a recovery as a dip. The lower panel draws the nodes that are up. Red lines mark the instants
     nodes were lost, green ones where nodes came back.
@@ -76,6 +76,7 @@ def plot_throughput_timeline(result: SimulationResult, *, title: str = "") -> Fi
             label=row.policy,
             color=policy_color(row.policy),
             linewidth=1.3,
+            baseline=None,
         )
     nodes_times = [0.0]
     nodes_up = [len(result.trace.initial_nodes)]

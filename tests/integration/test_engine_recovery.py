@@ -48,6 +48,34 @@ def _plan(pipelines, nodes):
     )
 
 
+def _small_memory_planner(engine, job):
+    """The planning core's Planner on a node so small that the tiny model needs 2-stage pipelines."""
+    from oobleck.planning.hardware import HardwareSpec
+    from oobleck.planning.planner import Planner
+    from oobleck.runtime.engine import estimate_profile
+
+    hardware = HardwareSpec(
+        name="tiny-node",
+        gpus_per_node=1,
+        gpu_memory_bytes=2_000_000,
+        peak_flops=1e11,
+        intra_node_bandwidth_bytes_per_s=1e9,
+        inter_node_bandwidth_bytes_per_s=1e9,
+    )
+    profile = estimate_profile(
+        engine.adapter, microbatch_size=job.microbatch_size, sequence_length=16, hardware=hardware
+    )
+    return Planner(
+        profile,
+        hardware,
+        fault_tolerance=1,
+        global_microbatches=job.global_microbatches,
+        microbatch_size=job.microbatch_size,
+        max_nodes=4,
+        max_gpus_per_stage=1,
+    )
+
+
 def child(mode: str, rank: int, world: int, port: int, config: str, out: str) -> None:
     """One process: the one-process reference, or one node of the recovery scenario."""
     import torch
@@ -100,14 +128,23 @@ def child(mode: str, rank: int, world: int, port: int, config: str, out: str) ->
         engine.configure(_plan([([(0, 4)], 8)], [[0]]), 0, {0: 0}, store)
         train(range(STEPS))
     else:
-        before = _plan([([(0, 4)], 3), ([(0, 1), (1, 3), (3, 4)], 5)], [[0], [1, 2, 3]])
+        if mode == "planner":
+            planner = _small_memory_planner(engine, job)
+            before = planner.plan((0, 1, 2, 3))
+        else:
+            before = _plan([([(0, 4)], 3), ([(0, 1), (1, 3), (3, 4)], 5)], [[0], [1, 2, 3]])
         engine.configure(before, 0, {n: n for n in range(4)}, store)
         train(range(LEAVE_AFTER))
         if rank == 3:
             engine.close()
             return
-        after = _plan([([(0, 4)], 3), ([(0, 2), (2, 4)], 5)], [[0], [1, 2]])
-        transfers = plan_transfers(before, after, alive_nodes=[0, 1, 2])
+        if mode == "planner":
+            change = planner.reconfigure(before, lost_nodes=(3,))
+            after, transfers = change.plan, change.transfers
+            (Path(out) / "plans.json").write_text(json.dumps([before.to_dict(), after.to_dict()]))
+        else:
+            after = _plan([([(0, 4)], 3), ([(0, 2), (2, 4)], 5)], [[0], [1, 2]])
+            transfers = plan_transfers(before, after, alive_nodes=[0, 1, 2])
         timing = engine.reconfigure(after, transfers, 1, {0: 0, 1: 1, 2: 2}, store)
         (Path(out) / f"timing{rank}.json").write_text(json.dumps(timing.to_dict()))
         assert sorted(engine.layers) == list(after.layers_of_node(rank))
@@ -163,13 +200,14 @@ def _run(mode: str, world: int, config: Path, out: Path, timeout_s: float = 150.
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-def test_survivors_reconfigure_and_match_one_process(tmp_path: Path) -> None:
-    """After node 3 leaves at step 3, losses and parameters still equal the one-process run."""
+@pytest.mark.parametrize("mode", ["recover", "planner"])
+def test_survivors_reconfigure_and_match_one_process(tmp_path: Path, mode: str) -> None:
+    """After node 3 leaves at step 3 (hand-made or planned), losses and state equal one process."""
     from safetensors.torch import load_file
 
     config = _write_job(tmp_path)
     _run("ref", 1, config, tmp_path / "ref")
-    _run("recover", 4, config, tmp_path / "rec")
+    _run(mode, 4, config, tmp_path / "rec")
 
     def losses(path: Path) -> list[float]:
         return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
@@ -192,8 +230,17 @@ def test_survivors_reconfigure_and_match_one_process(tmp_path: Path) -> None:
             seen.add(key)
     assert seen == set(reference)
     timing = [json.loads((tmp_path / "rec" / f"timing{n}.json").read_text()) for n in range(3)]
-    assert timing[0]["bytes_sent"] > 0 and timing[1]["bytes_received"] > 0 and timing[2]["bytes_received"] > 0
-    assert sum(t["bytes_sent"] for t in timing) == sum(t["bytes_received"] for t in timing)
+    assert sum(t["bytes_sent"] for t in timing) == sum(t["bytes_received"] for t in timing) > 0
+    if mode == "recover":
+        assert (
+            timing[0]["bytes_sent"] > 0
+            and timing[1]["bytes_received"] > 0
+            and timing[2]["bytes_received"] > 0
+        )
+    else:
+        before, after = json.loads((tmp_path / "rec" / "plans.json").read_text())
+        assert [len(p["stages"]) for p in before["pipelines"]] == [2, 2]
+        assert sorted(n for p in after["pipelines"] for n in p["nodes"]) == [0, 1, 2]
 
 
 @pytest.mark.integration

@@ -308,6 +308,8 @@ class Master:
                     return
                 if self.membership is None:
                     self._maybe_start()
+                elif any(self.agents[n].done for n in self.membership.members):
+                    logger.info("node %d is ready but the job is finishing; not admitted", record.node)
                 elif record.node not in self.membership.members:
                     self._new_generation(joined=(record.node,), reason=f"node {record.node} joined")
         elif kind == "done":

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -30,10 +30,40 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_POLL_MIN_S = 5e-5
-"""First sleep between completion checks of a gloo operation; doubles up to ``_POLL_MAX_S``."""
-_POLL_MAX_S = 2e-3
-"""Longest sleep between checks: bounds the extra latency of a long wait and the abort reaction."""
+_ABORT_CHECK_S = 0.05
+"""How often a waiting training thread checks whether another thread aborted (reaction time)."""
+
+
+class _Waiter:
+    """A daemon thread that blocks in ``work.wait()`` on behalf of the training thread."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Sequence[Any], threading.Event, list[BaseException]]] = (
+            queue.SimpleQueue()
+        )
+        self.idle = threading.Event()
+        self.idle.set()
+        threading.Thread(target=self._loop, name="oobleck-comm-wait", daemon=True).start()
+
+    def submit(self, works: Sequence[Any]) -> tuple[threading.Event, list[BaseException]]:
+        done: threading.Event = threading.Event()
+        errors: list[BaseException] = []
+        self.idle.clear()
+        self._jobs.put((works, done, errors))
+        return done, errors
+
+    def _loop(self) -> None:
+        while True:
+            works, done, errors = self._jobs.get()
+            try:
+                for work in works:
+                    work.wait()
+            except Exception as error:
+                errors.append(error)
+            finally:
+                done.set()
+                if self._jobs.empty():
+                    self.idle.set()
 
 
 class CommunicationError(RuntimeError):
@@ -61,7 +91,7 @@ class Comm:
 
     Thread safety: :meth:`abort` may be called from another thread (a control-plane listener)
     while the training thread waits in a collective; with gloo the wait then raises within
-    ``_POLL_MAX_S``. (NCCL waits are not interrupted this way; aborting destroys the communicator.)
+    ``_ABORT_CHECK_S``. (NCCL waits are not interrupted this way; aborting destroys the communicator.)
     """
 
     def __init__(self, backend: str | None = None, timeout: timedelta = timedelta(seconds=60)) -> None:
@@ -70,6 +100,7 @@ class Comm:
         self.error: CommunicationError | None = None
         self._lock = threading.Lock()
         self._groups: dict[tuple[int, ...], Any] = {}
+        self._waiter: _Waiter | None = None
 
     def init(self, store: dist.Store, *, rank: int, world_size: int, device: torch.device) -> None:
         """Initialise the default process group of a generation on ``store`` (already prefixed).
@@ -80,6 +111,7 @@ class Comm:
         self.destroy()
         self.error = None
         self._groups = {}
+        self._waiter = None  # NOTE: an old waiter may still be stuck on the previous world.
         options: dict[str, Any] = {}
         if self.backend == "nccl":
             options["device_id"] = device
@@ -117,21 +149,27 @@ class Comm:
     def wait(self, what: str, works: Sequence[Any]) -> None:
         """Wait for asynchronous work handles; a failure is latched.
 
-        With gloo the wait polls ``is_completed`` and checks the latch in between, so an
-        :meth:`abort` from another thread ends a wait on a peer that hangs (a stopped process
-        keeps its sockets open and would otherwise block us until the timeout).
+        With gloo a daemon thread does the blocking ``work.wait()`` while this thread checks the
+        latch, so an :meth:`abort` from another thread ends a wait on a peer that hangs (a stopped
+        process keeps its sockets open and would otherwise block us until the timeout). The
+        abandoned wait ends when the old world's sockets close or time out.
         """
-        for work in works:
-            if self.backend != "gloo":
+        if not works:
+            return
+        if self.backend != "gloo":
+            for work in works:
                 self.call(what, work.wait)
-                continue
-            delay_s = _POLL_MIN_S
-            while not work.is_completed():
-                if self.error is not None:
-                    raise self.error
-                time.sleep(delay_s)
-                delay_s = min(2 * delay_s, _POLL_MAX_S)
-            self.call(what, work.wait)
+            return
+        if self.error is not None:
+            raise self.error
+        if self._waiter is None:
+            self._waiter = _Waiter()
+        done, errors = self._waiter.submit(works)
+        while not done.wait(_ABORT_CHECK_S):
+            if self.error is not None:
+                raise self.error
+        if errors:
+            raise self._latch(what, errors[0])
 
     def _latch(self, what: str, error: BaseException) -> CommunicationError:
         with self._lock:
@@ -147,6 +185,16 @@ class Comm:
         """
         self._latch(reason, RuntimeError(reason))
         self.destroy()
+
+    def close(self, drain_s: float = 10.0) -> None:
+        """End of job: destroy the groups, then give an abandoned wait up to ``drain_s`` to end.
+
+        A wait still blocked in C++ when the interpreter exits aborts the process, so a worker
+        that aborted on a hung peer should close (or leave with ``os._exit``). Never raises.
+        """
+        self.destroy()
+        if self._waiter is not None:
+            self._waiter.idle.wait(drain_s)
 
     def destroy(self) -> None:
         """Destroy the process groups of this generation, if any; never raises."""

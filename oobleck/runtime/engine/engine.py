@@ -286,7 +286,7 @@ class Engine:
 
     def close(self) -> None:
         """Destroy the process groups (end of job); safe to call twice, never raises."""
-        self.comm.destroy()
+        self.comm.close()
 
     def _start_generation(
         self, plan: Plan, generation: int, rank_of_node: Mapping[int, int], store: dist.Store

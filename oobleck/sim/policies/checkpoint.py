@@ -4,7 +4,7 @@ Training checkpoints every Young/Daly period ``tau = sqrt(2 C MTBF)`` (``C``: on
 cost, MTBF: the whole cluster's mean time between failures) unless ``--costs`` fixes it. Any loss
 of a node in use restarts every process on the nodes still up, reloads the last checkpoint and redoes
 the work since. The job keeps the pipeline depth it started with and shrinks or grows only its
-data-parallel width (Megatron/DeepSpeed under torchelastic cannot re-partition layers on restart).
+data-parallel width (a torchelastic job keeps its parallel layout; only the world size changes).
 Joined nodes are taken at the next checkpoint, by a restart that loses no work.
 """
 

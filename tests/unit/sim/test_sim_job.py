@@ -85,3 +85,14 @@ def test_too_few_nodes_go_down_and_resume_when_nodes_return(
         row = result.result(policy)
         assert row.breakdown_s["down"] == pytest.approx(3600.0)
         assert _states(result, policy)[-1][1:] == (True, 16)
+
+
+def test_an_unrelated_event_does_not_restart_a_recovery(
+    small_config: SimulationConfig, tmp_path: Path
+) -> None:
+    """A node joining 10 s into a restart leaves the outage exactly one restart long."""
+    single = _run(small_config, tmp_path, "3600000,remove,node0\n", "checkpoint").result("checkpoint")
+    joined = _run(small_config, tmp_path, "3600000,remove,node0\n3610000,add,node0\n", "checkpoint")
+    row = joined.result("checkpoint")
+    assert row.recoveries["restart"] == 1
+    assert row.recovery_durations_s[0] == pytest.approx(single.recovery_durations_s[0])
