@@ -58,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _token(args: argparse.Namespace, run_dir: Path) -> bytes:
     from oobleck.runtime.control.server import check_bind
-    from oobleck.runtime.control.token import describe_source, generate_token_file, load_token
+    from oobleck.runtime.control.token import (
+        describe_source,
+        generate_token_file,
+        load_token,
+        read_token_file,
+    )
 
     token = load_token(args.token_file)
     check_bind(args.host, token_supplied=token is not None)
@@ -66,6 +71,9 @@ def _token(args: argparse.Namespace, run_dir: Path) -> bytes:
         logger.info("token from %s", describe_source(args.token_file))
         return token
     path = run_dir / "token"
+    if path.exists():
+        logger.info("reusing this run's token in %s (a re-run resumes from its checkpoints)", path)
+        return read_token_file(path)
     logger.info("generated a token for this run in %s (mode 0600)", path)
     return generate_token_file(path)
 

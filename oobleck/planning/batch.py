@@ -14,6 +14,7 @@ Assumptions:
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,21 +44,29 @@ def distribute_batch(templates: Sequence[PipelineTemplate], global_microbatches:
     """
     if not templates:
         raise PlanningError("distribute_batch needs at least one pipeline, got none")
-    stages = np.array([template.num_stages for template in templates], dtype=np.int64)
-    minimum = int(stages.sum())
+    # NOTE: a pipeline enters only through (stages, a, c), and a plan uses a few templates over
+    # many pipelines, so the bisection runs once per distinct kind, weighted by how many pipelines
+    # share it, in plain floats (see _capacity): per-call numpy overhead dominated re-planning.
+    kinds: dict[tuple[int, float, float], int] = {}
+    kind_of = [
+        kinds.setdefault((t.num_stages, t.sum_latency_s, t.max_latency_s), len(kinds)) for t in templates
+    ]
+    shapes = list(kinds)
+    multiplicity = [0] * len(shapes)
+    for kind in kind_of:
+        multiplicity[kind] += 1
+    minimum = sum(count * shape[0] for count, shape in zip(multiplicity, shapes, strict=True))
     if global_microbatches < minimum:
         raise PlanningError(
             f"global_microbatches={global_microbatches} is smaller than the {minimum} stages of "
             f"{len(templates)} pipelines (each needs >= 1 microbatch per stage); raise "
             f"global_microbatches to >= {minimum} or use fewer pipelines"
         )
-    base = np.array([template.sum_latency_s for template in templates], dtype=np.float64)
-    slope = np.array([template.max_latency_s for template in templates], dtype=np.float64)
     remaining = global_microbatches - minimum
-    extra = _extra_at_threshold(base, slope, stages, remaining)
-    counts = stages + extra
-    _top_up(base, slope, counts, remaining - int(extra.sum()))
-    return tuple(int(count) for count in counts)
+    extra = _extra_at_threshold(shapes, multiplicity, remaining, len(templates))
+    counts = [shapes[kind][0] + extra[kind] for kind in kind_of]
+    _top_up(shapes, kind_of, counts, remaining - sum(extra[kind] for kind in kind_of))
+    return tuple(counts)
 
 
 def _time(base: np.ndarray, slope: np.ndarray, microbatches: np.ndarray) -> np.ndarray:
@@ -91,46 +100,82 @@ def microbatch_capacity(base: np.ndarray, slope: np.ndarray, threshold: float, l
     return count
 
 
-def _count_at_most(
-    base: np.ndarray, slope: np.ndarray, stages: np.ndarray, threshold: float, cap: int
-) -> np.ndarray:
-    """Per pipeline: how many increments beyond ``num_stages`` end at a time <= ``threshold``."""
-    capacity = microbatch_capacity(base, slope, threshold, int(stages.max()) + cap)
-    return np.clip(capacity - stages, 0, cap)
+def _capacity(base: float, slope: float, threshold: float, limit: int) -> int:
+    """:func:`microbatch_capacity` for one template, with the same float operations.
+
+    Python floats are IEEE doubles like numpy's float64, and every branch below mirrors a numpy
+    step (``floor + 1``, ``nan_to_num``, ``clip``, the two exact corrections), so the answers are
+    identical; a scalar avoids ~15 numpy calls per bisection step.
+    """
+    if slope > 0:
+        quotient = (threshold - base) / slope
+        if math.isnan(quotient) or quotient < 0:
+            count = 0
+        elif quotient >= limit:
+            count = limit
+        else:
+            count = math.floor(quotient) + 1
+    else:
+        count = limit if base <= threshold else 0
+    if count > 0 and _time(base, slope, count) > threshold:
+        count -= 1
+    if count < limit and _time(base, slope, count + 1) <= threshold:
+        count += 1
+    return count
+
+
+def _count_at_most(shapes: list[tuple[int, float, float]], threshold: float, cap: int) -> list[int]:
+    """Per kind: how many increments beyond ``num_stages`` end at a time <= ``threshold``."""
+    limit = max(stages for stages, _, _ in shapes) + cap
+    return [
+        min(max(_capacity(base, slope, threshold, limit) - stages, 0), cap) for stages, base, slope in shapes
+    ]
 
 
 def _extra_at_threshold(
-    base: np.ndarray, slope: np.ndarray, stages: np.ndarray, remaining: int
-) -> np.ndarray:
-    """Increments with value <= the largest threshold whose total stays <= ``remaining``.
+    shapes: list[tuple[int, float, float]], multiplicity: list[int], remaining: int, pipelines: int
+) -> list[int]:
+    """Per kind: increments with value <= the largest threshold whose total stays <= ``remaining``.
 
     Those increments are a prefix of the greedy's pick order, so taking them at once is safe.
     """
-    if remaining <= 4 * len(stages):
-        # NOTE: few picks: the heap alone is cheaper than ~60 vectorised bisection steps.
-        return np.zeros_like(stages)
+    none = [0] * len(shapes)
+    if remaining <= 4 * pipelines:
+        # NOTE: few picks: the heap alone is cheaper than ~60 bisection steps.
+        return none
+
+    def total(counts: list[int]) -> int:
+        return sum(count * times for count, times in zip(counts, multiplicity, strict=True))
+
     low = 0.0
-    high = float(_time(base, slope, stages + remaining).max())
-    best = _count_at_most(base, slope, stages, low, remaining)
-    if int(best.sum()) > remaining:
-        return np.zeros_like(stages)
+    high = max(_time(base, slope, stages + remaining) for stages, base, slope in shapes)
+    best = _count_at_most(shapes, low, remaining)
+    if total(best) > remaining:
+        return none
     for _ in range(_BISECTION_STEPS):
         middle = 0.5 * (low + high)
         if middle in (low, high):
             break
-        count = _count_at_most(base, slope, stages, middle, remaining)
-        if int(count.sum()) <= remaining:
+        count = _count_at_most(shapes, middle, remaining)
+        if total(count) <= remaining:
             low, best = middle, count
         else:
             high = middle
     return best
 
 
-def _top_up(base: np.ndarray, slope: np.ndarray, counts: np.ndarray, picks: int) -> None:
+def _top_up(
+    shapes: list[tuple[int, float, float]], kind_of: list[int], counts: list[int], picks: int
+) -> None:
     """Greedy for the last ``picks`` increments (the ties at the threshold), in place."""
-    heap = [(float(_time(base[i], slope[i], counts[i] + 1)), i) for i in range(len(counts))]
+
+    def finish(index: int) -> float:
+        _, base, slope = shapes[kind_of[index]]
+        return _time(base, slope, counts[index] + 1)
+
+    heap = [(finish(i), i) for i in range(len(counts))]
     heapq.heapify(heap)
     for _ in range(picks):
         _, index = heapq.heappop(heap)
         counts[index] += 1
-        heapq.heappush(heap, (float(_time(base[index], slope[index], counts[index] + 1)), index))
+        heapq.heappush(heap, (finish(index), index))

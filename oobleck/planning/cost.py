@@ -215,10 +215,12 @@ def gradient_sync_s(pipelines: Sequence[Pipeline], profile: ModelProfile, hardwa
     if count <= 1:
         return 0.0
     grads = layer_tables(profile).grad_prefix_bytes
+    # NOTE: pipelines share template objects; the max over each distinct one is the same max.
+    templates = {id(pipeline.template): pipeline.template for pipeline in pipelines}
     largest = max(
         int(grads[stage.end_layer] - grads[stage.first_layer]) // stage.gpus
-        for pipeline in pipelines
-        for stage in pipeline.template.stages
+        for template in templates.values()
+        for stage in template.stages
     )
     return 2 * (count - 1) / count * largest / hardware.inter_node_bandwidth_bytes_per_s
 
@@ -392,7 +394,12 @@ def process_group_count(plan: Plan) -> int:
     if len(plan.pipelines) <= 1:
         return p2p
     num_layers = plan.pipelines[0].template.num_layers
-    return p2p + len({plan.holders(layer) for layer in range(num_layers)})
+    # NOTE: nodes are distinct within a plan, so two layers have equal holder tuples exactly when
+    # every pipeline maps them to the same template node index; pipelines that share a template
+    # map alike, so one column per distinct template decides it (instead of every pipeline).
+    templates = {id(pipeline.template): pipeline.template for pipeline in plan.pipelines}
+    columns = [template.layout.node_of_layer[:num_layers] for template in templates.values()]
+    return p2p + len(set(zip(*columns, strict=True)))
 
 
 def predict_recovery(

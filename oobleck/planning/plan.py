@@ -14,8 +14,9 @@ Assumptions:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -62,6 +63,48 @@ class Stage:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class TemplateLayout:
+    """Per-layer lookup tables of one template, derived from its stages once.
+
+    Re-planning asks "which stage / node holds layer ``l``" for every layer of every pipeline, and
+    ``sum``/``max`` of the stage latencies for every pipeline; with thousands of nodes that made the
+    stage scans the bulk of a reconfiguration. Many pipelines share one template object, so the
+    tables are built once per template (see :attr:`PipelineTemplate.layout`).
+    """
+
+    stage_of_layer: tuple[int, ...]
+    """Per layer ``0 .. max(end_layer) - 1``: the first stage holding it, ``-1`` if none does."""
+    node_of_layer: tuple[int, ...]
+    """Per layer: the template node index of that stage, ``-1`` if no stage holds it."""
+    node_ranges: tuple[tuple[int, int], ...]
+    """Per template node index: the layer range ``[first, end)`` spanning its stages."""
+    sum_latency_s: float
+    max_latency_s: float
+
+    @classmethod
+    def of(cls, template: PipelineTemplate) -> TemplateLayout:
+        """Tables of ``template``; use :attr:`PipelineTemplate.layout`, which caches them."""
+        stages = template.stages
+        size = max(stage.end_layer for stage in stages)
+        stage_of_layer = [-1] * size
+        for index, stage in enumerate(stages):
+            for layer in stage.layers:
+                if stage_of_layer[layer] < 0:
+                    stage_of_layer[layer] = index
+        ranges = [(template.num_layers, 0)] * template.num_nodes
+        for stage in stages:
+            first, end = ranges[stage.node]
+            ranges[stage.node] = (min(first, stage.first_layer), max(end, stage.end_layer))
+        return cls(
+            stage_of_layer=tuple(stage_of_layer),
+            node_of_layer=tuple(stages[index].node if index >= 0 else -1 for index in stage_of_layer),
+            node_ranges=tuple(ranges),
+            sum_latency_s=sum(stage.latency_s for stage in stages),
+            max_latency_s=max(stage.latency_s for stage in stages),
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PipelineTemplate:
     """The best pipeline shape for ``num_nodes`` nodes: stages, their layers and devices.
@@ -73,6 +116,22 @@ class PipelineTemplate:
     num_nodes: int
     gpus_per_node: int
     stages: tuple[Stage, ...]
+    _layout: TemplateLayout | None = field(default=None, init=False, repr=False, compare=False)
+    """Cache behind :attr:`layout`; excluded from init, repr, equality, hashing and JSON."""
+
+    @property
+    def layout(self) -> TemplateLayout:
+        """Per-layer tables, built on first use and kept on the (frozen) template.
+
+        NOTE: a cache, not state: it is a pure function of ``stages``, so setting it through
+        ``object.__setattr__`` keeps the template immutable in every observable way. It is lazy so
+        that building a template costs what it did; only templates that are planned with pay.
+        """
+        layout = self._layout
+        if layout is None:
+            layout = TemplateLayout.of(self)
+            object.__setattr__(self, "_layout", layout)
+        return layout
 
     @property
     def num_stages(self) -> int:
@@ -84,11 +143,11 @@ class PipelineTemplate:
 
     @property
     def sum_latency_s(self) -> float:
-        return sum(stage.latency_s for stage in self.stages)
+        return self.layout.sum_latency_s
 
     @property
     def max_latency_s(self) -> float:
-        return max(stage.latency_s for stage in self.stages)
+        return self.layout.max_latency_s
 
     def iteration_time_s(self, microbatches: int) -> float:
         """1F1B time of one step with ``microbatches`` microbatches (>= num_stages)."""
@@ -96,9 +155,9 @@ class PipelineTemplate:
 
     def stage_of_layer(self, layer: int) -> int:
         """Index of the stage that holds ``layer``."""
-        for index, stage in enumerate(self.stages):
-            if stage.first_layer <= layer < stage.end_layer:
-                return index
+        table = self.layout.stage_of_layer
+        if 0 <= layer < len(table) and table[layer] >= 0:
+            return table[layer]
         raise IndexError(f"layer {layer} is outside 0..{self.num_layers - 1}")
 
     def stage_devices(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
@@ -198,6 +257,8 @@ class Plan:
     """f: the plan keeps at least f + 1 pipelines while nodes allow."""
     iteration_time_s: float
     """Predicted step time: slowest pipeline plus the cross-pipeline gradient sync."""
+    _nodes: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    """Cache behind :attr:`nodes`; excluded from init, repr, equality, hashing and JSON."""
 
     def __post_init__(self) -> None:
         total = sum(pipeline.microbatches for pipeline in self.pipelines)
@@ -205,14 +266,22 @@ class Plan:
             raise ValueError(
                 f"pipelines run {total} microbatches, the global batch has {self.global_microbatches}"
             )
-        nodes = [node for pipeline in self.pipelines for node in pipeline.nodes]
+        nodes = list(itertools.chain.from_iterable(pipeline.nodes for pipeline in self.pipelines))
         if len(nodes) != len(set(nodes)):
             raise ValueError("a node appears in more than one pipeline")
 
     @property
     def nodes(self) -> tuple[int, ...]:
-        """All node ids in the plan, sorted."""
-        return tuple(sorted(node for pipeline in self.pipelines for node in pipeline.nodes))
+        """All node ids in the plan, sorted.
+
+        NOTE: cached on the (frozen) plan because the planner and the simulator ask for it several
+        times per membership change, and sorting thousands of ids each time showed up in profiles.
+        """
+        nodes = self._nodes
+        if nodes is None:
+            nodes = tuple(sorted(itertools.chain.from_iterable(p.nodes for p in self.pipelines)))
+            object.__setattr__(self, "_nodes", nodes)
+        return nodes
 
     @property
     def global_batch_size(self) -> int:
@@ -233,7 +302,8 @@ class Plan:
     def holders(self, layer: int) -> tuple[int, ...]:
         """Node ids holding ``layer``, one per pipeline, in pipeline order."""
         return tuple(
-            pipeline.node_of_stage(pipeline.template.stage_of_layer(layer)) for pipeline in self.pipelines
+            pipeline.nodes[pipeline.template.stages[pipeline.template.stage_of_layer(layer)].node]
+            for pipeline in self.pipelines
         )
 
     def layers_of_node(self, node: int) -> tuple[int, ...]:

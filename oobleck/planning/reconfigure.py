@@ -105,11 +105,9 @@ def reconfigure(
         )
     lost_set = set(lost)
     layer_bytes = LayerBytes.of(profile)
-    old_ranges = {
-        node: span
-        for pipeline in plan.pipelines
-        for node, span in zip(pipeline.nodes, node_ranges(pipeline.template), strict=True)
-    }
+    old_ranges: dict[int, tuple[int, int]] = {}
+    for pipeline in plan.pipelines:
+        old_ranges.update(zip(pipeline.nodes, node_ranges(pipeline.template), strict=True))
     shaper = _Shaper(by_size, smallest, largest, layer_bytes, old_ranges)
     groups = [[node for node in pipeline.nodes if node not in lost_set] for pipeline in plan.pipelines]
     groups = [group for group in groups if group]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from oobleck.errors import ReconfigurationError
@@ -50,11 +51,41 @@ class LayerBytes:
 
 def node_ranges(template: PipelineTemplate) -> tuple[tuple[int, int], ...]:
     """Per template node index: the contiguous layer range ``[first, end)`` it holds."""
-    ranges = [(template.num_layers, 0)] * template.num_nodes
-    for stage in template.stages:
-        first, end = ranges[stage.node]
-        ranges[stage.node] = (min(first, stage.first_layer), max(end, stage.end_layer))
-    return tuple(ranges)
+    return template.layout.node_ranges
+
+
+def old_holders(old: Plan, lost: set[int], layers: Iterable[int]) -> dict[int, list[int]]:
+    """Per layer of ``layers``: its surviving holders in ``old``, in pipeline order.
+
+    Built only for the layers some node newly needs, from each template's layer -> node table (one
+    C-level ``map`` per pipeline), because after a single loss most layers need no copy and scanning
+    every layer of every node dominated re-planning at thousands of nodes.
+
+    Args:
+        old: The plan in force before the change.
+        lost: Nodes that failed; they send nothing.
+        layers: Layers to look up (repeats allowed).
+
+    Returns:
+        Layer -> surviving holders, one per pipeline that still has one, in pipeline order (an
+        empty list when every replica was lost).
+    """
+    wanted = sorted(set(layers))
+    templates = {id(pipeline.template): pipeline.template for pipeline in old.pipelines}
+    covered = min((len(t.layout.node_of_layer) for t in templates.values()), default=0)
+    inside = [layer for layer in wanted if layer < covered]
+    # NOTE: per template, the node index that holds each wanted layer; pipelines share templates.
+    indices = {
+        key: tuple(template.layout.node_of_layer[layer] for layer in inside)
+        for key, template in templates.items()
+    }
+    rows = [tuple(map(p.nodes.__getitem__, indices[id(p.template)])) for p in old.pipelines]
+    columns = dict(zip(inside, zip(*rows, strict=True), strict=True)) if rows else {}
+    holders = {}
+    for layer in wanted:
+        column = columns.get(layer, ())
+        holders[layer] = list(column) if lost.isdisjoint(column) else [n for n in column if n not in lost]
+    return holders
 
 
 def plan_transfers(old: Plan, new: Plan, lost: set[int], layer_bytes: LayerBytes) -> tuple[Transfer, ...]:
@@ -64,32 +95,34 @@ def plan_transfers(old: Plan, new: Plan, lost: set[int], layer_bytes: LayerBytes
     size class, largest first: each goes to the least-loaded eligible source (ties: lowest node id),
     then ``_rebalance`` makes the class optimal for the bottleneck given the earlier classes.
     """
-    holders: dict[int, list[int]] = {}
     old_ranges: dict[int, tuple[int, int]] = {}
     for pipeline in old.pipelines:
-        for node, span in zip(pipeline.nodes, node_ranges(pipeline.template), strict=True):
-            old_ranges[node] = span
-            if node not in lost:
-                for layer in range(*span):
-                    holders.setdefault(layer, []).append(node)
+        old_ranges.update(zip(pipeline.nodes, node_ranges(pipeline.template), strict=True))
+    # NOTE: a pipeline kept as it was (same nodes, same template) needs nothing; after one loss that
+    # is nearly every pipeline, so they are skipped before the per-node scan.
+    unchanged = {(pipeline.nodes, id(pipeline.template)) for pipeline in old.pipelines}
     demands = []
     for pipeline in new.pipelines:
-        for node, (first, end) in zip(pipeline.nodes, node_ranges(pipeline.template), strict=True):
+        if (pipeline.nodes, id(pipeline.template)) in unchanged:
+            continue
+        for node, span in zip(pipeline.nodes, node_ranges(pipeline.template), strict=True):
             held = old_ranges.get(node, (0, 0))
-            demands.extend((layer, node) for layer in range(first, end) if not held[0] <= layer < held[1])
+            if held == span:
+                continue
+            demands.extend((layer, node) for layer in range(*span) if not held[0] <= layer < held[1])
+    holders = old_holders(old, lost, (layer for layer, _ in demands))
     demands.sort(key=lambda demand: (-layer_bytes.sizes[demand[0]], demand))
     load: dict[int, int] = {}
     chosen: dict[tuple[int, int], int] = {}
     for size, members in itertools.groupby(demands, key=lambda demand: layer_bytes.sizes[demand[0]]):
         assigned: dict[int, list[tuple[int, int]]] = {}
         for demand in members:
-            sources = holders.get(demand[0])
-            if not sources:
+            if not holders.get(demand[0]):
                 raise ReconfigurationError(
                     f"layer {demand[0]} lost every replica (all its holders failed); "
                     "restore from a checkpoint"
                 )
-            source = min(sources, key=lambda candidate: (load.get(candidate, 0), candidate))
+            source = _least_loaded(holders[demand[0]], load)
             chosen[demand] = source
             load[source] = load.get(source, 0) + size
             assigned.setdefault(source, []).append(demand)
@@ -98,6 +131,22 @@ def plan_transfers(old: Plan, new: Plan, lost: set[int], layer_bytes: LayerBytes
         Transfer(layer=layer, src_node=chosen[layer, node], dst_node=node, bytes=layer_bytes.sizes[layer])
         for layer, node in sorted(chosen)
     )
+
+
+def _least_loaded(sources: list[int], load: dict[int, int]) -> int:
+    """The source with the least load, ties to the lowest node id.
+
+    Loads are never negative, so the lowest idle id wins whenever one is idle; with hundreds of
+    replicas per layer and few busy senders one nearly always is, and the set arithmetic below runs
+    in C instead of a keyed ``min`` over every replica for every copy.
+    """
+    lowest = min(sources)
+    if not load.get(lowest):
+        return lowest
+    idle = set(sources).difference([node for node, sent in load.items() if sent])
+    if idle:
+        return min(idle)
+    return min(sources, key=lambda candidate: (load[candidate], candidate))
 
 
 def _rebalance(

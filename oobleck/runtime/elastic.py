@@ -44,8 +44,8 @@ from oobleck.runtime.config import JobConfig, load_job_config
 from oobleck.runtime.control.agent import NODE_ENV
 from oobleck.runtime.control.checkpoint import latest_complete, write_shard
 from oobleck.runtime.control.link import WorkerLink
-from oobleck.runtime.control.master import append_jsonl
 from oobleck.runtime.control.membership import Membership
+from oobleck.runtime.control.records import append_jsonl
 from oobleck.runtime.control.sever import sever_tcp_connections
 from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_profile
 
@@ -205,7 +205,7 @@ class ElasticLoop:
                 self.plan = planner.plan(target.members)
                 plan_ready = time.time()
                 self.engine.configure(self.plan, target.generation, rank_of_node, self.store)
-                self.next_step = 0
+                self.next_step = self._resume_from_checkpoint()
             else:
                 committed = Plan.from_dict(survivors[0]["plan"], gpus_per_node=target.slots)
                 ahead = max(survivors, key=lambda s: s["step"])
@@ -257,10 +257,11 @@ class ElasticLoop:
             return self._restart_from_checkpoint(planner, target, rank_of_node, exc)
         self.plan = change.plan
         plan_ready = time.time()
-        if self.engine.plan is None:
-            # NOTE: a joining node has no plan yet, but the engine locates transfer sources in its
-            # "previous" plan; the committed plan is exactly that. TODO(engine): take it as an argument.
-            self.engine.plan = committed
+        if self.engine._layers_plan is None:
+            # NOTE: a joining node holds no layers, but the engine locates transfer sources in the
+            # plan its layers came from; the committed plan is exactly that for every source.
+            # TODO(engine): take the source plan as a reconfigure() argument instead.
+            self.engine._layers_plan = committed
         measured = self.engine.reconfigure(
             change.plan, change.transfers, target.generation, rank_of_node, self.store
         )
@@ -299,6 +300,19 @@ class ElasticLoop:
             "transfer_state_s": time.perf_counter() - groups,
             "transfer_bytes": 0,
         }
+
+    def _resume_from_checkpoint(self) -> int:
+        """Load the newest complete checkpoint, if the run directory has one (a re-run resumes).
+
+        Returns:
+            The step to start at: the checkpoint's, or 0.
+        """
+        checkpoint = latest_complete(self.ckpt_dir, self.engine.adapter.num_layers)
+        if checkpoint is None:
+            return 0
+        self.engine.load_state_tensors(checkpoint.load())
+        logger.warning("[node %d] resuming from the checkpoint at step %d", self.node, checkpoint.step)
+        return checkpoint.step
 
     def _get_planner(self, target: Membership) -> Any:
         if self._planner is not None:

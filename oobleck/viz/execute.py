@@ -95,6 +95,20 @@ def comparable_outputs(notebook: nbformat.NotebookNode) -> list[list[tuple[str, 
     return cells
 
 
+def output_shape(cells: list[list[tuple[str, ...]]]) -> list[list[tuple[str, ...]]]:
+    """:func:`comparable_outputs` without the text: output kinds, stream names and MIME types.
+
+    What stays equal between two runs of a notebook that measures real processes (its printed
+    numbers differ on every run, but the same cells print and the same cells draw).
+    """
+    return [[output[:2] if output[0] == "stream" else output[:-1] for output in cell] for cell in cells]
+
+
+def is_measured(notebook: nbformat.NotebookNode) -> bool:
+    """Whether the notebook measures real runs (metadata ``oobleck.measured``): compare its shape only."""
+    return bool(notebook.metadata.get("oobleck", {}).get("measured", False))
+
+
 def readme_figure(notebook: nbformat.NotebookNode) -> bytes | None:
     """The PNG output of the cell tagged ``readme-figure`` (its last PNG), or ``None``.
 

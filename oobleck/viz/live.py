@@ -23,13 +23,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from oobleck.errors import OobleckError
+import yaml
+
+from oobleck.errors import ConfigError, OobleckError
 
 logger = logging.getLogger(__name__)
 
-_POLL_S = 0.1
+_POLL_S = 0.05
+KILL_FILE = "kill.json"
+"""Written into the run directory: ``{"node": id, "t": wall-clock time of the SIGKILL}``."""
 
 
 def record_failure_run(
@@ -40,6 +46,7 @@ def record_failure_run(
     kill_after_step: int,
     node: int | None = None,
     timeout_s: float = 300.0,
+    env: Mapping[str, str] | None = None,
 ) -> Path:
     """Run a job on local agents, kill one node after a given step, and wait for the job to finish.
 
@@ -50,9 +57,11 @@ def record_failure_run(
         kill_after_step: Kill once a step row with this step number (or later) is written.
         node: Node id to kill; default the highest node id.
         timeout_s: Bound on the whole run.
+        env: Extra environment for the master, its agents and workers (e.g. the profile cache).
 
     Returns:
-        ``run_dir``, ready for :func:`oobleck.viz.runs.load_run`.
+        ``run_dir``, ready for :func:`oobleck.viz.runs.load_run`; its ``kill.json`` records the node
+        killed and the wall-clock time of the kill (the true start of the failure).
 
     Raises:
         OobleckError: ``run_dir`` already holds metrics, the job ended before the kill, the job
@@ -67,7 +76,13 @@ def record_failure_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
     with (run_dir / "master.out").open("w") as log:
-        master = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        master = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
         try:
             _wait_for_step(master, metrics, kill_after_step, deadline)
             _kill_node(run_dir, node)
@@ -116,6 +131,7 @@ def _kill_node(run_dir: Path, node: int | None) -> None:
     if victim is None:
         raise OobleckError(f"node {node} is not a live agent in {run_dir}/agents.json")
     pid = int(victim["agent_pid"])
+    killed_at = time.time()
     if os.getpgid(pid) == pid:
         os.killpg(pid, signal.SIGKILL)
     else:
@@ -124,4 +140,31 @@ def _kill_node(run_dir: Path, node: int | None) -> None:
         for target in (pid, *victim.get("worker_pids", ())):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(target), signal.SIGKILL)
+    (run_dir / KILL_FILE).write_text(json.dumps({"node": victim["node"], "t": killed_at}) + "\n")
     logger.info("killed node %d (agent pid %d)", victim["node"], pid)
+
+
+def write_job(base: str | Path, path: str | Path, **overrides: Any) -> Path:
+    """Copy a job YAML with some top-level keys replaced (e.g. more steps, ``fault_tolerance=1``).
+
+    Args:
+        base: An existing job file (e.g. ``examples/tiny_gpt2.yaml``).
+        path: Where to write the variant (folders are created).
+        **overrides: Top-level keys and their new values.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ConfigError: ``base`` is missing or not a YAML mapping.
+    """
+    base, path = Path(base), Path(path)
+    try:
+        job = yaml.safe_load(base.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{base}: cannot read the job file ({error})") from None
+    if not isinstance(job, dict):
+        raise ConfigError(f"{base}: expected a YAML mapping of job keys, got {type(job).__name__}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({**job, **overrides}, sort_keys=False))
+    return path

@@ -25,6 +25,8 @@ from oobleck.sim.metrics import TimelinePoint
 from oobleck.viz.runs import PHASES, RecordedRun, RecoveryRecord
 from oobleck.viz.style import PHASE_COLORS, cycle_color, format_seconds, new_figure
 
+_SMOOTHING_STEPS = 9
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PredictionError:
@@ -168,7 +170,8 @@ def plot_run_vs_prediction(
     """Measured throughput per step against the simulator's predicted timeline, on one time axis.
 
     Measured points sit at the end of each step (seconds since the run's first step started) at
-    that step's ``samples / step_s``; the prediction is the simulator's step function. Red lines
+    that step's ``samples / step_s``, with a running median through them (single steps of a small
+    job on a shared machine are noisy); the prediction is the simulator's step function. Red lines
     mark the failures the master recorded.
 
     Args:
@@ -186,16 +189,16 @@ def plot_run_vs_prediction(
         [point.samples_per_s for point in predicted],
         [point.time_s for point in predicted] + [end_s],
         color=cycle_color(0),
+        baseline=None,
+        linewidth=1.5,
         label="predicted (simulator)",
     )
-    ax.plot(
-        [step.t - start for step in run.steps],
-        [step.samples_per_s for step in run.steps],
-        "o",
-        markersize=4,
-        color=cycle_color(1),
-        label="measured (each step)",
-    )
+    times = [step.t - start for step in run.steps]
+    rates = [step.samples_per_s for step in run.steps]
+    ax.plot(times, rates, "o", markersize=3, alpha=0.5, color=cycle_color(1), label="measured (each step)")
+    half = _SMOOTHING_STEPS // 2
+    smoothed = [statistics.median(rates[max(0, i - half) : i + half + 1]) for i in range(len(rates))]
+    ax.plot(times, smoothed, color=cycle_color(1), label=f"measured ({_SMOOTHING_STEPS}-step median)")
     for failure in run.failures:
         ax.axvline(failure.failure_at - start, color="red", alpha=0.5, linewidth=1)
     ax.set_xlabel("seconds since the first step started; red: node killed")

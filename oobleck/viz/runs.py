@@ -12,7 +12,10 @@ every other line (job start/end, future kinds) is skipped, so an older notebook 
   ``lost``, ``joined``, ``restart`` (a checkpoint restart rather than a reconfiguration),
   ``t_failure`` and ``transfer_bytes``;
 * **membership rows** (``"event": "membership"``, written by the master): ``generation``,
-  ``lost``, ``joined``, ``failure_at`` and ``detected_at`` wall-clock times.
+  ``members``, ``lost``, ``joined``, ``failure_at`` and ``detected_at`` wall-clock times.
+
+``plan.json`` (the initial plan) and ``kill.json`` (written by :mod:`oobleck.viz.live` when it kills
+a node) are read when present.
 
 Assumptions:
     * Times ``t``, ``failure_at`` and ``detected_at`` are ``time.time()`` values of one machine (or
@@ -82,6 +85,8 @@ class MembershipRecord:
     """One membership generation announced by the master."""
 
     generation: int
+    members: tuple[int, ...]
+    """Node ids in the job from this generation on, ascending."""
     lost: tuple[int, ...]
     joined: tuple[int, ...]
     failure_at: float
@@ -99,12 +104,26 @@ class RecordedRun:
     memberships: tuple[MembershipRecord, ...] = ()
     plan: dict[str, Any] | None = field(default=None)
     """The initial plan (``<run_dir>/plan.json``, ``Plan.to_dict()``), if the run wrote one."""
+    killed_at: float | None = None
+    """Wall-clock time a node was killed on purpose (``kill.json`` of
+    :func:`oobleck.viz.live.record_failure_run`), if the run recorded one."""
 
     @property
     def start_t(self) -> float:
         """Wall-clock start: the end of the first step minus its duration."""
         first = self.steps[0]
         return first.t - first.step_s
+
+    @property
+    def initial_nodes(self) -> tuple[int, ...]:
+        """Members of the first generation the master announced.
+
+        Raises:
+            ConfigError: the run has no membership rows (it was not run by the elastic master).
+        """
+        if not self.memberships:
+            raise ConfigError(f"{self.run_dir}: no membership rows; record the run with the elastic master")
+        return self.memberships[0].members
 
     @property
     def failures(self) -> tuple[MembershipRecord, ...]:
@@ -155,14 +174,16 @@ def load_run(run_dir: str | Path) -> RecordedRun:
             raise ConfigError(f"{where}: malformed {event} row ({error!r}): {line[:120]}") from None
     if not steps:
         raise ConfigError(f"{path}: no step rows; was the run interrupted before its first step?")
-    plan_path = run_dir / "plan.json"
+    plan_path, kill_path = run_dir / "plan.json", run_dir / "kill.json"
     plan = json.loads(plan_path.read_text()) if plan_path.is_file() else None
+    killed_at = float(json.loads(kill_path.read_text())["t"]) if kill_path.is_file() else None
     return RecordedRun(
         run_dir=run_dir,
         steps=tuple(steps),
         recoveries=tuple(recoveries),
         memberships=tuple(memberships),
         plan=plan,
+        killed_at=killed_at,
     )
 
 
@@ -202,6 +223,7 @@ def _recovery(row: dict[str, Any]) -> RecoveryRecord:
 def _membership(row: dict[str, Any]) -> MembershipRecord:
     return MembershipRecord(
         generation=int(row["generation"]),
+        members=tuple(sorted(int(node) for node in row.get("members", ()))),
         lost=tuple(int(node) for node in row.get("lost", ())),
         joined=tuple(int(node) for node in row.get("joined", ())),
         failure_at=float(row.get("failure_at", 0.0)),

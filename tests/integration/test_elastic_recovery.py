@@ -413,3 +413,27 @@ def test_bad_clients_do_not_disturb_a_running_job(folder, long_reference):
     assert not [m for m in run.events("membership") if m["generation"] > 0]
     assert run.master_log.count("rejected connection") >= 2
     assert run.master_log.count("closed connection") >= 3
+
+
+@pytest.mark.timeout(400)
+def test_rerun_after_losing_everything_resumes_from_checkpoint(folder, reference):
+    """After master and all nodes die, a re-run of the master on the run dir resumes from its checkpoint."""
+
+    def kill_everything(run_dir: Path) -> None:
+        os.killpg(json.loads((run_dir / "master.json").read_text())["pid"], signal.SIGKILL)
+        for row in agents(run_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(row["agent_pid"], signal.SIGKILL)
+
+    job = folder / "job_ckpt.yaml"
+    job.write_text(JOB.format(steps=20, f=1, every=5))
+    run_dir = folder / "resume"
+    first = run_master(run_dir, write_hosts(folder, 4), job, at_step=12, action=kill_everything)
+    assert first.rc != 0
+    assert (run_dir / "checkpoints" / "step00000010").is_dir()
+    second = run_master(run_dir, write_hosts(folder, 4), job)
+    assert second.rc == 0, second.master_log[-3000:]
+    steps = [r["step"] for r in second.records if "loss" in r and "event" not in r]
+    assert steps.count(0) == 1, "the re-run started over instead of resuming"
+    assert steps.count(10) == 2 and steps[-1] == 19
+    assert_losses_match(second, reference)

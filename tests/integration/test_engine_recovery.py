@@ -198,37 +198,47 @@ def _run(mode: str, world: int, config: Path, out: Path, timeout_s: float = 150.
     assert codes == [0] * world, f"exit codes {codes}\n{logs}"
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The job config and the folder of its one-process run, shared by the recovery scenarios."""
+    folder = tmp_path_factory.mktemp("reference")
+    config = _write_job(folder)
+    _run("ref", 1, config, folder / "ref")
+    return config, folder / "ref"
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("mode", ["recover", "planner"])
-def test_survivors_reconfigure_and_match_one_process(tmp_path: Path, mode: str) -> None:
+def test_survivors_reconfigure_and_match_one_process(
+    tmp_path: Path, mode: str, reference: tuple[Path, Path]
+) -> None:
     """After node 3 leaves at step 3 (hand-made or planned), losses and state equal one process."""
     from safetensors.torch import load_file
 
-    config = _write_job(tmp_path)
-    _run("ref", 1, config, tmp_path / "ref")
+    config, ref_dir = reference
     _run(mode, 4, config, tmp_path / "rec")
 
     def losses(path: Path) -> list[float]:
         return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
 
-    expected = losses(tmp_path / "ref" / "node0.jsonl")
+    expected = losses(ref_dir / "node0.jsonl")
     got = losses(tmp_path / "rec" / "node0.jsonl")
     assert len(got) == len(expected) == STEPS
     for step, (a, b) in enumerate(zip(got, expected, strict=True)):
         assert abs(a - b) <= TOLERANCE * abs(b), f"step {step}: {a} vs {b}"
     generations = [json.loads(line)["generation"] for line in (tmp_path / "rec" / "node1.jsonl").open()]
     assert generations == [0] * LEAVE_AFTER + [1] * (STEPS - LEAVE_AFTER)
-    reference = load_file(str(tmp_path / "ref" / "node0.safetensors"))
+    ref_state = load_file(str(ref_dir / "node0.safetensors"))
     seen = set()
     for node in range(3):
         for key, tensor in load_file(str(tmp_path / "rec" / f"node{node}.safetensors")).items():
-            ref = reference[key]
+            ref = ref_state[key]
             assert float((tensor.double() - ref.double()).norm()) <= TOLERANCE * max(
                 float(ref.double().norm()), 1e-12
             ), key
             seen.add(key)
-    assert seen == set(reference)
+    assert seen == set(ref_state)
     timing = [json.loads((tmp_path / "rec" / f"timing{n}.json").read_text()) for n in range(3)]
     assert sum(t["bytes_sent"] for t in timing) == sum(t["bytes_received"] for t in timing) > 0
     if mode == "recover":

@@ -7,24 +7,36 @@ results, MIME types and therefore the number of figures; not PNG bytes (they cha
 matplotlib and font versions) and not widget ids (random per run). We chose re-execution over
 regenerating in CI and diffing files because it needs no write access to the checkout, it tests
 that the notebooks run top to bottom at the same time, and a failure names the first differing
-cell instead of a base64 diff.
+cell instead of a base64 diff. Notebook 03 measures real processes, so its numbers differ on every
+run: its test re-executes it (recording fresh runs, about two minutes) and compares only the shape
+of the outputs (which cells print, which draw figures).
 """
 
 from __future__ import annotations
 
 import ast
+import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from oobleck.viz.execute import README_TAG, comparable_outputs, execute_notebook, readme_figure
+from oobleck.viz.execute import (
+    README_TAG,
+    comparable_outputs,
+    execute_notebook,
+    is_measured,
+    output_shape,
+    readme_figure,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 HEADLESS = ("01_pipeline_templates.ipynb", "02_failure_simulation.ipynb")
-"""Notebooks CI executes; 03 needs a live multi-process runtime run and is checked statically."""
-ALL = (*HEADLESS, "03_predicted_vs_measured.ipynb")
+"""Notebooks whose outputs are a pure function of the code."""
+MEASURED = "03_predicted_vs_measured.ipynb"
+"""Records real multi-process runs: outputs vary with the machine, only their shape is stable."""
+ALL = (*HEADLESS, MEASURED)
 MAX_CELL_LINES = 12
 """Notebooks only import and call: a code cell longer than this holds logic that belongs in oobleck.viz."""
 
@@ -53,14 +65,33 @@ def test_committed_outputs_match_a_fresh_headless_run(name: str) -> None:
     assert not any(output[0] == "error" for cell in fresh for output in cell)
 
 
-@pytest.mark.parametrize("name", HEADLESS)
-def test_headless_notebooks_are_committed_with_figures_in_the_cell_outputs(name: str) -> None:
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_measured_notebook_runs_top_to_bottom_with_the_committed_output_shape() -> None:
+    """Notebook 03 records three real runs with a killed node and produces the committed kinds of output."""
+    runs = NOTEBOOKS / "runs"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    try:
+        executed = execute_notebook(NOTEBOOKS / MEASURED, timeout_s=480)
+    finally:
+        for folder in (set(runs.iterdir()) if runs.is_dir() else set()) - before:
+            shutil.rmtree(folder)
+    committed = _read(MEASURED)
+    assert is_measured(committed)
+    fresh, saved = output_shape(comparable_outputs(executed)), output_shape(comparable_outputs(committed))
+    assert fresh == saved
+    assert not any(output[0] == "error" for cell in fresh for output in cell)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_notebooks_are_committed_with_figures_in_the_cell_outputs(name: str) -> None:
     """Every code cell was executed, and figures appear as PNG outputs, not only inside widget state."""
     notebook = _read(name)
     cells = _code_cells(notebook)
     assert all(cell.execution_count is not None for cell in cells)
     pngs = [o for cell in cells for o in cell.outputs if "image/png" in o.get("data", {})]
-    assert len(pngs) >= 3
+    assert len(pngs) >= 2
     assert readme_figure(notebook) is not None
 
 
@@ -81,10 +112,8 @@ def test_each_notebook_tags_one_readme_figure_and_the_image_is_small(name: str) 
     tagged = [cell for cell in _read(name).cells if README_TAG in cell.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1
     image = ROOT / "docs" / "images" / f"{Path(name).stem}.png"
-    if name in HEADLESS:
-        assert image.is_file()
-    if image.is_file():
-        assert image.stat().st_size <= 150 * 1024
+    assert image.is_file()
+    assert image.stat().st_size <= 150 * 1024
 
 
 def test_notebooks_stay_small_on_disk() -> None:

@@ -13,7 +13,6 @@ Assumptions:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -33,6 +32,7 @@ from oobleck.runtime.control.protocol import (
     ConnectionClosedError,
     ProtocolError,
 )
+from oobleck.runtime.control.records import append_jsonl, write_json_atomic
 from oobleck.runtime.control.server import ControlServer
 from oobleck.runtime.control.submission import JobSpec
 
@@ -79,27 +79,6 @@ class AgentRecord:
     done: bool = False
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line with a single ``write`` (atomic for small lines under O_APPEND).
-
-    Args:
-        path: The JSONL file (created if missing).
-        record: The record.
-    """
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
-
-
 class Master:
     """Runs the control server and the store; tracks agents; decides membership."""
 
@@ -132,7 +111,7 @@ class Master:
         self.address = advertise_host or (
             config.host if config.host not in ("0.0.0.0", "::") else os.uname()[1]
         )
-        _write_json_atomic(
+        write_json_atomic(
             config.run_dir / "master.json",
             {
                 "address": self.address,
@@ -467,4 +446,4 @@ class Master:
             }
             for r in sorted(self.agents.values(), key=lambda r: r.node)
         ]
-        _write_json_atomic(self.config.run_dir / "agents.json", rows)
+        write_json_atomic(self.config.run_dir / "agents.json", rows)

@@ -7,8 +7,9 @@ elastic runtime drives.
 from oobleck.runtime.engine.adapters import ModelAdapter, build_adapter
 from oobleck.runtime.engine.comm import Comm, CommunicationError, default_backend, default_device
 from oobleck.runtime.engine.data import GlobalSampler, TokenDataset, load_dataset
-from oobleck.runtime.engine.engine import Engine, ReconfigureTiming, StepMetrics
+from oobleck.runtime.engine.engine import Engine
 from oobleck.runtime.engine.profiler import cached_profile, estimate_profile, measure_profile
+from oobleck.runtime.engine.records import ReconfigureTiming, StepMetrics
 from oobleck.runtime.engine.standalone import job_profile, plan_for_world, rendezvous_store
 from oobleck.runtime.engine.transfer import plan_transfers
 

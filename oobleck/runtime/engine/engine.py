@@ -14,9 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,46 +27,11 @@ from oobleck.runtime.engine.comm import Comm, default_device
 from oobleck.runtime.engine.data import GlobalSampler, load_dataset
 from oobleck.runtime.engine.executor import StageContext, run_1f1b
 from oobleck.runtime.engine.optim import LayerState, adamw_update, clip_coefficient, learning_rate
+from oobleck.runtime.engine.records import ReconfigureTiming, StepMetrics
 from oobleck.runtime.engine.topology import StageInfo, Topology, build_topology
 from oobleck.runtime.engine.transfer import execute_transfers
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class StepMetrics:
-    """What one step did, identical on every rank except ``sample_ids``."""
-
-    step: int
-    generation: int
-    loss: float
-    """Mean token cross-entropy over the whole global batch."""
-    grad_norm: float
-    """Global gradient norm before clipping (each layer and each tied weight counted once)."""
-    lr: float
-    samples: int
-    tokens: int
-    step_s: float
-    pipeline: int | None
-    """This rank's pipeline index (None for a rank without a stage)."""
-    sample_ids: tuple[int, ...]
-    """Samples this rank's pipeline consumed (recorded on its first stage only, else empty)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class ReconfigureTiming:
-    """Measured phases of one :meth:`Engine.reconfigure` (phase names as the planning core's)."""
-
-    rebuild_groups_s: float
-    transfer_state_s: float
-    bytes_sent: int
-    bytes_received: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Engine:
@@ -114,6 +77,19 @@ class Engine:
         backend: str | None = None,
         timeout: timedelta = timedelta(seconds=60),
     ) -> None:
+        """Build the model adapter, the dataset and the sampler; no layers and no groups yet.
+
+        Args:
+            job: the job config (model, data, batch, optimizer, seed).
+            node: this rank's stable node id.
+            local_rank: device index of this rank on its node.
+            device: override of the device (default: per local rank, CUDA if available).
+            backend: ``gloo`` or ``nccl`` (default: NCCL with CUDA, else gloo).
+            timeout: collective timeout, a backstop behind failure notices.
+
+        Raises:
+            ConfigError: the model or data section cannot be built.
+        """
         self.job = job
         self.node = node
         self.local_rank = local_rank
@@ -128,7 +104,8 @@ class Engine:
         self.info: StageInfo | None = None
         self.generation = -1
         self.rank = -1
-        self._rank_of_node: dict[int, int] = {}
+        # The plan under which ``layers`` were last made complete (transfer sources refer to it).
+        self._layers_plan: Plan | None = None
         self._tied_pairs = tuple((t.source_layer, t.layer) for t in self.adapter.tied)
 
     def configure(
@@ -145,6 +122,7 @@ class Engine:
         self._start_generation(plan, generation, rank_of_node, store)
         held = self._held_layers()
         self.layers = {i: self.layers.get(i) or self._new_layer(i) for i in held}
+        self._layers_plan = plan
         self._barrier()
 
     def train_step(self, step: int) -> StepMetrics:
@@ -176,8 +154,7 @@ class Engine:
         loss_total, square_norm = totals.tolist()
         grad_norm = math.sqrt(square_norm)
         lr = learning_rate(step, job.steps, job.optim)
-        scale = clip_coefficient(grad_norm, job.optim.grad_clip)
-        adamw_update([self.layers[i] for i in sorted(self.layers)], lr, job.optim, scale)
+        self.apply_update(lr, grad_norm)
         return StepMetrics(
             step=step,
             generation=self.generation,
@@ -190,6 +167,16 @@ class Engine:
             pipeline=None if self.info is None else self.info.pipeline,
             sample_ids=sample_ids,
         )
+
+    def apply_update(self, lr: float, grad_norm: float) -> None:
+        """Clip by ``grad_norm`` and apply AdamW to every held layer (gradients already synchronised).
+
+        The last part of :meth:`train_step`; public so the elastic runtime can roll a step forward
+        on a rank whose final loss/norm all-reduce failed after another rank completed it (the
+        gradients here are then final; ``lr`` and ``grad_norm`` come from that rank's metrics).
+        """
+        scale = clip_coefficient(grad_norm, self.job.optim.grad_clip)
+        adamw_update([self.layers[i] for i in sorted(self.layers)], lr, self.job.optim, scale)
 
     def abort(self, reason: str = "aborted") -> None:
         """Destroy all process groups now; peers blocked on this rank fail and raise. Never raises."""
@@ -221,7 +208,9 @@ class Engine:
             ReconfigurationError: after the transfers this rank still lacks a layer it must hold.
             CommunicationError: the rendezvous or a transfer failed.
         """
-        old_plan = self.plan
+        # NOTE: the sources refer to the plan the held layers belong to, not to ``self.plan``,
+        # so a reconfigure that failed half-way can be retried with the same arguments.
+        old_plan = self._layers_plan
         start = time.perf_counter()
         self._start_generation(new_plan, generation, rank_of_node, store)
         self._barrier()
@@ -248,6 +237,7 @@ class Engine:
                 f"node {self.node} must hold layers {missing} under the new plan but no transfer brings them"
             )
         self.layers = {i: received.get(i) or self.layers[i] for i in held}
+        self._layers_plan = new_plan
         done = time.perf_counter()
         return ReconfigureTiming(
             rebuild_groups_s=groups_done - start,
@@ -303,7 +293,6 @@ class Engine:
         self.comm.init(prefixed, rank=self.rank, world_size=world_size, device=self.device)
         self.comm.new_groups(topology.group_rank_sets())
         self.plan, self.topology, self.generation = plan, topology, generation
-        self._rank_of_node = dict(rank_of_node)
         try:
             self.info = topology.stage_of_rank(self.rank)
         except KeyError:

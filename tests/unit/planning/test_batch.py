@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import time
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oobleck.errors import PlanningError
-from oobleck.planning.batch import distribute_batch
+from oobleck.planning.batch import _capacity, distribute_batch, microbatch_capacity
 from oobleck.planning.plan import PipelineTemplate, Stage
 
 
@@ -95,3 +96,27 @@ def test_large_instance_is_fast() -> None:
     elapsed = time.perf_counter() - start
     assert sum(counts) == 8192
     assert elapsed < 0.2
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.floats(min_value=0.0, max_value=50.0),
+    slope=st.sampled_from([0.0, 1e-9, 0.1, 0.25, 0.3, 1.0 / 3.0, 7.0]),
+    threshold=st.floats(min_value=0.0, max_value=100.0),
+    limit=st.integers(min_value=0, max_value=10_000),
+)
+def test_scalar_capacity_equals_the_vectorised_one(
+    base: float, slope: float, threshold: float, limit: int
+) -> None:
+    """The plain-float capacity used by the bisection gives exactly microbatch_capacity's answer."""
+    expected = microbatch_capacity(np.array([base]), np.array([slope]), threshold, limit)
+    assert _capacity(base, slope, threshold, limit) == int(expected[0])
+
+
+def test_equal_templates_split_alike_whether_shared_or_copied() -> None:
+    """Pipelines sharing one template object get the same counts as pipelines with equal copies."""
+    shapes = [[0.1, 0.3], [0.2, 0.2, 0.2], [0.05] * 4]
+    shared = [template(shapes[i % 3]) for i in range(3)] * 40
+    copied = [template(shapes[i % 3]) for i in range(120)]
+    assert distribute_batch(shared, 4000) == distribute_batch(copied, 4000)
+    assert sum(distribute_batch(shared, 4000)) == 4000

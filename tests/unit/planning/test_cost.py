@@ -263,3 +263,25 @@ def test_default_transfer_bandwidth_uses_every_nic_of_a_node() -> None:
     assert prediction.transfer_state_s == pytest.approx(8000 / (1000.0 * 2))
     assert prediction.detect_s == RecoveryConstants().disconnect_detect_s
     assert predict_recovery(make_plan(), [], HARDWARE).transfer_state_s == 0.0
+
+
+def test_process_group_count_matches_holder_tuples_over_mixed_templates() -> None:
+    """Counting per distinct template equals counting distinct Plan.holders tuples, copies included."""
+    base = make_plan()
+    shared = base.pipelines[0].template
+    copy = PipelineTemplate.from_dict(shared.to_dict())
+    other = base.pipelines[1].template
+    pipelines = (
+        Pipeline(template=shared, nodes=(10, 11), microbatches=2),
+        Pipeline(template=copy, nodes=(12, 13), microbatches=2),
+        Pipeline(template=other, nodes=(14,), microbatches=2),
+        Pipeline(template=shared, nodes=(15, 16), microbatches=2),
+    )
+    plan = Plan(
+        pipelines=pipelines, global_microbatches=8, microbatch_size=1, fault_tolerance=3, iteration_time_s=1
+    )
+    layers = shared.num_layers
+    expected = len({plan.holders(layer) for layer in range(layers)}) + sum(
+        p.template.num_stages - 1 for p in pipelines
+    )
+    assert process_group_count(plan) == expected

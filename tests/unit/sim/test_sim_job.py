@@ -96,3 +96,15 @@ def test_an_unrelated_event_does_not_restart_a_recovery(
     row = joined.result("checkpoint")
     assert row.recoveries["restart"] == 1
     assert row.recovery_durations_s[0] == pytest.approx(single.recovery_durations_s[0])
+
+
+def test_oobleck_falls_back_to_a_checkpoint_when_more_than_f_fail_at_once(
+    small_config: SimulationConfig, tmp_path: Path
+) -> None:
+    """Two simultaneous losses with f=1 make oobleck restart from its checkpoint instead of reconfiguring."""
+    result = _run(small_config, tmp_path, "3600000,remove,node0\n3600000,remove,node9\n", "oobleck")
+    row = result.result("oobleck")
+    assert row.recoveries == {"restart": 1}
+    # No checkpoint was written in the first hour (period 6 h), so the whole hour is redone.
+    assert row.breakdown_s["lost"] == pytest.approx(3600.0)
+    assert row.breakdown_s["checkpoint"] == 0.0

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from oobleck.viz.execute import README_TAG, CurrentInterpreterKernelManager, comparable_outputs, readme_figure
+from oobleck.viz.execute import (
+    README_TAG,
+    CurrentInterpreterKernelManager,
+    comparable_outputs,
+    is_measured,
+    output_shape,
+    readme_figure,
+)
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
 
@@ -70,3 +77,11 @@ def test_readme_figure_is_the_tagged_cells_png() -> None:
     other = new_code_cell("g", outputs=[_figure_output("fig", b"other")])
     assert readme_figure(new_notebook(cells=[other, tagged])) == PNG
     assert readme_figure(new_notebook(cells=[other])) is None
+
+
+def test_output_shape_drops_only_the_text_and_measured_flag_is_read_from_metadata() -> None:
+    """Shapes keep kinds, stream names and MIME types; the measured flag lives in notebook metadata."""
+    cells = [[("stream", "stdout", "12 ms\n"), ("display_data", "image/png", "text/plain", "<Figure>")]]
+    assert output_shape(cells) == [[("stream", "stdout"), ("display_data", "image/png", "text/plain")]]
+    assert is_measured(new_notebook(metadata={"oobleck": {"measured": True}}))
+    assert not is_measured(new_notebook())

@@ -40,7 +40,9 @@ def _run(step_times: list[tuple[int, float]]) -> RecordedRun:
         steps.append(
             StepRecord(step=index, generation=generation, loss=1.0, samples=8, tokens=8, step_s=step_s, t=t)
         )
-    failure = MembershipRecord(generation=1, lost=(2, 3), joined=(), failure_at=12.5, detected_at=12.6)
+    failure = MembershipRecord(
+        generation=1, members=(0, 1), lost=(2, 3), joined=(), failure_at=12.5, detected_at=12.6
+    )
     return RecordedRun(
         run_dir=Path("runs/x"), steps=tuple(steps), recoveries=(MEASURED,), memberships=(failure,)
     )

@@ -1,0 +1,46 @@
+"""What the engine reports: per-step metrics and measured reconfiguration phases.
+
+Plain data with ``to_dict`` for ``metrics.jsonl``; the phase names match the planning core's
+predicted recovery (``rebuild_groups``, ``transfer_state``) so prediction and measurement line up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class StepMetrics:
+    """What one step did, identical on every rank except ``sample_ids``."""
+
+    step: int
+    generation: int
+    loss: float
+    """Mean token cross-entropy over the whole global batch."""
+    grad_norm: float
+    """Global gradient norm before clipping (each layer and each tied weight counted once)."""
+    lr: float
+    samples: int
+    tokens: int
+    step_s: float
+    pipeline: int | None
+    """This rank's pipeline index (None for a rank without a stage)."""
+    sample_ids: tuple[int, ...]
+    """Samples this rank's pipeline consumed (recorded on its first stage only, else empty)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconfigureTiming:
+    """Measured phases of one :meth:`Engine.reconfigure` (phase names as the planning core's)."""
+
+    rebuild_groups_s: float
+    transfer_state_s: float
+    bytes_sent: int
+    bytes_received: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,390 @@
+"""Predict a recorded run: calibrate the recovery constants, plan the recovery, simulate the timeline.
+
+The predictions are made with the same code the runtime plans with (:class:`Planner`) and the
+simulator (:func:`~oobleck.sim.simulation.simulate`), fed with the profile the runtime measured, so
+the only things a prediction can get wrong are the cost model and its constants.
+
+Assumptions:
+    * Calibration runs and the run being predicted are different runs of the same job on the same
+      machine: constants are fitted on the first and tested on the second, never on the run itself.
+    * All calibration runs lose nodes from the same cluster size, so they build about the same
+      number of process groups; the fixed and the per-group part of the rebuild cost cannot be told
+      apart from them, and the whole measured cost is put in the fixed part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from oobleck.errors import ConfigError
+from oobleck.planning.cost import RecoveryConstants, plan_iteration_time_s, stage_latency_s
+from oobleck.planning.hardware import HardwareSpec
+from oobleck.planning.plan import Plan
+from oobleck.planning.planner import Planner
+from oobleck.planning.profile import ModelProfile
+from oobleck.sim.config import SimulationConfig
+from oobleck.sim.costs import SimCosts
+from oobleck.sim.simulation import SimulationResult, simulate
+from oobleck.viz.recovery import PredictionError, compare_phases, failure_trace, steady_step_s
+from oobleck.viz.runs import RecordedRun, RecoveryRecord
+
+_SECONDS_PER_HOUR = 3600.0
+_NO_COST = 1e12
+"""A bandwidth scale that makes every transfer free: prices the compute part of a step alone."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepCalibration:
+    """Two measured corrections of the step-time model, fitted on calibration runs.
+
+    The profile is measured one layer at a time in one otherwise idle process, while the job runs
+    several workers that share the machine's cores and pay per-message latencies the bandwidth
+    figures do not show. ``compute_scale`` multiplies every profiled compute time and
+    ``bandwidth_scale`` every link bandwidth of the hardware spec, so the cost model's own formula
+    (1F1B time of the slowest pipeline plus the gradient all-reduce) prices the job as it ran.
+    """
+
+    compute_scale: float
+    """Compute time in the running job over the profiled compute time, per unit of core sharing."""
+    bandwidth_scale: float
+    """Effective bandwidth in the running job over the hardware spec's (latency included)."""
+    shared_cores: int | None = None
+    """When every node of the job is a worker process on one machine with this many cores (the
+    local test cluster), compute slows down by ``max(1, nodes / shared_cores)``: losing a node then
+    also frees CPU for the survivors. ``None``: nodes are separate machines."""
+
+    def sharing(self, plan: Plan) -> float:
+        """The compute slow-down from core sharing under ``plan`` (1 for separate machines)."""
+        return 1.0 if self.shared_cores is None else max(1.0, len(plan.nodes) / self.shared_cores)
+
+    def step_s(self, plan: Plan, profile: ModelProfile, hardware: HardwareSpec) -> float:
+        """The step time of ``plan``'s pipelines with calibrated compute times and bandwidths."""
+        scale = self.compute_scale * self.sharing(plan)
+        return repriced_step_s(plan, profile, hardware, scale, self.bandwidth_scale)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunPrediction:
+    """What the cost model predicts for a recorded run's failure."""
+
+    plan: Plan
+    """The plan on the run's initial nodes."""
+    new_plan: Plan
+    """The plan after the run's first loss."""
+    phases_s: dict[str, float]
+    """Predicted seconds per recovery phase (``RecoveryPrediction.to_dict()`` keys)."""
+    step_before_s: float
+    """Predicted steady step time of ``plan``."""
+    step_after_s: float
+    """Predicted steady step time of ``new_plan`` (also the ``first_step`` phase)."""
+
+
+def calibrate_constants(
+    recoveries: Sequence[RecoveryRecord], base: RecoveryConstants | None = None
+) -> RecoveryConstants:
+    """Recovery constants fitted to measured recoveries: the median of each measured phase.
+
+    Only the constants of phases that do not scale with the model are fitted: ``disconnect_detect_s``
+    (detect), ``plan_s`` (plan) and ``rebuild_groups_fixed_s`` (rebuild groups, with the per-group
+    cost set to 0, see the module's assumptions); ``transfer_bandwidth_bytes_per_s`` when the runs
+    moved state. The first step is predicted from the profile, not calibrated.
+
+    Args:
+        recoveries: Measured recoveries from calibration runs (not from the run to predict).
+        base: Constants to start from (default: the documented defaults).
+
+    Returns:
+        The calibrated constants.
+
+    Raises:
+        ConfigError: no recoveries, or one that lacks a phase.
+    """
+    if not recoveries:
+        raise ConfigError("calibrate_constants: give at least one measured recovery from a calibration run")
+    needed = ("detect", "plan", "rebuild_groups", "transfer_state")
+    for record in recoveries:
+        missing = [name for name in needed if name not in record.phases_s]
+        if missing:
+            raise ConfigError(f"calibrate_constants: a recovery lacks phase(s) {missing}")
+
+    def median(name: str) -> float:
+        return statistics.median(record.phases_s[name] for record in recoveries)
+
+    moved = sum(record.transfer_bytes for record in recoveries)
+    seconds = sum(record.phases_s["transfer_state"] for record in recoveries)
+    bandwidth = moved / seconds if moved > 0 and seconds > 0 else None
+    base = base or RecoveryConstants()
+    return dataclasses.replace(
+        base,
+        disconnect_detect_s=median("detect"),
+        plan_s=median("plan"),
+        rebuild_groups_fixed_s=median("rebuild_groups"),
+        rebuild_groups_per_group_s=0.0,
+        transfer_bandwidth_bytes_per_s=bandwidth or base.transfer_bandwidth_bytes_per_s,
+    )
+
+
+def scaled_profile(profile: ModelProfile, compute_scale: float) -> ModelProfile:
+    """``profile`` with every layer's forward and backward time multiplied by ``compute_scale``."""
+    return dataclasses.replace(
+        profile,
+        layers=tuple(
+            dataclasses.replace(
+                layer, forward_s=layer.forward_s * compute_scale, backward_s=layer.backward_s * compute_scale
+            )
+            for layer in profile.layers
+        ),
+    )
+
+
+def repriced_step_s(
+    plan: Plan, profile: ModelProfile, hardware: HardwareSpec, compute_scale: float, bandwidth_scale: float
+) -> float:
+    """Step time of ``plan``'s pipelines (same stages, same batch split) under scaled costs.
+
+    Args:
+        plan: A plan (its stages and microbatch counts are kept).
+        profile: The profile it was planned with.
+        hardware: The hardware it was planned for.
+        compute_scale: Factor on every layer's forward and backward time.
+        bandwidth_scale: Factor on the intra- and inter-node bandwidths.
+
+    Returns:
+        Seconds: the slowest pipeline's 1F1B time plus the gradient all-reduce.
+    """
+    scaled = scaled_profile(profile, compute_scale)
+    links = dataclasses.replace(
+        hardware,
+        intra_node_bandwidth_bytes_per_s=hardware.intra_node_bandwidth_bytes_per_s * bandwidth_scale,
+        inter_node_bandwidth_bytes_per_s=hardware.inter_node_bandwidth_bytes_per_s * bandwidth_scale,
+    )
+    pipelines = []
+    for pipeline in plan.pipelines:
+        stages = pipeline.template.stages
+        repriced = []
+        for index, stage in enumerate(stages):
+            send = (
+                "none"
+                if index == len(stages) - 1
+                else "intra"
+                if stages[index + 1].node == stage.node
+                else "inter"
+            )
+            latency = stage_latency_s(scaled, links, stage.first_layer, stage.end_layer, stage.gpus, send)
+            repriced.append(dataclasses.replace(stage, latency_s=latency))
+        template = dataclasses.replace(pipeline.template, stages=tuple(repriced))
+        pipelines.append(dataclasses.replace(pipeline, template=template))
+    return plan_iteration_time_s(pipelines, scaled, links)
+
+
+def calibrate_step_model(
+    observations: Sequence[tuple[Plan, float]],
+    profile: ModelProfile,
+    hardware: HardwareSpec,
+    *,
+    shared_cores: int | None = None,
+) -> StepCalibration:
+    """Least-squares fit of :class:`StepCalibration` to measured steady step times.
+
+    The model's step time is ``compute_scale * sharing * A + B / bandwidth_scale`` for a plan whose
+    compute part is ``A`` and communication part ``B`` (both priced by the cost model) and whose
+    core sharing is ``sharing`` (see :class:`StepCalibration`), so the two factors come from a
+    linear fit; with fewer than two distinct plans, or a fit that would make communication free or
+    negative, only the compute factor is fitted.
+
+    Args:
+        observations: ``(plan, measured steady step seconds)`` pairs from calibration runs.
+        profile: The profile the plans were made with.
+        hardware: The hardware spec they were made for.
+        shared_cores: Cores all nodes share when they are processes of one machine (``None``:
+            separate machines).
+
+    Returns:
+        The calibration.
+
+    Raises:
+        ConfigError: no observations.
+    """
+    if not observations:
+        raise ConfigError("calibrate_step_model: give at least one (plan, measured step time) pair")
+    sharing = StepCalibration(compute_scale=1.0, bandwidth_scale=1.0, shared_cores=shared_cores).sharing
+    plans = [plan for plan, _ in observations]
+    bare = np.array([repriced_step_s(plan, profile, hardware, 1.0, _NO_COST) for plan in plans])
+    comm = np.array([repriced_step_s(plan, profile, hardware, 1.0, 1.0) for plan in plans]) - bare
+    compute = bare * np.array([sharing(plan) for plan in plans])
+    measured = np.array([seconds for _, seconds in observations])
+    (scale, inverse_bandwidth), *_ = np.linalg.lstsq(np.column_stack([compute, comm]), measured, rcond=None)
+    if len({round(c, 12) for c in compute}) < 2 or inverse_bandwidth <= 0 or scale <= 0:
+        inverse_bandwidth = 1.0
+        scale = float(np.dot(compute, measured - comm) / np.dot(compute, compute))
+    return StepCalibration(
+        compute_scale=float(scale), bandwidth_scale=float(1.0 / inverse_bandwidth), shared_cores=shared_cores
+    )
+
+
+def step_observations(runs: Sequence[RecordedRun], planner: Planner) -> list[tuple[Plan, float]]:
+    """Each calibration run's plans before and after its first loss, with their measured step times.
+
+    Args:
+        runs: Calibration runs, each with one failure and steady steps on both sides of it.
+        planner: The job's planner (reproduces the plans the runtime executed).
+
+    Returns:
+        ``(plan, median steady step seconds)`` pairs, two per run, for :func:`calibrate_step_model`.
+    """
+    observations = []
+    for run in runs:
+        before = planner.plan(run.initial_nodes)
+        after = planner.reconfigure(before, lost_nodes=run.failures[0].lost).plan
+        observations.append((before, steady_step_s(run, generation=0)))
+        observations.append((after, steady_step_s(run, generation=run.failures[0].generation)))
+    return observations
+
+
+def calibration_summary(constants: RecoveryConstants, steps: StepCalibration) -> str:
+    """The calibrated constants, one per line, next to their documented defaults.
+
+    Args:
+        constants: From :func:`calibrate_constants`.
+        steps: From :func:`calibrate_step_model`.
+
+    Returns:
+        Printable text.
+    """
+    default = RecoveryConstants()
+    rows = [
+        ("disconnect_detect_s", constants.disconnect_detect_s, default.disconnect_detect_s),
+        ("plan_s", constants.plan_s, default.plan_s),
+        ("rebuild_groups_fixed_s", constants.rebuild_groups_fixed_s, default.rebuild_groups_fixed_s),
+        (
+            "rebuild_groups_per_group_s",
+            constants.rebuild_groups_per_group_s,
+            default.rebuild_groups_per_group_s,
+        ),
+        ("compute_scale", steps.compute_scale, 1.0),
+        ("bandwidth_scale", steps.bandwidth_scale, 1.0),
+        ("shared_cores", steps.shared_cores or 0, 0),
+    ]
+    return "\n".join(f"{name:<28} {value:>10.4g}   (default {fallback:g})" for name, value, fallback in rows)
+
+
+def prediction_errors(run: RecordedRun, predicted: RunPrediction) -> tuple[PredictionError, ...]:
+    """Every predicted quantity of a run next to its measurement: phases, total, steady steps.
+
+    Args:
+        run: The recorded run (its first recovery and the generations around it).
+        predicted: From :func:`predict_run`.
+
+    Returns:
+        The phases and their total (:func:`~oobleck.viz.recovery.compare_phases`), then
+        ``step_before`` and ``step_after``.
+    """
+    generation = run.failures[0].generation
+    return (
+        *compare_phases(predicted.phases_s, run.recoveries[0]),
+        PredictionError(
+            name="step_before",
+            predicted_s=predicted.step_before_s,
+            measured_s=steady_step_s(run, generation=0),
+        ),
+        PredictionError(
+            name="step_after",
+            predicted_s=predicted.step_after_s,
+            measured_s=steady_step_s(run, generation=generation),
+        ),
+    )
+
+
+def predict_run(
+    run: RecordedRun,
+    planner: Planner,
+    constants: RecoveryConstants,
+    steps: StepCalibration | None = None,
+) -> RunPrediction:
+    """Plan the run's nodes, reconfigure after its first loss, and predict the phases and step times.
+
+    Args:
+        run: A recorded run with a failure.
+        planner: The job's planner (same profile, hardware, f and batch as the runtime used), so
+            the plans are the ones the runtime executed.
+        constants: Recovery constants (e.g. from :func:`calibrate_constants` on other runs).
+        steps: Step-time calibration (from :func:`calibrate_step_model` on other runs); ``None``
+            prices steps with the profile and hardware spec as they are.
+
+    Returns:
+        The prediction; its ``first_step`` phase is the predicted step time after the recovery.
+
+    Raises:
+        ConfigError: the run recorded no failure or no membership.
+        PlanningError: the planner cannot plan the run's nodes.
+    """
+    if not run.failures:
+        raise ConfigError(f"{run.run_dir}: the master recorded no failure; nothing to predict")
+    plan = planner.plan(run.initial_nodes)
+    change = planner.reconfigure(plan, lost_nodes=run.failures[0].lost)
+    steps = steps or StepCalibration(compute_scale=1.0, bandwidth_scale=1.0)
+    before = steps.step_s(plan, planner.profile, planner.hardware)
+    after = steps.step_s(change.plan, planner.profile, planner.hardware)
+    phases = planner.predict_recovery(change, constants).to_dict()
+    phases["total"] += after - phases["first_step"]
+    phases["first_step"] = after
+    return RunPrediction(
+        plan=plan, new_plan=change.plan, phases_s=phases, step_before_s=before, step_after_s=after
+    )
+
+
+def simulate_run(
+    run: RecordedRun,
+    profile: ModelProfile,
+    planner: Planner,
+    constants: RecoveryConstants,
+    steps: StepCalibration | None = None,
+) -> SimulationResult:
+    """Replay the run's failures in the simulator, with the oobleck policy only.
+
+    Writes ``<run_dir>/trace.csv`` (the same nodes removed at the same time after the first step
+    started) and ``<run_dir>/simulated-profile.json``; the simulated duration ends with the run's
+    last step. The simulator takes a catalogue hardware *name*, so a bandwidth calibration cannot
+    reach it: instead the profile's compute times are scaled so that the simulator's step time of
+    the run's initial plan equals the calibrated model's (exact before the failure, approximate
+    after it).
+
+    Args:
+        run: A recorded run with a failure.
+        profile: The profile the runtime planned with.
+        planner: The job's planner (supplies hardware, f and the batch).
+        constants: Recovery constants the simulator charges.
+        steps: Step-time calibration (``None``: the profile as measured).
+
+    Returns:
+        The simulation result.
+    """
+    folder = Path(run.run_dir)
+    (folder / "trace.csv").write_text(failure_trace(run))
+    scale = 1.0
+    if steps is not None:
+        plan = planner.plan(run.initial_nodes)
+        compute = repriced_step_s(plan, profile, planner.hardware, 1.0, _NO_COST)
+        comm = repriced_step_s(plan, profile, planner.hardware, 1.0, 1.0) - compute
+        scale = (steps.step_s(plan, profile, planner.hardware) - comm) / compute
+    scaled = scaled_profile(profile, scale)
+    scaled.save(folder / "simulated-profile.json")
+    config = SimulationConfig(
+        nodes=len(run.initial_nodes),
+        hours=(run.steps[-1].t - run.start_t) / _SECONDS_PER_HOUR,
+        model=str(folder / "simulated-profile.json"),
+        hardware=planner.hardware.name,
+        policies=("oobleck",),
+        trace=str(folder / "trace.csv"),
+        fault_tolerance=planner.fault_tolerance,
+        global_microbatches=planner.global_microbatches,
+        microbatch_size=planner.microbatch_size,
+        costs=SimCosts(recovery=constants),
+    )
+    return simulate(config)

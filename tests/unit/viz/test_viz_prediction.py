@@ -1,0 +1,117 @@
+"""Tests of predicting a recorded run: calibration fits, repricing, recovery prediction, replay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from oobleck.errors import ConfigError
+from oobleck.planning.catalogue import analytic_profile
+from oobleck.planning.cost import RecoveryConstants
+from oobleck.planning.hardware import get_hardware
+from oobleck.planning.planner import Planner
+from oobleck.viz.prediction import (
+    StepCalibration,
+    calibrate_constants,
+    calibrate_step_model,
+    calibration_summary,
+    predict_run,
+    prediction_errors,
+    repriced_step_s,
+    simulate_run,
+)
+from oobleck.viz.runs import MembershipRecord, RecordedRun, RecoveryRecord, StepRecord
+
+HARDWARE = get_hardware("cpu")
+PROFILE = analytic_profile("tiny-gpt2", HARDWARE, microbatch_size=2)
+PHASES = {"detect": 0.01, "plan": 0.04, "rebuild_groups": 0.02, "transfer_state": 0.0, "first_step": 0.03}
+
+
+@pytest.fixture(scope="module")
+def planner() -> Planner:
+    return Planner(
+        PROFILE, HARDWARE, fault_tolerance=1, global_microbatches=8, microbatch_size=2, max_nodes=4
+    )
+
+
+def _run(tmp_path: Path, step_s: tuple[float, float]) -> RecordedRun:
+    steps = tuple(
+        StepRecord(
+            step=i,
+            generation=int(i >= 5),
+            loss=1.0,
+            samples=16,
+            tokens=512,
+            step_s=step_s[i >= 5],
+            t=10.0 + i,
+        )
+        for i in range(10)
+    )
+    memberships = (
+        MembershipRecord(
+            generation=0, members=(0, 1, 2, 3), lost=(), joined=(), failure_at=0.0, detected_at=9.0
+        ),
+        MembershipRecord(
+            generation=1, members=(0, 1, 2), lost=(3,), joined=(), failure_at=14.5, detected_at=14.5
+        ),
+    )
+    recovery = RecoveryRecord(phases_s=PHASES, lost=(3,))
+    return RecordedRun(run_dir=tmp_path, steps=steps, recoveries=(recovery,), memberships=memberships)
+
+
+def test_constants_are_the_median_of_each_measured_phase() -> None:
+    """Detect, plan and the whole rebuild cost come from the medians; other constants stay."""
+    records = [RecoveryRecord(phases_s={**PHASES, "plan": plan}) for plan in (0.01, 0.03, 0.5)]
+    constants = calibrate_constants(records)
+    assert (constants.disconnect_detect_s, constants.plan_s) == (0.01, 0.03)
+    assert (constants.rebuild_groups_fixed_s, constants.rebuild_groups_per_group_s) == (0.02, 0.0)
+    assert constants.restart_s == RecoveryConstants().restart_s
+    assert "plan_s" in calibration_summary(constants, StepCalibration(compute_scale=1.0, bandwidth_scale=1.0))
+    with pytest.raises(ConfigError, match="at least one"):
+        calibrate_constants([])
+
+
+def test_repricing_at_unit_scales_reproduces_the_planned_step_time(planner: Planner) -> None:
+    """Scales of 1 give back the planner's own step time; doubling compute doubles the compute part."""
+    plan = planner.plan(range(4))
+    assert repriced_step_s(plan, PROFILE, HARDWARE, 1.0, 1.0) == pytest.approx(plan.iteration_time_s)
+    compute = repriced_step_s(plan, PROFILE, HARDWARE, 1.0, 1e12)
+    assert repriced_step_s(plan, PROFILE, HARDWARE, 2.0, 1e12) == pytest.approx(2 * compute)
+
+
+def test_step_model_recovers_known_factors_from_exact_observations(planner: Planner) -> None:
+    """Step times generated with known factors and core sharing are fitted back exactly."""
+    truth = StepCalibration(compute_scale=0.3, bandwidth_scale=0.05, shared_cores=2)
+    plans = [planner.plan(range(4)), planner.plan(range(3)), planner.plan(range(2))]
+    observations = [(plan, truth.step_s(plan, PROFILE, HARDWARE)) for plan in plans]
+    fitted = calibrate_step_model(observations, PROFILE, HARDWARE, shared_cores=2)
+    assert fitted.compute_scale == pytest.approx(0.3)
+    assert fitted.bandwidth_scale == pytest.approx(0.05)
+    assert truth.sharing(plans[0]) == 2.0 and truth.sharing(plans[2]) == 1.0
+
+
+def test_prediction_follows_the_runs_failure_and_compares_everything(
+    planner: Planner, tmp_path: Path
+) -> None:
+    """The prediction reconfigures after the recorded loss and lines up with every measured quantity."""
+    run = _run(tmp_path, (0.02, 0.025))
+    steps = StepCalibration(compute_scale=0.5, bandwidth_scale=1.0)
+    predicted = predict_run(run, planner, calibrate_constants(run.recoveries), steps)
+    assert predicted.new_plan.nodes == (0, 1, 2)
+    assert predicted.phases_s["first_step"] == predicted.step_after_s
+    assert predicted.phases_s["total"] == pytest.approx(
+        sum(v for k, v in predicted.phases_s.items() if k != "total")
+    )
+    errors = prediction_errors(run, predicted)
+    assert [e.name for e in errors][-3:] == ["total", "step_before", "step_after"]
+    assert errors[-1].measured_s == pytest.approx(0.025)
+
+
+def test_replay_removes_the_lost_node_at_the_recorded_time(planner: Planner, tmp_path: Path) -> None:
+    """The simulator sees one loss of node 3 at 4.52 s after the first step started (at 9.98 s)."""
+    run = _run(tmp_path, (0.02, 0.025))
+    result = simulate_run(run, PROFILE, planner, calibrate_constants(run.recoveries))
+    (event,) = result.trace.events
+    assert (event.time_s, event.lost) == (pytest.approx(4.52), (3,))
+    assert (tmp_path / "trace.csv").read_text() == "4520,remove,node3\n"
