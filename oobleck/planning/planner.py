@@ -76,15 +76,20 @@ class Planner:
             ConfigError: duplicate node ids.
             PlanningError: fewer than ``(f + 1) * n0`` nodes, or no combination fits.
         """
-        return instantiate(
-            self.templates,
-            node_ids,
-            fault_tolerance=self.fault_tolerance,
-            global_microbatches=self.global_microbatches,
-            microbatch_size=self.microbatch_size,
-            profile=self.profile,
-            hardware=self.hardware,
-        )
+        return self._instantiate(node_ids, self.fault_tolerance)
+
+    def restart_plan(self, node_ids: Sequence[int]) -> Plan:
+        """The plan to restart from a checkpoint on these nodes, when reconfiguration is impossible.
+
+        A restart keeps the job going with less redundancy rather than not at all: the plan keeps
+        the largest fault tolerance ``f' <= f`` that ``(f' + 1) * n0 <= len(node_ids)`` allows.
+
+        Raises:
+            ConfigError: duplicate node ids.
+            PlanningError: fewer than ``n0`` nodes, or no combination fits.
+        """
+        tolerance = min(self.fault_tolerance, len(node_ids) // self.min_nodes - 1)
+        return self._instantiate(node_ids, max(0, tolerance))
 
     def reconfigure(
         self, plan: Plan, lost_nodes: Sequence[int] = (), joined_nodes: Sequence[int] = ()
@@ -109,3 +114,14 @@ class Planner:
     ) -> RecoveryPrediction:
         """Predicted seconds per recovery phase for ``reconfiguration`` on this hardware."""
         return predict_recovery(reconfiguration.plan, reconfiguration.transfers, self.hardware, constants)
+
+    def _instantiate(self, node_ids: Sequence[int], fault_tolerance: int) -> Plan:
+        return instantiate(
+            self.templates,
+            node_ids,
+            fault_tolerance=fault_tolerance,
+            global_microbatches=self.global_microbatches,
+            microbatch_size=self.microbatch_size,
+            profile=self.profile,
+            hardware=self.hardware,
+        )

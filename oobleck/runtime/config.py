@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from oobleck.errors import ConfigError
+from oobleck.planning.hardware import HARDWARE, HardwareSpec
 
 ARCHITECTURES: tuple[str, ...] = ("gpt2", "llama", "opt")
 DATA_KINDS: tuple[str, ...] = ("pydoc", "tokens", "hf")
@@ -164,6 +165,9 @@ class JobConfig:
     """Checkpoint settings."""
     hardware: str = "cpu"
     """Planning-core hardware name (``oobleck.planning.hardware.HARDWARE``)."""
+    device_memory_bytes: int | None = None
+    """Plan for this much memory per device instead of the hardware entry's: leaves room for other
+    work on the device, or forces deeper pipelines (a larger n0) for a small model in tests."""
     profile: Literal["analytic", "measured"] = "analytic"
     """``analytic``: estimate layer costs from parameter counts; ``measured``: run the profiler."""
 
@@ -182,6 +186,18 @@ class JobConfig:
             )
         if self.profile not in ("analytic", "measured"):
             raise ConfigError(f"profile: expected 'analytic' or 'measured', got {self.profile!r}")
+        if self.hardware not in HARDWARE:
+            choices = ", ".join(HARDWARE)
+            raise ConfigError(f"hardware: unknown entry {self.hardware!r}; choose one of: {choices}")
+        if self.device_memory_bytes is not None:
+            _positive_int("device_memory_bytes", self.device_memory_bytes)
+
+    def hardware_spec(self) -> HardwareSpec:
+        """The hardware entry the planner prices this job with, ``device_memory_bytes`` applied."""
+        spec = HARDWARE[self.hardware]
+        if self.device_memory_bytes is None:
+            return spec
+        return dataclasses.replace(spec, gpu_memory_bytes=self.device_memory_bytes)
 
     @property
     def global_microbatches(self) -> int:

@@ -36,18 +36,18 @@ from typing import Any
 
 import torch.distributed as dist
 
-from oobleck.errors import PlanningError, ReconfigurationError
-from oobleck.planning.hardware import get_hardware
+from oobleck.errors import OobleckError, PlanningError, ReconfigurationError
 from oobleck.planning.plan import Plan
+from oobleck.planning.planner import Planner
 from oobleck.planning.profile import ModelProfile
 from oobleck.runtime.config import JobConfig, load_job_config
 from oobleck.runtime.control.agent import NODE_ENV
-from oobleck.runtime.control.checkpoint import latest_complete, write_shard
+from oobleck.runtime.control.checkpoint import Checkpoint, latest_complete, write_shard
 from oobleck.runtime.control.link import WorkerLink
 from oobleck.runtime.control.membership import Membership
 from oobleck.runtime.control.records import append_jsonl
 from oobleck.runtime.control.sever import sever_tcp_connections
-from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_profile
+from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_planner, job_profile
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class ElasticLoop:
         self.plan: Plan | None = None
         self.generation = -1
         self.next_step = 0
-        self._planner: Any = None
+        self._planner: Planner | None = None
         self._recovery: dict[str, Any] | None = None
         self._last: dict[str, Any] | None = None
 
@@ -97,6 +97,13 @@ class ElasticLoop:
         self._abort(f"generation {membership.generation}: {membership.reason}")
 
     def _abort(self, reason: str) -> None:
+        """Destroy this generation's groups and cut their sockets.
+
+        Called on a failure notice, at a step boundary before a join, and after any communication
+        error: a peer blocked on *this* rank (e.g. further along a gloo ring from the rank that
+        failed first) then fails at once too, so the cascade reaches every rank in milliseconds
+        instead of after the collective timeout.
+        """
         self.engine.abort(reason)
         # NOTE: the store connection is cut too: a rank blocked in a rendezvous read (waiting for a
         # peer that died) wakes up at once; every generation then starts on a fresh store client.
@@ -133,7 +140,8 @@ class ElasticLoop:
                 if not self._aborted(exc):
                     raise
                 logger.warning("[node %d step=%d] %s", self.node, self.next_step, exc)
-                self._await_change()
+                self._abort(str(exc))
+                self._await_change(self.generation)
                 continue
             self._record_step(metrics)
             self.next_step += 1
@@ -150,18 +158,20 @@ class ElasticLoop:
 
     def _aborted(self, exc: Exception) -> bool:
         """Whether ``exc`` is the fallout of a failure: a communication error, or anything an abort
-        from the link thread caused mid-call (its groups vanished under the training thread)."""
+        from the link thread caused mid-call (its groups vanished under the training thread).
+        A planning or config error is never one: retrying cannot fix it."""
+        if isinstance(exc, OobleckError):
+            return False
         return isinstance(exc, CommunicationError) or self.engine.comm.error is not None
 
-    def _await_change(self) -> None:
-        if self.link.wait_newer(self.generation, QUIET_ERROR_WAIT_S) is not None:
+    def _await_change(self, generation: int) -> None:
+        """Wait for a generation newer than ``generation``; ask the master for one if none comes."""
+        if self.link.wait_newer(generation, QUIET_ERROR_WAIT_S) is not None:
             return
         logger.warning("[node %d] communication error without a notice; asking for a regroup", self.node)
-        self.link.request_regroup(self.generation)
-        if self.link.wait_newer(self.generation, BARRIER_TIMEOUT_S) is None:
-            raise RuntimeError(
-                f"no new generation after a communication error at generation {self.generation}"
-            )
+        self.link.request_regroup(generation)
+        if self.link.wait_newer(generation, BARRIER_TIMEOUT_S) is None:
+            raise RuntimeError(f"no new generation after a communication error at generation {generation}")
 
     # ------------------------------------------------------------------ generations
     def _barrier(self, target: Membership) -> list[dict[str, Any]] | None:
@@ -202,10 +212,13 @@ class ElasticLoop:
         timing: dict[str, Any] = {}
         try:
             if not survivors:
-                self.plan = planner.plan(target.members)
+                checkpoint = latest_complete(self.ckpt_dir, self.engine.adapter.num_layers)
+                # NOTE: a re-run that resumes may have fewer nodes than the first run had.
+                make_plan = planner.plan if checkpoint is None else planner.restart_plan
+                self.plan = make_plan(target.members)
                 plan_ready = time.time()
                 self.engine.configure(self.plan, target.generation, rank_of_node, self.store)
-                self.next_step = self._resume_from_checkpoint()
+                self.next_step = self._resume_from(checkpoint)
             else:
                 committed = Plan.from_dict(survivors[0]["plan"], gpus_per_node=target.slots)
                 ahead = max(survivors, key=lambda s: s["step"])
@@ -221,7 +234,8 @@ class ElasticLoop:
             if not self._aborted(exc):
                 raise
             logger.warning("[node %d] regroup at generation %d failed: %s", self.node, target.generation, exc)
-            self._await_change()
+            self._abort(str(exc))
+            self._await_change(target.generation)
             return False
         self.generation = target.generation
         if target.generation > 0:
@@ -247,7 +261,7 @@ class ElasticLoop:
         return True
 
     def _reconfigure(
-        self, planner: Any, committed: Plan, target: Membership, rank_of_node: dict[int, int]
+        self, planner: Planner, committed: Plan, target: Membership, rank_of_node: dict[int, int]
     ) -> tuple[float, dict[str, Any]]:
         lost = tuple(n for n in committed.nodes if n not in target.members)
         joined = tuple(n for n in target.members if n not in committed.nodes)
@@ -257,13 +271,8 @@ class ElasticLoop:
             return self._restart_from_checkpoint(planner, target, rank_of_node, exc)
         self.plan = change.plan
         plan_ready = time.time()
-        if self.engine._layers_plan is None:
-            # NOTE: a joining node holds no layers, but the engine locates transfer sources in the
-            # plan its layers came from; the committed plan is exactly that for every source.
-            # TODO(engine): take the source plan as a reconfigure() argument instead.
-            self.engine._layers_plan = committed
         measured = self.engine.reconfigure(
-            change.plan, change.transfers, target.generation, rank_of_node, self.store
+            change.plan, change.transfers, target.generation, rank_of_node, self.store, source_plan=committed
         )
         return plan_ready, {
             "restart": False,
@@ -275,7 +284,7 @@ class ElasticLoop:
         }
 
     def _restart_from_checkpoint(
-        self, planner: Any, target: Membership, rank_of_node: dict[int, int], cause: Exception
+        self, planner: Planner, target: Membership, rank_of_node: dict[int, int], cause: Exception
     ) -> tuple[float, dict[str, Any]]:
         checkpoint = latest_complete(self.ckpt_dir, self.engine.adapter.num_layers)
         if checkpoint is None:
@@ -286,7 +295,7 @@ class ElasticLoop:
         logger.warning(
             "[node %d] %s; restarting from the checkpoint at step %d", self.node, cause, checkpoint.step
         )
-        self.plan = planner.plan(target.members)
+        self.plan = planner.restart_plan(target.members)
         plan_ready = time.time()
         start = time.perf_counter()
         self.engine.configure(self.plan, target.generation, rank_of_node, self.store)
@@ -301,24 +310,23 @@ class ElasticLoop:
             "transfer_bytes": 0,
         }
 
-    def _resume_from_checkpoint(self) -> int:
-        """Load the newest complete checkpoint, if the run directory has one (a re-run resumes).
+    def _resume_from(self, checkpoint: Checkpoint | None) -> int:
+        """Load the run directory's newest complete checkpoint, if it has one (a re-run resumes).
 
         Returns:
             The step to start at: the checkpoint's, or 0.
         """
-        checkpoint = latest_complete(self.ckpt_dir, self.engine.adapter.num_layers)
         if checkpoint is None:
             return 0
         self.engine.load_state_tensors(checkpoint.load())
         logger.warning("[node %d] resuming from the checkpoint at step %d", self.node, checkpoint.step)
         return checkpoint.step
 
-    def _get_planner(self, target: Membership) -> Any:
+    def _get_planner(self, target: Membership) -> Planner:
+        """The job's planner, built from inputs the first worker publishes (a measured profile
+        differs between processes, and every worker must plan alike)."""
         if self._planner is not None:
             return self._planner
-        from oobleck.planning.planner import Planner
-
         if self.store.add("ctl/planner/claim", 1) == 1:
             profile = job_profile(self.job, self.engine.adapter)
             self.store.set(
@@ -326,15 +334,7 @@ class ElasticLoop:
                 json.dumps({"profile": profile.to_dict(), "max_nodes": len(target.members)}),
             )
         inputs = json.loads(self.store.get("ctl/planner/inputs"))
-        self._planner = Planner(
-            ModelProfile.from_dict(inputs["profile"]),
-            get_hardware(self.job.hardware),
-            fault_tolerance=self.job.fault_tolerance,
-            global_microbatches=self.job.global_microbatches,
-            microbatch_size=self.job.microbatch_size,
-            max_nodes=inputs["max_nodes"],
-            max_gpus_per_stage=1,
-        )
+        self._planner = job_planner(self.job, ModelProfile.from_dict(inputs["profile"]), inputs["max_nodes"])
         return self._planner
 
     # ------------------------------------------------------------------ records
@@ -354,14 +354,10 @@ class ElasticLoop:
         missing, and the survivor that completed the step published it. Applying the same AdamW
         update here makes all survivors agree without redoing (and double-applying) the step.
         """
-        from oobleck.runtime.engine.optim import adamw_update, clip_coefficient
-
         step = int(done["step"])
         if self.next_step != step:
             raise RuntimeError(f"node {self.node} is at step {self.next_step}, cannot finish step {step}")
-        scale = clip_coefficient(float(done["grad_norm"]), self.job.optim.grad_clip)
-        layers = self.engine.layers
-        adamw_update([layers[i] for i in sorted(layers)], float(done["lr"]), self.job.optim, scale)
+        self.engine.apply_update(float(done["lr"]), float(done["grad_norm"]))
         info, ids = self.engine.info, ()
         if info is not None and info.is_first:
             size = self.job.microbatch_size

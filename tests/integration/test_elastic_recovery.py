@@ -1,6 +1,6 @@
 """Elastic recovery, end to end: real master, agents and workers on localhost; real kills and stops.
 
-Issue #5 acceptance 1-5, 7 and 8. Every scenario runs tiny GPT-2 (fp32, gloo, CPU) under
+Issue #5 acceptance 1-8. Every scenario runs tiny GPT-2 (fp32, gloo, CPU) under
 ``python -m oobleck.runtime.master`` and compares its per-step losses and sample ledger with a
 fault-free run of the same job. Each run starts its processes in their own process groups and the
 harness kills every one of them afterwards (by the pids in agents.json and the master's pid).
@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import signal
 import socket
 import struct
@@ -23,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 
+from oobleck.runtime.control.checkpoint import latest_complete
 from oobleck.runtime.control.protocol import AuthenticationError, connect
 
 JOB = """\
@@ -437,3 +440,38 @@ def test_rerun_after_losing_everything_resumes_from_checkpoint(folder, reference
     assert steps.count(0) == 1, "the re-run started over instead of resuming"
     assert steps.count(10) == 2 and steps[-1] == 19
     assert_losses_match(second, reference)
+
+
+@pytest.mark.timeout(400)
+def test_losing_every_replica_of_a_stage_restarts_from_the_checkpoint(folder):
+    """Both first stages lost at once: the job restarts from its checkpoint on the survivors, and ends
+    with exactly the parameters of a fault-free run restarted from that checkpoint."""
+
+    def kill_both_first_stages(run_dir: Path) -> None:
+        kill_group(run_dir, 0)
+        kill_group(run_dir, 2)
+
+    # NOTE: 2 MB per device makes n0 = 2 for tiny GPT-2, so four agents run pipelines [0, 1] and
+    # [2, 3]; nodes 0 and 2 hold every replica of the first stage.
+    job = folder / "job_deep.yaml"
+    job.write_text(JOB.format(steps=20, f=1, every=5) + "device_memory_bytes: 2000000\n")
+    run = run_master(folder / "deep", write_hosts(folder, 4), job, at_step=6, action=kill_both_first_stages)
+    assert run.rc == 0, run.master_log[-3000:]
+    restart = next(r for r in run.events("recovery") if r.get("restart"))
+    resumed_at = restart["checkpoint_step"]
+    assert resumed_at in (5, 10) and restart["lost"] in ([0, 2], [0], [2])
+
+    reference_dir = folder / "deep_ref"
+    checkpoint = f"step{resumed_at:08d}"
+    shutil.copytree(run.run_dir / "checkpoints" / checkpoint, reference_dir / "checkpoints" / checkpoint)
+    reference = run_master(reference_dir, write_hosts(folder, 2), job)
+    assert reference.rc == 0, reference.master_log[-3000:]
+
+    restarted = {s: loss for s, loss in run.losses.items() if s >= resumed_at}
+    assert restarted == pytest.approx(reference.losses, rel=1e-6)
+    final, expected = (latest_complete(d / "checkpoints", 4) for d in (run.run_dir, reference_dir))
+    assert final is not None and expected is not None and final.step == expected.step == 20
+    got, want = final.load(), expected.load()
+    assert sorted(got) == sorted(want)
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name

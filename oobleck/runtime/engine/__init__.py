@@ -10,7 +10,7 @@ from oobleck.runtime.engine.data import GlobalSampler, TokenDataset, load_datase
 from oobleck.runtime.engine.engine import Engine
 from oobleck.runtime.engine.profiler import cached_profile, estimate_profile, measure_profile
 from oobleck.runtime.engine.records import ReconfigureTiming, StepMetrics
-from oobleck.runtime.engine.standalone import job_profile, plan_for_world, rendezvous_store
+from oobleck.runtime.engine.standalone import job_planner, job_profile, plan_for_world, rendezvous_store
 from oobleck.runtime.engine.transfer import plan_transfers
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "default_backend",
     "default_device",
     "estimate_profile",
+    "job_planner",
     "job_profile",
     "load_dataset",
     "measure_profile",

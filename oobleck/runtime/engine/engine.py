@@ -59,10 +59,12 @@ class Engine:
       collective of the step succeeded on this rank.
     * :meth:`abort` destroys every process group immediately; safe from another thread and twice.
     * :meth:`reconfigure` starts the next generation: new groups, then the transfer plan is
-      executed (parameters, AdamW moments and step counts, via torch.distributed), layers no longer
-      held are dropped. The LR schedule and data position are functions of the step number the
-      caller passes, so nothing else needs carrying over. A node that joins constructs an Engine
-      and calls only :meth:`reconfigure`: every layer it holds must be in the transfer plan.
+      executed (parameters, AdamW moments and step counts, via torch.distributed); layers no longer
+      held are dropped once the next step commits (until then a further failure may plan transfers
+      from the same committed plan again). The LR schedule and data position are functions of the
+      step number the caller passes, so nothing else needs carrying over. A node that joins
+      constructs an Engine and calls only :meth:`reconfigure` (with ``source_plan``): every layer
+      it holds must be in the transfer plan.
 
     Ranks: ``rank = rank_of_node[node] + local_rank``; one stage per rank.
     """
@@ -104,8 +106,11 @@ class Engine:
         self.info: StageInfo | None = None
         self.generation = -1
         self.rank = -1
-        # The plan under which ``layers`` were last made complete (transfer sources refer to it).
-        self._layers_plan: Plan | None = None
+        # The plan of the last committed step (or of configure()), and the layers this rank held
+        # under it but no longer holds: until the next step commits, a failure makes that plan the
+        # one transfers are planned from again, so its holders must still be able to send.
+        self._committed_plan: Plan | None = None
+        self._retired: dict[int, LayerState] = {}
         self._tied_pairs = tuple((t.source_layer, t.layer) for t in self.adapter.tied)
 
     def configure(
@@ -122,7 +127,7 @@ class Engine:
         self._start_generation(plan, generation, rank_of_node, store)
         held = self._held_layers()
         self.layers = {i: self.layers.get(i) or self._new_layer(i) for i in held}
-        self._layers_plan = plan
+        self._committed_plan, self._retired = plan, {}
         self._barrier()
 
     def train_step(self, step: int) -> StepMetrics:
@@ -177,6 +182,7 @@ class Engine:
         """
         scale = clip_coefficient(grad_norm, self.job.optim.grad_clip)
         adamw_update([self.layers[i] for i in sorted(self.layers)], lr, self.job.optim, scale)
+        self._committed_plan, self._retired = self.plan, {}
 
     def abort(self, reason: str = "aborted") -> None:
         """Destroy all process groups now; peers blocked on this rank fail and raise. Never raises."""
@@ -189,6 +195,8 @@ class Engine:
         generation: int,
         rank_of_node: Mapping[int, int],
         store: dist.Store,
+        *,
+        source_plan: Plan | None = None,
     ) -> ReconfigureTiming:
         """Move to ``new_plan``: rebuild groups, receive/send layer state, drop unheld layers.
 
@@ -200,6 +208,9 @@ class Engine:
             generation: the new membership generation (> the current one).
             rank_of_node: node id -> first rank in the new generation.
             store: the job's rendezvous store (un-prefixed).
+            source_plan: the plan the transfer sources hold their layers under: the plan of the
+                last committed step (the default). A joining rank has none and passes the
+                survivors' committed plan.
 
         Returns:
             Measured durations of the group rebuild and the state transfer, and bytes moved.
@@ -208,9 +219,11 @@ class Engine:
             ReconfigurationError: after the transfers this rank still lacks a layer it must hold.
             CommunicationError: the rendezvous or a transfer failed.
         """
-        # NOTE: the sources refer to the plan the held layers belong to, not to ``self.plan``,
-        # so a reconfigure that failed half-way can be retried with the same arguments.
-        old_plan = self._layers_plan
+        # NOTE: the sources refer to the last committed plan, not to ``self.plan``, so a
+        # reconfigure that failed half-way (or completed without a step after it) can be redone
+        # from the same plan: layers dropped since that commit are kept in ``_retired``.
+        old_plan = source_plan or self._committed_plan
+        pool = {**self._retired, **self.layers}
         start = time.perf_counter()
         self._start_generation(new_plan, generation, rank_of_node, store)
         self._barrier()
@@ -226,18 +239,18 @@ class Engine:
             transfers,
             rank=self.rank,
             rank_of=rank_of,
-            held=self.layers,
+            held=pool,
             make_layer=self._new_layer,
             comm=self.comm,
         )
         held = self._held_layers()
-        missing = [i for i in held if i not in self.layers and i not in received]
+        missing = [i for i in held if i not in pool and i not in received]
         if missing:
             raise ReconfigurationError(
                 f"node {self.node} must hold layers {missing} under the new plan but no transfer brings them"
             )
-        self.layers = {i: received.get(i) or self.layers[i] for i in held}
-        self._layers_plan = new_plan
+        self.layers = {i: received.get(i) or pool[i] for i in held}
+        self._retired = {i: state for i, state in pool.items() if i not in self.layers}
         done = time.perf_counter()
         return ReconfigureTiming(
             rebuild_groups_s=groups_done - start,

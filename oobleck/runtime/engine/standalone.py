@@ -16,8 +16,8 @@ from pathlib import Path
 import torch.distributed as dist
 
 from oobleck.errors import ConfigError
-from oobleck.planning.hardware import get_hardware
 from oobleck.planning.plan import Plan
+from oobleck.planning.planner import Planner
 from oobleck.planning.profile import ModelProfile
 from oobleck.runtime.config import JobConfig
 from oobleck.runtime.engine.adapters import ModelAdapter
@@ -60,7 +60,7 @@ def job_profile(job: JobConfig, adapter: ModelAdapter) -> ModelProfile:
         adapter,
         microbatch_size=job.microbatch_size,
         sequence_length=job.data.sequence_length,
-        hardware=get_hardware(job.hardware),
+        hardware=job.hardware_spec(),
     )
 
 
@@ -116,16 +116,18 @@ def _load_plan(path: str) -> Plan:
         raise ConfigError(f"--plan {path}: not a valid plan ({error})") from None
 
 
-def _plan(job: JobConfig, adapter: ModelAdapter, world_size: int) -> Plan:
-    from oobleck.planning.planner import Planner
-
-    planner = Planner(
-        job_profile(job, adapter),
-        get_hardware(job.hardware),
+def job_planner(job: JobConfig, profile: ModelProfile, max_nodes: int) -> Planner:
+    """The planner every worker of ``job`` plans with: one device per stage (one worker per slot)."""
+    return Planner(
+        profile,
+        job.hardware_spec(),
         fault_tolerance=job.fault_tolerance,
         global_microbatches=job.global_microbatches,
         microbatch_size=job.microbatch_size,
-        max_nodes=world_size,
+        max_nodes=max_nodes,
         max_gpus_per_stage=1,
     )
-    return planner.plan(tuple(range(world_size)))
+
+
+def _plan(job: JobConfig, adapter: ModelAdapter, world_size: int) -> Plan:
+    return job_planner(job, job_profile(job, adapter), world_size).plan(tuple(range(world_size)))

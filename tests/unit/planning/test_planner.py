@@ -70,3 +70,15 @@ def test_too_few_nodes_is_a_planning_error() -> None:
     planner = make_planner(fault_tolerance=3)
     with pytest.raises(PlanningError, match="needs >= \\(f\\+1\\)\\*n0"):
         planner.plan(range(4 * planner.min_nodes - 1))
+
+
+def test_restart_plan_lowers_fault_tolerance_to_what_the_nodes_allow() -> None:
+    """A restart on fewer than (f+1)*n0 nodes keeps the largest f' the nodes allow; below n0 it fails."""
+    planner = make_planner(fault_tolerance=3)
+    n0 = planner.min_nodes
+    assert planner.restart_plan(range(16)) == planner.plan(range(16))
+    reduced = planner.restart_plan(range(2 * n0 + 1))
+    assert reduced.fault_tolerance == 1 and len(reduced.pipelines) >= 2
+    assert planner.restart_plan(range(n0)).fault_tolerance == 0
+    with pytest.raises(PlanningError):
+        planner.restart_plan(range(n0 - 1))

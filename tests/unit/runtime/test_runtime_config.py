@@ -8,6 +8,7 @@ import pytest
 
 from oobleck.errors import ConfigError
 from oobleck.runtime.config import load_job_config
+from oobleck.runtime.engine import build_adapter, job_planner, job_profile
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -46,6 +47,8 @@ def test_defaults_and_hf_fields(tmp_path: Path) -> None:
         ("data: {sequence_length: 0}\n", "job.yaml: data.sequence_length: expected an integer >= 1"),
         ("profile: guessed\n", "job.yaml: profile: expected 'analytic' or 'measured'"),
         ("data: {ledger: 3}\n", "job.yaml: data.ledger: expected true or false"),
+        ("hardware: tpu\n", "job.yaml: hardware: unknown entry 'tpu'; choose one of: a100-40"),
+        ("device_memory_bytes: 0\n", "job.yaml: device_memory_bytes: expected an integer >= 1"),
     ],
 )
 def test_bad_keys_name_file_and_path(tmp_path: Path, extra: str, message: str) -> None:
@@ -68,3 +71,15 @@ def test_missing_keys_and_bad_batch(tmp_path: Path) -> None:
         load_job_config(write(tmp_path, BASE.replace("tiny-gpt2", "tiny-bert")))
     with pytest.raises(ConfigError, match=r"job.yaml:2: not valid YAML"):
         load_job_config(write(tmp_path, "model: x\n  bad: [\n"))
+
+
+def test_device_memory_override_deepens_the_pipelines(tmp_path: Path) -> None:
+    """``device_memory_bytes`` replaces the hardware entry's memory, so tiny GPT-2 needs 2-node pipelines."""
+    roomy = load_job_config(write(tmp_path, BASE + "fault_tolerance: 1\n"))
+    tight = load_job_config(write(tmp_path, BASE + "fault_tolerance: 1\ndevice_memory_bytes: 2000000\n"))
+    assert tight.hardware_spec().gpu_memory_bytes == 2_000_000
+    assert tight.hardware_spec().peak_flops == roomy.hardware_spec().peak_flops
+    profile = job_profile(roomy, build_adapter(roomy.model))
+    assert job_planner(roomy, profile, 4).min_nodes == 1
+    plan = job_planner(tight, profile, 4).plan(range(4))
+    assert [pipeline.nodes for pipeline in plan.pipelines] == [(0, 1), (2, 3)]
