@@ -132,7 +132,12 @@ def _kill_node(run_dir: Path, node: int | None) -> None:
         raise OobleckError(f"node {node} is not a live agent in {run_dir}/agents.json")
     pid = int(victim["agent_pid"])
     killed_at = time.time()
-    if os.getpgid(pid) == pid:
+    try:
+        leads_its_group = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        node_id = victim["node"]
+        raise OobleckError(f"node {node_id} (agent pid {pid}) exited before it could be killed") from None
+    if leads_its_group:
         os.killpg(pid, signal.SIGKILL)
     else:
         # NOTE: an agent sharing our process group must not take us down with it: kill it and its
