@@ -33,7 +33,8 @@ class PredictionError:
     """One predicted quantity next to its measurement."""
 
     name: str
-    """A phase name, ``"total"``, or ``"step_before"`` / ``"step_after"`` for steady step times."""
+    """A phase name, ``"total"``, or ``"step_before"`` / ``"step_after"`` for steady step times
+    (``"sim step_before"`` / ``"sim step_after"`` when the simulator predicted them)."""
     predicted_s: float
     measured_s: float
 
@@ -102,6 +103,43 @@ def steady_step_s(run: RecordedRun, *, generation: int, skip_first: int = 1) -> 
     return statistics.median(times)
 
 
+def simulated_step_errors(
+    run: RecordedRun, timeline: Sequence[TimelinePoint], samples_per_step: int
+) -> tuple[PredictionError, PredictionError]:
+    """The simulator's step time before the run's first failure and after its last recovery, as measured.
+
+    The simulator's timeline holds throughput; a step is ``samples_per_step`` samples, so its step
+    time is their ratio. Its first point is the initial plan and its last one the plan after the
+    last recovery (a replay of one failure has no later change).
+
+    Args:
+        run: The recorded run the simulation replayed.
+        timeline: The ``oobleck`` policy's timeline from that simulation.
+        samples_per_step: Samples of one global batch.
+
+    Returns:
+        ``"sim step_before"`` and ``"sim step_after"`` against the run's steady step times.
+
+    Raises:
+        ConfigError: the timeline never trains, or the run recorded no failure.
+    """
+    training = [point.samples_per_s for point in timeline if point.samples_per_s > 0]
+    if not training or not run.failures:
+        raise ConfigError(f"{run.run_dir}: need a training timeline and a recorded failure to compare")
+    return (
+        PredictionError(
+            name="sim step_before",
+            predicted_s=samples_per_step / training[0],
+            measured_s=steady_step_s(run, generation=0),
+        ),
+        PredictionError(
+            name="sim step_after",
+            predicted_s=samples_per_step / training[-1],
+            measured_s=steady_step_s(run, generation=run.failures[-1].generation),
+        ),
+    )
+
+
 def errors_table(errors: Sequence[PredictionError]) -> str:
     """Text table of predicted and measured seconds and the relative error, one row per entry.
 
@@ -111,13 +149,14 @@ def errors_table(errors: Sequence[PredictionError]) -> str:
     Returns:
         Printable text with a header line.
     """
-    header = f"{'':<15} {'predicted':>10} {'measured':>10} {'error':>8}"
+    width = max([15, *(len(error.name) for error in errors)])
+    header = f"{'':<{width}} {'predicted':>10} {'measured':>10} {'error':>8}"
     lines = [header, "-" * len(header)]
     for error in errors:
         relative = error.relative_error
         shown = "-" if math.isnan(relative) else f"{relative:+.0%}"
         lines.append(
-            f"{error.name:<15} {format_seconds(error.predicted_s):>10} "
+            f"{error.name:<{width}} {format_seconds(error.predicted_s):>10} "
             f"{format_seconds(error.measured_s):>10} {shown:>8}"
         )
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from oobleck.viz.recovery import (
     failure_trace,
     plot_recovery_phases,
     plot_run_vs_prediction,
+    simulated_step_errors,
     steady_step_s,
 )
 from oobleck.viz.runs import PHASES, MembershipRecord, RecordedRun, RecoveryRecord, StepRecord
@@ -76,6 +77,22 @@ def test_steady_step_time_skips_the_first_step_of_a_generation() -> None:
     assert steady_step_s(run, generation=1) == pytest.approx(2.1)
     with pytest.raises(ConfigError, match="generation 2 has no steady steps"):
         steady_step_s(run, generation=2)
+
+
+def test_simulated_step_times_come_from_the_first_and_last_training_rates() -> None:
+    """The simulator's steps before and after are samples per step over its first and last nonzero rates."""
+    run = _run([(0, 5.0), (0, 1.0), (0, 1.2), (1, 9.0), (1, 2.0), (1, 2.2)])
+    rates = ((0.0, 8.0), (2.5, 0.0), (2.7, 4.0))
+    timeline = [
+        TimelinePoint(time_s=t, nodes_up=4, nodes_used=4, samples_per_s=r, min_pipeline_nodes=1, samples=0.0)
+        for t, r in rates
+    ]
+    before, after = simulated_step_errors(run, timeline, samples_per_step=8)
+    assert (before.name, before.predicted_s) == ("sim step_before", 1.0)
+    assert before.measured_s == pytest.approx(1.1)
+    assert (after.predicted_s, after.measured_s) == (2.0, pytest.approx(2.1))
+    with pytest.raises(ConfigError, match="training timeline"):
+        simulated_step_errors(run, timeline[1:2], samples_per_step=8)
 
 
 def test_failure_trace_replays_each_lost_node_at_its_time() -> None:
