@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import time
-import traceback
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -45,9 +44,9 @@ from oobleck.runtime.control.agent import NODE_ENV
 from oobleck.runtime.control.checkpoint import Checkpoint, latest_complete, write_shard
 from oobleck.runtime.control.link import WorkerLink
 from oobleck.runtime.control.membership import Membership
-from oobleck.runtime.control.records import append_jsonl
 from oobleck.runtime.control.sever import sever_tcp_connections
 from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_planner, job_profile
+from oobleck.runtime.run_log import RunLog, write_error_file
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +76,13 @@ class ElasticLoop:
         self._timeout = timedelta(seconds=timeout_s)
         self.store = self._connect_store()
         self.link = WorkerLink.from_env(on_failure=self._on_failure)
+        self.log = RunLog(run_dir, node=node, ledger=job.data.ledger)
         self.ckpt_dir = Path(job.checkpoint.dir) if job.checkpoint.dir else run_dir / "checkpoints"
         self.committed: Plan | None = None
         self.plan: Plan | None = None
         self.generation = -1
         self.next_step = 0
         self._planner: Planner | None = None
-        self._recovery: dict[str, Any] | None = None
         self._last: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ main loop
@@ -199,37 +198,12 @@ class ElasticLoop:
         return latest is not None and latest.generation > target.generation
 
     def _regroup(self, target: Membership) -> bool:
+        """Move to generation ``target``; False when it failed or was superseded (try the newest)."""
         noticed = self.link.received_at.get(target.generation, time.time())
-        self.store = self._connect_store()
-        states = self._barrier(target)
-        if states is None:
-            return False
-        rank_of_node = target.rank_of_node()
-        planner = self._get_planner(target)
-        if self._superseded(target):
-            return False
-        survivors = [s for s in states if s["plan"] is not None]
-        timing: dict[str, Any] = {}
         try:
-            if not survivors:
-                checkpoint = latest_complete(self.ckpt_dir, self.engine.adapter.num_layers)
-                # NOTE: a re-run that resumes may have fewer nodes than the first run had.
-                make_plan = planner.plan if checkpoint is None else planner.restart_plan
-                self.plan = make_plan(target.members)
-                plan_ready = time.time()
-                self.engine.configure(self.plan, target.generation, rank_of_node, self.store)
-                self.next_step = self._resume_from(checkpoint)
-            else:
-                committed = Plan.from_dict(survivors[0]["plan"], gpus_per_node=target.slots)
-                ahead = max(survivors, key=lambda s: s["step"])
-                if min(s["step"] for s in survivors) < ahead["step"] - 1:
-                    raise RuntimeError(
-                        f"survivors are more than one step apart: {[s['step'] for s in survivors]}"
-                    )
-                if self.committed is not None and self.next_step < ahead["step"]:
-                    self._roll_forward(ahead["last"])
-                self.next_step = ahead["step"]
-                plan_ready, timing = self._reconfigure(planner, committed, target, rank_of_node)
+            # NOTE: the store is inside the try: a notice arriving meanwhile cuts its connection.
+            self.store = self._connect_store()
+            adopted = self._adopt(target)
         except Exception as exc:
             if not self._aborted(exc):
                 raise
@@ -237,20 +211,12 @@ class ElasticLoop:
             self._abort(str(exc))
             self._await_change(target.generation)
             return False
+        if adopted is None:
+            return False
+        plan_ready, timing = adopted
         self.generation = target.generation
         if target.generation > 0:
-            self._recovery = {
-                "event": "recovery",
-                "generation": target.generation,
-                "lost": list(target.lost),
-                "joined": list(target.joined),
-                "reason": target.reason,
-                "t_failure": target.failure_at or target.detected_at,
-                "t_detected": target.detected_at,
-                "t_notice": noticed,
-                "t_plan_ready": plan_ready,
-                **timing,
-            }
+            self.log.recovery_started(target, noticed=noticed, plan_ready=plan_ready, timing=timing)
         logger.info(
             "[node %d] generation %d running: %d pipelines, step %d",
             self.node,
@@ -259,6 +225,45 @@ class ElasticLoop:
             self.next_step,
         )
         return True
+
+    def _adopt(self, target: Membership) -> tuple[float, dict[str, Any]] | None:
+        """Agree with the members on the committed plan and step, then (re)configure the engine.
+
+        Returns:
+            When the plan was ready and the engine's measured phases; None if superseded.
+
+        Raises:
+            ReconfigurationError: the survivors are more than one step apart (a bug, not a failure).
+        """
+        states = self._barrier(target)
+        if states is None:
+            return None
+        rank_of_node = target.rank_of_node()
+        planner = self._get_planner(target)
+        if self._superseded(target):
+            return None
+        survivors = [s for s in states if s["plan"] is not None]
+        if not survivors:
+            checkpoint = latest_complete(self.ckpt_dir, self.engine.adapter.num_layers)
+            # NOTE: a re-run that resumes may have fewer nodes than the first run had.
+            make_plan = planner.plan if checkpoint is None else planner.restart_plan
+            self.plan = make_plan(target.members)
+            plan_ready = time.time()
+            self.engine.configure(self.plan, target.generation, rank_of_node, self.store)
+            self.next_step = self._resume_from(checkpoint)
+            return plan_ready, {}
+        # NOTE: the committed plan is the one the furthest survivor's last step ran under; a rank
+        # one step behind failed only in that step's final all-reduce and rolls forward to it.
+        ahead = max(survivors, key=lambda s: s["step"])
+        committed = Plan.from_dict(ahead["plan"], gpus_per_node=target.slots)
+        if min(s["step"] for s in survivors) < ahead["step"] - 1:
+            raise ReconfigurationError(
+                f"survivors are more than one step apart: {[s['step'] for s in survivors]}"
+            )
+        if self.committed is not None and self.next_step < ahead["step"]:
+            self._roll_forward(ahead["last"])
+        self.next_step = ahead["step"]
+        return self._reconfigure(planner, committed, target, rank_of_node)
 
     def _reconfigure(
         self, planner: Planner, committed: Plan, target: Membership, rank_of_node: dict[int, int]
@@ -338,9 +343,6 @@ class ElasticLoop:
         return self._planner
 
     # ------------------------------------------------------------------ records
-    def _is_reporter(self) -> bool:
-        return self.engine.rank == 0
-
     def _record_step(self, metrics: StepMetrics) -> None:
         self.committed = self.plan
         self._last = {k: v for k, v in metrics.to_dict().items() if k not in ("sample_ids", "pipeline")}
@@ -358,6 +360,7 @@ class ElasticLoop:
         if self.next_step != step:
             raise RuntimeError(f"node {self.node} is at step {self.next_step}, cannot finish step {step}")
         self.engine.apply_update(float(done["lr"]), float(done["grad_norm"]))
+        self.committed = self.engine.plan
         info, ids = self.engine.info, ()
         if info is not None and info.is_first:
             size = self.job.microbatch_size
@@ -373,35 +376,13 @@ class ElasticLoop:
         )
 
     def _log_step(self, record: dict[str, Any], pipeline: int | None, sample_ids: tuple[int, ...]) -> None:
-        now = time.time()
-        if self.job.data.ledger and sample_ids:
-            folder = self.run_dir / "ledger"
-            folder.mkdir(exist_ok=True)
-            append_jsonl(
-                folder / f"node{self.node}.jsonl",
-                {
-                    "step": record["step"],
-                    "generation": self.generation,
-                    "pipeline": pipeline,
-                    "sample_ids": list(sample_ids),
-                },
-            )
-        if not self._is_reporter():
-            self._recovery = None
-            return
-        append_jsonl(self.run_dir / "metrics.jsonl", {**record, "t": now})
-        if self._recovery is not None:
-            rec = self._recovery
-            rec["t_first_step"] = now
-            rec["phases_s"] = {
-                "detect": max(0.0, rec["t_notice"] - rec["t_failure"]),
-                "plan": max(0.0, rec["t_plan_ready"] - rec["t_notice"]),
-                "rebuild_groups": rec.get("rebuild_groups_s", 0.0),
-                "transfer_state": rec.get("transfer_state_s", 0.0),
-                "first_step": record["step_s"],
-            }
-            append_jsonl(self.run_dir / "metrics.jsonl", {**rec, "t": now, "step": record["step"]})
-            self._recovery = None
+        self.log.step_done(
+            record,
+            generation=self.generation,
+            pipeline=pipeline,
+            sample_ids=sample_ids,
+            reporter=self.engine.rank == 0,
+        )
 
     def _maybe_checkpoint(self) -> None:
         every = self.job.checkpoint.every_steps
@@ -416,18 +397,6 @@ class ElasticLoop:
             layers=list(info.layers),
             tensors=self.engine.state_tensors(),
         )
-
-
-def _write_error(exc: BaseException) -> None:
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if not path:
-        return
-    data = {
-        "message": f"{exc.__class__.__name__}: {exc}",
-        "timestamp": time.time(),
-        "traceback": traceback.format_exc(),
-    }
-    Path(path).write_text(json.dumps(data), encoding="utf-8")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -448,6 +417,6 @@ def main(args: argparse.Namespace) -> int:
         ).run()
     except Exception as exc:
         logger.exception("worker failed")
-        _write_error(exc)
+        write_error_file(exc)
         return 1
     return 0

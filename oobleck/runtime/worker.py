@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"%(asctime)s [rank {os.environ.get('RANK', '0')}] %(name)s: %(message)s",
     )
     if os.environ.get(CONTROL_ENV):
-        from oobleck.runtime import elastic  # type: ignore[attr-defined]  # owned by the control plane
+        from oobleck.runtime import elastic
 
         return int(elastic.main(args) or 0)
     try:

@@ -261,31 +261,63 @@ def _config(cls: type, fields_: dict[str, Any]) -> Any:
     return config
 
 
+def _decoder_adapter(
+    name: str,
+    arch: str,
+    config: Any,
+    *,
+    blocks: int,
+    hidden_size: int,
+    init_std: float,
+    embedding_weight: str,
+    factories: dict[str, Callable[[int], nn.Module]],
+) -> ModelAdapter:
+    """The adapter of a decoder laid out as embedding, ``blocks`` blocks, head.
+
+    Every architecture shares this layout and ties the head's ``lm_head.weight`` to the embedding's
+    ``embedding_weight`` exactly when its config sets ``tie_word_embeddings``; only the HF field names
+    of the sizes differ, so the caller passes those values in.
+    """
+    layers = blocks + 2
+    tied = (
+        (TiedWeight(layers - 1, "lm_head.weight", 0, embedding_weight),) if config.tie_word_embeddings else ()
+    )
+    adapter = ModelAdapter(
+        name=name,
+        arch=arch,
+        hf_config=config,
+        num_layers=layers,
+        hidden_size=hidden_size,
+        vocab_size=config.vocab_size,
+        init_std=init_std,
+        config_dict=config.to_dict(),
+        tied=tied,
+    )
+    adapter._factories = factories
+    return adapter
+
+
 def _gpt2(name: str, fields_: dict[str, Any]) -> ModelAdapter:
     from transformers import GPT2Config
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
     config = _config(GPT2Config, fields_)
-    layers = config.n_layer + 2
-    tied = (TiedWeight(layers - 1, "lm_head.weight", 0, "wte.weight"),) if config.tie_word_embeddings else ()
-    adapter = ModelAdapter(
-        name=name,
-        arch="gpt2",
-        hf_config=config,
-        num_layers=layers,
-        hidden_size=config.n_embd,
-        vocab_size=config.vocab_size,
-        init_std=config.initializer_range,
-        config_dict=config.to_dict(),
-        tied=tied,
-    )
     eps = config.layer_norm_epsilon
-    adapter._factories = {
+    factories: dict[str, Callable[[int], nn.Module]] = {
         "embedding": lambda _: _GPT2Embedding(config),
         "block": lambda i: _Block(GPT2Block(config, layer_idx=i - 1)),
         "head": lambda _: _Head(nn.LayerNorm(config.n_embd, eps=eps), config.vocab_size, config.n_embd, None),
     }
-    return adapter
+    return _decoder_adapter(
+        name,
+        "gpt2",
+        config,
+        blocks=config.n_layer,
+        hidden_size=config.n_embd,
+        init_std=config.initializer_range,
+        embedding_weight="wte.weight",
+        factories=factories,
+    )
 
 
 def _llama(name: str, fields_: dict[str, Any]) -> ModelAdapter:
@@ -297,32 +329,24 @@ def _llama(name: str, fields_: dict[str, Any]) -> ModelAdapter:
     )
 
     config = _config(LlamaConfig, fields_)
-    layers = config.num_hidden_layers + 2
-    tied = (
-        (TiedWeight(layers - 1, "lm_head.weight", 0, "embed_tokens.weight"),)
-        if config.tie_word_embeddings
-        else ()
-    )
-    adapter = ModelAdapter(
-        name=name,
-        arch="llama",
-        hf_config=config,
-        num_layers=layers,
-        hidden_size=config.hidden_size,
-        vocab_size=config.vocab_size,
-        init_std=config.initializer_range,
-        config_dict=config.to_dict(),
-        tied=tied,
-    )
     hidden = config.hidden_size
-    adapter._factories = {
+    factories: dict[str, Callable[[int], nn.Module]] = {
         "embedding": lambda _: _Embedding(nn.Embedding(config.vocab_size, hidden)),
         "block": lambda i: _Block(LlamaDecoderLayer(config, layer_idx=i - 1), LlamaRotaryEmbedding(config)),
         "head": lambda _: _Head(
             LlamaRMSNorm(hidden, eps=config.rms_norm_eps), config.vocab_size, hidden, None
         ),
     }
-    return adapter
+    return _decoder_adapter(
+        name,
+        "llama",
+        config,
+        blocks=config.num_hidden_layers,
+        hidden_size=hidden,
+        init_std=config.initializer_range,
+        embedding_weight="embed_tokens.weight",
+        factories=factories,
+    )
 
 
 class _Embedding(nn.Module):
@@ -341,23 +365,6 @@ def _opt(name: str, fields_: dict[str, Any]) -> ModelAdapter:
     config = _config(OPTConfig, fields_)
     if not config.do_layer_norm_before:
         raise ConfigError("model.do_layer_norm_before: only pre-norm OPT (true) is supported, got false")
-    layers = config.num_hidden_layers + 2
-    tied = (
-        (TiedWeight(layers - 1, "lm_head.weight", 0, "embed_tokens.weight"),)
-        if config.tie_word_embeddings
-        else ()
-    )
-    adapter = ModelAdapter(
-        name=name,
-        arch="opt",
-        hf_config=config,
-        num_layers=layers,
-        hidden_size=config.hidden_size,
-        vocab_size=config.vocab_size,
-        init_std=config.init_std,
-        config_dict=config.to_dict(),
-        tied=tied,
-    )
     hidden, proj_dim = config.hidden_size, config.word_embed_proj_dim
 
     def head(_: int) -> nn.Module:
@@ -365,9 +372,18 @@ def _opt(name: str, fields_: dict[str, Any]) -> ModelAdapter:
         norm = nn.LayerNorm(hidden, elementwise_affine=config.layer_norm_elementwise_affine)
         return _Head(norm, config.vocab_size, proj_dim, proj)
 
-    adapter._factories = {
+    factories: dict[str, Callable[[int], nn.Module]] = {
         "embedding": lambda _: _OPTEmbedding(config),
         "block": lambda i: _Block(OPTDecoderLayer(config, layer_idx=i - 1)),
         "head": head,
     }
-    return adapter
+    return _decoder_adapter(
+        name,
+        "opt",
+        config,
+        blocks=config.num_hidden_layers,
+        hidden_size=hidden,
+        init_std=config.init_std,
+        embedding_weight="embed_tokens.weight",
+        factories=factories,
+    )
