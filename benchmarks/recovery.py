@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +45,15 @@ def _loss_records(metrics: Path) -> list[dict]:
     return [r for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r and "event" not in r]
 
 
-def _watch(proc: subprocess.Popen, metrics: Path, kill_after: int, kill) -> tuple[float, float]:
-    """Wait for the run; kill once step ``kill_after`` is done. Returns (kill time, job end time)."""
+def _measure(argv: list[str], log: Path, metrics: Path, kill_after: int, kill: Callable[[], None]) -> dict:
+    """Run ``argv`` to the end, calling ``kill`` once step ``kill_after`` is done.
+
+    Returns:
+        The exit code, seconds from the kill to the next completed step, and total job seconds.
+    """
+    start = time.time()
+    with log.open("w") as handle:
+        proc = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT)
     t_kill = 0.0
     while proc.poll() is None:
         time.sleep(0.01)
@@ -53,82 +61,35 @@ def _watch(proc: subprocess.Popen, metrics: Path, kill_after: int, kill) -> tupl
         if not t_kill and steps and steps[-1]["step"] >= kill_after:
             t_kill = time.time()
             kill()
-    return t_kill, time.time()
-
-
-def _recovery_s(metrics: Path, t_kill: float) -> float:
-    return min(r["t"] for r in _loss_records(metrics) if r["t"] > t_kill) - t_kill
+    end = time.time()
+    recovery_s = min(r["t"] for r in _loss_records(metrics) if r["t"] > t_kill) - t_kill
+    return {"rc": proc.returncode, "recovery_s": recovery_s, "total_s": end - start}
 
 
 def run_oobleck(out: Path, job: Path, kill_after: int) -> dict:
     """Mode (a): the elastic master; SIGKILL node 2's process group."""
     run_dir = out / "oobleck"
-    start = time.time()
-    with (out / "oobleck.log").open("w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "oobleck.runtime.master",
-                "--hostfile",
-                str(ROOT / "examples/hosts.local4"),
-                "--config",
-                str(job),
-                "--run-dir",
-                str(run_dir),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    argv = [sys.executable, "-m", "oobleck.runtime.master", "--hostfile", str(ROOT / "examples/hosts.local4")]
+    argv += ["--config", str(job), "--run-dir", str(run_dir)]
 
     def kill() -> None:
         row = next(a for a in json.loads((run_dir / "agents.json").read_text()) if a["node"] == 2)
         os.killpg(row["agent_pid"], signal.SIGKILL)
 
-    t_kill, end = _watch(proc, run_dir / "metrics.jsonl", kill_after, kill)
-    return {
-        "rc": proc.returncode,
-        "recovery_s": _recovery_s(run_dir / "metrics.jsonl", t_kill),
-        "total_s": end - start,
-    }
+    return _measure(argv, out / "oobleck.log", run_dir / "metrics.jsonl", kill_after, kill)
 
 
 def run_torchrun(out: Path, job: Path, kill_after: int) -> dict:
     """Mode (b): torchrun restart-all with a checkpoint every step; SIGKILL rank 2."""
     run_dir = out / "torchrun"
     run_dir.mkdir(parents=True)
-    start = time.time()
-    with (out / "torchrun.log").open("w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                "--nproc-per-node",
-                "4",
-                "--max-restarts",
-                "3",
-                __file__,
-                "--worker",
-                "--config",
-                str(job),
-                "--out",
-                str(run_dir),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4"]
+    argv += ["--max-restarts", "3", __file__, "--worker", "--config", str(job), "--out", str(run_dir)]
 
     def kill() -> None:
         os.kill(int((run_dir / "rank2.pid").read_text()), signal.SIGKILL)
 
-    t_kill, end = _watch(proc, run_dir / "metrics.jsonl", kill_after, kill)
-    return {
-        "rc": proc.returncode,
-        "recovery_s": _recovery_s(run_dir / "metrics.jsonl", t_kill),
-        "total_s": end - start,
-    }
+    return _measure(argv, out / "torchrun.log", run_dir / "metrics.jsonl", kill_after, kill)
 
 
 def torchrun_worker(args: argparse.Namespace) -> None:

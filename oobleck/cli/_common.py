@@ -105,37 +105,20 @@ def run_command(
         return EXIT_USAGE
 
 
-def non_negative(flag: str, value: int) -> int:
-    """Check that an integer flag is >= 0.
-
-    Args:
-        flag: the flag as the user typed it, e.g. ``"--join"``.
-        value: its parsed value.
-
-    Returns:
-        ``value``.
-
-    Raises:
-        ConfigError: ``value`` is negative.
-    """
-    if value < 0:
-        raise ConfigError(f"{flag} must be >= 0, got {value}")
-    return value
-
-
-def positive(flag: str, value: int) -> int:
-    """Check that an integer flag is >= 1.
+def at_least(flag: str, value: int, minimum: int) -> int:
+    """Check that an integer flag is ``>= minimum`` (0 for counts, 1 for sizes).
 
     Args:
         flag: the flag as the user typed it, e.g. ``"--nodes"``.
         value: its parsed value.
+        minimum: the smallest valid value.
 
     Returns:
         ``value``.
 
     Raises:
-        ConfigError: ``value`` is zero or negative.
+        ConfigError: ``value`` is below ``minimum``.
     """
-    if value < 1:
-        raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if value < minimum:
+        raise ConfigError(f"{flag} must be >= {minimum}, got {value}")
     return value

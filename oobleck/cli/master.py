@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from oobleck.cli._common import new_parser, positive, run_command
+from oobleck.cli._common import at_least, new_parser, run_command
 from oobleck.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     from oobleck.runtime.control.submission import JobSpec
 
     logging.getLogger("oobleck").setLevel(logging.DEBUG if args.debug else logging.INFO)
-    positive("--missed-heartbeats", args.missed_heartbeats)
+    at_least("--missed-heartbeats", args.missed_heartbeats, 1)
     if args.heartbeat_interval_s <= 0:
         raise ConfigError(f"--heartbeat-interval-s must be > 0, got {args.heartbeat_interval_s}")
     job = JobSpec.from_path(args.config) if args.config else None

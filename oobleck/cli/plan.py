@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from oobleck.cli._common import new_parser, non_negative, positive, run_command
+from oobleck.cli._common import at_least, new_parser, run_command
 from oobleck.errors import ConfigError
 from oobleck.planning.catalogue import resolve_profile
 from oobleck.planning.hardware import HARDWARE, get_hardware
@@ -148,13 +148,13 @@ def build_report(args: argparse.Namespace) -> dict[str, Any]:
         ConfigError: a flag is out of range or inconsistent with the others.
         PlanningError: no plan exists (the model fits no pipeline, or too few nodes survive).
     """
-    nodes = positive("--nodes", args.nodes)
-    fault_tolerance = non_negative("--fault-tolerance", args.fault_tolerance)
-    global_batch = positive("--global-batch", args.global_batch)
-    microbatch_size = positive("--microbatch-size", args.microbatch_size)
-    join = non_negative("--join", args.join)
+    nodes = at_least("--nodes", args.nodes, 1)
+    fault_tolerance = at_least("--fault-tolerance", args.fault_tolerance, 0)
+    global_batch = at_least("--global-batch", args.global_batch, 1)
+    microbatch_size = at_least("--microbatch-size", args.microbatch_size, 1)
+    join = at_least("--join", args.join, 0)
     if args.max_gpus_per_stage is not None:
-        positive("--max-gpus-per-stage", args.max_gpus_per_stage)
+        at_least("--max-gpus-per-stage", args.max_gpus_per_stage, 1)
     if global_batch % microbatch_size:
         raise ConfigError(
             f"--global-batch {global_batch} is not divisible by --microbatch-size {microbatch_size}; "

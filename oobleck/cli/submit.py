@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from oobleck.cli._common import new_parser, non_negative, run_command
+from oobleck.cli._common import at_least, new_parser, run_command
 from oobleck.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
     from oobleck.runtime.control.submission import JobSpec, submit_job
     from oobleck.runtime.control.token import load_token
 
-    non_negative("--nodes", args.nodes)
+    at_least("--nodes", args.nodes, 0)
     job = JobSpec.from_path(args.config)
     host, port = _address(args)
     token_file = args.token_file

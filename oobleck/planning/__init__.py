@@ -6,14 +6,15 @@ simulator, the runtime and the notebooks all plan with exactly the same code. Mo
 """
 
 from oobleck.planning.batch import distribute_batch
-from oobleck.planning.catalogue import MODELS, ModelShape, analytic_profile, get_model_shape, resolve_profile
-from oobleck.planning.cost import RecoveryConstants, RecoveryPrediction, predict_recovery
+from oobleck.planning.catalogue import analytic_profile, resolve_profile
 from oobleck.planning.hardware import HARDWARE, HardwareSpec, get_hardware
 from oobleck.planning.instantiate import guaranteed_range, instantiate
 from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Stage, Transfer
 from oobleck.planning.planner import Planner
 from oobleck.planning.profile import LayerProfile, ModelProfile
 from oobleck.planning.reconfigure import Reconfiguration, reconfigure
+from oobleck.planning.recovery import RecoveryConstants, RecoveryPrediction, predict_recovery
+from oobleck.planning.shapes import MODELS, ModelShape, get_model_shape
 from oobleck.planning.templates import generate_templates
 
 __all__ = [

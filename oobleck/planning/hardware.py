@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from oobleck.errors import ConfigError
+from oobleck.planning.validation import lookup
 
 GIB = 1 << 30
 
@@ -128,7 +129,4 @@ def get_hardware(name: str) -> HardwareSpec:
     Raises:
         ConfigError: unknown name; the message lists the valid ones.
     """
-    try:
-        return HARDWARE[name]
-    except KeyError:
-        raise ConfigError(f"unknown hardware {name!r}; choose one of: {', '.join(HARDWARE)}") from None
+    return lookup(HARDWARE, name, "hardware")

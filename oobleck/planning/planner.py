@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from oobleck.planning.cost import RecoveryConstants, RecoveryPrediction, predict_recovery
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.instantiate import instantiate
 from oobleck.planning.plan import PipelineTemplate, Plan
 from oobleck.planning.profile import ModelProfile
 from oobleck.planning.reconfigure import Reconfiguration, reconfigure
+from oobleck.planning.recovery import RecoveryConstants, RecoveryPrediction, predict_recovery
 from oobleck.planning.templates import generate_templates
 
 

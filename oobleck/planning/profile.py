@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from oobleck.errors import ConfigError
+from oobleck.planning.validation import check_keys, errors_from, read_json_file
 
 PROFILE_FORMAT_VERSION = 1
 
@@ -168,10 +169,8 @@ class ModelProfile:
         values["layers"] = tuple(
             _layer_from_dict(raw, source=f"{source}: layers[{index}]") for index, raw in enumerate(raw_layers)
         )
-        try:
+        with errors_from(source):
             return cls(**values)
-        except ConfigError as error:
-            raise ConfigError(f"{source}: {error}") from None
 
     def save(self, path: str | Path) -> None:
         """Write the profile as JSON atomically (write a temporary file, then rename)."""
@@ -186,16 +185,10 @@ class ModelProfile:
         """Read and validate a profile JSON file.
 
         Raises:
-            ConfigError: the file is missing, not JSON, or fails validation.
+            ConfigError: the file is missing or unreadable, not JSON, or fails validation.
         """
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: profile file not found") from None
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json_file(path, "profile"), source=str(path))
 
 
 def config_fingerprint(config: Mapping[str, Any]) -> str:
@@ -216,8 +209,9 @@ def _field(data: Mapping[str, Any], name: str, kind: type, source: str) -> Any:
 
 
 def _layer_from_dict(raw: Any, *, source: str) -> LayerProfile:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{source}: expected an object, got {type(raw).__name__}")
+    raw = check_keys(
+        raw, [item.name for item in fields(LayerProfile)], source=source, expected="an object", noun="field"
+    )
     kinds: dict[str, type] = {
         "name": str,
         "kind": str,
@@ -229,14 +223,9 @@ def _layer_from_dict(raw: Any, *, source: str) -> LayerProfile:
         "activation_bytes": int,
         "output_bytes": int,
     }
-    unknown = set(raw) - {f.name for f in fields(LayerProfile)}
-    if unknown:
-        raise ConfigError(f"{source}: unknown field(s) {sorted(unknown)}")
     values = {name: _field(raw, name, kind, source) for name, kind in kinds.items()}
     tied_to = raw.get("tied_to")
     if tied_to is not None and (isinstance(tied_to, bool) or not isinstance(tied_to, int)):
         raise ConfigError(f"{source}: field 'tied_to' must be an integer or null, got {tied_to!r}")
-    try:
+    with errors_from(source):
         return LayerProfile(**values, tied_to=tied_to)
-    except ConfigError as error:
-        raise ConfigError(f"{source}: {error}") from None

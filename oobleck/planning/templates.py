@@ -219,16 +219,9 @@ class _DegreeSearch:
         feasible = np.isfinite(low)
         objective = np.array([incumbent.get(n, np.inf) for n in range(1, self.max_nodes + 1)])
         splits: dict[int, list[tuple[int, int, int]]] = {}
-        for index in np.flatnonzero(feasible):
-            for found in (bottleneck, unconstrained):
-                self._offer(
-                    found,
-                    index,
-                    stages=int(counts[index]),
-                    micro=micro[index],
-                    objective=objective,
-                    splits=splits,
-                )
+        feasible_at = np.flatnonzero(feasible)
+        for found in (bottleneck, unconstrained):
+            self._offer(found, feasible_at, counts=counts, micro=micro, objective=objective, splits=splits)
         cursor = np.searchsorted(self.caps, np.where(feasible, low, 0.0))
         passes = 0
         while True:
@@ -243,15 +236,7 @@ class _DegreeSearch:
             width = min(self.max_width, int(np.searchsorted(self.min_latency_by_width, cap, side="right")))
             found = self._pass(cap, int(counts[group].max()), width, maximum=False)
             passes += 1
-            for index in group:
-                self._offer(
-                    found,
-                    index,
-                    stages=int(counts[index]),
-                    micro=micro[index],
-                    objective=objective,
-                    splits=splits,
-                )
+            self._offer(found, group, counts=counts, micro=micro, objective=objective, splits=splits)
             cursor[group] = position + 1
         logger.debug("t=%d: %d capped passes for %d node counts", self.degree, passes, int(feasible.sum()))
         return {
@@ -286,27 +271,33 @@ class _DegreeSearch:
     def _offer(
         self,
         found: _Pass,
-        index: int,
+        indices: np.ndarray,
         *,
-        stages: int,
-        micro: float,
+        counts: np.ndarray,
+        micro: np.ndarray,
         objective: np.ndarray,
         splits: dict[int, list[tuple[int, int, int]]],
     ) -> None:
-        """Keep the pass's split for ``stages`` stages if its true 1F1B time beats the best so far."""
-        if not np.isfinite(found.first_values[stages - 1]):
-            return
-        split = []
-        start = 0
-        for back in range(stages - 1, -1, -1):
-            end = start + int(found.choices[back][start]) + 1
-            split.append((start, end, back))
-            start = end
-        latencies = [self._latency(first, end, back) for first, end, back in split]
-        value = sum(latencies) + (micro - 1) * max(latencies)
-        if value < objective[index]:
-            objective[index] = value
-            splits[index] = split
+        """For each node-count index, keep the pass's split if its true 1F1B time beats the best so far.
+
+        Index ``i`` stands for ``counts[i]`` stages run with ``micro[i]`` microbatches; ``objective``
+        and ``splits`` hold the best so far and are updated in place.
+        """
+        for index in indices:
+            stages = int(counts[index])
+            if not np.isfinite(found.first_values[stages - 1]):
+                continue
+            split = []
+            start = 0
+            for back in range(stages - 1, -1, -1):
+                end = start + int(found.choices[back][start]) + 1
+                split.append((start, end, back))
+                start = end
+            latencies = [self._latency(first, end, back) for first, end, back in split]
+            value = sum(latencies) + (micro[index] - 1) * max(latencies)
+            if value < objective[index]:
+                objective[index] = value
+                splits[index] = split
 
     def _latency(self, first: int, end: int, back: int) -> float:
         return float(self.latency[_send_kind(back, self.per_node)][first, end - first])

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from oobleck.errors import PlanningError
 from oobleck.planning.hardware import HardwareSpec
-from oobleck.planning.instantiate import instantiate
 from oobleck.planning.plan import Plan
 from oobleck.planning.profile import ModelProfile
 from oobleck.sim.costs import SimCosts, checkpoint_save_s, restart_s
@@ -146,16 +145,16 @@ class Policy(ABC):
     ) -> Recovery | None:
         """Answer the loss of ``lost`` while running (or recovering into) ``config``.
 
-        Called once per cluster event that removes nodes, at the instant of the event, unless the
-        job is down (nothing runs).
+        Called once per cluster event that removes nodes ``config`` uses, at the instant of the
+        event, unless the job is down (nothing runs); losing only unused nodes needs no answer.
 
         Args:
             config: The configuration running, or the one a recovery in progress leads to.
-            lost: Nodes that failed at this instant, sorted (some may be unused by ``config``).
+            lost: The nodes of ``config`` that failed at this instant, sorted, never empty.
             alive: Node ids up after the event, sorted.
 
         Returns:
-            The recovery, or ``None`` when ``config`` does not use any lost node.
+            The recovery, or ``None`` to carry on with ``config`` as it is.
         """
 
     def on_join(
@@ -206,7 +205,7 @@ class Policy(ABC):
         return Recovery(kind="restart", duration_s=duration, config=config, rollback=rollback)
 
     def affected(self, config: Configuration, lost: tuple[int, ...]) -> tuple[int, ...]:
-        """The lost nodes that ``config`` uses."""
+        """The lost nodes that ``config`` uses (what :meth:`on_loss` is given)."""
         return tuple(node for node in lost if node in config.node_set)
 
 
@@ -214,23 +213,14 @@ def fallback_plan(context: JobContext, nodes: tuple[int, ...]) -> Plan:
     """The planning core's plan on ``nodes`` with the largest fault tolerance they allow (<= f).
 
     A restart from a checkpoint does not need ``f + 1`` pipelines to be correct, only to be
-    resilient, so a cluster shrunk below ``(f + 1) * n0`` nodes still runs with fewer pipelines.
+    resilient, so a cluster shrunk below ``(f + 1) * n0`` nodes still runs with fewer pipelines:
+    the runtime's :meth:`~oobleck.planning.planner.Planner.restart_plan`, so both backends restart
+    onto the same plan.
 
     Raises:
         PlanningError: fewer than ``n0`` nodes.
     """
     planner = context.planner
-    tolerance = min(context.fault_tolerance, len(nodes) // planner.min_nodes - 1)
-    if tolerance < 0:
+    if len(nodes) < planner.min_nodes:
         raise PlanningError(f"{len(nodes)} nodes are fewer than n0={planner.min_nodes}")
-    if tolerance == context.fault_tolerance:
-        return planner.plan(nodes)
-    return instantiate(
-        planner.templates,
-        nodes,
-        fault_tolerance=tolerance,
-        global_microbatches=context.global_microbatches,
-        microbatch_size=context.microbatch_size,
-        profile=context.profile,
-        hardware=context.hardware,
-    )
+    return planner.restart_plan(nodes)

@@ -13,7 +13,7 @@ from typing import Any
 
 from oobleck.errors import ConfigError
 from oobleck.sim.costs import SimCosts
-from oobleck.sim.failures import RepairDistribution
+from oobleck.sim.failures import FailureModel, RepairDistribution
 
 POLICIES: tuple[str, ...] = ("oobleck", "checkpoint", "varuna", "bamboo")
 """Policy names in table order; ``oobleck`` first because the others are reported relative to it."""
@@ -61,9 +61,9 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         if isinstance(self.nodes, bool) or not isinstance(self.nodes, int) or self.nodes <= 0:
             raise ConfigError(f"--nodes must be a positive integer, got {self.nodes!r}")
-        for flag, value in (("--fail-rate", self.fail_rate), ("--rack-fail-rate", self.rack_fail_rate)):
-            if not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{flag} must be a number >= 0 (failures per hour), got {value!r}")
+        # NOTE: the failure model checks its own flags (rates, repair, rack size); build it once here
+        # so a bad flag fails at once, before any planning.
+        self.failure_model()
         if not math.isfinite(self.hours) or self.hours <= 0:
             raise ConfigError(f"--hours must be a number > 0, got {self.hours!r}")
         unknown = [name for name in self.policies if name not in POLICIES]
@@ -74,14 +74,6 @@ class SimulationConfig:
             )
         if len(set(self.policies)) != len(self.policies):
             raise ConfigError(f"--policy lists a policy twice: {', '.join(self.policies)}")
-        if self.repair_hours is not None and (not math.isfinite(self.repair_hours) or self.repair_hours <= 0):
-            raise ConfigError(f"--repair-hours must be a number > 0, got {self.repair_hours!r}")
-        if self.repair_distribution not in ("fixed", "exponential"):
-            raise ConfigError(
-                f"--repair-distribution must be fixed or exponential, got {self.repair_distribution!r}"
-            )
-        if self.rack_size < 0:
-            raise ConfigError(f"--rack-size must be >= 0 nodes, got {self.rack_size}")
         if self.rack_fail_rate > 0 and self.rack_size == 0:
             raise ConfigError("--rack-fail-rate needs --rack-size > 0 (nodes per rack)")
         if self.fault_tolerance < 0:
@@ -92,6 +84,20 @@ class SimulationConfig:
         ):
             if value <= 0:
                 raise ConfigError(f"{flag} must be > 0, got {value}")
+
+    def failure_model(self) -> FailureModel:
+        """The synthetic failure process of these flags (unused when ``trace`` is set).
+
+        Raises:
+            ConfigError: a rate, repair or rack flag is out of range.
+        """
+        return FailureModel(
+            node_rate_per_hour=self.fail_rate,
+            repair_hours=self.repair_hours,
+            repair_distribution=self.repair_distribution,
+            rack_size=self.rack_size,
+            rack_rate_per_hour=self.rack_fail_rate,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (the ``config`` object of ``--json``)."""

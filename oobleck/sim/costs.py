@@ -1,6 +1,6 @@
 """Every constant a simulated recovery costs, in one place a user can override with ``--costs``.
 
-The planning core's :class:`~oobleck.planning.cost.RecoveryConstants` prices Oobleck's own
+The planning core's :class:`~oobleck.planning.recovery.RecoveryConstants` prices Oobleck's own
 reconfiguration and the checkpoint-restart fallback (restart time, checkpoint save/load bandwidth);
 :class:`SimCosts` adds the per-policy constants of the baselines. A ``--costs`` JSON file is one flat
 object whose keys are fields of either class; an unknown key is an error, never silently ignored.
@@ -13,7 +13,6 @@ Assumptions:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -21,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from oobleck.errors import ConfigError
-from oobleck.planning.cost import RecoveryConstants
 from oobleck.planning.profile import ModelProfile
+from oobleck.planning.recovery import RecoveryConstants
+from oobleck.planning.validation import check_keys, check_number, errors_from, read_json_file
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,11 +48,11 @@ class SimCosts:
 
     def __post_init__(self) -> None:
         for name in ("fallback_checkpoint_interval_s", "bamboo_failover_s"):
-            _check_number(name, getattr(self, name), positive=name.endswith("interval_s"))
+            check_number(name, getattr(self, name), positive=name.endswith("interval_s"), source="costs")
         if self.checkpoint_interval_s is not None:
-            _check_number("checkpoint_interval_s", self.checkpoint_interval_s, positive=True)
+            check_number("checkpoint_interval_s", self.checkpoint_interval_s, positive=True, source="costs")
         hidden = self.bamboo_bubble_hidden_fraction
-        _check_number("bamboo_bubble_hidden_fraction", hidden, positive=False)
+        check_number("bamboo_bubble_hidden_fraction", hidden, positive=False, source="costs")
         if hidden > 1:
             raise ConfigError(f"costs: bamboo_bubble_hidden_fraction must be in [0, 1], got {hidden!r}")
 
@@ -68,38 +68,24 @@ class SimCosts:
         Raises:
             ConfigError: an unknown key (the message lists the valid ones) or a bad value.
         """
-        if not isinstance(data, Mapping):
-            raise ConfigError(
-                f"{source}: expected a JSON object of cost constants, got {type(data).__name__}"
-            )
         own = [item.name for item in fields(cls) if item.name != "recovery"]
         shared = [item.name for item in fields(RecoveryConstants)]
-        unknown = sorted(str(key) for key in data if key not in own and key not in shared)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown key(s) {unknown}; valid keys: {', '.join(sorted(own + shared))}"
-            )
+        data = check_keys(
+            data, sorted(own + shared), source=source, expected="a JSON object of cost constants"
+        )
         recovery = RecoveryConstants.from_dict({k: v for k, v in data.items() if k in shared}, source=source)
-        try:
+        with errors_from(source, strip="costs: "):
             return cls(recovery=recovery, **{k: v for k, v in data.items() if k in own})
-        except ConfigError as error:
-            raise ConfigError(f"{source}: {str(error).removeprefix('costs: ')}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> SimCosts:
         """Read a ``--costs`` JSON file.
 
         Raises:
-            ConfigError: missing file, invalid JSON, unknown key or bad value.
+            ConfigError: missing or unreadable file, invalid JSON, unknown key or bad value.
         """
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except OSError as error:
-            raise ConfigError(f"{path}: cannot read cost constants ({error.strerror})") from None
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json_file(path, "cost constants"), source=str(path))
 
 
 def checkpoint_bytes(profile: ModelProfile) -> int:
@@ -123,10 +109,3 @@ def young_daly_interval_s(checkpoint_s: float, mtbf_s: float) -> float:
     if not math.isfinite(mtbf_s):
         return math.inf
     return math.sqrt(2.0 * checkpoint_s * mtbf_s)
-
-
-def _check_number(name: str, value: Any, *, positive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"costs: {name} must be a finite number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ConfigError(f"costs: {name} must be {'> 0' if positive else '>= 0'}, got {value!r}")

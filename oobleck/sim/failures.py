@@ -213,7 +213,7 @@ class FailureModel:
                 f"--fail-rate must be a number >= 0 (per node per hour), got {self.node_rate_per_hour}"
             )
         if self.repair_hours is not None and not (math.isfinite(self.repair_hours) and self.repair_hours > 0):
-            raise ConfigError(f"--repair-hours must be > 0 hours, got {self.repair_hours}")
+            raise ConfigError(f"--repair-hours must be a number > 0 (hours), got {self.repair_hours}")
         if self.repair_distribution not in ("fixed", "exponential"):
             raise ConfigError(
                 f"--repair-distribution must be 'fixed' or 'exponential', got {self.repair_distribution!r}"

@@ -187,8 +187,9 @@ class TrainingJob:
         self.pending_joins.extend(event.joined)
         alive = self.cluster.alive
         target = self.pending.config if self.pending is not None else self.config
-        if event.lost and target is not None:
-            recovery = self.policy.on_loss(target, event.lost, alive)
+        lost = self.policy.affected(target, event.lost) if target is not None else ()
+        if target is not None and lost:
+            recovery = self.policy.on_loss(target, lost, alive)
             if recovery is not None:
                 self._begin(recovery)
                 return

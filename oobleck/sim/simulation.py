@@ -28,7 +28,7 @@ from oobleck.sim.base import JobContext, Policy
 from oobleck.sim.cluster import Cluster
 from oobleck.sim.config import SimulationConfig
 from oobleck.sim.costs import checkpoint_bytes
-from oobleck.sim.failures import SECONDS_PER_HOUR, FailureModel, FailureTrace, generate_trace, read_trace
+from oobleck.sim.failures import SECONDS_PER_HOUR, FailureTrace, generate_trace, read_trace
 from oobleck.sim.job import TrainingJob
 from oobleck.sim.metrics import PolicyResult, TimelinePoint
 from oobleck.sim.policies.bamboo import BambooPolicy
@@ -166,14 +166,7 @@ def _trace(config: SimulationConfig, horizon_s: float) -> tuple[FailureTrace, fl
         trace = read_trace(config.trace, config.nodes).until(horizon_s)
         failures = trace.num_failures
         return trace, (horizon_s / failures if failures else math.inf)
-    model = FailureModel(
-        node_rate_per_hour=config.fail_rate,
-        repair_hours=config.repair_hours,
-        repair_distribution=config.repair_distribution,
-        rack_size=config.rack_size,
-        rack_rate_per_hour=config.rack_fail_rate,
-    )
-    trace = generate_trace(model, config.nodes, config.hours, random.Random(config.seed))
+    trace = generate_trace(config.failure_model(), config.nodes, config.hours, random.Random(config.seed))
     racks = math.ceil(config.nodes / config.rack_size) if config.rack_size else 0
     rate_per_s = (config.nodes * config.fail_rate + racks * config.rack_fail_rate) / SECONDS_PER_HOUR
     return trace, (1.0 / rate_per_s if rate_per_s > 0 else math.inf)

@@ -6,7 +6,7 @@ every other line (job start/end, future kinds) is skipped, so an older notebook 
 * **step rows** (no ``event`` key, or ``"event": "step"``): ``step``, ``loss``, ``samples``,
   ``tokens``, ``step_s``, ``generation`` and the wall-clock ``t`` at which the step ended;
 * **recovery rows** (``"event": "recovery"``): the measured seconds of each phase, named as the
-  planning core's :class:`~oobleck.planning.cost.RecoveryPrediction` names them, as a
+  planning core's :class:`~oobleck.planning.recovery.RecoveryPrediction` names them, as a
   ``"phases_s"`` object (``{"detect": 0.1, ...}``, what the elastic runtime writes; ``"phases"`` is
   accepted too) or as flat ``"detect_s"``-style keys; optional ``t``, ``step``, ``generation``,
   ``lost``, ``joined``, ``restart`` (a checkpoint restart rather than a reconfiguration),

@@ -81,9 +81,7 @@ class BambooPolicy(Policy):
     def on_loss(
         self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]
     ) -> Recovery | None:
-        affected = set(self.affected(config, lost))
-        if not affected:
-            return None
+        affected = set(lost)
         for pipeline in config.plan.pipelines:
             ring = pipeline.nodes
             for index, node in enumerate(ring):

@@ -57,8 +57,6 @@ class CheckpointPolicy(Policy):
     def on_loss(
         self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]
     ) -> Recovery | None:
-        if not self.affected(config, lost):
-            return None
         return self.restart(alive)
 
     def checkpoint_interval_s(self, config: Configuration) -> float:

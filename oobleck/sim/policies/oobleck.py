@@ -37,12 +37,9 @@ class OobleckPolicy(Policy):
     def on_loss(
         self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]
     ) -> Recovery | None:
-        affected = self.affected(config, lost)
-        if not affected:
-            return None
-        if len(affected) > self.context.fault_tolerance:
+        if len(lost) > self.context.fault_tolerance:
             return self.restart(alive)
-        return self._reconfigure(config, "reconfigure", lost_nodes=affected) or self.restart(alive)
+        return self._reconfigure(config, "reconfigure", lost_nodes=lost) or self.restart(alive)
 
     def on_join(
         self, config: Configuration, joined: tuple[int, ...], alive: tuple[int, ...]

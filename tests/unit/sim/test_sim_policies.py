@@ -10,10 +10,11 @@ import pytest
 
 from oobleck.planning.batch import distribute_batch
 from oobleck.planning.catalogue import resolve_profile
-from oobleck.planning.cost import RecoveryConstants, plan_iteration_time_s
+from oobleck.planning.cost import plan_iteration_time_s
 from oobleck.planning.hardware import get_hardware
 from oobleck.planning.plan import Pipeline
 from oobleck.planning.planner import Planner
+from oobleck.planning.recovery import RecoveryConstants
 from oobleck.sim import SimCosts, SimulationConfig, simulate
 from oobleck.sim.costs import checkpoint_bytes, checkpoint_save_s, restart_s
 from oobleck.sim.metrics import BREAKDOWN_KEYS

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from oobleck.errors import PlanningError
 from oobleck.planning.batch import distribute_batch
-from oobleck.planning.cost import plan_iteration_time_s, predict_recovery
+from oobleck.planning.cost import plan_iteration_time_s
 from oobleck.planning.plan import Pipeline, Plan
+from oobleck.planning.recovery import predict_recovery
 from oobleck.sim.base import Configuration, JobContext, Recovery
 from oobleck.sim.policies.homogeneous import HomogeneousPlanner
 from oobleck.sim.policies.oobleck import OobleckPolicy
@@ -38,9 +39,7 @@ class RecyclePolicy(OobleckPolicy):
     def on_loss(
         self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]
     ) -> Recovery | None:
-        affected = set(self.affected(config, lost))
-        if not affected:
-            return None
+        affected = set(lost)
         survivors = [p for p in config.plan.pipelines if affected.isdisjoint(p.nodes)]
         if len(affected) > self.context.fault_tolerance or not survivors:
             return super().on_loss(config, lost, alive)

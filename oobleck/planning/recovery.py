@@ -1,0 +1,208 @@
+"""Recovery-time prediction: what moving to a new plan costs, phase by phase.
+
+The simulator charges these predictions for every reconfiguration and the runtime records its
+measured recoveries under the same phase names (detect, plan, rebuild groups, transfer state, first
+step after), so a prediction can be checked against a measurement.
+
+Assumptions:
+    * Recovery phases run one after another; see :class:`RecoveryConstants` for each phase's model.
+    * Layer-state copies from distinct nodes run in parallel; a node sends and receives at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from oobleck.errors import ConfigError
+from oobleck.planning.hardware import HardwareSpec
+from oobleck.planning.plan import Plan, Transfer
+from oobleck.planning.validation import check_keys, check_number, errors_from, read_json_file
+
+FailureKind = Literal["disconnect", "hang"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecoveryConstants:
+    """Every constant of the recovery and restart cost models, in one documented place.
+
+    The simulator loads these from its ``--costs`` file (:meth:`from_dict`, :meth:`load`) and the
+    runtime's measured phases can be compared against the same names.
+    """
+
+    heartbeat_interval_s: float = 0.5
+    """Seconds between agent heartbeats; 0.5 s keeps control traffic negligible at 1000s of nodes."""
+    missed_heartbeats: int = 3
+    """Heartbeats missed before a silent (hung) node is declared dead; 3 rides out one slow GC or
+    network blip without a false positive. A hang is detected after ``interval * missed``."""
+    disconnect_detect_s: float = 0.1
+    """Seconds to notice a TCP disconnect or a worker exit under a live agent: one round trip plus the
+    agent's child-process poll (50 ms), rounded up."""
+    plan_s: float = 0.05
+    """Seconds to compute the new plan: templates are precomputed, so reconfiguration is a lookup
+    plus the batch split, tens of milliseconds in Python for ~100 nodes."""
+    rebuild_groups_fixed_s: float = 1.0
+    """Fixed part of rebuilding process groups: destroying the old ones and one rendezvous barrier
+    of all workers through the store."""
+    rebuild_groups_per_group_s: float = 0.05
+    """Seconds to create one process group (communicator set-up); groups are created one after
+    another because every rank must create every group in the same order."""
+    transfer_bandwidth_bytes_per_s: float | None = None
+    """Bytes per second one node sends or receives while copying layer state; ``None`` takes the
+    hardware's inter-node bandwidth times its devices per node (every device has its own NIC and a
+    node's layers are spread over its devices)."""
+    restart_s: float = 120.0
+    """Checkpoint-restart fallback: seconds to relaunch every worker (interpreter, torch import,
+    device and communicator initialisation, model build) before the checkpoint is read."""
+    checkpoint_load_bandwidth_bytes_per_s: float = 2e9
+    """Bytes per second one node reads a checkpoint from shared storage (a typical parallel
+    filesystem share per client)."""
+    checkpoint_save_bandwidth_bytes_per_s: float = 1e9
+    """Bytes per second one node writes a checkpoint; writes are slower than reads on most shared
+    filesystems."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.missed_heartbeats, bool) or not isinstance(self.missed_heartbeats, int):
+            raise ConfigError(f"costs: missed_heartbeats must be an integer, got {self.missed_heartbeats!r}")
+        if self.missed_heartbeats < 1:
+            raise ConfigError(f"costs: missed_heartbeats must be >= 1, got {self.missed_heartbeats}")
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "missed_heartbeats" or value is None:
+                continue
+            positive = item.name.endswith("bytes_per_s") or item.name == "heartbeat_interval_s"
+            check_number(item.name, value, positive=positive, source="costs")
+
+    def detect_s(self, failure: FailureKind) -> float:
+        """Seconds from a failure to its detection.
+
+        Args:
+            failure: ``"disconnect"`` (TCP reset, process exit: noticed at once) or ``"hang"``
+                (noticed only when heartbeats stop).
+
+        Raises:
+            ValueError: unknown ``failure``.
+        """
+        if failure == "disconnect":
+            return self.disconnect_detect_s
+        if failure == "hang":
+            return self.heartbeat_interval_s * self.missed_heartbeats
+        raise ValueError(f"failure must be 'disconnect' or 'hang', got {failure!r}")
+
+    def transfer_bandwidth(self, hardware: HardwareSpec) -> float:
+        """Per-node state-copy bandwidth: the override, or inter-node bandwidth times devices."""
+        if self.transfer_bandwidth_bytes_per_s is not None:
+            return self.transfer_bandwidth_bytes_per_s
+        return hardware.inter_node_bandwidth_bytes_per_s * hardware.gpus_per_node
+
+    def to_dict(self) -> dict[str, Any]:
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "costs") -> RecoveryConstants:
+        """Build from a mapping; missing keys keep their defaults.
+
+        Raises:
+            ConfigError: an unknown key (the message lists the valid ones) or a bad value.
+        """
+        known = [item.name for item in fields(cls)]
+        data = check_keys(data, known, source=source, expected="an object of cost constants")
+        with errors_from(source, strip="costs: "):
+            return cls(**dict(data))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RecoveryConstants:
+        """Read constants from a JSON object file (the simulator's ``--costs``).
+
+        Raises:
+            ConfigError: missing or unreadable file, invalid JSON, unknown key or bad value.
+        """
+        path = Path(path)
+        return cls.from_dict(read_json_file(path, "cost constants"), source=str(path))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecoveryPrediction:
+    """Predicted seconds of each recovery phase, named as the runtime records its measurements."""
+
+    detect_s: float
+    plan_s: float
+    rebuild_groups_s: float
+    transfer_state_s: float
+    first_step_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.detect_s + self.plan_s + self.rebuild_groups_s + self.transfer_state_s + self.first_step_s
+
+    def to_dict(self) -> dict[str, float]:
+        """Phase name -> seconds, plus ``"total"``."""
+        return {
+            "detect": self.detect_s,
+            "plan": self.plan_s,
+            "rebuild_groups": self.rebuild_groups_s,
+            "transfer_state": self.transfer_state_s,
+            "first_step": self.first_step_s,
+            "total": self.total_s,
+        }
+
+
+def process_group_count(plan: Plan) -> int:
+    """Process groups the runtime builds for ``plan``.
+
+    One data-parallel group per distinct tuple of layer holders (layers whose replicas live on the
+    same nodes share a group; none with a single pipeline) plus one point-to-point group per stage
+    boundary of every pipeline.
+    """
+    p2p = sum(pipeline.template.num_stages - 1 for pipeline in plan.pipelines)
+    if len(plan.pipelines) <= 1:
+        return p2p
+    num_layers = plan.pipelines[0].template.num_layers
+    # NOTE: nodes are distinct within a plan, so two layers have equal holder tuples exactly when
+    # every pipeline maps them to the same template node index; pipelines that share a template
+    # map alike, so one column per distinct template decides it (instead of every pipeline).
+    templates = {id(pipeline.template): pipeline.template for pipeline in plan.pipelines}
+    columns = [template.layout.node_of_layer[:num_layers] for template in templates.values()]
+    return p2p + len(set(zip(*columns, strict=True)))
+
+
+def predict_recovery(
+    new_plan: Plan,
+    transfers: Sequence[Transfer],
+    hardware: HardwareSpec,
+    constants: RecoveryConstants | None = None,
+    *,
+    failure: FailureKind = "disconnect",
+) -> RecoveryPrediction:
+    """Predict the phases of a recovery that moves to ``new_plan`` by copying ``transfers``.
+
+    Args:
+        new_plan: The plan after reconfiguration; its step time is the first step's cost.
+        transfers: Layer-state copies; copies from distinct nodes run in parallel, so the phase
+            lasts as long as the busiest node's larger direction (bytes sent or received).
+        hardware: Node type (default transfer bandwidth).
+        constants: Cost constants; ``None`` uses the defaults.
+        failure: How the failure showed itself (see :meth:`RecoveryConstants.detect_s`).
+
+    Returns:
+        Seconds per phase.
+    """
+    constants = constants or RecoveryConstants()
+    sent: dict[int, int] = {}
+    received: dict[int, int] = {}
+    for transfer in transfers:
+        if transfer.src_node == transfer.dst_node:
+            continue
+        sent[transfer.src_node] = sent.get(transfer.src_node, 0) + transfer.bytes
+        received[transfer.dst_node] = received.get(transfer.dst_node, 0) + transfer.bytes
+    busiest = max([*sent.values(), *received.values()], default=0)
+    groups = process_group_count(new_plan)
+    return RecoveryPrediction(
+        detect_s=constants.detect_s(failure),
+        plan_s=constants.plan_s,
+        rebuild_groups_s=constants.rebuild_groups_fixed_s + groups * constants.rebuild_groups_per_group_s,
+        transfer_state_s=busiest / constants.transfer_bandwidth(hardware),
+        first_step_s=new_plan.iteration_time_s,
+    )
