@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -64,47 +61,27 @@ def write_job(folder: Path, model: str, *, steps: int = STEPS) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run_workers(config: Path, plan: Plan | None, run_dir: Path, world: int, timeout_s: float = 150.0) -> None:
-    """Launch ``world`` worker processes with a torchrun-style environment; wait, bounded; kill leftovers."""
+def run_workers(
+    launch_ranks: Callable[..., None], config: Path, plan: Plan | None, run_dir: Path, world: int
+) -> None:
+    """Run ``world`` standalone workers with a torchrun-style environment (see ``conftest.run_ranks``)."""
     run_dir.mkdir(parents=True)
-    args = [
-        sys.executable,
-        "-m",
-        "oobleck.runtime.worker",
-        "--config",
-        str(config),
-        "--run-dir",
-        str(run_dir),
-    ]
-    args += ["--dump-state", "--timeout-s", "60"]
+    args = [sys.executable, "-m", "oobleck.runtime.worker", "--config", str(config)]
+    args += ["--run-dir", str(run_dir), "--dump-state", "--timeout-s", "60"]
     if plan is not None:
         (run_dir / "given_plan.json").write_text(json.dumps(plan.to_dict()))
         args += ["--plan", str(run_dir / "given_plan.json")]
-    port = free_port()
-    procs = []
-    for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)}
-        env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-        log = (run_dir / f"rank{rank}.log").open("w")
-        procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + timeout_s
-    try:
-        for proc in procs:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    codes = [proc.returncode for proc in procs]
-    logs = "\n".join((run_dir / f"rank{r}.log").read_text()[-2000:] for r in range(world))
-    assert codes == [0] * world, f"exit codes {codes}\n{logs}"
+
+    def env(rank: int, port: int) -> dict[str, str]:
+        return {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+
+    launch_ranks(world, run_dir, lambda rank, port: args, env)
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -134,13 +111,16 @@ def check_equivalent(reference: Path, split: Path, world: int) -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("model", ["tiny-gpt2", "tiny-llama", "tiny-gpt2-tied"])
-def test_heterogeneous_pipelines_equal_one_process(tmp_path: Path, model: str) -> None:
+def test_heterogeneous_pipelines_equal_one_process(
+    tmp_path: Path, model: str, launch_ranks: Callable[..., None]
+) -> None:
     """A 1-stage and a 3-stage pipeline (3 and 5 microbatches) on 4 processes match one process."""
     config = write_job(tmp_path, model)
     last = 3  # tiny presets: embedding, 2 blocks, head
-    run_workers(config, make_plan([([(0, last + 1)], GLOBAL_MICROBATCHES)]), tmp_path / "ref", 1)
+    whole = make_plan([([(0, last + 1)], GLOBAL_MICROBATCHES)])
+    run_workers(launch_ranks, config, whole, tmp_path / "ref", 1)
     split = make_plan([([(0, last + 1)], 3), ([(0, 1), (1, last), (last, last + 1)], 5)])
-    run_workers(config, split, tmp_path / "split", 4)
+    run_workers(launch_ranks, config, split, tmp_path / "split", 4)
     check_equivalent(tmp_path / "ref", tmp_path / "split", 4)
     replicas = [load_file(str(tmp_path / "split" / "state" / f"node{n}.safetensors")) for n in range(4)]
     for key, tensor in replicas[0].items():

@@ -11,12 +11,10 @@ This file is also the child script: ``python test_engine_recovery.py MODE RANK W
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -127,6 +125,21 @@ def child(mode: str, rank: int, world: int, port: int, config: str, out: str) ->
     if mode == "ref":
         engine.configure(_plan([([(0, 4)], 8)], [[0]]), 0, {0: 0}, store)
         train(range(STEPS))
+    elif mode == "redo":
+        first = _plan([([(0, 2), (2, 4)], 4), ([(0, 4)], 4)], [[0, 1], [2]])
+        engine.configure(first, 0, {0: 0, 1: 1, 2: 2}, store)
+        train(range(1))
+        moved = _plan([([(0, 4)], 4), ([(0, 2), (2, 4)], 4)], [[0], [1, 2]])
+        everyone = {0: 0, 1: 1, 2: 2}
+        engine.reconfigure(moved, plan_transfers(first, moved, alive_nodes=[0, 1, 2]), 1, everyone, store)
+        if rank == 0:  # lost after the reconfiguration completed, before any step under ``moved``
+            engine.close()
+            return
+        # NOTE: under ``moved`` node 2 gave up layers 0-1; under ``first`` it is their only survivor.
+        final = _plan([([(0, 2), (2, 4)], 8)], [[1, 2]])
+        engine.reconfigure(final, plan_transfers(first, final, alive_nodes=[1, 2]), 2, {1: 0, 2: 1}, store)
+        assert sorted(engine.layers) == list(final.layers_of_node(rank))
+        train(range(1, STEPS))
     else:
         if mode == "planner":
             planner = _small_memory_planner(engine, job)
@@ -153,12 +166,6 @@ def child(mode: str, rank: int, world: int, port: int, config: str, out: str) ->
     engine.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _write_job(folder: Path) -> Path:
     job = {
         "model": "tiny-gpt2-tied",
@@ -175,35 +182,47 @@ def _write_job(folder: Path) -> Path:
     return config
 
 
-def _run(mode: str, world: int, config: Path, out: Path, timeout_s: float = 150.0) -> None:
+def _run(launch_ranks: Callable[..., None], mode: str, world: int, config: Path, out: Path) -> None:
+    """Run this file as ``world`` child processes in ``mode`` (see :func:`child`)."""
     out.mkdir()
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = []
-    for rank in range(world):
-        log = (out / f"rank{rank}.log").open("w")
-        args = [sys.executable, __file__, mode, str(rank), str(world), str(port), str(config), str(out)]
-        procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + timeout_s
-    try:
-        for proc in procs:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    codes = [proc.returncode for proc in procs]
-    logs = "\n".join((out / f"rank{r}.log").read_text()[-2000:] for r in range(world))
-    assert codes == [0] * world, f"exit codes {codes}\n{logs}"
+
+    def argv(rank: int, port: int) -> list[str]:
+        return [sys.executable, __file__, mode, str(rank), str(world), str(port), str(config), str(out)]
+
+    launch_ranks(world, out, argv)
+
+
+def assert_matches_reference(ref_dir: Path, out: Path, survivors: tuple[int, ...]) -> None:
+    """Every step's loss, and every survivor's final state, equal the one-process run's (rel 1e-5)."""
+    from safetensors.torch import load_file
+
+    def losses(path: Path) -> list[float]:
+        return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+
+    expected, got = losses(ref_dir / "node0.jsonl"), losses(out / f"node{survivors[0]}.jsonl")
+    assert len(got) == len(expected) == STEPS
+    for step, (a, b) in enumerate(zip(got, expected, strict=True)):
+        assert abs(a - b) <= TOLERANCE * abs(b), f"step {step}: {a} vs {b}"
+    ref_state = load_file(str(ref_dir / "node0.safetensors"))
+    seen = set()
+    for node in survivors:
+        for key, tensor in load_file(str(out / f"node{node}.safetensors")).items():
+            ref = ref_state[key]
+            assert float((tensor.double() - ref.double()).norm()) <= TOLERANCE * max(
+                float(ref.double().norm()), 1e-12
+            ), key
+            seen.add(key)
+    assert seen == set(ref_state)
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def reference(
+    tmp_path_factory: pytest.TempPathFactory, launch_ranks: Callable[..., None]
+) -> tuple[Path, Path]:
     """The job config and the folder of its one-process run, shared by the recovery scenarios."""
     folder = tmp_path_factory.mktemp("reference")
     config = _write_job(folder)
-    _run("ref", 1, config, folder / "ref")
+    _run(launch_ranks, "ref", 1, config, folder / "ref")
     return config, folder / "ref"
 
 
@@ -211,34 +230,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("mode", ["recover", "planner"])
 def test_survivors_reconfigure_and_match_one_process(
-    tmp_path: Path, mode: str, reference: tuple[Path, Path]
+    tmp_path: Path, mode: str, reference: tuple[Path, Path], launch_ranks: Callable[..., None]
 ) -> None:
     """After node 3 leaves at step 3 (hand-made or planned), losses and state equal one process."""
-    from safetensors.torch import load_file
-
     config, ref_dir = reference
-    _run(mode, 4, config, tmp_path / "rec")
-
-    def losses(path: Path) -> list[float]:
-        return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
-
-    expected = losses(ref_dir / "node0.jsonl")
-    got = losses(tmp_path / "rec" / "node0.jsonl")
-    assert len(got) == len(expected) == STEPS
-    for step, (a, b) in enumerate(zip(got, expected, strict=True)):
-        assert abs(a - b) <= TOLERANCE * abs(b), f"step {step}: {a} vs {b}"
+    _run(launch_ranks, mode, 4, config, tmp_path / "rec")
+    assert_matches_reference(ref_dir, tmp_path / "rec", survivors=(0, 1, 2))
     generations = [json.loads(line)["generation"] for line in (tmp_path / "rec" / "node1.jsonl").open()]
     assert generations == [0] * LEAVE_AFTER + [1] * (STEPS - LEAVE_AFTER)
-    ref_state = load_file(str(ref_dir / "node0.safetensors"))
-    seen = set()
-    for node in range(3):
-        for key, tensor in load_file(str(tmp_path / "rec" / f"node{node}.safetensors")).items():
-            ref = ref_state[key]
-            assert float((tensor.double() - ref.double()).norm()) <= TOLERANCE * max(
-                float(ref.double().norm()), 1e-12
-            ), key
-            seen.add(key)
-    assert seen == set(ref_state)
     timing = [json.loads((tmp_path / "rec" / f"timing{n}.json").read_text()) for n in range(3)]
     assert sum(t["bytes_sent"] for t in timing) == sum(t["bytes_received"] for t in timing) > 0
     if mode == "recover":
@@ -255,9 +254,9 @@ def test_survivors_reconfigure_and_match_one_process(
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_abort_unblocks_a_peer_waiting_in_a_step(tmp_path: Path) -> None:
+def test_abort_unblocks_a_peer_waiting_in_a_step(tmp_path: Path, launch_ranks: Callable[..., None]) -> None:
     """An aborting rank makes its blocked peer raise CommunicationError in seconds, not at the timeout."""
-    _run("abort", 2, _write_job(tmp_path), tmp_path / "abort")
+    _run(launch_ranks, "abort", 2, _write_job(tmp_path), tmp_path / "abort")
     result = json.loads((tmp_path / "abort" / "node0.jsonl").read_text())
     assert result["unblocked_s"] < 10.0, result
     assert result["latched"], "a second call must re-raise the first, latched error"
@@ -265,9 +264,11 @@ def test_abort_unblocks_a_peer_waiting_in_a_step(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_abort_from_another_thread_ends_a_wait_on_a_hung_peer(tmp_path: Path) -> None:
+def test_abort_from_another_thread_ends_a_wait_on_a_hung_peer(
+    tmp_path: Path, launch_ranks: Callable[..., None]
+) -> None:
     """abort() on a control thread makes this rank's wait on a hung (not dead) peer raise at once."""
-    _run("hang", 2, _write_job(tmp_path), tmp_path / "hang")
+    _run(launch_ranks, "hang", 2, _write_job(tmp_path), tmp_path / "hang")
     result = json.loads((tmp_path / "hang" / "node0.jsonl").read_text())
     assert result["unblocked_s"] < 5.0, result
     assert "failure notice" in result["error"] and result["latched"]
@@ -276,3 +277,18 @@ def test_abort_from_another_thread_ends_a_wait_on_a_hung_peer(tmp_path: Path) ->
 if __name__ == "__main__":
     _mode, _rank, _world, _port, _config, _out = sys.argv[1:7]
     child(_mode, int(_rank), int(_world), int(_port), _config, _out)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_loss_after_a_completed_reconfiguration_replans_from_the_committed_plan(
+    tmp_path: Path, reference: tuple[Path, Path], launch_ranks: Callable[..., None]
+) -> None:
+    """A node lost after a reconfiguration completed but before its first step: the survivors plan
+    from the committed plan again, one sends a layer it gave up in the uncommitted plan, and the
+    run stays equal to one process."""
+    config, ref_dir = reference
+    _run(launch_ranks, "redo", 3, config, tmp_path / "redo")
+    assert_matches_reference(ref_dir, tmp_path / "redo", survivors=(1, 2))
+    generations = [json.loads(line)["generation"] for line in (tmp_path / "redo" / "node1.jsonl").open()]
+    assert generations == [0] + [2] * (STEPS - 1)
