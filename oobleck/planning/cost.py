@@ -28,11 +28,6 @@ import numpy as np
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.plan import Pipeline
 from oobleck.planning.profile import ModelProfile
-from oobleck.planning.recovery import (  # noqa: F401 - re-exported: this module was their home before
-    RecoveryConstants,
-    RecoveryPrediction,
-    predict_recovery,
-)
 
 SendKind = Literal["none", "intra", "inter"]
 _SEND_KINDS: tuple[str, ...] = ("none", "intra", "inter")

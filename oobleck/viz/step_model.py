@@ -1,0 +1,315 @@
+"""Model a recorded run's steady step time: reprice a plan under fitted constants, fit them, test them.
+
+The cost model prices a step from a profile measured one layer at a time in one otherwise idle
+process and from a hardware spec's bandwidths; a running job pays more than that (per-message
+latencies, optimizer update, Python and gloo) and, on the local test cluster, its workers share one
+machine's cores. :class:`StepCalibration` holds the few constants that map the cost model onto the
+job, :func:`calibrate_step_model` fits them to measured steps, :func:`held_out_step_errors` tests
+whether they carry from one run to another. Recovery constants and whole-run predictions live in
+:mod:`oobleck.viz.prediction`.
+
+Assumptions:
+    * The planner given here is the job's (same profile, hardware, f and batch), so it reproduces
+      the plans the runtime executed before and after each loss.
+    * Calibration runs and the run being predicted are different runs of the same job on the same
+      machine: constants are fitted on the first and tested on the second, never on the run itself.
+    * The step-time constants of a shared machine are told apart by plans with different numbers
+      of workers: calibration runs should cover more than two.
+    * Steady steps of one plan take about the same time, so one median per plan and run stands for
+      all of them (:func:`~oobleck.viz.recovery.steady_step_s`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from oobleck.errors import ConfigError
+from oobleck.planning.cost import plan_iteration_time_s, stage_latency_s
+from oobleck.planning.hardware import HardwareSpec
+from oobleck.planning.plan import Plan
+from oobleck.planning.planner import Planner
+from oobleck.planning.profile import ModelProfile
+from oobleck.viz.recovery import PredictionError, steady_step_s
+from oobleck.viz.runs import RecordedRun
+
+_NO_COST = 1e12
+"""A bandwidth scale that makes every transfer free: prices the compute part of a step alone."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepCalibration:
+    """Cost-model constants of the step time, fitted on calibration runs.
+
+    The profile is measured one layer at a time in one otherwise idle process, while the job runs
+    several workers that pay per-message latencies the bandwidth figures do not show and CPU work
+    outside the microbatches (optimizer update, gradient all-reduce, Python and gloo). With separate
+    machines a step is the cost model's own formula (1F1B time of the slowest pipeline plus the
+    gradient all-reduce) with every profiled compute time times ``compute_scale`` and every link
+    bandwidth times ``bandwidth_scale``, plus ``step_overhead_s``.
+
+    When every node is a worker process on one machine of ``shared_cores`` cores (the local test
+    cluster), workers also wait for a core: worker ``w`` needs ``W_w = compute_scale * (its
+    microbatches x its layers' profiled compute) + step_overhead_s`` CPU seconds per step and the
+    step takes ``max(critical path, sum_w W_w / shared_cores)``. Losing a node removes one
+    worker's ``step_overhead_s`` from the machine while the microbatch work stays (the global batch
+    is fixed), so on an oversubscribed machine the step gets *faster* after a loss.
+    """
+
+    compute_scale: float
+    """Compute time in the running job over the profiled compute time (1: the profile is right)."""
+    bandwidth_scale: float = 1.0
+    """Effective bandwidth in the running job over the hardware spec's (latency included)."""
+    step_overhead_s: float = 0.0
+    """CPU seconds every worker spends per step outside its microbatches' forward and backward."""
+    shared_cores: int | None = None
+    """Cores all workers share when they are processes of one machine; ``None``: separate machines."""
+
+    def step_s(self, plan: Plan, profile: ModelProfile, hardware: HardwareSpec) -> float:
+        """The step time of ``plan``'s pipelines under these constants (see the class docstring)."""
+        critical = repriced_step_s(plan, profile, hardware, self.compute_scale, self.bandwidth_scale)
+        critical += self.step_overhead_s
+        if self.shared_cores is None:
+            return critical
+        compute, workers = worker_work(plan, profile, hardware)
+        machine = (self.compute_scale * compute + workers * self.step_overhead_s) / self.shared_cores
+        return max(critical, machine)
+
+
+def worker_work(plan: Plan, profile: ModelProfile, hardware: HardwareSpec) -> tuple[float, int]:
+    """Profiled compute seconds of one step summed over all workers, and the number of workers.
+
+    A stage on ``g`` devices is ``g`` workers, each running every microbatch of its pipeline
+    through the stage's layers at the tensor-parallel speed-up of ``g``.
+
+    Args:
+        plan: A plan (its stages and microbatch counts).
+        profile: The profile it was planned with.
+        hardware: Supplies the tensor-parallel speed-up.
+
+    Returns:
+        ``(compute seconds at scale 1, workers)``.
+    """
+    compute, workers = 0.0, 0
+    for pipeline in plan.pipelines:
+        for stage in pipeline.template.stages:
+            latency = stage_latency_s(
+                profile, hardware, stage.first_layer, stage.end_layer, stage.gpus, "none"
+            )
+            compute += stage.gpus * pipeline.microbatches * latency
+            workers += stage.gpus
+    return compute, workers
+
+
+def scaled_profile(profile: ModelProfile, compute_scale: float) -> ModelProfile:
+    """``profile`` with every layer's forward and backward time multiplied by ``compute_scale``."""
+    return dataclasses.replace(
+        profile,
+        layers=tuple(
+            dataclasses.replace(
+                layer, forward_s=layer.forward_s * compute_scale, backward_s=layer.backward_s * compute_scale
+            )
+            for layer in profile.layers
+        ),
+    )
+
+
+def repriced_step_s(
+    plan: Plan, profile: ModelProfile, hardware: HardwareSpec, compute_scale: float, bandwidth_scale: float
+) -> float:
+    """Step time of ``plan``'s pipelines (same stages, same batch split) under scaled costs.
+
+    Args:
+        plan: A plan (its stages and microbatch counts are kept).
+        profile: The profile it was planned with.
+        hardware: The hardware it was planned for.
+        compute_scale: Factor on every layer's forward and backward time.
+        bandwidth_scale: Factor on the intra- and inter-node bandwidths.
+
+    Returns:
+        Seconds: the slowest pipeline's 1F1B time plus the gradient all-reduce.
+    """
+    scaled = scaled_profile(profile, compute_scale)
+    links = dataclasses.replace(
+        hardware,
+        intra_node_bandwidth_bytes_per_s=hardware.intra_node_bandwidth_bytes_per_s * bandwidth_scale,
+        inter_node_bandwidth_bytes_per_s=hardware.inter_node_bandwidth_bytes_per_s * bandwidth_scale,
+    )
+    pipelines = []
+    for pipeline in plan.pipelines:
+        stages = pipeline.template.stages
+        repriced = []
+        for index, stage in enumerate(stages):
+            send = (
+                "none"
+                if index == len(stages) - 1
+                else "intra"
+                if stages[index + 1].node == stage.node
+                else "inter"
+            )
+            latency = stage_latency_s(scaled, links, stage.first_layer, stage.end_layer, stage.gpus, send)
+            repriced.append(dataclasses.replace(stage, latency_s=latency))
+        template = dataclasses.replace(pipeline.template, stages=tuple(repriced))
+        pipelines.append(dataclasses.replace(pipeline, template=template))
+    return plan_iteration_time_s(pipelines, scaled, links)
+
+
+def step_parts_s(plan: Plan, profile: ModelProfile, hardware: HardwareSpec) -> tuple[float, float]:
+    """The compute and the communication part of ``plan``'s step as the cost model prices it.
+
+    The step is linear in the two parts' factors (compute scale, inverse bandwidth scale), which is
+    what lets :func:`calibrate_step_model` fit them by least squares.
+
+    Args:
+        plan: A plan.
+        profile: The profile it was planned with.
+        hardware: The hardware it was planned for.
+
+    Returns:
+        ``(compute seconds, communication seconds)``, both at scale 1; they sum to the step time.
+    """
+    compute = repriced_step_s(plan, profile, hardware, 1.0, _NO_COST)
+    return compute, repriced_step_s(plan, profile, hardware, 1.0, 1.0) - compute
+
+
+def calibrate_step_model(
+    observations: Sequence[tuple[Plan, float]],
+    profile: ModelProfile,
+    hardware: HardwareSpec,
+    *,
+    shared_cores: int | None = None,
+) -> StepCalibration:
+    """Least-squares fit of :class:`StepCalibration` to measured steady step times.
+
+    Separate machines: a step is ``compute_scale * A + B / bandwidth_scale`` for a plan whose
+    compute part is ``A`` and communication part ``B`` (both priced by the cost model), so the
+    two factors come from a linear fit; with fewer than two distinct plans, or a fit that would
+    make communication free or negative, only the compute factor is fitted.
+
+    Shared cores: ``compute_scale`` and ``step_overhead_s`` are fitted, the bandwidth factor stays
+    1 (over loopback the "links" are CPU work, which ``step_overhead_s`` already prices). Each
+    observation is linear in the two on its branch of the ``max`` (critical path or the machine's
+    total work over its cores); the branches are found by refitting until they stop changing.
+    Both constants are CPU times, so they are fitted non-negative: when the unconstrained fit
+    makes one negative (noisy steps on a busy machine), the other is fitted alone.
+
+    Args:
+        observations: ``(plan, measured steady step seconds)`` pairs from calibration runs.
+        profile: The profile the plans were made with.
+        hardware: The hardware spec they were made for.
+        shared_cores: Cores all workers share when they are processes of one machine (``None``:
+            separate machines).
+
+    Returns:
+        The calibration.
+
+    Raises:
+        ConfigError: no observations, or ``shared_cores`` below 1.
+    """
+    if not observations:
+        raise ConfigError("calibrate_step_model: give at least one (plan, measured step time) pair")
+    if shared_cores is not None and shared_cores < 1:
+        raise ConfigError(f"calibrate_step_model: shared_cores must be >= 1 or None, got {shared_cores}")
+    plans = [plan for plan, _ in observations]
+    measured = np.array([seconds for _, seconds in observations])
+    parts = np.array([step_parts_s(plan, profile, hardware) for plan in plans])
+    bare, comm = parts[:, 0], parts[:, 1]
+    if shared_cores is not None:
+        work = np.array([worker_work(plan, profile, hardware) for plan in plans])
+        # Rows per branch of the max: coefficients of compute_scale and step_overhead_s, constant.
+        critical = np.column_stack([bare, np.ones(len(plans)), comm])
+        machine = np.column_stack([work / shared_cores, np.zeros(len(plans))])
+        scale, overhead = _fit_branches(critical, machine, measured)
+        return StepCalibration(compute_scale=scale, step_overhead_s=overhead, shared_cores=shared_cores)
+    (scale, inverse_bandwidth), *_ = np.linalg.lstsq(np.column_stack([bare, comm]), measured, rcond=None)
+    if len({round(c, 12) for c in bare}) < 2 or inverse_bandwidth <= 0 or scale <= 0:
+        inverse_bandwidth = 1.0
+        scale = float(np.dot(bare, measured - comm) / np.dot(bare, bare))
+    return StepCalibration(compute_scale=float(scale), bandwidth_scale=float(1.0 / inverse_bandwidth))
+
+
+def _fit_branches(critical: np.ndarray, machine: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """``(scale, overhead)`` fitted with each row on the branch of the max its fit puts it on."""
+    on_machine = np.ones(len(measured), dtype=bool)
+    # NOTE: every pass moves rows between two branches; a few passes settle, a bounded loop
+    # guarantees the fit ends even if two assignments alternate.
+    for _ in range(len(measured) + 1):
+        rows = np.where(on_machine[:, None], machine, critical)
+        scale, overhead = _nonnegative_fit(rows[:, :2], measured - rows[:, 2])
+        constants = np.array([scale, overhead, 1.0])
+        branch = machine @ constants >= critical @ constants
+        if np.array_equal(branch, on_machine):
+            break
+        on_machine = branch
+    return float(scale), float(overhead)
+
+
+def _nonnegative_fit(columns: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """Least squares of two non-negative constants: a negative CPU time is not physical."""
+    solution, *_ = np.linalg.lstsq(columns, target, rcond=None)
+    if (solution >= 0).all():
+        return float(solution[0]), float(solution[1])
+    # NOTE: the constrained optimum then lies on an axis: fit each constant alone, keep the better.
+    candidates = []
+    for index in (0, 1):
+        column = columns[:, index]
+        value = max(0.0, float(np.dot(column, target) / np.dot(column, column)))
+        residual = float(np.sum((target - value * column) ** 2))
+        candidates.append((residual, index, value))
+    _, index, value = min(candidates)
+    return (value, 0.0) if index == 0 else (0.0, value)
+
+
+def step_observations(runs: Sequence[RecordedRun], planner: Planner) -> list[tuple[Plan, float]]:
+    """Each calibration run's plans before and after its first loss, with their measured step times.
+
+    Args:
+        runs: Calibration runs, each with one failure and steady steps on both sides of it.
+        planner: The job's planner (reproduces the plans the runtime executed).
+
+    Returns:
+        ``(plan, median steady step seconds)`` pairs, two per run, for :func:`calibrate_step_model`.
+    """
+    observations = []
+    for run in runs:
+        before = planner.plan(run.initial_nodes)
+        after = planner.reconfigure(before, lost_nodes=run.failures[0].lost).plan
+        observations.append((before, steady_step_s(run, generation=0)))
+        observations.append((after, steady_step_s(run, generation=run.failures[0].generation)))
+    return observations
+
+
+def held_out_step_errors(
+    runs: Mapping[str, RecordedRun], planner: Planner, *, shared_cores: int | None = None
+) -> list[PredictionError]:
+    """Each run's steady step times, predicted with step constants fitted on the other runs only.
+
+    Shows whether the step-time constants carry from run to run: one held-out error says little
+    on a machine whose load changes between runs.
+
+    Args:
+        runs: At least two recorded runs with a failure, by name (kept in this order).
+        planner: The job's planner.
+        shared_cores: As for :func:`calibrate_step_model`.
+
+    Returns:
+        ``"<name> before"`` and ``"<name> after"`` for every run.
+
+    Raises:
+        ConfigError: fewer than two runs.
+    """
+    if len(runs) < 2:
+        raise ConfigError(f"held_out_step_errors: give at least two runs to hold one out, got {len(runs)}")
+    profile, hardware = planner.profile, planner.hardware
+    errors = []
+    for name, run in runs.items():
+        others = step_observations([other for key, other in runs.items() if key != name], planner)
+        steps = calibrate_step_model(others, profile, hardware, shared_cores=shared_cores)
+        own = step_observations([run], planner)
+        for (plan, measured), side in zip(own, ("before", "after"), strict=True):
+            predicted = steps.step_s(plan, profile, hardware)
+            errors.append(PredictionError(name=f"{name} {side}", predicted_s=predicted, measured_s=measured))
+    return errors
