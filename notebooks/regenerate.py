@@ -6,7 +6,7 @@ Usage (from the repository root)::
     python notebooks/regenerate.py 01 02      # notebooks whose name starts with 01 or 02
     python notebooks/regenerate.py --check    # re-execute, save nothing, exit 1 if any is stale
 
-Notebook 03 records real runs (about two minutes); with ``--check`` only the shape of its outputs is
+Notebook 03 records real runs (about three minutes); with ``--check`` only the shape of its outputs is
 compared, because its numbers are measurements.
 
 Each notebook runs in a fresh kernel of this interpreter (see ``oobleck.viz.execute``). After a

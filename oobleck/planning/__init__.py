@@ -15,6 +15,7 @@ from oobleck.planning.profile import LayerProfile, ModelProfile
 from oobleck.planning.reconfigure import Reconfiguration, reconfigure
 from oobleck.planning.recovery import RecoveryConstants, RecoveryPrediction, predict_recovery
 from oobleck.planning.shapes import MODELS, ModelShape, get_model_shape
+from oobleck.planning.step_time import StepConstants
 from oobleck.planning.templates import generate_templates
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "RecoveryConstants",
     "RecoveryPrediction",
     "Stage",
+    "StepConstants",
     "Transfer",
     "analytic_profile",
     "distribute_batch",

@@ -17,6 +17,7 @@ from oobleck.planning.plan import PipelineTemplate, Plan
 from oobleck.planning.profile import ModelProfile
 from oobleck.planning.reconfigure import Reconfiguration, reconfigure
 from oobleck.planning.recovery import RecoveryConstants, RecoveryPrediction, predict_recovery
+from oobleck.planning.step_time import StepConstants
 from oobleck.planning.templates import generate_templates
 
 
@@ -110,10 +111,20 @@ class Planner:
         )
 
     def predict_recovery(
-        self, reconfiguration: Reconfiguration, constants: RecoveryConstants | None = None
+        self,
+        reconfiguration: Reconfiguration,
+        constants: RecoveryConstants | None = None,
+        steps: StepConstants | None = None,
     ) -> RecoveryPrediction:
-        """Predicted seconds per recovery phase for ``reconfiguration`` on this hardware."""
-        return predict_recovery(reconfiguration.plan, reconfiguration.transfers, self.hardware, constants)
+        """Predicted seconds per recovery phase for ``reconfiguration`` on this hardware.
+
+        ``steps`` prices the first step after the recovery (default: the plan's own step time).
+        """
+        plan = reconfiguration.plan
+        first_step = (steps or StepConstants()).step_s(plan, self.profile, self.hardware)
+        return predict_recovery(
+            plan, reconfiguration.transfers, self.hardware, constants, first_step_s=first_step
+        )
 
     def _instantiate(self, node_ids: Sequence[int], fault_tolerance: int) -> Plan:
         return instantiate(

@@ -175,16 +175,20 @@ def predict_recovery(
     constants: RecoveryConstants | None = None,
     *,
     failure: FailureKind = "disconnect",
+    first_step_s: float | None = None,
 ) -> RecoveryPrediction:
     """Predict the phases of a recovery that moves to ``new_plan`` by copying ``transfers``.
 
     Args:
-        new_plan: The plan after reconfiguration; its step time is the first step's cost.
+        new_plan: The plan after reconfiguration; its step time is the first step's cost unless
+            ``first_step_s`` says otherwise.
         transfers: Layer-state copies; copies from distinct nodes run in parallel, so the phase
             lasts as long as the busiest node's larger direction (bytes sent or received).
         hardware: Node type (default transfer bandwidth).
         constants: Cost constants; ``None`` uses the defaults.
         failure: How the failure showed itself (see :meth:`RecoveryConstants.detect_s`).
+        first_step_s: The first step's cost when the job's steps are priced by calibrated
+            constants (:meth:`~oobleck.planning.step_time.StepConstants.step_s`).
 
     Returns:
         Seconds per phase.
@@ -204,5 +208,5 @@ def predict_recovery(
         plan_s=constants.plan_s,
         rebuild_groups_s=constants.rebuild_groups_fixed_s + groups * constants.rebuild_groups_per_group_s,
         transfer_state_s=busiest / constants.transfer_bandwidth(hardware),
-        first_step_s=new_plan.iteration_time_s,
+        first_step_s=new_plan.iteration_time_s if first_step_s is None else first_step_s,
     )

@@ -50,6 +50,10 @@ class JobContext:
     checkpoint_bytes: int
     """Bytes of one checkpoint (:func:`oobleck.sim.costs.checkpoint_bytes` of the profile)."""
 
+    def step_time_s(self, plan: Plan) -> float:
+        """Seconds one step of ``plan`` takes: the planner's price under the step constants of ``costs``."""
+        return self.costs.step.step_s(plan, self.profile, self.hardware)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Configuration:

@@ -1,9 +1,11 @@
 """Every constant a simulated recovery costs, in one place a user can override with ``--costs``.
 
 The planning core's :class:`~oobleck.planning.recovery.RecoveryConstants` prices Oobleck's own
-reconfiguration and the checkpoint-restart fallback (restart time, checkpoint save/load bandwidth);
-:class:`SimCosts` adds the per-policy constants of the baselines. A ``--costs`` JSON file is one flat
-object whose keys are fields of either class; an unknown key is an error, never silently ignored.
+reconfiguration and the checkpoint-restart fallback (restart time, checkpoint save/load bandwidth)
+and its :class:`~oobleck.planning.step_time.StepConstants` say how long a plan's steps really take
+(calibrated from measured runs; by default the planner's own price); :class:`SimCosts` adds the
+per-policy constants of the baselines. A ``--costs`` JSON file is one flat object whose keys are
+fields of any of the three classes; an unknown key is an error, never silently ignored.
 
 Assumptions:
     * A checkpoint holds every layer's parameters and optimizer state once; the nodes of one
@@ -22,7 +24,11 @@ from typing import Any
 from oobleck.errors import ConfigError
 from oobleck.planning.profile import ModelProfile
 from oobleck.planning.recovery import RecoveryConstants
+from oobleck.planning.step_time import StepConstants
 from oobleck.planning.validation import check_keys, check_number, errors_from, read_json_file
+
+_NESTED = ("recovery", "step")
+"""Fields of :class:`SimCosts` that hold a planning-core class, flattened into the ``--costs`` keys."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,6 +37,8 @@ class SimCosts:
 
     recovery: RecoveryConstants = field(default_factory=RecoveryConstants)
     """Oobleck's reconfiguration phases and the restart/load/save costs every policy shares."""
+    step: StepConstants = field(default_factory=StepConstants)
+    """How long the chosen plans' steps take, for every policy (default: as planned)."""
     checkpoint_interval_s: float | None = None
     """Checkpoint period of ``checkpoint`` and ``varuna``; ``None`` picks Young/Daly
     ``sqrt(2 * C * MTBF)`` from the checkpoint cost ``C`` and the cluster's mean time between failures."""
@@ -58,8 +66,8 @@ class SimCosts:
 
     def to_dict(self) -> dict[str, Any]:
         """Flat mapping of every constant (the ``--costs`` file format)."""
-        values = {item.name: getattr(self, item.name) for item in fields(self) if item.name != "recovery"}
-        return {**self.recovery.to_dict(), **values}
+        values = {item.name: getattr(self, item.name) for item in fields(self) if item.name not in _NESTED}
+        return {**self.recovery.to_dict(), **self.step.to_dict(), **values}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "costs") -> SimCosts:
@@ -68,14 +76,16 @@ class SimCosts:
         Raises:
             ConfigError: an unknown key (the message lists the valid ones) or a bad value.
         """
-        own = [item.name for item in fields(cls) if item.name != "recovery"]
+        own = [item.name for item in fields(cls) if item.name not in _NESTED]
         shared = [item.name for item in fields(RecoveryConstants)]
+        step = [item.name for item in fields(StepConstants)]
         data = check_keys(
-            data, sorted(own + shared), source=source, expected="a JSON object of cost constants"
+            data, sorted(own + shared + step), source=source, expected="a JSON object of cost constants"
         )
         recovery = RecoveryConstants.from_dict({k: v for k, v in data.items() if k in shared}, source=source)
+        steps = StepConstants.from_dict({k: v for k, v in data.items() if k in step}, source=source)
         with errors_from(source, strip="costs: "):
-            return cls(recovery=recovery, **{k: v for k, v in data.items() if k in own})
+            return cls(recovery=recovery, step=steps, **{k: v for k, v in data.items() if k in own})
 
     @classmethod
     def load(cls, path: str | Path) -> SimCosts:

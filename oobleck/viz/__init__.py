@@ -10,7 +10,7 @@ parts of oobleck (and ``execute`` needs the optional notebook dependencies):
 * :mod:`oobleck.viz.runs` -- reading a recorded run directory of the real runtime (no torch);
 * :mod:`oobleck.viz.live` -- recording a real run with a node killed mid-run (starts the runtime);
 * :mod:`oobleck.viz.recovery` -- predicted against measured recovery phases and step times;
-* :mod:`oobleck.viz.step_model` -- the step-time model: constants fitted to measured steps;
+* :mod:`oobleck.viz.step_model` -- the planning core's step-time constants fitted to measured steps;
 * :mod:`oobleck.viz.prediction` -- a recorded run predicted: recovery constants, plan, simulation;
 * :mod:`oobleck.viz.execute` -- headless execution of notebooks and comparison of their outputs;
 * :mod:`oobleck.viz.style` -- the shared look: sizes, colours, units.

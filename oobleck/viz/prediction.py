@@ -3,7 +3,8 @@
 The predictions are made with the same code the runtime plans with (:class:`Planner`) and the
 simulator (:func:`~oobleck.sim.simulation.simulate`), fed with the profile the runtime measured, so
 the only things a prediction can get wrong are the cost model and its constants. Step times are
-priced by the step-time model of :mod:`oobleck.viz.step_model`.
+priced by the planning core's :class:`~oobleck.planning.step_time.StepConstants`, fitted by
+:mod:`oobleck.viz.step_model`; the simulator charges the same ones.
 
 Assumptions:
     * Calibration runs and the run being predicted are different runs of the same job on the same
@@ -26,14 +27,17 @@ from oobleck.planning.plan import Plan
 from oobleck.planning.planner import Planner
 from oobleck.planning.profile import ModelProfile
 from oobleck.planning.recovery import RecoveryConstants
+from oobleck.planning.step_time import StepConstants
 from oobleck.sim.config import SimulationConfig
 from oobleck.sim.costs import SimCosts
 from oobleck.sim.simulation import SimulationResult, simulate
 from oobleck.viz.recovery import PredictionError, compare_phases, failure_trace, steady_step_s
 from oobleck.viz.runs import RecordedRun, RecoveryRecord
-from oobleck.viz.step_model import StepCalibration, scaled_profile, step_parts_s
 
 _SECONDS_PER_HOUR = 3600.0
+_SHOWN_RECOVERY = ("disconnect_detect_s", "plan_s", "rebuild_groups_fixed_s", "rebuild_groups_per_group_s")
+_SHOWN_STEP = ("compute_scale", "bandwidth_scale", "step_overhead_s", "shared_cores")
+"""The constants :func:`calibration_summary` shows: those a calibration sets."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,7 +101,7 @@ def calibrate_constants(
     )
 
 
-def calibration_summary(constants: RecoveryConstants, steps: StepCalibration) -> str:
+def calibration_summary(constants: RecoveryConstants, steps: StepConstants) -> str:
     """The calibrated cost-model constants, one per line, next to their documented defaults.
 
     Args:
@@ -107,21 +111,12 @@ def calibration_summary(constants: RecoveryConstants, steps: StepCalibration) ->
     Returns:
         Printable text.
     """
-    default = RecoveryConstants()
     rows = [
-        ("disconnect_detect_s", constants.disconnect_detect_s, default.disconnect_detect_s),
-        ("plan_s", constants.plan_s, default.plan_s),
-        ("rebuild_groups_fixed_s", constants.rebuild_groups_fixed_s, default.rebuild_groups_fixed_s),
-        (
-            "rebuild_groups_per_group_s",
-            constants.rebuild_groups_per_group_s,
-            default.rebuild_groups_per_group_s,
-        ),
-        ("compute_scale", steps.compute_scale, 1.0),
-        ("bandwidth_scale", steps.bandwidth_scale, 1.0),
-        ("step_overhead_s", steps.step_overhead_s, 0.0),
-        ("shared_cores", steps.shared_cores or 0, 0),
+        *((name, getattr(constants, name), getattr(RecoveryConstants(), name)) for name in _SHOWN_RECOVERY),
+        *((name, getattr(steps, name), getattr(StepConstants(), name)) for name in _SHOWN_STEP),
     ]
+    # NOTE: shared_cores is None for separate machines; shown as 0.
+    rows = [(name, value or 0, fallback or 0) for name, value, fallback in rows]
     return "\n".join(f"{name:<28} {value:>10.4g}   (default {fallback:g})" for name, value, fallback in rows)
 
 
@@ -156,7 +151,7 @@ def predict_run(
     run: RecordedRun,
     planner: Planner,
     constants: RecoveryConstants,
-    steps: StepCalibration | None = None,
+    steps: StepConstants | None = None,
 ) -> RunPrediction:
     """Plan the run's nodes, reconfigure after its first loss, and predict the phases and step times.
 
@@ -180,12 +175,10 @@ def predict_run(
         raise ConfigError(f"{run.run_dir}: the master recorded no failure; nothing to predict")
     plan = planner.plan(run.initial_nodes)
     change = planner.reconfigure(plan, lost_nodes=run.failures[0].lost)
-    steps = steps or StepCalibration(compute_scale=1.0, bandwidth_scale=1.0)
+    steps = steps or StepConstants()
     before = steps.step_s(plan, planner.profile, planner.hardware)
     after = steps.step_s(change.plan, planner.profile, planner.hardware)
-    phases = planner.predict_recovery(change, constants).to_dict()
-    phases["total"] += after - phases["first_step"]
-    phases["first_step"] = after
+    phases = planner.predict_recovery(change, constants, steps).to_dict()
     return RunPrediction(
         plan=plan, new_plan=change.plan, phases_s=phases, step_before_s=before, step_after_s=after
     )
@@ -196,37 +189,28 @@ def simulate_run(
     profile: ModelProfile,
     planner: Planner,
     constants: RecoveryConstants,
-    steps: StepCalibration | None = None,
+    steps: StepConstants | None = None,
 ) -> SimulationResult:
     """Replay the run's failures in the simulator, with the oobleck policy only.
 
     Writes ``<run_dir>/trace.csv`` (the same nodes removed at the same time after the first step
     started) and ``<run_dir>/simulated-profile.json``; the simulated duration ends with the run's
-    last step. The simulator takes a catalogue hardware *name*, so a bandwidth calibration cannot
-    reach it: instead the profile's compute times are scaled so that the simulator's step time of
-    the run's initial plan equals the calibrated model's. That is exact before the failure only:
-    the simulator prices nodes as separate machines, so with ``steps.shared_cores`` its step after
-    a loss grows with the survivors' microbatches where the calibrated model's shrinks.
+    last step. The simulator charges every step, and the first step after the recovery, with
+    ``steps``: the same step times as :func:`predict_run`, before and after the loss.
 
     Args:
         run: A recorded run with a failure.
         profile: The profile the runtime planned with.
         planner: The job's planner (supplies hardware, f and the batch).
         constants: Recovery constants the simulator charges.
-        steps: Step-time calibration (``None``: the profile as measured).
+        steps: Step-time constants (``None``: the profile's prices).
 
     Returns:
         The simulation result.
     """
     folder = Path(run.run_dir)
     (folder / "trace.csv").write_text(failure_trace(run))
-    scale = 1.0
-    if steps is not None:
-        plan = planner.plan(run.initial_nodes)
-        compute, comm = step_parts_s(plan, profile, planner.hardware)
-        scale = (steps.step_s(plan, profile, planner.hardware) - comm) / compute
-    scaled = scaled_profile(profile, scale)
-    scaled.save(folder / "simulated-profile.json")
+    profile.save(folder / "simulated-profile.json")
     config = SimulationConfig(
         nodes=len(run.initial_nodes),
         hours=(run.steps[-1].t - run.start_t) / _SECONDS_PER_HOUR,
@@ -237,6 +221,6 @@ def simulate_run(
         fault_tolerance=planner.fault_tolerance,
         global_microbatches=planner.global_microbatches,
         microbatch_size=planner.microbatch_size,
-        costs=SimCosts(recovery=constants),
+        costs=SimCosts(recovery=constants, step=steps or StepConstants()),
     )
     return simulate(config)

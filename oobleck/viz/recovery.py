@@ -140,26 +140,68 @@ def simulated_step_errors(
     )
 
 
-def errors_table(errors: Sequence[PredictionError]) -> str:
+def median_errors(per_run: Sequence[Sequence[PredictionError]]) -> tuple[PredictionError, ...]:
+    """One prediction against the median measurement of repeated runs of the same scenario.
+
+    A single run on a shared machine measures milliseconds-long phases through the noise of
+    whatever else the machine does; repeating the scenario and taking the median measurement of
+    each quantity is what tells a model error from one unlucky run.
+
+    Args:
+        per_run: The same quantities, in the same order, for each run (e.g.
+            :func:`~oobleck.viz.prediction.prediction_errors` of every run).
+
+    Returns:
+        One entry per quantity: the common prediction and the median measured seconds.
+
+    Raises:
+        ConfigError: no runs, or runs whose quantities or predictions differ (different scenarios).
+    """
+    if not per_run:
+        raise ConfigError("median_errors: give the errors of at least one run")
+    first = per_run[0]
+    for errors in per_run[1:]:
+        if [(e.name, e.predicted_s) for e in errors] != [(e.name, e.predicted_s) for e in first]:
+            raise ConfigError(
+                "median_errors: the runs differ in quantities or predictions; repeat one scenario"
+            )
+    return tuple(
+        PredictionError(
+            name=error.name,
+            predicted_s=error.predicted_s,
+            measured_s=statistics.median(errors[index].measured_s for errors in per_run),
+        )
+        for index, error in enumerate(first)
+    )
+
+
+def errors_table(errors: Sequence[PredictionError], per_run: Sequence[Sequence[PredictionError]] = ()) -> str:
     """Text table of predicted and measured seconds and the relative error, one row per entry.
 
     Args:
-        errors: Output of :func:`compare_phases`, possibly with step-time entries appended.
+        errors: Output of :func:`compare_phases`, possibly with step-time entries appended, or of
+            :func:`median_errors`.
+        per_run: The runs behind a :func:`median_errors` table: each run's own error is shown in
+            one more column, so the spread between runs stays visible.
 
     Returns:
         Printable text with a header line.
     """
     width = max([15, *(len(error.name) for error in errors)])
-    header = f"{'':<{width}} {'predicted':>10} {'measured':>10} {'error':>8}"
+    runs = "".join(f" {f'run {index + 1}':>7}" for index in range(len(per_run)))
+    header = f"{'':<{width}} {'predicted':>10} {'measured':>10} {'error':>8}{runs}"
     lines = [header, "-" * len(header)]
-    for error in errors:
-        relative = error.relative_error
-        shown = "-" if math.isnan(relative) else f"{relative:+.0%}"
+    for row, error in enumerate(errors):
+        each = "".join(f" {_percent(errors_of_run[row].relative_error):>7}" for errors_of_run in per_run)
         lines.append(
             f"{error.name:<{width}} {format_seconds(error.predicted_s):>10} "
-            f"{format_seconds(error.measured_s):>10} {shown:>8}"
+            f"{format_seconds(error.measured_s):>10} {_percent(error.relative_error):>8}{each}"
         )
     return "\n".join(lines)
+
+
+def _percent(relative: float) -> str:
+    return "-" if math.isnan(relative) else f"{relative:+.0%}"
 
 
 def plot_recovery_phases(

@@ -1,12 +1,10 @@
-"""Model a recorded run's steady step time: reprice a plan under fitted constants, fit them, test them.
+"""Fit the planning core's step-time constants to recorded runs, and test whether they carry over.
 
-The cost model prices a step from a profile measured one layer at a time in one otherwise idle
-process and from a hardware spec's bandwidths; a running job pays more than that (per-message
-latencies, optimizer update, Python and gloo) and, on the local test cluster, its workers share one
-machine's cores. :class:`StepCalibration` holds the few constants that map the cost model onto the
-job, :func:`calibrate_step_model` fits them to measured steps, :func:`held_out_step_errors` tests
-whether they carry from one run to another. Recovery constants and whole-run predictions live in
-:mod:`oobleck.viz.prediction`.
+:class:`~oobleck.planning.step_time.StepConstants` maps the cost model onto a running job (compute
+and bandwidth scales, a per-worker overhead, shared cores); the simulator and the recovery
+prediction charge steps with them. :func:`calibrate_step_model` fits them to measured steps,
+:func:`held_out_step_errors` tests whether they carry from one run to another. Recovery constants
+and whole-run predictions live in :mod:`oobleck.viz.prediction`.
 
 Assumptions:
     * The planner given here is the job's (same profile, hardware, f and batch), so it reproduces
@@ -21,158 +19,18 @@ Assumptions:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from oobleck.errors import ConfigError
-from oobleck.planning.cost import plan_iteration_time_s, stage_latency_s
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.plan import Plan
 from oobleck.planning.planner import Planner
 from oobleck.planning.profile import ModelProfile
+from oobleck.planning.step_time import StepConstants, step_parts_s, worker_work
 from oobleck.viz.recovery import PredictionError, steady_step_s
 from oobleck.viz.runs import RecordedRun
-
-_NO_COST = 1e12
-"""A bandwidth scale that makes every transfer free: prices the compute part of a step alone."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepCalibration:
-    """Cost-model constants of the step time, fitted on calibration runs.
-
-    The profile is measured one layer at a time in one otherwise idle process, while the job runs
-    several workers that pay per-message latencies the bandwidth figures do not show and CPU work
-    outside the microbatches (optimizer update, gradient all-reduce, Python and gloo). With separate
-    machines a step is the cost model's own formula (1F1B time of the slowest pipeline plus the
-    gradient all-reduce) with every profiled compute time times ``compute_scale`` and every link
-    bandwidth times ``bandwidth_scale``, plus ``step_overhead_s``.
-
-    When every node is a worker process on one machine of ``shared_cores`` cores (the local test
-    cluster), workers also wait for a core: worker ``w`` needs ``W_w = compute_scale * (its
-    microbatches x its layers' profiled compute) + step_overhead_s`` CPU seconds per step and the
-    step takes ``max(critical path, sum_w W_w / shared_cores)``. Losing a node removes one
-    worker's ``step_overhead_s`` from the machine while the microbatch work stays (the global batch
-    is fixed), so on an oversubscribed machine the step gets *faster* after a loss.
-    """
-
-    compute_scale: float
-    """Compute time in the running job over the profiled compute time (1: the profile is right)."""
-    bandwidth_scale: float = 1.0
-    """Effective bandwidth in the running job over the hardware spec's (latency included)."""
-    step_overhead_s: float = 0.0
-    """CPU seconds every worker spends per step outside its microbatches' forward and backward."""
-    shared_cores: int | None = None
-    """Cores all workers share when they are processes of one machine; ``None``: separate machines."""
-
-    def step_s(self, plan: Plan, profile: ModelProfile, hardware: HardwareSpec) -> float:
-        """The step time of ``plan``'s pipelines under these constants (see the class docstring)."""
-        critical = repriced_step_s(plan, profile, hardware, self.compute_scale, self.bandwidth_scale)
-        critical += self.step_overhead_s
-        if self.shared_cores is None:
-            return critical
-        compute, workers = worker_work(plan, profile, hardware)
-        machine = (self.compute_scale * compute + workers * self.step_overhead_s) / self.shared_cores
-        return max(critical, machine)
-
-
-def worker_work(plan: Plan, profile: ModelProfile, hardware: HardwareSpec) -> tuple[float, int]:
-    """Profiled compute seconds of one step summed over all workers, and the number of workers.
-
-    A stage on ``g`` devices is ``g`` workers, each running every microbatch of its pipeline
-    through the stage's layers at the tensor-parallel speed-up of ``g``.
-
-    Args:
-        plan: A plan (its stages and microbatch counts).
-        profile: The profile it was planned with.
-        hardware: Supplies the tensor-parallel speed-up.
-
-    Returns:
-        ``(compute seconds at scale 1, workers)``.
-    """
-    compute, workers = 0.0, 0
-    for pipeline in plan.pipelines:
-        for stage in pipeline.template.stages:
-            latency = stage_latency_s(
-                profile, hardware, stage.first_layer, stage.end_layer, stage.gpus, "none"
-            )
-            compute += stage.gpus * pipeline.microbatches * latency
-            workers += stage.gpus
-    return compute, workers
-
-
-def scaled_profile(profile: ModelProfile, compute_scale: float) -> ModelProfile:
-    """``profile`` with every layer's forward and backward time multiplied by ``compute_scale``."""
-    return dataclasses.replace(
-        profile,
-        layers=tuple(
-            dataclasses.replace(
-                layer, forward_s=layer.forward_s * compute_scale, backward_s=layer.backward_s * compute_scale
-            )
-            for layer in profile.layers
-        ),
-    )
-
-
-def repriced_step_s(
-    plan: Plan, profile: ModelProfile, hardware: HardwareSpec, compute_scale: float, bandwidth_scale: float
-) -> float:
-    """Step time of ``plan``'s pipelines (same stages, same batch split) under scaled costs.
-
-    Args:
-        plan: A plan (its stages and microbatch counts are kept).
-        profile: The profile it was planned with.
-        hardware: The hardware it was planned for.
-        compute_scale: Factor on every layer's forward and backward time.
-        bandwidth_scale: Factor on the intra- and inter-node bandwidths.
-
-    Returns:
-        Seconds: the slowest pipeline's 1F1B time plus the gradient all-reduce.
-    """
-    scaled = scaled_profile(profile, compute_scale)
-    links = dataclasses.replace(
-        hardware,
-        intra_node_bandwidth_bytes_per_s=hardware.intra_node_bandwidth_bytes_per_s * bandwidth_scale,
-        inter_node_bandwidth_bytes_per_s=hardware.inter_node_bandwidth_bytes_per_s * bandwidth_scale,
-    )
-    pipelines = []
-    for pipeline in plan.pipelines:
-        stages = pipeline.template.stages
-        repriced = []
-        for index, stage in enumerate(stages):
-            send = (
-                "none"
-                if index == len(stages) - 1
-                else "intra"
-                if stages[index + 1].node == stage.node
-                else "inter"
-            )
-            latency = stage_latency_s(scaled, links, stage.first_layer, stage.end_layer, stage.gpus, send)
-            repriced.append(dataclasses.replace(stage, latency_s=latency))
-        template = dataclasses.replace(pipeline.template, stages=tuple(repriced))
-        pipelines.append(dataclasses.replace(pipeline, template=template))
-    return plan_iteration_time_s(pipelines, scaled, links)
-
-
-def step_parts_s(plan: Plan, profile: ModelProfile, hardware: HardwareSpec) -> tuple[float, float]:
-    """The compute and the communication part of ``plan``'s step as the cost model prices it.
-
-    The step is linear in the two parts' factors (compute scale, inverse bandwidth scale), which is
-    what lets :func:`calibrate_step_model` fit them by least squares.
-
-    Args:
-        plan: A plan.
-        profile: The profile it was planned with.
-        hardware: The hardware it was planned for.
-
-    Returns:
-        ``(compute seconds, communication seconds)``, both at scale 1; they sum to the step time.
-    """
-    compute = repriced_step_s(plan, profile, hardware, 1.0, _NO_COST)
-    return compute, repriced_step_s(plan, profile, hardware, 1.0, 1.0) - compute
 
 
 def calibrate_step_model(
@@ -181,8 +39,8 @@ def calibrate_step_model(
     hardware: HardwareSpec,
     *,
     shared_cores: int | None = None,
-) -> StepCalibration:
-    """Least-squares fit of :class:`StepCalibration` to measured steady step times.
+) -> StepConstants:
+    """Least-squares fit of the step constants to measured steady step times.
 
     Separate machines: a step is ``compute_scale * A + B / bandwidth_scale`` for a plan whose
     compute part is ``A`` and communication part ``B`` (both priced by the cost model), so the
@@ -223,12 +81,12 @@ def calibrate_step_model(
         critical = np.column_stack([bare, np.ones(len(plans)), comm])
         machine = np.column_stack([work / shared_cores, np.zeros(len(plans))])
         scale, overhead = _fit_branches(critical, machine, measured)
-        return StepCalibration(compute_scale=scale, step_overhead_s=overhead, shared_cores=shared_cores)
+        return StepConstants(compute_scale=scale, step_overhead_s=overhead, shared_cores=shared_cores)
     (scale, inverse_bandwidth), *_ = np.linalg.lstsq(np.column_stack([bare, comm]), measured, rcond=None)
     if len({round(c, 12) for c in bare}) < 2 or inverse_bandwidth <= 0 or scale <= 0:
         inverse_bandwidth = 1.0
         scale = float(np.dot(bare, measured - comm) / np.dot(bare, bare))
-    return StepCalibration(compute_scale=float(scale), bandwidth_scale=float(1.0 / inverse_bandwidth))
+    return StepConstants(compute_scale=float(scale), bandwidth_scale=float(1.0 / inverse_bandwidth))
 
 
 def _fit_branches(critical: np.ndarray, machine: np.ndarray, measured: np.ndarray) -> tuple[float, float]:

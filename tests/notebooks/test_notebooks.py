@@ -8,7 +8,7 @@ matplotlib and font versions) and not widget ids (random per run). We chose re-e
 regenerating in CI and diffing files because it needs no write access to the checkout, it tests
 that the notebooks run top to bottom at the same time, and a failure names the first differing
 cell instead of a base64 diff. Notebook 03 measures real processes, so its numbers differ on every
-run: its test re-executes it (recording fresh runs, about two minutes) and compares only the shape
+run: its test re-executes it (recording five fresh runs, about three minutes) and compares only the shape
 of the outputs (which cells print, which draw figures).
 """
 

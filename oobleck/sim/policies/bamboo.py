@@ -73,7 +73,7 @@ class BambooPolicy(Policy):
                 "neighbour's redundant layers in memory; add nodes or use a smaller model"
             ) from None
         plan = self.homogeneous.plan(nodes, depth)
-        step = plan.iteration_time_s * (1.0 + self.overhead)
+        step = self.context.step_time_s(plan) * (1.0 + self.overhead)
         return Configuration(
             plan=plan, step_time_s=step, redundancy_fraction=self.overhead / (1.0 + self.overhead)
         )

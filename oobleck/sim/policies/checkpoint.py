@@ -29,7 +29,7 @@ class CheckpointPolicy(Policy):
 
     def configure(self, nodes: tuple[int, ...]) -> Configuration:
         plan = self.homogeneous.plan(nodes, self.depth_for(len(nodes)))
-        return Configuration(plan=plan, step_time_s=plan.iteration_time_s)
+        return Configuration(plan=plan, step_time_s=self.context.step_time_s(plan))
 
     def depth_for(self, num_nodes: int) -> int:
         """Pipeline depth on ``num_nodes`` nodes: the one chosen for the first configuration.

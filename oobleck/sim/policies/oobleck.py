@@ -28,11 +28,11 @@ class OobleckPolicy(Policy):
     def start(self, nodes: tuple[int, ...]) -> Configuration:
         """The planner's plan with the full ``f + 1`` pipelines; fewer nodes make oobleck infeasible."""
         plan = self.context.planner.plan(nodes)
-        return Configuration(plan=plan, step_time_s=plan.iteration_time_s)
+        return Configuration(plan=plan, step_time_s=self.context.step_time_s(plan))
 
     def configure(self, nodes: tuple[int, ...]) -> Configuration:
         plan = fallback_plan(self.context, nodes)
-        return Configuration(plan=plan, step_time_s=plan.iteration_time_s)
+        return Configuration(plan=plan, step_time_s=self.context.step_time_s(plan))
 
     def on_loss(
         self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]
@@ -60,10 +60,11 @@ class OobleckPolicy(Policy):
         except ReconfigurationError as error:
             logger.debug("reconfigure(lost=%s, joined=%s) failed: %s", lost_nodes, joined_nodes, error)
             return None
-        prediction = planner.predict_recovery(result, self.context.costs.recovery)
+        costs = self.context.costs
+        prediction = planner.predict_recovery(result, costs.recovery, costs.step)
         return Recovery(
             kind=kind,
             duration_s=prediction.total_s,
-            config=Configuration(plan=result.plan, step_time_s=result.plan.iteration_time_s),
+            config=Configuration(plan=result.plan, step_time_s=self.context.step_time_s(result.plan)),
             rollback="iteration" if lost_nodes else "none",
         )

@@ -125,3 +125,16 @@ def test_cost_overrides_change_the_result(tmp_path: Path, capsys: pytest.Capture
     samples = [json.loads(p.read_text())["results"][0]["samples"] for p in (base, slow)]
     assert samples[1] < samples[0]
     assert json.loads(slow.read_text())["config"]["costs"]["restart_s"] == 900
+
+
+def test_readme_shows_the_default_runs_table_as_the_code_prints_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The README's table of ``python -m oobleck.sim --nodes 32 --fail-rate 0.01`` is not stale."""
+    assert main(["--nodes", "32", "--fail-rate", "0.01", "--quiet"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    shown = readme.split("The default run above prints:\n```\n", 1)[1].split("\n```", 1)[0].splitlines()
+    # NOTE: the last line holds the wall time the simulation took: the one output the code does not decide.
+    assert [line.rstrip() for line in shown[:-1]] == [line.rstrip() for line in printed[:-1]]
+    assert printed[-1].startswith("seed 0; simulated in")

@@ -11,6 +11,7 @@ from oobleck.planning.catalogue import analytic_profile
 from oobleck.planning.hardware import get_hardware
 from oobleck.planning.planner import Planner
 from oobleck.planning.recovery import RecoveryConstants
+from oobleck.planning.step_time import StepConstants
 from oobleck.viz.prediction import (
     calibrate_constants,
     calibration_summary,
@@ -18,8 +19,8 @@ from oobleck.viz.prediction import (
     prediction_errors,
     simulate_run,
 )
+from oobleck.viz.recovery import simulated_step_errors
 from oobleck.viz.runs import MembershipRecord, RecordedRun, RecoveryRecord, StepRecord
-from oobleck.viz.step_model import StepCalibration
 
 HARDWARE = get_hardware("cpu")
 PROFILE = analytic_profile("tiny-gpt2", HARDWARE, microbatch_size=2)
@@ -65,7 +66,7 @@ def test_constants_are_the_median_of_each_measured_phase() -> None:
     assert (constants.disconnect_detect_s, constants.plan_s) == (0.01, 0.03)
     assert (constants.rebuild_groups_fixed_s, constants.rebuild_groups_per_group_s) == (0.02, 0.0)
     assert constants.restart_s == RecoveryConstants().restart_s
-    summary = calibration_summary(constants, StepCalibration(compute_scale=1.0, step_overhead_s=0.01))
+    summary = calibration_summary(constants, StepConstants(compute_scale=1.0, step_overhead_s=0.01))
     assert "plan_s" in summary and "step_overhead_s" in summary
     with pytest.raises(ConfigError, match="at least one"):
         calibrate_constants([])
@@ -76,7 +77,7 @@ def test_prediction_follows_the_runs_failure_and_compares_everything(
 ) -> None:
     """The prediction reconfigures after the recorded loss and lines up with every measured quantity."""
     run = _run(tmp_path, (0.02, 0.025))
-    steps = StepCalibration(compute_scale=0.5, bandwidth_scale=1.0)
+    steps = StepConstants(compute_scale=0.5, bandwidth_scale=1.0)
     predicted = predict_run(run, planner, calibrate_constants(run.recoveries), steps)
     assert predicted.new_plan.nodes == (0, 1, 2)
     assert predicted.phases_s["first_step"] == predicted.step_after_s
@@ -95,3 +96,18 @@ def test_replay_removes_the_lost_node_at_the_recorded_time(planner: Planner, tmp
     (event,) = result.trace.events
     assert (event.time_s, event.lost) == (pytest.approx(4.52), (3,))
     assert (tmp_path / "trace.csv").read_text() == "4520,remove,node3\n"
+
+
+def test_replay_charges_the_predicted_step_times_before_and_after_the_loss(
+    planner: Planner, tmp_path: Path
+) -> None:
+    """With shared-core step constants the simulator's steps equal the prediction's on both sides."""
+    run = _run(tmp_path, (0.02, 0.025))
+    constants = calibrate_constants(run.recoveries)
+    steps = StepConstants(compute_scale=0.5, step_overhead_s=0.004, shared_cores=2)
+    predicted = predict_run(run, planner, constants, steps)
+    timeline = simulate_run(run, PROFILE, planner, constants, steps).result("oobleck").timeline
+    before, after = simulated_step_errors(run, timeline, planner.plan(range(4)).global_batch_size)
+    assert before.predicted_s == pytest.approx(predicted.step_before_s, rel=1e-12)
+    assert after.predicted_s == pytest.approx(predicted.step_after_s, rel=1e-12)
+    assert after.predicted_s < before.predicted_s

@@ -14,6 +14,7 @@ from oobleck.viz.recovery import (
     compare_phases,
     errors_table,
     failure_trace,
+    median_errors,
     plot_recovery_phases,
     plot_run_vs_prediction,
     simulated_step_errors,
@@ -68,6 +69,29 @@ def test_relative_error_of_a_zero_measurement_is_nan() -> None:
     error = PredictionError(name="plan", predicted_s=0.1, measured_s=0.0)
     assert math.isnan(error.relative_error)
     assert errors_table([error]).splitlines()[-1].split()[-1] == "-"
+
+
+def test_repeated_runs_are_compared_at_their_median_and_each_run_keeps_its_column() -> None:
+    """Three runs of one scenario: the prediction meets the median measurement; the spread stays shown."""
+    per_run = [
+        (
+            PredictionError(name="plan", predicted_s=0.1, measured_s=m),
+            PredictionError(name="total", predicted_s=1.0, measured_s=t),
+        )
+        for m, t in ((0.08, 1.5), (0.1, 1.0), (0.2, 0.5))
+    ]
+    plan, total = median_errors(per_run)
+    assert (plan.measured_s, total.measured_s) == (0.1, 1.0)
+    assert plan.relative_error == total.relative_error == 0.0
+    rows = errors_table((plan, total), per_run).splitlines()
+    assert rows[0].split()[-6:] == ["run", "1", "run", "2", "run", "3"]
+    assert rows[2].split()[-3:] == ["+25%", "+0%", "-50%"]
+    assert rows[3].split()[-4:] == ["+0%", "-33%", "+0%", "+100%"]
+    mixed = [per_run[0], (per_run[1][0], PredictionError(name="total", predicted_s=2.0, measured_s=1.0))]
+    with pytest.raises(ConfigError, match="repeat one scenario"):
+        median_errors(mixed)
+    with pytest.raises(ConfigError, match="at least one run"):
+        median_errors([])
 
 
 def test_steady_step_time_skips_the_first_step_of_a_generation() -> None:

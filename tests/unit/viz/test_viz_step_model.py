@@ -1,8 +1,7 @@
-"""Tests of the step-time model: repricing a plan, fitting its constants, holding runs out."""
+"""Tests of fitting the step-time constants to measured steps, and of holding runs out."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from oobleck.errors import ConfigError
 from oobleck.planning.catalogue import analytic_profile
 from oobleck.planning.hardware import get_hardware
 from oobleck.planning.planner import Planner
+from oobleck.planning.step_time import StepConstants, repriced_step_s
 from oobleck.viz import step_model
 from oobleck.viz.runs import RecordedRun, load_run
 
@@ -43,32 +43,11 @@ def _recorded(run_dir: Path, lost: int, step_s: tuple[float, float]) -> Recorded
     return load_run(run_dir)
 
 
-def test_repricing_at_unit_scales_reproduces_the_planned_step_time(planner: Planner) -> None:
-    """Scales of 1 give back the planner's own step time; doubling compute doubles the compute part."""
-    plan = planner.plan(range(4))
-    assert step_model.repriced_step_s(plan, PROFILE, HARDWARE, 1.0, 1.0) == pytest.approx(
-        plan.iteration_time_s
-    )
-    compute, comm = step_model.step_parts_s(plan, PROFILE, HARDWARE)
-    assert compute > 0 and comm > 0
-    assert compute + comm == pytest.approx(plan.iteration_time_s)
-    assert step_model.repriced_step_s(plan, PROFILE, HARDWARE, 2.0, 1e12) == pytest.approx(2 * compute)
-
-
-def test_scaled_profile_changes_compute_times_only() -> None:
-    """Every layer's forward and backward time is multiplied by the scale; sizes and names stay."""
-    scaled = step_model.scaled_profile(PROFILE, 2.5)
-    assert len(scaled.layers) == len(PROFILE.layers)
-    for layer, new in zip(PROFILE.layers, scaled.layers, strict=True):
-        assert (new.forward_s, new.backward_s) == (2.5 * layer.forward_s, 2.5 * layer.backward_s)
-        assert dataclasses.replace(new, forward_s=layer.forward_s, backward_s=layer.backward_s) == layer
-
-
 def test_separate_machines_step_is_the_cost_models_formula_and_is_fitted_back(planner: Planner) -> None:
     """Without shared cores a step is the repriced 1F1B formula, and known factors are fitted back exactly."""
-    truth = step_model.StepCalibration(compute_scale=0.3, bandwidth_scale=0.05)
+    truth = StepConstants(compute_scale=0.3, bandwidth_scale=0.05)
     plans = [planner.plan(range(4)), planner.plan(range(3)), planner.plan(range(2))]
-    assert truth.step_s(plans[0], PROFILE, HARDWARE) == step_model.repriced_step_s(
+    assert truth.step_s(plans[0], PROFILE, HARDWARE) == repriced_step_s(
         plans[0], PROFILE, HARDWARE, 0.3, 0.05
     )
     observations = [(plan, truth.step_s(plan, PROFILE, HARDWARE)) for plan in plans]
@@ -78,24 +57,11 @@ def test_separate_machines_step_is_the_cost_models_formula_and_is_fitted_back(pl
     assert (fitted.step_overhead_s, fitted.shared_cores) == (0.0, None)
 
 
-def test_shared_cores_step_is_the_machines_work_over_its_cores(planner: Planner) -> None:
-    """Four one-node pipelines of 2 microbatches on 2 cores take 4c + 2o; after a loss 4c + 1.5o, faster."""
-    steps = step_model.StepCalibration(compute_scale=0.5, step_overhead_s=0.004, shared_cores=2)
-    before, after = planner.plan(range(4)), planner.plan(range(3))
-    compute, workers = step_model.worker_work(before, PROFILE, HARDWARE)
-    assert (workers, step_model.worker_work(after, PROFILE, HARDWARE)) == (4, (pytest.approx(compute), 3))
-    per_microbatch = 0.5 * compute / 8
-    assert steps.step_s(before, PROFILE, HARDWARE) == pytest.approx(4 * per_microbatch + 2 * 0.004)
-    assert steps.step_s(after, PROFILE, HARDWARE) == pytest.approx(4 * per_microbatch + 1.5 * 0.004)
-    separate = step_model.StepCalibration(compute_scale=0.5, step_overhead_s=0.004)
-    assert separate.step_s(after, PROFILE, HARDWARE) > separate.step_s(before, PROFILE, HARDWARE)
-
-
 def test_shared_cores_fit_recovers_known_constants_on_both_branches(planner: Planner) -> None:
     """Compute scale and per-worker overhead come back exactly, with the 2-node plan on its critical path."""
-    truth = step_model.StepCalibration(compute_scale=0.3, step_overhead_s=0.006, shared_cores=2)
+    truth = StepConstants(compute_scale=0.3, step_overhead_s=0.006, shared_cores=2)
     plans = [planner.plan(range(4)), planner.plan(range(3)), planner.plan(range(2))]
-    critical = step_model.repriced_step_s(plans[2], PROFILE, HARDWARE, 0.3, 1.0) + 0.006
+    critical = repriced_step_s(plans[2], PROFILE, HARDWARE, 0.3, 1.0) + 0.006
     assert truth.step_s(plans[2], PROFILE, HARDWARE) == pytest.approx(critical)
     observations = [(plan, truth.step_s(plan, PROFILE, HARDWARE)) for plan in plans]
     fitted = step_model.calibrate_step_model(observations, PROFILE, HARDWARE, shared_cores=2)
@@ -124,7 +90,7 @@ def test_shared_cores_fit_never_returns_a_negative_constant(planner: Planner) ->
 
 def test_held_out_runs_are_predicted_from_the_other_runs_constants(planner: Planner, tmp_path: Path) -> None:
     """Recorded runs that lose different nodes, timed by one set of constants, are each predicted exactly."""
-    truth = step_model.StepCalibration(compute_scale=0.2, step_overhead_s=0.01, shared_cores=2)
+    truth = StepConstants(compute_scale=0.2, step_overhead_s=0.01, shared_cores=2)
     runs = {}
     for name, lost in (("a", 3), ("b", 0), ("c", 1)):
         before = planner.plan(range(4))

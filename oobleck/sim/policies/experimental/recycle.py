@@ -51,7 +51,7 @@ class RecyclePolicy(OobleckPolicy):
         return Recovery(
             kind="reroute",
             duration_s=prediction.total_s - prediction.first_step_s,
-            config=Configuration(plan=plan, step_time_s=plan.iteration_time_s),
+            config=Configuration(plan=plan, step_time_s=self.context.step_time_s(plan)),
             rollback="none",
         )
 
