@@ -12,14 +12,14 @@ Assumptions:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from oobleck.errors import ConfigError
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.plan import Plan, Transfer
-from oobleck.planning.validation import check_keys, check_number, errors_from, read_json_file
+from oobleck.planning.validation import check_number, constants_from_mapping, read_json_file
 
 FailureKind = Literal["disconnect", "hang"]
 
@@ -98,7 +98,7 @@ class RecoveryConstants:
         return hardware.inter_node_bandwidth_bytes_per_s * hardware.gpus_per_node
 
     def to_dict(self) -> dict[str, Any]:
-        return {item.name: getattr(self, item.name) for item in fields(self)}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "costs") -> RecoveryConstants:
@@ -107,10 +107,8 @@ class RecoveryConstants:
         Raises:
             ConfigError: an unknown key (the message lists the valid ones) or a bad value.
         """
-        known = [item.name for item in fields(cls)]
-        data = check_keys(data, known, source=source, expected="an object of cost constants")
-        with errors_from(source, strip="costs: "):
-            return cls(**dict(data))
+        expected = "an object of cost constants"
+        return constants_from_mapping(cls, data, source=source, expected=expected, prefix="costs: ")
 
     @classmethod
     def load(cls, path: str | Path) -> RecoveryConstants:

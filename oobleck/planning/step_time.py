@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from oobleck.errors import ConfigError
@@ -28,7 +28,7 @@ from oobleck.planning.cost import plan_iteration_time_s, stage_latency_s
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.plan import Plan
 from oobleck.planning.profile import ModelProfile
-from oobleck.planning.validation import check_keys, check_number, errors_from
+from oobleck.planning.validation import check_number, constants_from_mapping
 
 _NO_COST = 1e12
 """A bandwidth scale that makes every transfer free: prices the compute part of a step alone."""
@@ -85,7 +85,7 @@ class StepConstants:
         return max(critical, machine)
 
     def to_dict(self) -> dict[str, Any]:
-        return {item.name: getattr(self, item.name) for item in fields(self)}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "costs") -> StepConstants:
@@ -94,10 +94,8 @@ class StepConstants:
         Raises:
             ConfigError: an unknown key (the message lists the valid ones) or a bad value.
         """
-        known = [item.name for item in fields(cls)]
-        data = check_keys(data, known, source=source, expected="an object of step constants")
-        with errors_from(source, strip="costs: "):
-            return cls(**dict(data))
+        expected = "an object of step constants"
+        return constants_from_mapping(cls, data, source=source, expected=expected, prefix="costs: ")
 
 
 _PLANNED = StepConstants()

@@ -342,8 +342,16 @@ def _no_fit_message(profile: ModelProfile, hardware: HardwareSpec, max_nodes: in
     per_device = stage_memory_bytes(profile, largest, largest + 1, hardware.gpus_per_node, 1)
     return (
         f"model {profile.model!r} needs more memory than {max_nodes} {hardware.name} node(s) offer "
-        f"({hardware.gpus_per_node} x {hardware.usable_memory_bytes / GIB:.1f} GiB usable each): "
-        f"its state is {profile.total_state_bytes / GIB:.1f} GiB (>= {needed} node(s)), its largest layer "
-        f"{profile.layers[largest].name!r} needs {per_device / GIB:.2f} GiB per device with one "
+        f"({hardware.gpus_per_node} x {_size(hardware.usable_memory_bytes)} usable each): "
+        f"its state is {_size(profile.total_state_bytes)} (>= {needed} node(s)), its largest layer "
+        f"{profile.layers[largest].name!r} needs {_size(per_device)} per device with one "
         f"microbatch; use more nodes, a smaller microbatch size or devices with more memory"
     )
+
+
+def _size(num_bytes: float) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1, e.g. ``'1.5 GiB'``, ``'12.0 MiB'``."""
+    for unit, scale in (("GiB", GIB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.1f} {unit}"
+    return f"{num_bytes:.0f} B"

@@ -16,6 +16,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,6 +93,25 @@ def check_keys(
     if unknown:
         raise ConfigError(f"{source}: unknown {noun}(s) {unknown}; valid {noun}s: {', '.join(known)}")
     return data
+
+
+def constants_from_mapping(cls: type[T], data: Any, *, source: str, expected: str, prefix: str) -> T:
+    """Build a dataclass of constants from a hand-written mapping; missing keys keep their defaults.
+
+    Args:
+        cls: A dataclass whose ``__post_init__`` checks its values.
+        data: The parsed mapping.
+        source: File name or label the messages start with.
+        expected: What a valid document is, for the message on a non-mapping.
+        prefix: The generic prefix ``cls``'s own messages start with (replaced by ``source``).
+
+    Raises:
+        ConfigError: not a mapping, an unknown key (the valid ones are listed) or a bad value.
+    """
+    known = [item.name for item in fields(cls)]
+    data = check_keys(data, known, source=source, expected=expected)
+    with errors_from(source, strip=prefix):
+        return cls(**dict(data))
 
 
 def check_number(name: str, value: Any, *, positive: bool, source: str) -> None:

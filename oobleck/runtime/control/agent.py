@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from oobleck.runtime.control.protocol import Channel, ConnectionClosedError, ProtocolError, connect
+from oobleck.runtime.run_log import ERROR_FILE_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ class Agent:
                     "LOCAL_WORLD_SIZE": str(self.config.slots),
                     "MASTER_ADDR": str(self.store["host"]),
                     "MASTER_PORT": str(self.store["port"]),
-                    "TORCHELASTIC_ERROR_FILE": str(error_file),
+                    ERROR_FILE_ENV: str(error_file),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
                 }
             )

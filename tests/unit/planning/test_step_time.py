@@ -22,23 +22,16 @@ HARDWARE = get_hardware("cpu")
 PROFILE = analytic_profile("tiny-gpt2", HARDWARE, microbatch_size=2)
 
 
-@pytest.fixture(scope="module")
-def planner() -> Planner:
-    return Planner(
-        PROFILE, HARDWARE, fault_tolerance=1, global_microbatches=8, microbatch_size=2, max_nodes=4
-    )
-
-
-def test_default_constants_charge_exactly_the_planned_step_time(planner: Planner) -> None:
+def test_default_constants_charge_exactly_the_planned_step_time(tiny_planner: Planner) -> None:
     """Uncalibrated, a step costs what the planner priced it at, to the last bit."""
     for nodes in (4, 3, 2):
-        plan = planner.plan(range(nodes))
+        plan = tiny_planner.plan(range(nodes))
         assert StepConstants().step_s(plan, PROFILE, HARDWARE) == plan.iteration_time_s
 
 
-def test_repricing_at_unit_scales_reproduces_the_planned_step_time(planner: Planner) -> None:
+def test_repricing_at_unit_scales_reproduces_the_planned_step_time(tiny_planner: Planner) -> None:
     """Scales of 1 give back the planner's own step time; doubling compute doubles the compute part."""
-    plan = planner.plan(range(4))
+    plan = tiny_planner.plan(range(4))
     assert repriced_step_s(plan, PROFILE, HARDWARE, 1.0, 1.0) == pytest.approx(plan.iteration_time_s)
     compute, comm = step_parts_s(plan, PROFILE, HARDWARE)
     assert compute > 0 and comm > 0
@@ -55,18 +48,18 @@ def test_scaled_profile_changes_compute_times_only() -> None:
         assert dataclasses.replace(new, forward_s=layer.forward_s, backward_s=layer.backward_s) == layer
 
 
-def test_separate_machines_step_is_the_repriced_formula_plus_overhead(planner: Planner) -> None:
+def test_separate_machines_step_is_the_repriced_formula_plus_overhead(tiny_planner: Planner) -> None:
     """Without shared cores a step is the 1F1B formula under the scales, plus the per-step overhead."""
-    plan = planner.plan(range(3))
+    plan = tiny_planner.plan(range(3))
     steps = StepConstants(compute_scale=0.3, bandwidth_scale=0.05, step_overhead_s=0.002)
     expected = repriced_step_s(plan, PROFILE, HARDWARE, 0.3, 0.05) + 0.002
     assert steps.step_s(plan, PROFILE, HARDWARE) == pytest.approx(expected)
 
 
-def test_shared_cores_step_is_the_machines_work_over_its_cores(planner: Planner) -> None:
+def test_shared_cores_step_is_the_machines_work_over_its_cores(tiny_planner: Planner) -> None:
     """Four one-node pipelines of 2 microbatches on 2 cores take 4c + 2o; after a loss 4c + 1.5o, faster."""
     steps = StepConstants(compute_scale=0.5, step_overhead_s=0.004, shared_cores=2)
-    before, after = planner.plan(range(4)), planner.plan(range(3))
+    before, after = tiny_planner.plan(range(4)), tiny_planner.plan(range(3))
     compute, workers = worker_work(before, PROFILE, HARDWARE)
     assert (workers, worker_work(after, PROFILE, HARDWARE)) == (4, (pytest.approx(compute), 3))
     per_microbatch = 0.5 * compute / 8
@@ -76,12 +69,12 @@ def test_shared_cores_step_is_the_machines_work_over_its_cores(planner: Planner)
     assert separate.step_s(after, PROFILE, HARDWARE) > separate.step_s(before, PROFILE, HARDWARE)
 
 
-def test_first_step_of_a_predicted_recovery_is_priced_by_the_step_constants(planner: Planner) -> None:
+def test_first_step_of_a_predicted_recovery_is_priced_by_the_step_constants(tiny_planner: Planner) -> None:
     """The recovery prediction charges the calibrated step, not the profile's, for the first step."""
-    change = planner.reconfigure(planner.plan(range(4)), lost_nodes=(3,))
+    change = tiny_planner.reconfigure(tiny_planner.plan(range(4)), lost_nodes=(3,))
     steps = StepConstants(compute_scale=0.5, step_overhead_s=0.004, shared_cores=2)
-    assert planner.predict_recovery(change).first_step_s == change.plan.iteration_time_s
-    calibrated = planner.predict_recovery(change, steps=steps)
+    assert tiny_planner.predict_recovery(change).first_step_s == change.plan.iteration_time_s
+    calibrated = tiny_planner.predict_recovery(change, steps=steps)
     assert calibrated.first_step_s == steps.step_s(change.plan, PROFILE, HARDWARE)
 
 

@@ -278,6 +278,17 @@ def test_model_that_fits_nowhere_raises_with_numbers() -> None:
     assert "\n" not in message
 
 
+def test_a_small_model_that_fits_nowhere_is_reported_in_units_that_show_its_size() -> None:
+    """Megabyte-sized state on a kilobyte device reads as MiB and KiB, never as "0.0 GiB"."""
+    profile = make_profile([1.0] * 3, state_bytes=[3 << 20] * 3, model="small")
+    with pytest.raises(PlanningError) as caught:
+        generate_templates(profile, make_hardware(1, 512 << 10), max_nodes=2)
+    message = str(caught.value)
+    assert "its state is 9.0 MiB" in message
+    assert "KiB usable each" in message
+    assert "0.0 GiB" not in message
+
+
 @pytest.mark.parametrize("argument", ["max_nodes", "global_microbatches", "max_gpus_per_stage"])
 def test_bad_arguments_raise_config_error(argument: str) -> None:
     """A non-positive count raises ConfigError naming the argument and the bad value."""

@@ -27,13 +27,6 @@ PROFILE = analytic_profile("tiny-gpt2", HARDWARE, microbatch_size=2)
 PHASES = {"detect": 0.01, "plan": 0.04, "rebuild_groups": 0.02, "transfer_state": 0.0, "first_step": 0.03}
 
 
-@pytest.fixture(scope="module")
-def planner() -> Planner:
-    return Planner(
-        PROFILE, HARDWARE, fault_tolerance=1, global_microbatches=8, microbatch_size=2, max_nodes=4
-    )
-
-
 def _run(tmp_path: Path, step_s: tuple[float, float]) -> RecordedRun:
     steps = tuple(
         StepRecord(
@@ -73,12 +66,12 @@ def test_constants_are_the_median_of_each_measured_phase() -> None:
 
 
 def test_prediction_follows_the_runs_failure_and_compares_everything(
-    planner: Planner, tmp_path: Path
+    tiny_planner: Planner, tmp_path: Path
 ) -> None:
     """The prediction reconfigures after the recorded loss and lines up with every measured quantity."""
     run = _run(tmp_path, (0.02, 0.025))
     steps = StepConstants(compute_scale=0.5, bandwidth_scale=1.0)
-    predicted = predict_run(run, planner, calibrate_constants(run.recoveries), steps)
+    predicted = predict_run(run, tiny_planner, calibrate_constants(run.recoveries), steps)
     assert predicted.new_plan.nodes == (0, 1, 2)
     assert predicted.phases_s["first_step"] == predicted.step_after_s
     assert predicted.phases_s["total"] == pytest.approx(
@@ -89,25 +82,25 @@ def test_prediction_follows_the_runs_failure_and_compares_everything(
     assert errors[-1].measured_s == pytest.approx(0.025)
 
 
-def test_replay_removes_the_lost_node_at_the_recorded_time(planner: Planner, tmp_path: Path) -> None:
+def test_replay_removes_the_lost_node_at_the_recorded_time(tiny_planner: Planner, tmp_path: Path) -> None:
     """The simulator sees one loss of node 3 at 4.52 s after the first step started (at 9.98 s)."""
     run = _run(tmp_path, (0.02, 0.025))
-    result = simulate_run(run, PROFILE, planner, calibrate_constants(run.recoveries))
+    result = simulate_run(run, PROFILE, tiny_planner, calibrate_constants(run.recoveries))
     (event,) = result.trace.events
     assert (event.time_s, event.lost) == (pytest.approx(4.52), (3,))
     assert (tmp_path / "trace.csv").read_text() == "4520,remove,node3\n"
 
 
 def test_replay_charges_the_predicted_step_times_before_and_after_the_loss(
-    planner: Planner, tmp_path: Path
+    tiny_planner: Planner, tmp_path: Path
 ) -> None:
     """With shared-core step constants the simulator's steps equal the prediction's on both sides."""
     run = _run(tmp_path, (0.02, 0.025))
     constants = calibrate_constants(run.recoveries)
     steps = StepConstants(compute_scale=0.5, step_overhead_s=0.004, shared_cores=2)
-    predicted = predict_run(run, planner, constants, steps)
-    timeline = simulate_run(run, PROFILE, planner, constants, steps).result("oobleck").timeline
-    before, after = simulated_step_errors(run, timeline, planner.plan(range(4)).global_batch_size)
+    predicted = predict_run(run, tiny_planner, constants, steps)
+    timeline = simulate_run(run, PROFILE, tiny_planner, constants, steps).result("oobleck").timeline
+    before, after = simulated_step_errors(run, timeline, tiny_planner.plan(range(4)).global_batch_size)
     assert before.predicted_s == pytest.approx(predicted.step_before_s, rel=1e-12)
     assert after.predicted_s == pytest.approx(predicted.step_after_s, rel=1e-12)
     assert after.predicted_s < before.predicted_s
