@@ -15,6 +15,7 @@ from oobleck.planning.hardware import get_hardware
 from oobleck.planning.plan import Pipeline
 from oobleck.planning.planner import Planner
 from oobleck.planning.recovery import RecoveryConstants
+from oobleck.planning.step_time import StepConstants
 from oobleck.sim import SimCosts, SimulationConfig, simulate
 from oobleck.sim.costs import checkpoint_bytes, checkpoint_save_s, restart_s
 from oobleck.sim.metrics import BREAKDOWN_KEYS
@@ -79,6 +80,22 @@ def test_zero_failures_throughput_equals_the_plan_throughput_exactly(small_confi
     for row in result.results:
         assert row.failures == 0
         assert row.breakdown_s["useful"] + row.breakdown_s["redundancy"] == pytest.approx(4 * 3600.0)
+
+
+def test_calibrated_step_constants_are_what_every_policy_is_charged(small_config: SimulationConfig) -> None:
+    """Step constants in the costs price every policy's steps; oobleck's steady step is exactly theirs."""
+    steps = StepConstants(compute_scale=2.0, step_overhead_s=0.5, shared_cores=4)
+    config = dataclasses.replace(small_config, costs=SimCosts(step=steps))
+    result = simulate(config)
+    planner = _planner(config)
+    plan = planner.plan(tuple(range(16)))
+    step_s = steps.step_s(plan, planner.profile, planner.hardware)
+    assert step_s > plan.iteration_time_s
+    oobleck = result.result("oobleck")
+    assert oobleck.steady_samples_per_s == pytest.approx(plan.global_batch_size / step_s, rel=1e-12)
+    uncalibrated = simulate(dataclasses.replace(config, costs=SimCosts()))
+    for row, before in zip(result.results, uncalibrated.results, strict=True):
+        assert row.samples < before.samples, row.policy
 
 
 def test_zero_failures_checkpoint_overhead_is_exactly_the_checkpoints_written(
