@@ -71,10 +71,13 @@ class StepConstants:
             raise ConfigError(f"costs: shared_cores must be an integer >= 1 or null, got {cores!r}")
 
     def step_s(self, plan: Plan, profile: ModelProfile, hardware: HardwareSpec) -> float:
-        """The step time of ``plan``'s pipelines under these constants (see the class docstring)."""
+        """The step time of ``plan``'s pipelines under these constants (see the class docstring).
+
+        With the default constants this is ``plan.iteration_time_s``, which the planner already
+        priced: it is returned without repricing every stage (``profile`` and ``hardware`` are not
+        read), because the simulator asks on every cluster event of plans with thousands of stages.
+        """
         if self == _PLANNED:
-            # NOTE: the planner's own price, not a re-summation of it: a simulation without
-            # calibration charges exactly the plan's iteration time.
             return plan.iteration_time_s
         critical = repriced_step_s(plan, profile, hardware, self.compute_scale, self.bandwidth_scale)
         critical += self.step_overhead_s
@@ -99,6 +102,7 @@ class StepConstants:
 
 
 _PLANNED = StepConstants()
+"""The defaults: a plan's steps take what the planner priced them at."""
 
 
 def worker_work(plan: Plan, profile: ModelProfile, hardware: HardwareSpec) -> tuple[float, int]:

@@ -64,7 +64,8 @@ def calibrate_constants(
     Only the constants of phases that do not scale with the model are fitted: ``disconnect_detect_s``
     (detect), ``plan_s`` (plan) and ``rebuild_groups_fixed_s`` (rebuild groups, with the per-group
     cost set to 0, see the module's assumptions); ``transfer_bandwidth_bytes_per_s`` when the runs
-    moved state. The first step is predicted from the profile, not calibrated.
+    moved state. The first step is a step of the new plan, priced by the step constants
+    (:func:`~oobleck.viz.step_model.calibrate_step_model`), not by these.
 
     Args:
         recoveries: Measured recoveries from calibration runs (not from the run to predict).
@@ -160,7 +161,7 @@ def predict_run(
         planner: The job's planner (same profile, hardware, f and batch as the runtime used), so
             the plans are the ones the runtime executed.
         constants: Recovery constants (e.g. from :func:`calibrate_constants` on other runs).
-        steps: Step-time calibration (from
+        steps: Step-time constants (from
             :func:`~oobleck.viz.step_model.calibrate_step_model` on other runs); ``None`` prices
             steps with the profile and hardware spec as they are.
 

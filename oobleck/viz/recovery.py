@@ -186,7 +186,13 @@ def errors_table(errors: Sequence[PredictionError], per_run: Sequence[Sequence[P
 
     Returns:
         Printable text with a header line.
+
+    Raises:
+        ConfigError: a run in ``per_run`` does not have the quantities of ``errors``, in order.
     """
+    names = [error.name for error in errors]
+    if any([error.name for error in run] != names for run in per_run):
+        raise ConfigError(f"errors_table: every run must have the quantities {names}, in this order")
     width = max([15, *(len(error.name) for error in errors)])
     runs = "".join(f" {f'run {index + 1}':>7}" for index in range(len(per_run)))
     header = f"{'':<{width}} {'predicted':>10} {'measured':>10} {'error':>8}{runs}"

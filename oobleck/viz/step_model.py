@@ -62,7 +62,7 @@ def calibrate_step_model(
             separate machines).
 
     Returns:
-        The calibration.
+        The fitted step constants.
 
     Raises:
         ConfigError: no observations, or ``shared_cores`` below 1.
@@ -85,7 +85,9 @@ def calibrate_step_model(
     (scale, inverse_bandwidth), *_ = np.linalg.lstsq(np.column_stack([bare, comm]), measured, rcond=None)
     if len({round(c, 12) for c in bare}) < 2 or inverse_bandwidth <= 0 or scale <= 0:
         inverse_bandwidth = 1.0
-        scale = float(np.dot(bare, measured - comm) / np.dot(bare, bare))
+        # NOTE: steps measured shorter than the modelled communication would ask for a negative
+        # compute time; a CPU time is not negative, so the fit stops at 0 as on shared cores.
+        scale = max(0.0, float(np.dot(bare, measured - comm) / np.dot(bare, bare)))
     return StepConstants(compute_scale=float(scale), bandwidth_scale=float(1.0 / inverse_bandwidth))
 
 

@@ -13,8 +13,8 @@ from oobleck.planning.planner import Planner
 def tiny_planner() -> Planner:
     """The local test job's planner: tiny GPT-2 on ``cpu`` nodes, f=1, 8 microbatches of 2, <= 4 nodes.
 
-    Its plans are those of ``examples/tiny_gpt2.yaml`` on ``examples/hosts.local4``: four one-node
-    pipelines, and three after a loss.
+    Its plans are those of ``examples/tiny_gpt2.yaml`` with ``fault_tolerance: 1`` (as the demo and
+    notebook 03 run it) on ``examples/hosts.local4``: four one-node pipelines, three after a loss.
     """
     hardware = get_hardware("cpu")
     profile = analytic_profile("tiny-gpt2", hardware, microbatch_size=2)

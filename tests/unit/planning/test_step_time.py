@@ -23,10 +23,11 @@ PROFILE = analytic_profile("tiny-gpt2", HARDWARE, microbatch_size=2)
 
 
 def test_default_constants_charge_exactly_the_planned_step_time(tiny_planner: Planner) -> None:
-    """Uncalibrated, a step costs what the planner priced it at, to the last bit."""
+    """Uncalibrated, a step costs what the planner priced it at, and repricing agrees to the last bit."""
     for nodes in (4, 3, 2):
         plan = tiny_planner.plan(range(nodes))
         assert StepConstants().step_s(plan, PROFILE, HARDWARE) == plan.iteration_time_s
+        assert repriced_step_s(plan, PROFILE, HARDWARE, 1.0, 1.0) == plan.iteration_time_s
 
 
 def test_repricing_at_unit_scales_reproduces_the_planned_step_time(tiny_planner: Planner) -> None:

@@ -127,6 +127,19 @@ def test_cost_overrides_change_the_result(tmp_path: Path, capsys: pytest.Capture
     assert json.loads(slow.read_text())["config"]["costs"]["restart_s"] == 900
 
 
+def test_json_costs_read_back_as_a_costs_file_step_constants_included(tmp_path: Path) -> None:
+    """The costs a --json run reports, step constants and ``shared_cores: null`` included, read back."""
+    argv = [*_SMALL, "--fail-rate", "0.2", "--seed", "2"]
+    costs, first, second = tmp_path / "costs.json", tmp_path / "first.json", tmp_path / "second.json"
+    costs.write_text(json.dumps({"compute_scale": 1.5, "step_overhead_s": 0.01}))
+    assert main([*argv, "--costs", str(costs), "--json", str(first)]) == 0
+    reported = json.loads(first.read_text())["config"]["costs"]
+    assert (reported["compute_scale"], reported["shared_cores"]) == (1.5, None)
+    costs.write_text(json.dumps(reported))
+    assert main([*argv, "--costs", str(costs), "--json", str(second)]) == 0
+    assert json.loads(second.read_text())["results"] == json.loads(first.read_text())["results"]
+
+
 def test_readme_shows_the_default_runs_table_as_the_code_prints_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -87,6 +87,8 @@ def test_repeated_runs_are_compared_at_their_median_and_each_run_keeps_its_colum
     assert rows[0].split()[-6:] == ["run", "1", "run", "2", "run", "3"]
     assert rows[2].split()[-3:] == ["+25%", "+0%", "-50%"]
     assert rows[3].split()[-4:] == ["+0%", "-33%", "+0%", "+100%"]
+    with pytest.raises(ConfigError, match="every run must have the quantities"):
+        errors_table((plan, total), [per_run[0][:1]])
     mixed = [per_run[0], (per_run[1][0], PredictionError(name="total", predicted_s=2.0, measured_s=1.0))]
     with pytest.raises(ConfigError, match="repeat one scenario"):
         median_errors(mixed)

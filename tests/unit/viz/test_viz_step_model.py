@@ -77,6 +77,7 @@ def test_shared_cores_fit_never_returns_a_negative_constant(tiny_planner: Planne
     )
     assert faster.compute_scale == 0.0
     assert faster.step_overhead_s == pytest.approx((2 * 0.050 + 1.5 * 0.030) / (2**2 + 1.5**2))
+    assert step_model.calibrate_step_model([(before, 1e-6)], PROFILE, HARDWARE).compute_scale == 0.0
     with pytest.raises(ConfigError, match="shared_cores"):
         step_model.calibrate_step_model([(before, 0.05)], PROFILE, HARDWARE, shared_cores=0)
 
