@@ -73,13 +73,14 @@ class StepConstants:
     def step_s(self, plan: Plan, profile: ModelProfile, hardware: HardwareSpec) -> float:
         """The step time of ``plan``'s pipelines under these constants (see the class docstring).
 
-        With the default constants this is ``plan.iteration_time_s``, which the planner already
-        priced: it is returned without repricing every stage (``profile`` and ``hardware`` are not
-        read), because the simulator asks on every cluster event of plans with thousands of stages.
+        At unit scales the critical path is ``plan.iteration_time_s``, the planner's own price,
+        which repricing reproduces to the bit; it is taken as is, because the simulator asks on
+        every cluster event, for plans with thousands of stages.
         """
-        if self == _PLANNED:
-            return plan.iteration_time_s
-        critical = repriced_step_s(plan, profile, hardware, self.compute_scale, self.bandwidth_scale)
+        if (self.compute_scale, self.bandwidth_scale) == (1.0, 1.0):
+            critical = plan.iteration_time_s
+        else:
+            critical = repriced_step_s(plan, profile, hardware, self.compute_scale, self.bandwidth_scale)
         critical += self.step_overhead_s
         if self.shared_cores is None:
             return critical
@@ -99,10 +100,6 @@ class StepConstants:
         """
         expected = "an object of step constants"
         return constants_from_mapping(cls, data, source=source, expected=expected, prefix="costs: ")
-
-
-_PLANNED = StepConstants()
-"""The defaults: a plan's steps take what the planner priced them at."""
 
 
 def worker_work(plan: Plan, profile: ModelProfile, hardware: HardwareSpec) -> tuple[float, int]:

@@ -35,9 +35,14 @@ from oobleck.viz.recovery import PredictionError, compare_phases, failure_trace,
 from oobleck.viz.runs import RecordedRun, RecoveryRecord
 
 _SECONDS_PER_HOUR = 3600.0
-_SHOWN_RECOVERY = ("disconnect_detect_s", "plan_s", "rebuild_groups_fixed_s", "rebuild_groups_per_group_s")
-_SHOWN_STEP = ("compute_scale", "bandwidth_scale", "step_overhead_s", "shared_cores")
-"""The constants :func:`calibration_summary` shows: those a calibration sets."""
+_CALIBRATED = (
+    (
+        RecoveryConstants,
+        ("disconnect_detect_s", "plan_s", "rebuild_groups_fixed_s", "rebuild_groups_per_group_s"),
+    ),
+    (StepConstants, ("compute_scale", "bandwidth_scale", "step_overhead_s", "shared_cores")),
+)
+"""The constants a calibration sets, by class: what :func:`calibration_summary` shows."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,13 +117,14 @@ def calibration_summary(constants: RecoveryConstants, steps: StepConstants) -> s
     Returns:
         Printable text.
     """
-    rows = [
-        *((name, getattr(constants, name), getattr(RecoveryConstants(), name)) for name in _SHOWN_RECOVERY),
-        *((name, getattr(steps, name), getattr(StepConstants(), name)) for name in _SHOWN_STEP),
-    ]
-    # NOTE: shared_cores is None for separate machines; shown as 0.
-    rows = [(name, value or 0, fallback or 0) for name, value, fallback in rows]
-    return "\n".join(f"{name:<28} {value:>10.4g}   (default {fallback:g})" for name, value, fallback in rows)
+    lines = []
+    for (cls, names), calibrated in zip(_CALIBRATED, (constants, steps), strict=True):
+        default = cls()
+        for name in names:
+            # NOTE: shared_cores is None on separate machines; shown as 0 cores shared.
+            value, fallback = getattr(calibrated, name) or 0, getattr(default, name) or 0
+            lines.append(f"{name:<28} {value:>10.4g}   (default {fallback:g})")
+    return "\n".join(lines)
 
 
 def prediction_errors(run: RecordedRun, predicted: RunPrediction) -> tuple[PredictionError, ...]:
