@@ -1,6 +1,6 @@
 """Elastic recovery, end to end: real master, agents and workers on localhost; real kills and stops.
 
-Issue #5 acceptance 1-8. Every scenario runs tiny GPT-2 (fp32, gloo, CPU) under
+Issue #5 acceptance 1-8 (harness in ``harness.py``). Every scenario runs tiny GPT-2 (fp32, gloo, CPU) under
 ``python -m oobleck.runtime.master`` and compares its per-step losses and sample ledger with a
 fault-free run of the same job. Each run starts its processes in their own process groups and the
 harness kills every one of them afterwards (by the pids in agents.json and the master's pid).
@@ -19,8 +19,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -28,183 +26,17 @@ import torch
 
 from oobleck.runtime.control.checkpoint import latest_complete
 from oobleck.runtime.control.protocol import AuthenticationError, connect
-
-JOB = """\
-model: tiny-gpt2
-data:
-  source: pydoc
-  sequence_length: 32
-  ledger: true
-global_batch: 16
-microbatch_size: 2
-steps: {steps}
-optim:
-  lr: 0.003
-  warmup_steps: 2
-  min_lr: 0.0003
-  weight_decay: 0.01
-  grad_clip: 1.0
-seed: 1234
-fault_tolerance: {f}
-checkpoint:
-  every_steps: {every}
-hardware: cpu
-profile: analytic
-"""
-
-
-def write_job(folder: Path, *, steps: int = 20, f: int = 1, every: int = 0) -> Path:
-    """Write a tiny GPT-2 job YAML and return its path."""
-    path = folder / f"job_s{steps}_f{f}.yaml"
-    path.write_text(JOB.format(steps=steps, f=f, every=every))
-    return path
-
-
-def write_hosts(folder: Path, agents: int) -> Path:
-    """Write a hostfile of ``agents`` one-slot localhost agents."""
-    path = folder / f"hosts{agents}"
-    path.write_text("localhost slots=1\n" * agents)
-    return path
-
-
-@dataclass
-class Run:
-    """What a finished run left behind."""
-
-    rc: int
-    run_dir: Path
-    t_action: float | None
-    records: list[dict] = field(default_factory=list)
-    master_log: str = ""
-
-    @property
-    def losses(self) -> dict[int, float]:
-        """Loss per step (the last record of a step wins)."""
-        return {r["step"]: r["loss"] for r in self.records if "loss" in r and "event" not in r}
-
-    def events(self, name: str) -> list[dict]:
-        """Records with ``event == name``."""
-        return [r for r in self.records if r.get("event") == name]
-
-    def ledger(self) -> dict[int, list[int]]:
-        """All sample ids recorded per step, over every node."""
-        per_step: dict[int, list[int]] = {}
-        for file in sorted((self.run_dir / "ledger").glob("node*.jsonl")):
-            for line in file.read_text().splitlines():
-                entry = json.loads(line)
-                per_step.setdefault(entry["step"], []).extend(entry["sample_ids"])
-        return per_step
-
-
-def _steps_done(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return -1
-    steps = [json.loads(x).get("step", -1) for x in path.read_text().splitlines() if '"loss"' in x]
-    return max(steps, default=-1)
-
-
-def agents(run_dir: Path) -> list[dict]:
-    """The rows of agents.json."""
-    return json.loads((run_dir / "agents.json").read_text())
-
-
-def run_master(
-    run_dir: Path,
-    hostfile: Path,
-    config: Path,
-    *,
-    at_step: int | None = None,
-    action: Callable[[Path], None] | None = None,
-    timeout_s: float = 240.0,
-    extra_env: dict[str, str] | None = None,
-) -> Run:
-    """Run a one-shot master; call ``action(run_dir)`` after step ``at_step``; clean up every process."""
-    env = {**os.environ, **(extra_env or {})}
-    env.pop("OOBLECK_TOKEN", None)
-    log = run_dir.parent / f"{run_dir.name}.master.log"
-    with log.open("w") as err:
-        master = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "oobleck.runtime.master",
-                "--hostfile",
-                str(hostfile),
-                "--config",
-                str(config),
-                "--run-dir",
-                str(run_dir),
-                "--register-timeout-s",
-                "120",
-            ],
-            env=env,
-            stdout=err,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    t_action = None
-    deadline = time.monotonic() + timeout_s
-    try:
-        while master.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-            if (
-                action is not None
-                and t_action is None
-                and at_step is not None
-                and _steps_done(run_dir) >= at_step
-            ):
-                t_action = time.time()
-                action(run_dir)
-        rc = master.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        _cleanup(master, run_dir)
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return Run(rc, run_dir, t_action, records, log.read_text())
-
-
-def _cleanup(master: subprocess.Popen, run_dir: Path) -> None:
-    pids = []
-    if (run_dir / "agents.json").exists():
-        pids = [a["agent_pid"] for a in agents(run_dir)]
-    for pid in pids:
-        for sig in (signal.SIGKILL, signal.SIGCONT):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, sig)
-    if master.poll() is None:
-        os.killpg(master.pid, signal.SIGKILL)
-    master.wait(10)
-
-
-def kill_group(run_dir: Path, node: int, sig: int = signal.SIGKILL) -> None:
-    """Send ``sig`` to the process group of node ``node``'s agent (agent + workers)."""
-    row = next(a for a in agents(run_dir) if a["node"] == node)
-    os.killpg(row["agent_pid"], sig)
-
-
-def assert_losses_match(run: Run, reference: Run, rel: float = 1e-4) -> None:
-    """Every step's loss equals the reference run's within ``rel``."""
-    assert sorted(run.losses) == sorted(reference.losses)
-    for step, loss in reference.losses.items():
-        assert abs(run.losses[step] - loss) <= rel * abs(loss), (step, run.losses[step], loss)
-
-
-def assert_ledger_exact(run: Run, reference: Run, in_flight: tuple[int, ...] = ()) -> None:
-    """Each step used exactly the reference step's samples, each exactly once.
-
-    A node killed right after its part of a step may die before appending its ledger line, so
-    for the ``in_flight`` steps (those running at the kill) the record may lack that node's slice;
-    it still must not repeat or invent a sample.
-    """
-    got, want = run.ledger(), reference.ledger()
-    assert sorted(got) == sorted(want)
-    for step, ids in want.items():
-        assert len(got[step]) == len(set(got[step])), f"step {step} repeated a sample"
-        if step in in_flight:
-            assert set(got[step]) <= set(ids), f"step {step} used samples of another step"
-        else:
-            assert sorted(got[step]) == sorted(ids), f"step {step} used different samples"
-
+from tests.integration.harness import (
+    JOB,
+    Run,
+    agents,
+    assert_ledger_exact,
+    assert_losses_match,
+    kill_group,
+    run_master,
+    write_hosts,
+    write_job,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
