@@ -305,7 +305,7 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, source: str) -> Any:
             continue
         value = raw[item.name]
         hint = hints[item.name]
-        if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint) and not isinstance(value, hint):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{source}: {key}: expected a mapping, got {value!r}")
             value = _build(hint, value, f"{key}.", source)
