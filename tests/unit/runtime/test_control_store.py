@@ -1,0 +1,188 @@
+"""The rendezvous store: bounded state, the authenticated service and its torch Store client."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import torch.distributed as dist
+
+from oobleck.runtime.control.protocol import AuthenticationError, connect
+from oobleck.runtime.control.store import (
+    StoreClient,
+    StoreClosedError,
+    execute,
+    start_store_service,
+    store_key,
+)
+from oobleck.runtime.control.store_state import StoreLimitError, StoreState
+
+TOKEN = b"t" * 32
+
+
+@pytest.fixture
+def service():
+    svc = start_store_service(TOKEN, "127.0.0.1")
+    yield svc
+    svc.close()
+
+
+def client(svc, **kw) -> StoreClient:
+    return StoreClient("127.0.0.1", svc.port, store_key(TOKEN), timeout=timedelta(seconds=2), **kw)
+
+
+def test_store_key_is_a_derivation_not_the_token():
+    """The store key differs from the token and is stable for one token."""
+    assert store_key(TOKEN) != TOKEN and store_key(TOKEN) == store_key(TOKEN) and len(store_key(TOKEN)) == 32
+    assert store_key(b"u" * 32) != store_key(TOKEN)
+
+
+def test_state_follows_tcpstore_semantics():
+    """add starts at 0, compare_set applies on an empty expectation only when unset, delete counts."""
+    state = StoreState()
+    assert state.add("n", 2) == 2 and state.add("n", 3) == 5 and state.get("n", 0) == b"5"
+    assert state.compare_set("c", b"x", b"y") == b"x" and not state.check(["c"])
+    assert state.compare_set("c", b"", b"a") == b"a"
+    assert state.compare_set("c", b"", b"b") == b"a"
+    assert state.compare_set("c", b"a", b"b") == b"b"
+    assert state.num_keys() == 2 and state.delete("c") and not state.delete("c") and state.num_keys() == 1
+
+
+def test_state_caps_sizes():
+    """Values, key counts and total bytes beyond the caps are refused and leave the state unchanged."""
+    state = StoreState(max_keys=2, max_value_bytes=8, max_total_bytes=12)
+    with pytest.raises(StoreLimitError):
+        state.set("k", b"x" * 9)
+    state.set("a", b"1234")
+    state.set("b", b"1234")
+    with pytest.raises(StoreLimitError):
+        state.set("c", b"1")
+    with pytest.raises(StoreLimitError):
+        state.set("a", b"12345678")  # NOTE: 1+8 + 1+4 = 14 bytes, over 12
+    assert state.num_keys() == 2 and state.get("a", 0) == b"1234"
+
+
+def test_state_wait_blocks_until_set_and_times_out():
+    """get waits for a key another thread sets, and a missing key times out after its bound."""
+    state = StoreState()
+    threading.Timer(0.05, state.set, args=("k", b"v")).start()
+    assert state.get("k", 2.0) == b"v"
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        state.wait(["nope"], 0.1)
+    assert 0.09 <= time.monotonic() - start < 1.0
+
+
+def test_execute_rejects_malformed_requests():
+    """A request with wrong field types gets a bad_request reply, never an exception."""
+    state = StoreState()
+    for request in (
+        {"op": "set", "key": 1, "value": "eA=="},
+        {"op": "set", "key": "k", "value": "not base64!"},
+        {"op": "add", "key": "k", "amount": "1"},
+        {"op": "wait", "keys": "k", "timeout_s": 1},
+        {"op": "get", "key": "k", "timeout_s": -1},
+        {"op": "drop_all"},
+    ):
+        assert execute(state, request)["error"] == "bad_request"
+    assert state.num_keys() == 0
+
+
+def test_client_round_trips_every_operation(service):
+    """set/get/add/compare_set/wait/check/delete_key/num_keys behave over the wire as in the state."""
+    store = client(service)
+    store.set("a", b"\x00\xff")
+    store.set("s", "text")
+    assert store.get("a") == b"\x00\xff" and store.get("s") == b"text"
+    assert store.add("n", 4) == 4 and store.add("n", -1) == 3
+    assert store.compare_set("c", b"", b"mine") == b"mine"
+    assert store.compare_set("c", b"", b"theirs") == b"mine"
+    store.wait(["a", "n"])
+    store.wait(["a"], timedelta(seconds=1))
+    assert store.check(["a", "c"]) and not store.check(["zz"])
+    assert store.delete_key("c") and not store.delete_key("c")
+    assert store.num_keys() == 3
+    store.close()
+
+
+def test_client_get_times_out_with_a_store_error(service):
+    """A missing key raises DistStoreError after the client's timeout, as TCPStore does."""
+    store = StoreClient("127.0.0.1", service.port, store_key(TOKEN), timeout=timedelta(seconds=0.2))
+    with pytest.raises(dist.DistStoreError, match="timeout"):
+        store.get("never")
+    with pytest.raises(dist.DistStoreError):
+        store.wait(["never"], timedelta(seconds=0.1))
+    store.close()
+
+
+def test_prefix_store_over_the_client(service):
+    """PrefixStore (what the engine wraps it in) forwards to the Python client."""
+    store = client(service)
+    prefixed = dist.PrefixStore("gen3", store)
+    prefixed.set("x", b"1")
+    assert store.get("gen3/x") == b"1" and prefixed.add("n", 2) == 2
+    prefixed.wait(["x"])
+    assert prefixed.check(["x"])
+    store.close()
+
+
+def test_wrong_key_and_job_token_are_refused(service):
+    """The job token itself and a wrong key do not authenticate to the store service."""
+    for key in (TOKEN, b"w" * 32):
+        with pytest.raises(AuthenticationError):
+            connect("127.0.0.1", service.port, key, "worker")
+
+
+def test_raw_bytes_change_nothing(service):
+    """A local process without the key that writes raw bytes is dropped and stores nothing."""
+    with socket.create_connection(("127.0.0.1", service.port), timeout=2) as sock:
+        sock.sendall(b"\x00\x00\x00\x10" + b"A" * 200)
+        sock.settimeout(2)
+        with pytest.raises((ConnectionError, OSError)):
+            while sock.recv(4096):
+                pass
+            raise ConnectionError("closed")
+    assert service.state.num_keys() == 0
+
+
+def test_abandon_fails_a_blocked_get_at_once(service):
+    """abandon() from another thread ends a get blocked on a missing key within a fraction of a second."""
+    store = StoreClient("127.0.0.1", service.port, store_key(TOKEN), timeout=timedelta(seconds=30))
+    threading.Timer(0.1, store.abandon).start()
+    start = time.monotonic()
+    with pytest.raises(dist.DistStoreError):
+        store.get("never")
+    assert time.monotonic() - start < 2.0
+    with pytest.raises(StoreClosedError):
+        store.set("k", b"v")
+
+
+def test_client_reconnects_to_a_service_restarted_on_the_same_port():
+    """After the service closes and a new one binds the same port, the next operation succeeds."""
+    svc = start_store_service(TOKEN, "127.0.0.1")
+    port = svc.port
+    store = StoreClient("127.0.0.1", port, store_key(TOKEN), timeout=timedelta(seconds=2), reconnect_s=5.0)
+    store.set("before", b"1")
+    svc.close()
+    store._channel.close()  # NOTE: what the master's death does to the established connection.
+    threading.Timer(0.3, lambda: holder.append(start_store_service(TOKEN, "127.0.0.1", port))).start()
+    holder: list = []
+    store.set("after", b"2")
+    assert holder[0].state.check(["after"]) and not holder[0].state.check(["before"])
+    store.close()
+    holder[0].close()
+
+
+def test_client_gives_up_on_a_server_that_stays_away():
+    """With nothing listening, the client fails after its reconnect bound instead of hanging."""
+    svc = start_store_service(TOKEN, "127.0.0.1")
+    store = StoreClient("127.0.0.1", svc.port, store_key(TOKEN), timeout=timedelta(seconds=1), reconnect_s=0.3)
+    svc.close()
+    store._channel.close()
+    start = time.monotonic()
+    with pytest.raises(StoreClosedError, match="unreachable"):
+        store.set("k", b"v")
+    assert time.monotonic() - start < 2.0
