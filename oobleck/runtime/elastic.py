@@ -20,12 +20,18 @@ Assumptions:
   (this worker aborts its groups there, so peers already in the next step redo it).
 - When the planner finds no valid plan (a layer lost every replica), the job restarts from the
   latest complete checkpoint on the remaining nodes; with none, the worker fails the job.
+- Every wait of a regroup is bounded and its expiry is a decision: a barrier that some members
+  never reach asks the master to drop exactly those (``regroup`` with ``missing``); the planner
+  claim is a lease owned by a member node, taken over once its owner leaves the membership.
+- Records read from the store are validated (``control.store_records``): a malformed, stale or
+  misplaced record is logged and treated as absent, never adopted.
+- Steps need no master: the store is used only at a regroup, and its client reconnects (bounded,
+  with backoff) to a master resumed on the same address; the planner is built once and cached.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -44,14 +50,45 @@ from oobleck.runtime.control.agent import NODE_ENV
 from oobleck.runtime.control.checkpoint import Checkpoint, latest_complete, write_shard
 from oobleck.runtime.control.link import WorkerLink
 from oobleck.runtime.control.membership import Membership
+from oobleck.runtime.control.server import is_loopback
 from oobleck.runtime.control.sever import sever_tcp_connections
+from oobleck.runtime.control.store import STORE_KEY_ENV, StoreClient
+from oobleck.runtime.control.store_records import (
+    CLAIM_KEY,
+    INPUTS_KEY,
+    RecordError,
+    claim_record,
+    inputs_record,
+    judge_claim,
+    parse_inputs,
+    parse_state,
+    state_key,
+    state_record,
+)
 from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_planner, job_profile
 from oobleck.runtime.run_log import RunLog, write_error_file
 
 logger = logging.getLogger(__name__)
 
-BARRIER_TIMEOUT_S = 120.0
-"""Longest a generation's store barrier waits for a member that the master still believes alive."""
+BARRIER_TIMEOUT_S = float(os.environ.get("OOBLECK_BARRIER_TIMEOUT_S", "120"))
+"""Longest a generation's store barrier (and the wait for planner inputs) waits for a member that the
+master still believes alive; then the worker asks the master to drop the members that never arrived.
+``OOBLECK_BARRIER_TIMEOUT_S`` overrides it (tests)."""
+FAULT_ENV = "OOBLECK_TEST_FAULT"
+"""Deterministic fault injection for tests: ``after_claim:<node>`` makes that node's worker fail right
+after it wins the planner claim, before publishing the inputs (the claim-then-die case)."""
+
+
+class BarrierTimeoutError(RuntimeError):
+    """Some members never published their state within the barrier bound."""
+
+    def __init__(self, generation: int, missing: list[int]) -> None:
+        super().__init__(
+            f"generation {generation}: nodes {missing} never arrived within {BARRIER_TIMEOUT_S} s"
+        )
+        self.missing = missing
+
+
 QUIET_ERROR_WAIT_S = 5.0
 """After a communication error with no notice, wait this long before asking the master to regroup."""
 
@@ -72,9 +109,15 @@ class ElasticLoop:
             timeout_s: Collective timeout of the engine (a backstop; notices normally come first).
         """
         self.job, self.run_dir, self.node, self.local_rank = job, run_dir, node, local_rank
+        if is_loopback(os.environ.get("MASTER_ADDR", "")) and "GLOO_SOCKET_IFNAME" not in os.environ:
+            # NOTE: gloo binds its pair listeners to the address this host name resolves to, which
+            # on a cluster machine is routable; a loopback job keeps them on loopback.
+            os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+        self._fault_epoch = 0
+        self.store: dist.Store | None = None
+        """This generation's store client (a fresh one per regroup; abandoned by an abort)."""
         self.engine = Engine(job, node=node, local_rank=local_rank, timeout=timedelta(seconds=timeout_s))
         self._timeout = timedelta(seconds=timeout_s)
-        self.store = self._connect_store()
         self.link = WorkerLink.from_env(on_failure=self._on_failure)
         self.log = RunLog(run_dir, node=node, ledger=job.data.ledger)
         self.ckpt_dir = Path(job.checkpoint.dir) if job.checkpoint.dir else run_dir / "checkpoints"
@@ -103,15 +146,25 @@ class ElasticLoop:
         failed first) then fails at once too, so the cascade reaches every rank in milliseconds
         instead of after the collective timeout.
         """
+        self._fault_epoch += 1
         self.engine.abort(reason)
-        # NOTE: the store connection is cut too: a rank blocked in a rendezvous read (waiting for a
+        # NOTE: the store client is abandoned too: a rank blocked in a rendezvous read (waiting for a
         # peer that died) wakes up at once; every generation then starts on a fresh store client.
+        store = self.store
+        if isinstance(store, StoreClient):
+            store.abandon()
         sever_tcp_connections(())
 
     def _connect_store(self) -> dist.Store:
-        return dist.TCPStore(
-            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=self._timeout
-        )
+        """A fresh client of the master's store (``MASTER_ADDR``/``MASTER_PORT``, key from the agent)."""
+        host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+        key = os.environ.get(STORE_KEY_ENV)
+        if key:
+            return StoreClient(host, port, bytes.fromhex(key), timeout=self._timeout)
+        # TODO(issue10): remove once every agent sets OOBLECK_STORE_KEY (the master hosts the
+        # authenticated store service); a bare TCPStore is unauthenticated.
+        logger.warning("[node %d] %s is not set: using an unauthenticated TCPStore", self.node, STORE_KEY_ENV)
+        return dist.TCPStore(host, port, is_master=False, timeout=self._timeout)
 
     def run(self) -> None:
         """Train every step of the job, recovering from failures and applying joins.
@@ -133,10 +186,11 @@ class ElasticLoop:
                 continue
             if target.generation != self.generation and not self._regroup(target):
                 continue
+            epoch = self._fault_epoch
             try:
                 metrics = self.engine.train_step(self.next_step)
             except Exception as exc:
-                if not self._aborted(exc):
+                if not self._aborted(exc, epoch):
                     raise
                 logger.warning("[node %d step=%d] %s", self.node, self.next_step, exc)
                 self._abort(str(exc))
@@ -155,43 +209,84 @@ class ElasticLoop:
         self.engine.close()
         self.link.close()
 
-    def _aborted(self, exc: Exception) -> bool:
-        """Whether ``exc`` is the fallout of a failure: a communication error, or anything an abort
-        from the link thread caused mid-call (its groups vanished under the training thread).
-        A planning or config error is never one: retrying cannot fix it."""
+    def _aborted(self, exc: Exception, epoch: int) -> bool:
+        """Whether ``exc`` is the fallout of a failure, not a bug to report.
+
+        A communication or store error is; so is anything raised after an abort since ``epoch``
+        (the link thread destroyed the groups under the training thread). A latched error of an
+        earlier attempt does not count: it would turn a real error (a profiler failure) into an
+        endless regroup. A planning or config error is never one: retrying cannot fix it.
+        """
         if isinstance(exc, OobleckError):
             return False
-        return isinstance(exc, CommunicationError) or self.engine.comm.error is not None
+        if isinstance(exc, CommunicationError | dist.DistError | ConnectionError | BarrierTimeoutError):
+            return True
+        return self._fault_epoch != epoch and self.engine.comm.error is not None
 
-    def _await_change(self, generation: int) -> None:
-        """Wait for a generation newer than ``generation``; ask the master for one if none comes."""
-        if self.link.wait_newer(generation, QUIET_ERROR_WAIT_S) is not None:
+    def _await_change(self, generation: int, missing: list[int] | None = None) -> None:
+        """Wait for a generation newer than ``generation``; ask the master for one if none comes.
+
+        Args:
+            generation: The generation that failed here.
+            missing: Members that never reached its barrier; the master drops them (asked at once).
+        """
+        if missing:
+            logger.warning("[node %d] asking the master to drop nodes %s", self.node, missing)
+            self.link.request_regroup(generation, missing)
+        elif self.link.wait_newer(generation, QUIET_ERROR_WAIT_S) is not None:
             return
-        logger.warning("[node %d] communication error without a notice; asking for a regroup", self.node)
-        self.link.request_regroup(generation)
+        else:
+            logger.warning("[node %d] communication error without a notice; asking for a regroup", self.node)
+            self.link.request_regroup(generation)
         if self.link.wait_newer(generation, BARRIER_TIMEOUT_S) is None:
             raise RuntimeError(f"no new generation after a communication error at generation {generation}")
 
     # ------------------------------------------------------------------ generations
-    def _barrier(self, target: Membership) -> list[dict[str, Any]] | None:
-        prefix = f"ctl/gen{target.generation}/state"
-        record = {
-            "plan": None if self.committed is None else self.committed.to_dict(),
-            "step": self.next_step,
-            "last": self._last,
-        }
-        self.store.set(f"{prefix}/{self.node}/{self.local_rank}", json.dumps(record))
-        keys = [f"{prefix}/{n}/{r}" for n in target.members for r in range(target.slots)]
+    def _barrier(self, store: dist.Store, target: Membership) -> list[dict[str, Any]] | None:
+        """Publish this worker's state and read every member's valid record (bounded).
+
+        Returns:
+            One record per member rank, or None when a newer generation superseded this one.
+
+        Raises:
+            BarrierTimeoutError: some members had no valid record within ``BARRIER_TIMEOUT_S``.
+        """
+        generation = target.generation
+        plan = None if self.committed is None else self.committed.to_dict()
+        store.set(
+            state_key(generation, self.node, self.local_rank),
+            state_record(
+                generation=generation,
+                node=self.node,
+                local_rank=self.local_rank,
+                plan=plan,
+                step=self.next_step,
+                last=self._last,
+            ),
+        )
+        pending = [(n, r) for n in target.members for r in range(target.slots)]
+        records: dict[tuple[int, int], dict[str, Any]] = {}
         deadline = time.monotonic() + BARRIER_TIMEOUT_S
-        while not self.store.check(keys):
+        while pending:
             if self._superseded(target):
                 return None
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"generation {target.generation}: members {target.members} never all arrived"
-                )
-            time.sleep(0.01)
-        return [json.loads(self.store.get(k)) for k in keys]
+                raise BarrierTimeoutError(generation, sorted({n for n, _ in pending}))
+            arrived = [(n, r) for n, r in pending if store.check([state_key(generation, n, r)])]
+            for n, r in arrived:
+                key = state_key(generation, n, r)
+                try:
+                    records[(n, r)] = parse_state(store.get(key), generation=generation, node=n, local_rank=r)
+                except RecordError as exc:
+                    # NOTE: a rejected record stays pending: its writer may still publish a valid one
+                    # (overwriting it); if none comes, the node counts as missing.
+                    logger.error("[node %d] rejected store record %s: %s", self.node, key, exc)
+                    store.delete_key(key)
+                    continue
+                pending.remove((n, r))
+            if pending:
+                time.sleep(0.01)
+        return [records[(n, r)] for n in target.members for r in range(target.slots)]
 
     def _superseded(self, target: Membership) -> bool:
         latest = self.link.latest
@@ -200,16 +295,21 @@ class ElasticLoop:
     def _regroup(self, target: Membership) -> bool:
         """Move to generation ``target``; False when it failed or was superseded (try the newest)."""
         noticed = self.link.received_at.get(target.generation, time.time())
+        epoch = self._fault_epoch
         try:
-            # NOTE: the store is inside the try: a notice arriving meanwhile cuts its connection.
-            self.store = self._connect_store()
-            adopted = self._adopt(target)
+            # NOTE: the store is inside the try: a notice arriving meanwhile abandons it.
+            if isinstance(self.store, StoreClient):
+                self.store.abandon()
+            self.store = store = self._connect_store()
+            adopted = self._adopt(store, target)
         except Exception as exc:
-            if not self._aborted(exc):
+            if not self._aborted(exc, epoch):
                 raise
             logger.warning("[node %d] regroup at generation %d failed: %s", self.node, target.generation, exc)
             self._abort(str(exc))
-            self._await_change(target.generation)
+            self._await_change(
+                target.generation, exc.missing if isinstance(exc, BarrierTimeoutError) else None
+            )
             return False
         if adopted is None:
             return False
@@ -226,7 +326,7 @@ class ElasticLoop:
         )
         return True
 
-    def _adopt(self, target: Membership) -> tuple[float, dict[str, Any]] | None:
+    def _adopt(self, store: dist.Store, target: Membership) -> tuple[float, dict[str, Any]] | None:
         """Agree with the members on the committed plan and step, then (re)configure the engine.
 
         Returns:
@@ -235,12 +335,12 @@ class ElasticLoop:
         Raises:
             ReconfigurationError: the survivors are more than one step apart (a bug, not a failure).
         """
-        states = self._barrier(target)
+        states = self._barrier(store, target)
         if states is None:
             return None
         rank_of_node = target.rank_of_node()
-        planner = self._get_planner(target)
-        if self._superseded(target):
+        planner = self._get_planner(store, target)
+        if planner is None or self._superseded(target):
             return None
         survivors = [s for s in states if s["plan"] is not None]
         if not survivors:
@@ -249,7 +349,7 @@ class ElasticLoop:
             make_plan = planner.plan if checkpoint is None else planner.restart_plan
             self.plan = make_plan(target.members)
             plan_ready = time.time()
-            self.engine.configure(self.plan, target.generation, rank_of_node, self.store)
+            self.engine.configure(self.plan, target.generation, rank_of_node, store)
             self.next_step = self._resume_from(checkpoint)
             return plan_ready, {}
         # NOTE: the committed plan is the one the furthest survivor's last step ran under; a rank
@@ -263,21 +363,26 @@ class ElasticLoop:
         if self.committed is not None and self.next_step < ahead["step"]:
             self._roll_forward(ahead["last"])
         self.next_step = ahead["step"]
-        return self._reconfigure(planner, committed, target, rank_of_node)
+        return self._reconfigure(store, planner, committed, target, rank_of_node)
 
     def _reconfigure(
-        self, planner: Planner, committed: Plan, target: Membership, rank_of_node: dict[int, int]
+        self,
+        store: dist.Store,
+        planner: Planner,
+        committed: Plan,
+        target: Membership,
+        rank_of_node: dict[int, int],
     ) -> tuple[float, dict[str, Any]]:
         lost = tuple(n for n in committed.nodes if n not in target.members)
         joined = tuple(n for n in target.members if n not in committed.nodes)
         try:
             change = planner.reconfigure(committed, lost_nodes=lost, joined_nodes=joined)
         except ReconfigurationError as exc:
-            return self._restart_from_checkpoint(planner, target, rank_of_node, exc)
+            return self._restart_from_checkpoint(store, planner, target, rank_of_node, exc)
         self.plan = change.plan
         plan_ready = time.time()
         measured = self.engine.reconfigure(
-            change.plan, change.transfers, target.generation, rank_of_node, self.store, source_plan=committed
+            change.plan, change.transfers, target.generation, rank_of_node, store, source_plan=committed
         )
         return plan_ready, {
             "restart": False,
@@ -289,7 +394,12 @@ class ElasticLoop:
         }
 
     def _restart_from_checkpoint(
-        self, planner: Planner, target: Membership, rank_of_node: dict[int, int], cause: Exception
+        self,
+        store: dist.Store,
+        planner: Planner,
+        target: Membership,
+        rank_of_node: dict[int, int],
+        cause: Exception,
     ) -> tuple[float, dict[str, Any]]:
         checkpoint = latest_complete(self.ckpt_dir, self.engine.adapter.num_layers)
         if checkpoint is None:
@@ -303,7 +413,7 @@ class ElasticLoop:
         self.plan = planner.restart_plan(target.members)
         plan_ready = time.time()
         start = time.perf_counter()
-        self.engine.configure(self.plan, target.generation, rank_of_node, self.store)
+        self.engine.configure(self.plan, target.generation, rank_of_node, store)
         groups = time.perf_counter()
         self.engine.load_state_tensors(checkpoint.load())
         self.next_step = checkpoint.step
@@ -327,20 +437,64 @@ class ElasticLoop:
         logger.warning("[node %d] resuming from the checkpoint at step %d", self.node, checkpoint.step)
         return checkpoint.step
 
-    def _get_planner(self, target: Membership) -> Planner:
-        """The job's planner, built from inputs the first worker publishes (a measured profile
-        differs between processes, and every worker must plan alike)."""
+    def _get_planner(self, store: dist.Store, target: Membership) -> Planner | None:
+        """The job's planner, built from inputs one member publishes (a measured profile differs
+        between processes, and every worker must plan alike); cached for the whole run.
+
+        The publisher holds ``ctl/planner/claim``, a lease naming its node: while that node is a
+        member the others wait (bounded); once it left the membership, the next worker takes over.
+
+        Returns:
+            The planner, or None when a newer generation superseded ``target`` meanwhile.
+
+        Raises:
+            BarrierTimeoutError: the claim's live owner published nothing within the bound.
+        """
         if self._planner is not None:
             return self._planner
-        if self.store.add("ctl/planner/claim", 1) == 1:
-            profile = job_profile(self.job, self.engine.adapter)
-            self.store.set(
-                "ctl/planner/inputs",
-                json.dumps({"profile": profile.to_dict(), "max_nodes": len(target.members)}),
+        mine = claim_record(self.node, self.local_rank, target.generation)
+        deadline = time.monotonic() + BARRIER_TIMEOUT_S
+        while True:
+            if store.check([INPUTS_KEY]):
+                try:
+                    inputs = parse_inputs(store.get(INPUTS_KEY), max_generation=target.generation)
+                except RecordError as exc:
+                    logger.error("[node %d] rejected the planner inputs: %s", self.node, exc)
+                else:
+                    profile = ModelProfile.from_dict(inputs["profile"])
+                    self._planner = job_planner(self.job, profile, inputs["max_nodes"])
+                    return self._planner
+            current = store.compare_set(CLAIM_KEY, "", mine)
+            verdict, owner = judge_claim(current, self.node, self.local_rank, target.members)
+            if verdict == "mine":
+                self._publish_inputs(store, target)
+                continue
+            if verdict == "take_over":
+                logger.warning(
+                    "[node %d] planner claim %r has no live owner; taking it over", self.node, current
+                )
+                try:
+                    store.compare_set(CLAIM_KEY, current.decode(), mine)
+                except UnicodeDecodeError:
+                    store.delete_key(CLAIM_KEY)
+                continue  # NOTE: re-read: another survivor may have taken it over first.
+            if self._superseded(target):
+                return None
+            if time.monotonic() > deadline:
+                raise BarrierTimeoutError(target.generation, [owner])
+            time.sleep(0.02)
+
+    def _publish_inputs(self, store: dist.Store, target: Membership) -> None:
+        """Compute the planner inputs under the claim and publish them."""
+        fault = os.environ.get(FAULT_ENV, "")
+        if fault == f"after_claim:{self.node}":
+            raise RuntimeError(
+                f"injected fault ({FAULT_ENV}={fault}): failing while holding the planner claim"
             )
-        inputs = json.loads(self.store.get("ctl/planner/inputs"))
-        self._planner = job_planner(self.job, ModelProfile.from_dict(inputs["profile"]), inputs["max_nodes"])
-        return self._planner
+        profile = job_profile(self.job, self.engine.adapter)
+        store.set(
+            INPUTS_KEY, inputs_record(profile.to_dict(), len(target.members), self.node, target.generation)
+        )
 
     # ------------------------------------------------------------------ records
     def _record_step(self, metrics: StepMetrics) -> None:
@@ -361,7 +515,8 @@ class ElasticLoop:
             raise RuntimeError(f"node {self.node} is at step {self.next_step}, cannot finish step {step}")
         self.engine.apply_update(float(done["lr"]), float(done["grad_norm"]))
         self.committed = self.engine.plan
-        info, ids = self.engine.info, ()
+        info = self.engine.info
+        ids: tuple[int, ...] = ()
         if info is not None and info.is_first:
             size = self.job.microbatch_size
             first, count = info.first_microbatch * size, info.microbatches * size

@@ -155,7 +155,7 @@ def execute(state: StoreState, request: dict[str, Any]) -> dict[str, Any]:
 
 
 class StoreService:
-    """The master's store: a :class:`ControlServer` keyed with :func:`store_key` over a :class:`StoreState`."""
+    """The master's store: a :class:`ControlServer` keyed with :func:`store_key` serving a state."""
 
     def __init__(self, token: bytes, host: str, port: int = 0, state: StoreState | None = None) -> None:
         """Bind at once and serve on daemon threads.
@@ -250,6 +250,7 @@ class StoreClient(dist.Store):
             AuthenticationError: The key is wrong.
         """
         super().__init__()
+        self._default_timeout = timeout
         self.set_timeout(timeout)
         self._addr = (host, port)
         self._secret = key
@@ -275,7 +276,8 @@ class StoreClient(dist.Store):
             except OSError as exc:
                 if time.monotonic() + delay > deadline:
                     raise StoreClosedError(
-                        f"store at {self._addr[0]}:{self._addr[1]} unreachable for {self._reconnect_s} s: {exc}"
+                        f"store at {self._addr[0]}:{self._addr[1]} unreachable "
+                        f"for {self._reconnect_s} s: {exc}"
                     ) from exc
                 logger.warning("store unreachable (%s); retrying in %.2f s", exc, delay)
                 time.sleep(delay)
@@ -296,7 +298,9 @@ class StoreClient(dist.Store):
                     reply = channel.recv(wait_s + REPLY_MARGIN_S)
                     break
                 except TimeoutError as exc:
-                    raise dist.DistStoreError(f"store {op}: no reply within {wait_s + REPLY_MARGIN_S} s") from exc
+                    raise dist.DistStoreError(
+                        f"store {op}: no reply within {wait_s + REPLY_MARGIN_S} s"
+                    ) from exc
                 except ProtocolError:
                     raise
                 except (ConnectionError, OSError) as exc:
@@ -315,7 +319,7 @@ class StoreClient(dist.Store):
         return reply.get("value")
 
     def _wait_s(self, timeout: timedelta | None) -> float:
-        return min(MAX_WAIT_S, (self.timeout if timeout is None else timeout).total_seconds())
+        return min(MAX_WAIT_S, (self._default_timeout if timeout is None else timeout).total_seconds())
 
     def abandon(self) -> None:
         """Fail every pending and later operation now (a failure notice); never raises, idempotent."""
@@ -326,8 +330,13 @@ class StoreClient(dist.Store):
 
     close = abandon
 
+    def set_timeout(self, timeout: timedelta) -> None:
+        """Set the default timeout of ``get`` and ``wait`` (torch calls it on process-group init)."""
+        super().set_timeout(timeout)
+        self._default_timeout = timeout
+
     # ------------------------------------------------------------------ dist.Store
-    def set(self, key: str, value: bytes | str) -> None:  # type: ignore[override]  # NOTE: torch's stub has no str
+    def set(self, key: str, value: bytes | str) -> None:
         """Set ``key`` to ``value`` (bytes, or str encoded as UTF-8)."""
         data = value.encode() if isinstance(value, str) else bytes(value)
         self._request("set", key=key, value=_b64(data))
@@ -341,7 +350,7 @@ class StoreClient(dist.Store):
         """Add ``amount`` to the integer at ``key`` (0 if unset); returns the new value."""
         return int(self._request("add", key=key, amount=int(amount)))
 
-    def compare_set(self, key: str, expected: bytes | str, desired: bytes | str) -> bytes:  # type: ignore[override]  # NOTE: str accepted like TCPStore
+    def compare_set(self, key: str, expected: bytes | str, desired: bytes | str) -> bytes:
         """Set ``key`` to ``desired`` if it holds ``expected`` (or is unset and ``expected`` is empty).
 
         Returns:
@@ -351,7 +360,7 @@ class StoreClient(dist.Store):
         des = desired.encode() if isinstance(desired, str) else bytes(desired)
         return _unb64(self._request("compare_set", key=key, expected=_b64(exp), desired=_b64(des)))
 
-    def wait(self, keys: list[str], timeout: timedelta | None = None) -> None:  # type: ignore[override]  # NOTE: both torch overloads in one
+    def wait(self, keys: list[str], timeout: timedelta | None = None) -> None:
         """Wait until every key is set (up to ``timeout`` or the store's timeout)."""
         wait_s = self._wait_s(timeout)
         self._request("wait", wait_s, keys=list(keys), timeout_s=wait_s)

@@ -18,6 +18,15 @@ from oobleck.runtime.control.store import (
     start_store_service,
     store_key,
 )
+from oobleck.runtime.control.store_records import (
+    RecordError,
+    claim_record,
+    inputs_record,
+    judge_claim,
+    parse_inputs,
+    parse_state,
+    state_record,
+)
 from oobleck.runtime.control.store_state import StoreLimitError, StoreState
 
 TOKEN = b"t" * 32
@@ -179,10 +188,68 @@ def test_client_reconnects_to_a_service_restarted_on_the_same_port():
 def test_client_gives_up_on_a_server_that_stays_away():
     """With nothing listening, the client fails after its reconnect bound instead of hanging."""
     svc = start_store_service(TOKEN, "127.0.0.1")
-    store = StoreClient("127.0.0.1", svc.port, store_key(TOKEN), timeout=timedelta(seconds=1), reconnect_s=0.3)
+    store = StoreClient(
+        "127.0.0.1", svc.port, store_key(TOKEN), timeout=timedelta(seconds=1), reconnect_s=0.3
+    )
     svc.close()
     store._channel.close()
     start = time.monotonic()
     with pytest.raises(StoreClosedError, match="unreachable"):
         store.set("k", b"v")
     assert time.monotonic() - start < 2.0
+
+
+# ---------------------------------------------------------------------- records and the planner lease
+def _state(**over):
+    fields = {"generation": 3, "node": 2, "local_rank": 0, "plan": None, "step": 5, "last": None}
+    fields.update(over)
+    return state_record(**fields).encode()
+
+
+def test_state_record_round_trips():
+    """A record read back under its own key and generation is adopted as written."""
+    last = {"step": 4, "lr": 0.1, "grad_norm": 1.5, "loss": 2.0}
+    record = parse_state(_state(plan={"pipelines": []}, last=last), generation=3, node=2, local_rank=0)
+    assert record["step"] == 5 and record["last"] == last and record["plan"] == {"pipelines": []}
+
+
+@pytest.mark.parametrize(
+    ("raw", "generation", "node", "match"),
+    [
+        (b"\xff\xfe", 3, 2, "not JSON"),
+        (b'{"plan": null, "step": 5, "last": null}', 3, 2, "fields differ"),
+        (_state(), 4, 2, "generation 3"),  # a stale record replayed into a newer generation
+        (_state(), 3, 1, "node 2"),  # node 2's record copied under node 1's key
+        (_state(step=-1), 3, 2, "step"),
+        (_state(step=True), 3, 2, "step"),
+        (_state(plan=[1]), 3, 2, "plan"),
+        (_state(last={"step": 1, "lr": "x", "grad_norm": 1.0}), 3, 2, "last"),
+    ],
+)
+def test_forged_or_stale_state_records_are_rejected(raw, generation, node, match):
+    """Malformed, stale or misplaced records raise RecordError instead of being adopted."""
+    with pytest.raises(RecordError, match=match):
+        parse_state(raw, generation=generation, node=node, local_rank=0)
+
+
+def test_claim_verdicts():
+    """Own claims are mine, a live member's is held, a departed or garbled owner's is taken over."""
+    claim = claim_record(0, 0, 0).encode()
+    assert judge_claim(claim, 0, 0, [0, 1, 2]) == ("mine", 0)
+    assert judge_claim(claim, 1, 0, [0, 1, 2]) == ("held", 0)
+    assert judge_claim(claim, 0, 1, [0, 1, 2]) == ("held", 0)  # NOTE: another rank of the same node
+    assert judge_claim(claim, 1, 0, [1, 2]) == ("take_over", 0)
+    assert judge_claim(b"1", 1, 0, [1, 2]) == ("take_over", -1)  # NOTE: the old add()-counter claim
+    assert judge_claim(b'{"node": "0", "local": 0}', 1, 0, [0, 1]) == ("take_over", -1)
+
+
+def test_planner_inputs_are_validated():
+    """Inputs from the future or with bad fields are rejected; good ones round-trip."""
+    good = inputs_record({"layers": []}, 4, 0, 1).encode()
+    assert parse_inputs(good, max_generation=1)["max_nodes"] == 4
+    with pytest.raises(RecordError, match="generation"):
+        parse_inputs(good, max_generation=0)
+    with pytest.raises(RecordError, match="max_nodes"):
+        parse_inputs(inputs_record({}, 0, 0, 0).encode(), max_generation=0)
+    with pytest.raises(RecordError, match="fields"):
+        parse_inputs(b'{"profile": {}, "max_nodes": 4}', max_generation=0)
