@@ -47,7 +47,13 @@ from oobleck.planning.planner import Planner
 from oobleck.planning.profile import ModelProfile
 from oobleck.runtime.config import JobConfig, load_job_config
 from oobleck.runtime.control.agent import NODE_ENV
-from oobleck.runtime.control.checkpoint import Checkpoint, latest_complete, write_shard
+from oobleck.runtime.control.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    latest_complete,
+    prune,
+    write_shard,
+)
 from oobleck.runtime.control.link import WorkerLink
 from oobleck.runtime.control.membership import Membership
 from oobleck.runtime.control.server import is_loopback
@@ -75,8 +81,8 @@ BARRIER_TIMEOUT_S = float(os.environ.get("OOBLECK_BARRIER_TIMEOUT_S", "120"))
 master still believes alive; then the worker asks the master to drop the members that never arrived.
 ``OOBLECK_BARRIER_TIMEOUT_S`` overrides it (tests)."""
 FAULT_ENV = "OOBLECK_TEST_FAULT"
-"""Deterministic fault injection for tests: ``after_claim:<node>`` makes that node's worker fail right
-after it wins the planner claim, before publishing the inputs (the claim-then-die case)."""
+"""Deterministic fault injection for tests: ``after_claim`` makes the worker that wins the
+generation-0 planner claim fail before publishing the inputs (the claim-then-die case)."""
 
 
 class BarrierTimeoutError(RuntimeError):
@@ -487,7 +493,7 @@ class ElasticLoop:
     def _publish_inputs(self, store: dist.Store, target: Membership) -> None:
         """Compute the planner inputs under the claim and publish them."""
         fault = os.environ.get(FAULT_ENV, "")
-        if fault == f"after_claim:{self.node}":
+        if fault == "after_claim" and target.generation == 0:
             raise RuntimeError(
                 f"injected fault ({FAULT_ENV}={fault}): failing while holding the planner claim"
             )
@@ -540,18 +546,31 @@ class ElasticLoop:
         )
 
     def _maybe_checkpoint(self) -> None:
+        """Write this rank's shard when a checkpoint is due (pipeline 0 only), then prune.
+
+        Raises:
+            CheckpointError: the shard cannot be written; the master is told it is a job error
+                (one clear failure), not a lost node.
+        """
         every = self.job.checkpoint.every_steps
         info = self.engine.info
         if every <= 0 or self.next_step % every or info is None or info.pipeline != 0:
             return
-        write_shard(
-            self.ckpt_dir,
-            self.next_step,
-            node=self.node,
-            local_rank=self.local_rank,
-            layers=list(info.layers),
-            tensors=self.engine.state_tensors(),
-        )
+        try:
+            write_shard(
+                self.ckpt_dir,
+                self.next_step,
+                node=self.node,
+                local_rank=self.local_rank,
+                layers=list(info.layers),
+                tensors=self.engine.state_tensors(),
+            )
+        except CheckpointError as exc:
+            self.link.report_job_error(str(exc))
+            raise
+        keep = self.job.checkpoint.keep
+        if keep is not None:
+            prune(self.ckpt_dir, self.engine.adapter.num_layers, keep)
 
 
 def main(args: argparse.Namespace) -> int:

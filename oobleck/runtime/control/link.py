@@ -121,6 +121,14 @@ class WorkerLink:
         except (OSError, ProtocolError) as exc:
             logger.warning("could not request a regroup: %s", exc)
 
+    def report_job_error(self, message: str) -> None:
+        """Tell the master the job cannot go on for a reason no node caused (e.g. an unwritable
+        checkpoint dir): it fails the job once with ``message`` instead of counting node losses."""
+        try:
+            self._channel.send({"type": "job_error", "message": message[:2000]})
+        except (OSError, ProtocolError) as exc:
+            logger.warning("could not report a job error: %s", exc)
+
     def close(self) -> None:
         """Close the link; never raises, idempotent."""
         self._channel.close()
