@@ -381,9 +381,8 @@ class Master:
             write()
         except OSError as exc:
             self._disk_failed = True
-            cause = f"cannot write the run dir {self.config.run_dir}: {exc}"
-            logger.error("%s; failing the job (no node is to blame)", cause)
-            return cause
+            # NOTE: logged once, by the job's failure line that carries this cause; no node is to blame.
+            return f"cannot write the run dir {self.config.run_dir}: {exc}"
         return None
 
     def _write_agents(self) -> None:
