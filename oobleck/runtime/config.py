@@ -10,6 +10,11 @@ Assumptions:
     * ``model`` is either a preset name known to the engine adapters (``tiny-gpt2``) or a mapping
       ``{arch: gpt2|llama|opt, <HF config fields>}``; the HF fields are checked when the model is
       built, not here.
+    * The file is read and parsed by ``runtime/control/preflight.py``: at most 1 MiB of UTF-8 text,
+      YAML aliases, nesting and expanded size bounded, ``3e-4`` read as a float (YAML 1.2), so the
+      master refuses a binary file or a YAML bomb before any worker reads it.
+    * Counts have documented maxima (``MAX_GLOBAL_BATCH``, ``MAX_STEPS``, ...) far above real jobs;
+      an integral float (``steps: 1e4``) is accepted for an integer field.
 """
 
 from __future__ import annotations
