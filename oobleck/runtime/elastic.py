@@ -54,45 +54,26 @@ from oobleck.runtime.control.checkpoint import (
     prune,
     write_shard,
 )
+from oobleck.runtime.control.generation_sync import (
+    BARRIER_TIMEOUT_S,
+    BarrierTimeoutError,
+    exchange_states,
+    planner_inputs,
+)
 from oobleck.runtime.control.link import WorkerLink
 from oobleck.runtime.control.membership import Membership
 from oobleck.runtime.control.server import is_loopback
 from oobleck.runtime.control.sever import sever_tcp_connections
 from oobleck.runtime.control.store import STORE_KEY_ENV, StoreClient
-from oobleck.runtime.control.store_records import (
-    CLAIM_KEY,
-    INPUTS_KEY,
-    RecordError,
-    claim_record,
-    inputs_record,
-    judge_claim,
-    parse_inputs,
-    parse_state,
-    state_key,
-    state_record,
-)
+from oobleck.runtime.control.store_records import INPUTS_KEY, inputs_record, state_record
 from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_planner, job_profile
 from oobleck.runtime.run_log import RunLog, write_error_file
 
 logger = logging.getLogger(__name__)
 
-BARRIER_TIMEOUT_S = float(os.environ.get("OOBLECK_BARRIER_TIMEOUT_S", "120"))
-"""Longest a generation's store barrier (and the wait for planner inputs) waits for a member that the
-master still believes alive; then the worker asks the master to drop the members that never arrived.
-``OOBLECK_BARRIER_TIMEOUT_S`` overrides it (tests)."""
 FAULT_ENV = "OOBLECK_TEST_FAULT"
 """Deterministic fault injection for tests: ``after_claim`` makes the worker that wins the
 generation-0 planner claim fail before publishing the inputs (the claim-then-die case)."""
-
-
-class BarrierTimeoutError(RuntimeError):
-    """Some members never published their state within the barrier bound."""
-
-    def __init__(self, generation: int, missing: list[int]) -> None:
-        super().__init__(
-            f"generation {generation}: nodes {missing} never arrived within {BARRIER_TIMEOUT_S} s"
-        )
-        self.missing = missing
 
 
 QUIET_ERROR_WAIT_S = 5.0
@@ -248,52 +229,6 @@ class ElasticLoop:
             raise RuntimeError(f"no new generation after a communication error at generation {generation}")
 
     # ------------------------------------------------------------------ generations
-    def _barrier(self, store: dist.Store, target: Membership) -> list[dict[str, Any]] | None:
-        """Publish this worker's state and read every member's valid record (bounded).
-
-        Returns:
-            One record per member rank, or None when a newer generation superseded this one.
-
-        Raises:
-            BarrierTimeoutError: some members had no valid record within ``BARRIER_TIMEOUT_S``.
-        """
-        generation = target.generation
-        plan = None if self.committed is None else self.committed.to_dict()
-        store.set(
-            state_key(generation, self.node, self.local_rank),
-            state_record(
-                generation=generation,
-                node=self.node,
-                local_rank=self.local_rank,
-                plan=plan,
-                step=self.next_step,
-                last=self._last,
-            ),
-        )
-        pending = [(n, r) for n in target.members for r in range(target.slots)]
-        records: dict[tuple[int, int], dict[str, Any]] = {}
-        deadline = time.monotonic() + BARRIER_TIMEOUT_S
-        while pending:
-            if self._superseded(target):
-                return None
-            if time.monotonic() > deadline:
-                raise BarrierTimeoutError(generation, sorted({n for n, _ in pending}))
-            arrived = [(n, r) for n, r in pending if store.check([state_key(generation, n, r)])]
-            for n, r in arrived:
-                key = state_key(generation, n, r)
-                try:
-                    records[(n, r)] = parse_state(store.get(key), generation=generation, node=n, local_rank=r)
-                except RecordError as exc:
-                    # NOTE: a rejected record stays pending: its writer may still publish a valid one
-                    # (overwriting it); if none comes, the node counts as missing.
-                    logger.error("[node %d] rejected store record %s: %s", self.node, key, exc)
-                    store.delete_key(key)
-                    continue
-                pending.remove((n, r))
-            if pending:
-                time.sleep(0.01)
-        return [records[(n, r)] for n in target.members for r in range(target.slots)]
-
     def _superseded(self, target: Membership) -> bool:
         latest = self.link.latest
         return latest is not None and latest.generation > target.generation
@@ -341,7 +276,23 @@ class ElasticLoop:
         Raises:
             ReconfigurationError: the survivors are more than one step apart (a bug, not a failure).
         """
-        states = self._barrier(store, target)
+        plan = None if self.committed is None else self.committed.to_dict()
+        record = state_record(
+            generation=target.generation,
+            node=self.node,
+            local_rank=self.local_rank,
+            plan=plan,
+            step=self.next_step,
+            last=self._last,
+        )
+        states = exchange_states(
+            store,
+            target,
+            node=self.node,
+            local_rank=self.local_rank,
+            record=record,
+            superseded=lambda: self._superseded(target),
+        )
         if states is None:
             return None
         rank_of_node = target.rank_of_node()
@@ -444,51 +395,26 @@ class ElasticLoop:
         return checkpoint.step
 
     def _get_planner(self, store: dist.Store, target: Membership) -> Planner | None:
-        """The job's planner, built from inputs one member publishes (a measured profile differs
-        between processes, and every worker must plan alike); cached for the whole run.
-
-        The publisher holds ``ctl/planner/claim``, a lease naming its node: while that node is a
-        member the others wait (bounded); once it left the membership, the next worker takes over.
+        """The job's planner from the inputs one member publishes (a measured profile differs
+        between processes, and every worker must plan alike); built once, cached for the run.
 
         Returns:
             The planner, or None when a newer generation superseded ``target`` meanwhile.
-
-        Raises:
-            BarrierTimeoutError: the claim's live owner published nothing within the bound.
         """
-        if self._planner is not None:
-            return self._planner
-        mine = claim_record(self.node, self.local_rank, target.generation)
-        deadline = time.monotonic() + BARRIER_TIMEOUT_S
-        while True:
-            if store.check([INPUTS_KEY]):
-                try:
-                    inputs = parse_inputs(store.get(INPUTS_KEY), max_generation=target.generation)
-                except RecordError as exc:
-                    logger.error("[node %d] rejected the planner inputs: %s", self.node, exc)
-                else:
-                    profile = ModelProfile.from_dict(inputs["profile"])
-                    self._planner = job_planner(self.job, profile, inputs["max_nodes"])
-                    return self._planner
-            current = store.compare_set(CLAIM_KEY, "", mine)
-            verdict, owner = judge_claim(current, self.node, self.local_rank, target.members)
-            if verdict == "mine":
-                self._publish_inputs(store, target)
-                continue
-            if verdict == "take_over":
-                logger.warning(
-                    "[node %d] planner claim %r has no live owner; taking it over", self.node, current
-                )
-                try:
-                    store.compare_set(CLAIM_KEY, current.decode(), mine)
-                except UnicodeDecodeError:
-                    store.delete_key(CLAIM_KEY)
-                continue  # NOTE: re-read: another survivor may have taken it over first.
-            if self._superseded(target):
+        if self._planner is None:
+            inputs = planner_inputs(
+                store,
+                target,
+                node=self.node,
+                local_rank=self.local_rank,
+                publish=lambda: self._publish_inputs(store, target),
+                superseded=lambda: self._superseded(target),
+            )
+            if inputs is None:
                 return None
-            if time.monotonic() > deadline:
-                raise BarrierTimeoutError(target.generation, [owner])
-            time.sleep(0.02)
+            profile = ModelProfile.from_dict(inputs["profile"])
+            self._planner = job_planner(self.job, profile, inputs["max_nodes"])
+        return self._planner
 
     def _publish_inputs(self, store: dist.Store, target: Membership) -> None:
         """Compute the planner inputs under the claim and publish them."""
