@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -10,6 +11,9 @@ from datetime import timedelta
 import pytest
 import torch.distributed as dist
 
+from oobleck.runtime.control import generation_sync
+from oobleck.runtime.control.generation_sync import BarrierTimeoutError, exchange_states, planner_inputs
+from oobleck.runtime.control.membership import Membership
 from oobleck.runtime.control.protocol import AuthenticationError, connect
 from oobleck.runtime.control.store import (
     StoreClient,
@@ -19,12 +23,15 @@ from oobleck.runtime.control.store import (
     store_key,
 )
 from oobleck.runtime.control.store_records import (
+    CLAIM_KEY,
+    INPUTS_KEY,
     RecordError,
     claim_record,
     inputs_record,
     judge_claim,
     parse_inputs,
     parse_state,
+    state_key,
     state_record,
 )
 from oobleck.runtime.control.store_state import StoreLimitError, StoreState
@@ -253,3 +260,84 @@ def test_planner_inputs_are_validated():
         parse_inputs(inputs_record({}, 0, 0, 0).encode(), max_generation=0)
     with pytest.raises(RecordError, match="fields"):
         parse_inputs(b'{"profile": {}, "max_nodes": 4}', max_generation=0)
+
+
+# ---------------------------------------------------------------------- bounded generation rendezvous
+def _record(generation: int, node: int, step: int = 0) -> str:
+    return state_record(generation=generation, node=node, local_rank=0, plan=None, step=step, last=None)
+
+
+def test_state_exchange_returns_every_members_record(service):
+    """Members publishing concurrently each read all records, in member order."""
+    target = Membership(2, (0, 1))
+    results: dict[int, list] = {}
+
+    def member(node: int) -> None:
+        results[node] = exchange_states(
+            client(service),
+            target,
+            node=node,
+            local_rank=0,
+            record=_record(2, node, 7),
+            superseded=lambda: False,
+        )
+
+    threads = [threading.Thread(target=member, args=(n,)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert [r["node"] for r in results[0]] == [0, 1] and results[0] == results[1]
+
+
+def test_a_forged_record_is_rejected_and_its_node_named_missing(service, monkeypatch, caplog):
+    """A stale record under node 1's key is never adopted: the bounded barrier names node 1 missing."""
+    monkeypatch.setattr(generation_sync, "BARRIER_TIMEOUT_S", 0.3)
+    store = client(service)
+    store.set(state_key(3, 1, 0), _record(2, 1, 99))  # NOTE: generation 2's record replayed at 3
+    with pytest.raises(BarrierTimeoutError) as raised:
+        exchange_states(
+            store, Membership(3, (0, 1)), node=0, local_rank=0, record=_record(3, 0), superseded=lambda: False
+        )
+    assert raised.value.missing == [1]
+    assert caplog.text.count("rejected store record") == 1
+
+
+def test_a_superseded_barrier_returns_none(service):
+    """A newer generation ends a barrier waiting for a member at once."""
+    store = client(service)
+    assert (
+        exchange_states(
+            store, Membership(1, (0, 1)), node=0, local_rank=0, record=_record(1, 0), superseded=lambda: True
+        )
+        is None
+    )
+
+
+def test_a_claim_whose_owner_left_is_taken_over(service):
+    """Node 0 claimed and died (not a member any more): node 1 takes over and publishes once."""
+    store = client(service)
+    store.set(CLAIM_KEY, claim_record(0, 0, 0))
+    calls = []
+
+    def publish() -> None:
+        calls.append(1)
+        store.set(INPUTS_KEY, inputs_record({"layers": []}, 2, 1, 1))
+
+    inputs = planner_inputs(
+        store, Membership(1, (1, 2)), node=1, local_rank=0, publish=publish, superseded=lambda: False
+    )
+    assert inputs is not None and inputs["node"] == 1 and calls == [1]
+    assert json.loads(store.get(CLAIM_KEY))["node"] == 1
+
+
+def test_a_live_owner_that_never_publishes_is_named_missing(service, monkeypatch):
+    """If the claim's owner stays a member but publishes nothing, the wait ends naming that owner."""
+    monkeypatch.setattr(generation_sync, "BARRIER_TIMEOUT_S", 0.3)
+    store = client(service)
+    store.set(CLAIM_KEY, claim_record(2, 0, 0))
+    with pytest.raises(BarrierTimeoutError) as raised:
+        planner_inputs(
+            store, Membership(0, (1, 2)), node=1, local_rank=0, publish=lambda: None, superseded=lambda: False
+        )
+    assert raised.value.missing == [2]
