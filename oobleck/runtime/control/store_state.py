@@ -55,7 +55,12 @@ class StoreState:
         old = self._data.get(key)
         if old is None and len(self._data) >= self.max_keys:
             raise StoreLimitError(f"store holds {self.max_keys} keys already")
-        total = self._total_bytes + len(value) - (0 if old is None else len(old)) + (key_bytes if old is None else 0)
+        total = (
+            self._total_bytes
+            + len(value)
+            - (0 if old is None else len(old))
+            + (key_bytes if old is None else 0)
+        )
         if total > self.max_total_bytes:
             raise StoreLimitError(f"store would hold {total} bytes, over {self.max_total_bytes}")
         self._data[key] = value
