@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from oobleck.runtime.control.protocol import Channel, ConnectionClosedError, ProtocolError, connect
-from oobleck.runtime.control.rendezvous import worker_store_env
 from oobleck.runtime.run_log import ERROR_FILE_ENV
 
 logger = logging.getLogger(__name__)
@@ -246,6 +245,9 @@ class Agent:
         errors = self.run_dir / "errors"
         errors.mkdir(parents=True, exist_ok=True)
         config_path = self._config_path()
+        # NOTE: imported here: the store module imports torch, which the agent needs only now.
+        from oobleck.runtime.control.store import STORE_KEY_ENV, store_key
+
         for local_rank in range(self.config.slots):
             ours, theirs = socket.socketpair()
             key = secrets.token_bytes(32)
@@ -262,7 +264,7 @@ class Agent:
                     "MASTER_ADDR": str(self.store["host"]),
                     "MASTER_PORT": str(self.store["port"]),
                     ERROR_FILE_ENV: str(error_file),
-                    **worker_store_env(self._token),
+                    STORE_KEY_ENV: store_key(self._token).hex(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
                 }
             )

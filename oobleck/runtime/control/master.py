@@ -13,6 +13,8 @@ Assumptions:
   never blamed on the node whose message triggered it.
 - ``resume=True`` restarts on a run dir whose master died: same ports (master.json), same job
   (job.json), and the generation last announced (metrics.jsonl) is adopted as agents re-register.
+- The rendezvous store is the authenticated store service (``control/store.py``) on the control
+  server's address; workers get only a key derived from the token (set by their agent).
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ from oobleck.runtime.control.protocol import (
     ProtocolError,
 )
 from oobleck.runtime.control.records import append_jsonl, write_json_atomic
-from oobleck.runtime.control.rendezvous import start_rendezvous
 from oobleck.runtime.control.server import ControlServer
+from oobleck.runtime.control.store import start_store_service
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ class Master:
         self._submit_handler = submit_handler
         self._closed = threading.Event()
         previous = master_files.read_master_info(config.run_dir) if resume else None
-        self.store = start_rendezvous(token, config.host, previous.store_port if previous else 0)
+        self.store = start_store_service(token, config.host, previous.store_port if previous else 0)
         port = config.port or (previous.port if previous else 0)
         self.server = ControlServer(token, self._handle, host=config.host, port=port)
         self.address = advertise_host or (
