@@ -8,6 +8,8 @@ Assumptions:
   reconnects with backoff (up to ``reconnect_timeout_s``) and re-registers under its node id with the
   generation its workers run; what workers ask meanwhile (a regroup) is sent once it is back.
 - Workers run in the agent's process group, so killing the group kills the node.
+- Everything heavy (torch, via the store module) is imported before the agent registers: loading
+  torch's libraries holds the GIL for seconds, which would silence the heartbeat thread mid-job.
 - Agent and workers talk over an inherited socketpair (``OOBLECK_CONTROL=fd:N``) using the same
   MAC'd frames as the network, keyed by a per-worker random key; the job token never reaches a worker.
 """
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from oobleck.runtime.control.protocol import Channel, ConnectionClosedError, ProtocolError, connect
+from oobleck.runtime.control.store import STORE_KEY_ENV, store_key
 from oobleck.runtime.run_log import ERROR_FILE_ENV
 
 logger = logging.getLogger(__name__)
@@ -245,9 +248,6 @@ class Agent:
         errors = self.run_dir / "errors"
         errors.mkdir(parents=True, exist_ok=True)
         config_path = self._config_path()
-        # NOTE: imported here: the store module imports torch, which the agent needs only now.
-        from oobleck.runtime.control.store import STORE_KEY_ENV, store_key
-
         for local_rank in range(self.config.slots):
             ours, theirs = socket.socketpair()
             key = secrets.token_bytes(32)
