@@ -113,6 +113,9 @@ class ElasticLoop:
         self.generation = -1
         self.next_step = 0
         self._planner: Planner | None = None
+        self._planner_inputs: str | None = None
+        """The validated planner inputs this worker plans with, re-published into a store that lost
+        them (a resumed master starts empty), so a node joining later plans alike."""
         self._last: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ main loop
@@ -145,13 +148,10 @@ class ElasticLoop:
     def _connect_store(self) -> dist.Store:
         """A fresh client of the master's store (``MASTER_ADDR``/``MASTER_PORT``, key from the agent)."""
         host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-        key = os.environ.get(STORE_KEY_ENV)
-        if key:
-            return StoreClient(host, port, bytes.fromhex(key), timeout=self._timeout)
-        # TODO(issue10): remove once every agent sets OOBLECK_STORE_KEY (the master hosts the
-        # authenticated store service); a bare TCPStore is unauthenticated.
-        logger.warning("[node %d] %s is not set: using an unauthenticated TCPStore", self.node, STORE_KEY_ENV)
-        return dist.TCPStore(host, port, is_master=False, timeout=self._timeout)
+        key = os.environ.get(STORE_KEY_ENV, "")
+        if not key:
+            raise RuntimeError(f"{STORE_KEY_ENV} is not set: a worker must be started by an oobleck agent")
+        return StoreClient(host, port, bytes.fromhex(key), timeout=self._timeout)
 
     def run(self) -> None:
         """Train every step of the job, recovering from failures and applying joins.
@@ -276,6 +276,10 @@ class ElasticLoop:
         Raises:
             ReconfigurationError: the survivors are more than one step apart (a bug, not a failure).
         """
+        if self._planner_inputs is not None:
+            # NOTE: before this worker's state record: a joiner reads the inputs only after the
+            # barrier, which needs that record, so it never claims an empty (resumed) store.
+            store.compare_set(INPUTS_KEY, "", self._planner_inputs)
         plan = None if self.committed is None else self.committed.to_dict()
         record = state_record(
             generation=target.generation,
@@ -414,6 +418,9 @@ class ElasticLoop:
                 return None
             profile = ModelProfile.from_dict(inputs["profile"])
             self._planner = job_planner(self.job, profile, inputs["max_nodes"])
+            self._planner_inputs = inputs_record(
+                inputs["profile"], inputs["max_nodes"], inputs["node"], inputs["generation"]
+            )
         return self._planner
 
     def _publish_inputs(self, store: dist.Store, target: Membership) -> None:

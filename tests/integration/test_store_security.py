@@ -91,7 +91,9 @@ def test_gloo_initialises_through_the_python_store():
     service = start_store_service(token, "127.0.0.1")
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    ranks = [context.Process(target=_gloo_rank, args=(r, service.port, store_key(token), out)) for r in (0, 1)]
+    ranks = [
+        context.Process(target=_gloo_rank, args=(r, service.port, store_key(token), out)) for r in (0, 1)
+    ]
     try:
         for process in ranks:
             process.start()
