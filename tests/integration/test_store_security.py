@@ -38,9 +38,9 @@ _LISTEN = "0A"
 def _socket_inodes(pid: int) -> set[str]:
     inodes = set()
     with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
             with contextlib.suppress(OSError):
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                link = str(fd.readlink())
                 if link.startswith("socket:["):
                     inodes.add(link[8:-1])
     return inodes
