@@ -141,6 +141,7 @@ def test_default_run_listens_on_loopback_only_and_resists_forgery(folder):
     assert run.rc == 0, run.master_log[-3000:]
     assert seen.get("attacked"), "the attack never ran"
     found = seen["listeners"]
+    print(f"\nlisteners of master, agents and workers (pid, address, port): {found}")
     assert found, "no listener found: the /proc parsing is broken"
     assert all(_is_loopback(address) for _, address, _ in found), found
     assert_losses_match(run, reference)
