@@ -14,8 +14,10 @@ Why a Python store over the HMAC channel, not a loopback ``TCPStore`` plus a tun
   so a Python round trip (~0.2 ms on loopback) is not on any step's critical path: steps never
   touch the store.
 - torch 2.13 accepts a Python ``dist.Store`` subclass for ``init_process_group`` and ``new_group``
-  through ``PrefixStore`` (tested in ``tests/unit/runtime/test_control_store.py`` on two gloo
-  processes); gloo calls ``set``, ``get`` and ``wait``.
+  through ``PrefixStore`` (tested on two gloo processes in
+  ``tests/integration/test_store_security.py``); gloo calls ``set``, ``get`` and ``wait``.
+- gloo's own pair listeners (the data plane, unauthenticated) bind the address the host name
+  resolves to; a worker of a loopback job sets ``GLOO_SOCKET_IFNAME=lo`` so they stay on loopback.
 
 Assumptions:
 - The service is keyed with :func:`store_key` (an HMAC derivation of the job token), so workers,
