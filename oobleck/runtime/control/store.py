@@ -305,7 +305,8 @@ class StoreClient(dist.Store):
                     ) from exc
                 except ProtocolError:
                     raise
-                except (ConnectionError, OSError) as exc:
+                except (ConnectionError, OSError, ValueError) as exc:
+                    # NOTE: ValueError: select() on a socket that abandon() closed under us.
                     if channel is not None:
                         channel.close()
                     self._channel = None
