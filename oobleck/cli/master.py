@@ -22,7 +22,8 @@ from oobleck.cli._common import at_least, new_parser, run_command
 from oobleck.errors import ConfigError
 
 if TYPE_CHECKING:
-    from oobleck.runtime.control.master import Master, MasterConfig
+    from oobleck.runtime.control.master import Master
+    from oobleck.runtime.control.master_config import MasterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace, run_dir: Path) -> MasterConfig:
-    from oobleck.runtime.control.master import MasterConfig
+    from oobleck.runtime.control.master_config import MasterConfig
 
     return MasterConfig(
         run_dir=run_dir,

@@ -25,13 +25,12 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from oobleck.runtime.control import master_files
 from oobleck.runtime.control.jobspec import JobSpec
 from oobleck.runtime.control.launchers import LaunchedAgent
+from oobleck.runtime.control.master_config import MasterConfig
 from oobleck.runtime.control.membership import Membership
 from oobleck.runtime.control.membership_events import (
     AgentsChanged,
@@ -58,7 +57,7 @@ from oobleck.runtime.control.protocol import (
     ConnectionClosedError,
     ProtocolError,
 )
-from oobleck.runtime.control.records import append_jsonl, write_json_atomic
+from oobleck.runtime.control.records import append_jsonl
 from oobleck.runtime.control.server import ControlServer
 from oobleck.runtime.control.store import start_store_service
 
@@ -66,31 +65,6 @@ logger = logging.getLogger(__name__)
 
 SubmitHandler = Callable[["Master", Channel], None]
 """Serves one ``submit`` connection (``submission.serve_submission``; injected to keep imports one-way)."""
-
-
-@dataclass(kw_only=True, slots=True)
-class MasterConfig:
-    """Where the master listens and how it judges liveness."""
-
-    run_dir: Path
-    """Holds master.json, job.json, agents.json, agent logs, metrics.jsonl, errors/."""
-    host: str = "127.0.0.1"
-    """Bind address of the control server and the store; loopback unless a user token is configured."""
-    port: int = 0
-    """Control port; 0 picks a free one (written to master.json; a resumed master reuses it)."""
-    heartbeat_interval_s: float = 0.5
-    """Agents send a heartbeat this often."""
-    missed_heartbeats: int = 3
-    """An agent silent for this many intervals of master-observed time is declared dead (1.5 s)."""
-    register_timeout_s: float = 120.0
-    """Longest to wait for the expected number of agents before the job fails."""
-    resume_grace_s: float = 30.0
-    """A resumed master waits this long for members to re-register before declaring them lost
-    (below the workers' 120 s barrier bound, so survivors of a loss meanwhile are still waiting)."""
-
-    def __post_init__(self) -> None:
-        if self.heartbeat_interval_s <= 0 or self.missed_heartbeats < 1:
-            raise ValueError("heartbeat_interval_s must be > 0 and missed_heartbeats >= 1")
 
 
 class Master:
@@ -388,16 +362,5 @@ class Master:
         return None
 
     def _write_agents(self) -> None:
-        launched = {a.index: a for a in self.launched}
-        rows = [
-            {
-                "node": s.node,
-                "host": s.host,
-                "agent_pid": s.pid,
-                "worker_pids": list(s.worker_pids),
-                "alive": s.alive,
-                "launcher_pid": launched[s.node].pid if s.node in launched else None,
-            }
-            for s in sorted(self.machine.nodes.values(), key=lambda s: s.node)
-        ]
-        write_json_atomic(self.config.run_dir / "agents.json", rows)
+        launched = {a.index: a.pid for a in self.launched}
+        master_files.write_agents(self.config.run_dir, self.machine.nodes.values(), launched)

@@ -17,12 +17,14 @@ Assumptions:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from oobleck.errors import ConfigError
 from oobleck.runtime.control.membership import Membership
+from oobleck.runtime.control.membership_machine import NodeState
 from oobleck.runtime.control.records import write_json_atomic
 
 
@@ -113,3 +115,28 @@ def last_membership(run_dir: Path) -> Membership | None:
         elif str(record.get("event", "")).startswith("job_"):
             latest = None
     return latest
+
+
+def write_agents(run_dir: Path, nodes: Iterable[NodeState], launcher_pids: dict[int, int]) -> None:
+    """Rewrite ``agents.json``: one row per node known to the master, by node id.
+
+    Args:
+        run_dir: The run directory.
+        nodes: The membership machine's node table.
+        launcher_pids: Pid of the local process that launched each node's agent (ssh/srun/agent).
+
+    Raises:
+        OSError: The run directory is not writable.
+    """
+    rows = [
+        {
+            "node": s.node,
+            "host": s.host,
+            "agent_pid": s.pid,
+            "worker_pids": list(s.worker_pids),
+            "alive": s.alive,
+            "launcher_pid": launcher_pids.get(s.node),
+        }
+        for s in sorted(nodes, key=lambda s: s.node)
+    ]
+    write_json_atomic(run_dir / "agents.json", rows)

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from oobleck.runtime.control.jobspec import JobSpec
-from oobleck.runtime.control.master import Master, MasterConfig
+from oobleck.runtime.control.master import Master
+from oobleck.runtime.control.master_config import MasterConfig
 from oobleck.runtime.control.protocol import Channel, connect
 
 TOKEN = b"0123456789abcdef0123456789abcdef"
