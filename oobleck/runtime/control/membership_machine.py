@@ -163,7 +163,7 @@ class MembershipMachine:
         assert self._now is not None
         silent = [n for n, s in sorted(self.nodes.items()) if s.alive and s.silence_s >= self.silence_limit_s]
         if silent:
-            self._lose(silent, LossCause.SILENCE, f"no message for {self.silence_limit_s:.1f} s", out)
+            self._lose(silent, LossCause.SILENCE, f"no heartbeat for {self.silence_limit_s:.1f} s", out)
         if self._resume_deadline is not None and self._now >= self._resume_deadline:
             self._end_adoption(out)
         if (
