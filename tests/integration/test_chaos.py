@@ -128,6 +128,7 @@ def _reference(folder: Path, config: Path) -> Run:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("OOBLECK_CONTROL", "MASTER_", "WORLD_SIZE"))
     }
+    env["OMP_NUM_THREADS"] = "1"  # NOTE: as agents give their workers: no intra-op oversubscription.
     argv = [
         sys.executable,
         "-m",
@@ -137,7 +138,7 @@ def _reference(folder: Path, config: Path) -> Run:
         "--run-dir",
         str(run_dir),
     ]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240, check=False)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=400, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return Run(0, run_dir, None, records, done.stderr)
