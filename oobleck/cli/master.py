@@ -2,7 +2,9 @@
 
 With ``--config`` the master launches one agent per hostfile line (or per Slurm node), runs the job
 and exits 0 when every worker finished (1 if the job failed, 2 for bad input). Without it, the
-master is a daemon that waits for ``oobleck submit``.
+master is a daemon that waits for ``oobleck submit``. ``--resume RUN_DIR`` restarts a master that
+died on that run dir (same token, address and ports); its agents kept their workers training and
+re-register, and the running generation is adopted without a re-plan.
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from oobleck.cli._common import at_least, new_parser, run_command
 from oobleck.errors import ConfigError
+
+if TYPE_CHECKING:
+    from oobleck.runtime.control.master import Master
+    from oobleck.runtime.control.master_config import MasterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="job YAML; without it the master runs as a daemon for `oobleck submit`"
     )
     parser.add_argument("--run-dir", help="output folder (default: runs/<UTC time>)")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="restart the dead master of RUN_DIR: same token, address and ports; adopts the running job",
+    )
+    parser.add_argument(
+        "--resume-grace-s",
+        type=float,
+        default=30.0,
+        help="with --resume: how long members may take to re-register before they count as lost (s)",
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", help="bind address; a routable one needs OOBLECK_TOKEN"
     )
@@ -80,37 +98,87 @@ def _token(args: argparse.Namespace, run_dir: Path) -> bytes:
 
 def _run(args: argparse.Namespace) -> int:
     from oobleck.runtime.control.hostfile import hosts_from_slurm, parse_hostfile
-    from oobleck.runtime.control.submission import JobSpec
+    from oobleck.runtime.control.jobspec import JobSpec
+    from oobleck.runtime.control.preflight import check_run_dir
 
     logging.getLogger("oobleck").setLevel(logging.DEBUG if args.debug else logging.INFO)
     at_least("--missed-heartbeats", args.missed_heartbeats, 1)
     if args.heartbeat_interval_s <= 0:
         raise ConfigError(f"--heartbeat-interval-s must be > 0, got {args.heartbeat_interval_s}")
+    if args.resume is not None:
+        return _resume(args)
     job = JobSpec.from_path(args.config) if args.config else None
     hosts = parse_hostfile(args.hostfile) if args.hostfile else hosts_from_slurm()
     if job is not None and hosts is None:
         raise ConfigError("--hostfile: required outside a Slurm allocation (SLURM_JOB_NODELIST is unset)")
     run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}").resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir(run_dir)
     token = _token(args, run_dir)
 
     from oobleck.runtime.control.job import check_reachable, run_job
-    from oobleck.runtime.control.master import Master, MasterConfig
 
     if job is not None and hosts is not None:
         check_reachable(hosts, args.host)
-    config = MasterConfig(
+    master = _start(args, run_dir, token, resume=False)
+    if job is not None and hosts is not None:
+        return run_job(master, job, hosts, slurm=args.hostfile is None, timeout_s=args.timeout_s)
+    return _serve(master)
+
+
+def _config(args: argparse.Namespace, run_dir: Path) -> MasterConfig:
+    from oobleck.runtime.control.master_config import MasterConfig
+
+    return MasterConfig(
         run_dir=run_dir,
         host=args.host,
         port=args.port,
         heartbeat_interval_s=args.heartbeat_interval_s,
         missed_heartbeats=args.missed_heartbeats,
         register_timeout_s=args.register_timeout_s,
+        resume_grace_s=args.resume_grace_s,
     )
-    master = Master(config, token)
+
+
+def _start(args: argparse.Namespace, run_dir: Path, token: bytes, *, resume: bool) -> Master:
+    from oobleck.runtime.control.master import Master
+    from oobleck.runtime.control.submission import serve_submission
+
+    master = Master(_config(args, run_dir), token, submit_handler=serve_submission, resume=resume)
     logger.info("master at %s:%d, run dir %s", master.address, master.server.port, run_dir)
-    if job is not None and hosts is not None:
-        return run_job(master, job, hosts, slurm=args.hostfile is None, timeout_s=args.timeout_s)
+    return master
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """Restart the master of ``--resume RUN_DIR`` where the dead one listened, with its token."""
+    from oobleck.runtime.control.master_files import read_master_info
+    from oobleck.runtime.control.preflight import check_run_dir
+
+    if args.config or args.hostfile:
+        raise ConfigError("--resume RUN_DIR takes the job from RUN_DIR; drop --config/--hostfile")
+    run_dir = Path(args.resume).resolve()
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {args.resume}: no such run directory")
+    check_run_dir(run_dir)
+    info = read_master_info(run_dir)
+    args.port = args.port or info.port
+    if args.host == "127.0.0.1" and info.address not in ("127.0.0.1", "localhost"):
+        args.host = info.address
+    token = _token(args, run_dir)
+    master = _start(args, run_dir, token, resume=True)
+    if master.machine.job is None:
+        return _serve(master)
+    try:
+        outcome = master.wait(args.timeout_s)
+    finally:
+        master.close()
+    if outcome != "completed":
+        logger.error("job %s; logs in %s", outcome, run_dir)
+        return 1
+    return 0
+
+
+def _serve(master: Master) -> int:
+    """Run as a daemon until SIGTERM or Ctrl-C."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -59,7 +59,8 @@ def _address(args: argparse.Namespace) -> tuple[str, int]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from oobleck.runtime.control.submission import JobSpec, submit_job
+    from oobleck.runtime.control.jobspec import JobSpec
+    from oobleck.runtime.control.submission import submit_job
     from oobleck.runtime.control.token import load_token
 
     at_least("--nodes", args.nodes, 0)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from oobleck.errors import ConfigError
 from oobleck.planning.cost import plan_iteration_time_s, stage_latency_s
@@ -166,7 +166,7 @@ def repriced_step_s(
         stages = pipeline.template.stages
         repriced = []
         for index, stage in enumerate(stages):
-            send = (
+            send: Literal["none", "intra", "inter"] = (
                 "none"
                 if index == len(stages) - 1
                 else "intra"

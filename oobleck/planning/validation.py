@@ -18,11 +18,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from oobleck.errors import ConfigError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 T = TypeVar("T")
+D = TypeVar("D", bound="DataclassInstance")
 
 
 def read_json_file(path: Path, what: str) -> Any:
@@ -95,7 +99,7 @@ def check_keys(
     return data
 
 
-def constants_from_mapping(cls: type[T], data: Any, *, source: str, expected: str, prefix: str) -> T:
+def constants_from_mapping(cls: type[D], data: Any, *, source: str, expected: str, prefix: str) -> D:
     """Build a dataclass of constants from a hand-written mapping; missing keys keep their defaults.
 
     Args:

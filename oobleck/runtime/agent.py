@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="module run per worker (env OOBLECK_WORKER_MODULE)",
     )
     parser.add_argument("--connect-timeout-s", type=float, default=60.0, help="keep retrying the master (s)")
+    parser.add_argument(
+        "--reconnect-timeout-s",
+        type=float,
+        default=120.0,
+        help="after losing the master, keep the workers training and retry this long (s)",
+    )
     return parser
 
 
@@ -65,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         run_dir=Path(args.run_dir).resolve() if args.run_dir else None,
         worker_module=args.worker_module,
         connect_timeout_s=args.connect_timeout_s,
+        reconnect_timeout_s=args.reconnect_timeout_s,
     )
     agent = Agent(config, token)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -10,6 +10,11 @@ Assumptions:
     * ``model`` is either a preset name known to the engine adapters (``tiny-gpt2``) or a mapping
       ``{arch: gpt2|llama|opt, <HF config fields>}``; the HF fields are checked when the model is
       built, not here.
+    * The file is read and parsed by ``runtime/control/preflight.py``: at most 1 MiB of UTF-8 text,
+      YAML aliases, nesting and expanded size bounded, ``3e-4`` read as a float (YAML 1.2), so the
+      master refuses a binary file or a YAML bomb before any worker reads it.
+    * Counts have documented maxima (``MAX_GLOBAL_BATCH``, ``MAX_STEPS``, ...) far above real jobs;
+      an integral float (``steps: 1e4``) is accepted for an integer field.
 """
 
 from __future__ import annotations
@@ -23,13 +28,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from oobleck.errors import ConfigError
 from oobleck.planning.hardware import HARDWARE, HardwareSpec
+from oobleck.runtime.control.preflight import load_yaml_text, read_text_file
 
 ARCHITECTURES: tuple[str, ...] = ("gpt2", "llama", "opt")
 DATA_KINDS: tuple[str, ...] = ("pydoc", "tokens", "hf")
+
+# NOTE: the maxima below refuse typos and runaway values (``global_batch: 1e12`` was accepted and
+# never finished step 0); each is far above any real job and keeps sample ids below 2**63.
+MAX_GLOBAL_BATCH = 1 << 20
+"""Most samples per step (1,048,576): a 4M-token batch of 2048-token samples is 2048."""
+MAX_STEPS = 10_000_000
+"""Most optimizer steps (also bounds ``warmup_steps``, ``checkpoint.every_steps`` and ``keep``)."""
+MAX_SEQUENCE_LENGTH = 1 << 20
+"""Most tokens per sample."""
+MAX_FAULT_TOLERANCE = 1024
+"""Largest f: the plan needs at least f + 1 pipelines, so more than nodes any job has."""
+MAX_SEED = (1 << 63) - 1
+"""Largest seed: a signed 64-bit integer, as torch and numpy generators take."""
+MAX_DEVICE_MEMORY_BYTES = 1 << 50
+"""Largest ``device_memory_bytes`` (1 PiB)."""
 
 
 def _positive_number(path: str, value: float, *, allow_zero: bool = False) -> None:
@@ -39,10 +58,15 @@ def _positive_number(path: str, value: float, *, allow_zero: bool = False) -> No
         raise ConfigError(f"{path}: expected a number {rule}, got {value!r}")
 
 
-def _positive_int(path: str, value: int, *, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-        rule = ">= 0" if allow_zero else ">= 1"
-        raise ConfigError(f"{path}: expected an integer {rule}, got {value!r}")
+def _positive_int(path: str, value: int, *, allow_zero: bool = False, maximum: int | None = None) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{path}: expected an integer >= {low}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(
+            f"{path}: expected an integer in [{low}, {maximum}], got {value}; "
+            f"{maximum} is the most a job may use"
+        )
 
 
 @dataclass(kw_only=True, slots=True)
@@ -86,7 +110,7 @@ class DataConfig:
             raise ConfigError(
                 f"data.token_dtype: expected uint16, uint32, int32 or int64, got {self.token_dtype!r}"
             )
-        _positive_int("data.sequence_length", self.sequence_length)
+        _positive_int("data.sequence_length", self.sequence_length, maximum=MAX_SEQUENCE_LENGTH)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -115,7 +139,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _positive_number("optim.lr", self.lr)
-        _positive_int("optim.warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive_int("optim.warmup_steps", self.warmup_steps, allow_zero=True, maximum=MAX_STEPS)
         _positive_number("optim.min_lr", self.min_lr, allow_zero=True)
         if self.min_lr > self.lr:
             raise ConfigError(f"optim.min_lr: must be <= optim.lr={self.lr}, got {self.min_lr}")
@@ -135,10 +159,17 @@ class CheckpointConfig:
     every_steps: int = 0
     """Write a checkpoint every this many steps; 0 disables checkpoints."""
     dir: str | None = None
-    """Checkpoint directory; defaults to ``<run_dir>/checkpoints``."""
+    """Checkpoint directory; defaults to ``<run_dir>/checkpoints``. The master checks it is writable
+    (or can be created) before any agent starts."""
+    keep: int | None = None
+    """Keep only the newest ``keep`` complete checkpoints, pruning older ones after each new one is
+    written; absent (None) keeps all. Keep at least 2 if a corrupt newest checkpoint should leave a
+    previous one to fall back to."""
 
     def __post_init__(self) -> None:
-        _positive_int("checkpoint.every_steps", self.every_steps, allow_zero=True)
+        _positive_int("checkpoint.every_steps", self.every_steps, allow_zero=True, maximum=MAX_STEPS)
+        if self.keep is not None:
+            _positive_int("checkpoint.keep", self.keep, maximum=MAX_STEPS)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -150,11 +181,12 @@ class JobConfig:
     data: DataConfig = field(default_factory=DataConfig)
     """Training data."""
     global_batch: int
-    """Samples per optimizer step over all pipelines; fixed for the whole job (recovery keeps it)."""
+    """Samples per optimizer step over all pipelines; fixed for the whole job (recovery keeps it).
+    At most ``MAX_GLOBAL_BATCH``."""
     microbatch_size: int = 1
     """Samples per microbatch; ``global_batch`` must be a multiple of it."""
     steps: int
-    """Optimizer steps to run."""
+    """Optimizer steps to run; at most ``MAX_STEPS``."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and learning-rate schedule."""
     seed: int = 0
@@ -172,12 +204,11 @@ class JobConfig:
     """``analytic``: estimate layer costs from parameter counts; ``measured``: run the profiler."""
 
     def __post_init__(self) -> None:
-        _positive_int("global_batch", self.global_batch)
-        _positive_int("microbatch_size", self.microbatch_size)
-        _positive_int("steps", self.steps)
-        _positive_int("fault_tolerance", self.fault_tolerance, allow_zero=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed: expected an integer >= 0, got {self.seed!r}")
+        _positive_int("global_batch", self.global_batch, maximum=MAX_GLOBAL_BATCH)
+        _positive_int("microbatch_size", self.microbatch_size, maximum=MAX_GLOBAL_BATCH)
+        _positive_int("steps", self.steps, maximum=MAX_STEPS)
+        _positive_int("fault_tolerance", self.fault_tolerance, allow_zero=True, maximum=MAX_FAULT_TOLERANCE)
+        _positive_int("seed", self.seed, allow_zero=True, maximum=MAX_SEED)
         if self.global_batch % self.microbatch_size:
             raise ConfigError(
                 f"global_batch: {self.global_batch} is not a multiple of microbatch_size="
@@ -190,7 +221,7 @@ class JobConfig:
             choices = ", ".join(HARDWARE)
             raise ConfigError(f"hardware: unknown entry {self.hardware!r}; choose one of: {choices}")
         if self.device_memory_bytes is not None:
-            _positive_int("device_memory_bytes", self.device_memory_bytes)
+            _positive_int("device_memory_bytes", self.device_memory_bytes, maximum=MAX_DEVICE_MEMORY_BYTES)
 
     def hardware_spec(self) -> HardwareSpec:
         """The hardware entry the planner prices this job with, ``device_memory_bytes`` applied."""
@@ -219,21 +250,36 @@ def load_job_config(path: str | Path) -> JobConfig:
         The validated config; relative data paths are resolved against the file's folder.
 
     Raises:
-        ConfigError: the file is missing, not YAML, or a key is unknown, missing or invalid; the
-            message starts with the file name and names the key path.
+        ConfigError: the file is missing, a directory, binary or too large (see
+            :func:`~oobleck.runtime.control.preflight.read_text_file`), not YAML or a YAML bomb, or a
+            key is unknown, missing or invalid; the message starts with the file name and names the
+            line or the key path.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
-    config = job_config_from_dict(raw, source=str(path))
-    if config.data.path is not None and not Path(config.data.path).is_absolute():
-        config.data.path = str(path.parent / config.data.path)
+    text = read_text_file(path, "config file")
+    return job_config_from_text(text, source=str(path), base_dir=path.parent)
+
+
+def job_config_from_text(text: str, *, source: str, base_dir: Path | None = None) -> JobConfig:
+    """Validate a job config given as YAML text (a file's contents, or a submission's).
+
+    Parsing is bounded (aliases, nesting, expanded size) and reads ``3e-4`` as a float, see
+    :func:`~oobleck.runtime.control.preflight.load_yaml_text`.
+
+    Args:
+        text: the YAML document.
+        source: file name (or label) to prefix error messages with.
+        base_dir: folder relative ``data.path`` values are resolved against; None leaves them as written.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: not YAML, a YAML bomb, or an unknown, missing or invalid key.
+    """
+    config = job_config_from_dict(load_yaml_text(text, source), source=source)
+    if base_dir is not None and config.data.path is not None and not Path(config.data.path).is_absolute():
+        config.data.path = str(base_dir / config.data.path)
     return config
 
 
@@ -305,7 +351,7 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, source: str) -> Any:
             continue
         value = raw[item.name]
         hint = hints[item.name]
-        if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint) and not isinstance(value, hint):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{source}: {key}: expected a mapping, got {value!r}")
             value = _build(hint, value, f"{key}.", source)
@@ -322,6 +368,8 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
         return None
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if int in allowed and float not in allowed and isinstance(value, float) and value.is_integer():
+        return int(value)  # NOTE: ``steps: 1e4`` is a count written in exponent form.
     if str in allowed and not isinstance(value, str):
         raise ConfigError(f"{source}: {key}: expected a string, got {value!r}")
     if bool in allowed and not isinstance(value, bool):

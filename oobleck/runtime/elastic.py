@@ -20,12 +20,18 @@ Assumptions:
   (this worker aborts its groups there, so peers already in the next step redo it).
 - When the planner finds no valid plan (a layer lost every replica), the job restarts from the
   latest complete checkpoint on the remaining nodes; with none, the worker fails the job.
+- Every wait of a regroup is bounded and its expiry is a decision: a barrier that some members
+  never reach asks the master to drop exactly those (``regroup`` with ``missing``); the planner
+  claim is a lease owned by a member node, taken over once its owner leaves the membership.
+- Records read from the store are validated (``control.store_records``): a malformed, stale or
+  misplaced record is logged and treated as absent, never adopted.
+- Steps need no master: the store is used only at a regroup, and its client reconnects (bounded,
+  with backoff) to a master resumed on the same address; the planner is built once and cached.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -41,17 +47,35 @@ from oobleck.planning.planner import Planner
 from oobleck.planning.profile import ModelProfile
 from oobleck.runtime.config import JobConfig, load_job_config
 from oobleck.runtime.control.agent import NODE_ENV
-from oobleck.runtime.control.checkpoint import Checkpoint, latest_complete, write_shard
+from oobleck.runtime.control.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    latest_complete,
+    prune,
+    write_shard,
+)
+from oobleck.runtime.control.generation_sync import (
+    BARRIER_TIMEOUT_S,
+    BarrierTimeoutError,
+    exchange_states,
+    planner_inputs,
+)
 from oobleck.runtime.control.link import WorkerLink
 from oobleck.runtime.control.membership import Membership
+from oobleck.runtime.control.server import is_loopback
 from oobleck.runtime.control.sever import sever_tcp_connections
+from oobleck.runtime.control.store import STORE_KEY_ENV, StoreClient
+from oobleck.runtime.control.store_records import INPUTS_KEY, inputs_record, state_record
 from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_planner, job_profile
 from oobleck.runtime.run_log import RunLog, write_error_file
 
 logger = logging.getLogger(__name__)
 
-BARRIER_TIMEOUT_S = 120.0
-"""Longest a generation's store barrier waits for a member that the master still believes alive."""
+FAULT_ENV = "OOBLECK_TEST_FAULT"
+"""Deterministic fault injection for tests: ``after_claim`` makes the worker that wins the
+generation-0 planner claim fail before publishing the inputs (the claim-then-die case)."""
+
+
 QUIET_ERROR_WAIT_S = 5.0
 """After a communication error with no notice, wait this long before asking the master to regroup."""
 
@@ -72,9 +96,15 @@ class ElasticLoop:
             timeout_s: Collective timeout of the engine (a backstop; notices normally come first).
         """
         self.job, self.run_dir, self.node, self.local_rank = job, run_dir, node, local_rank
+        if is_loopback(os.environ.get("MASTER_ADDR", "")) and "GLOO_SOCKET_IFNAME" not in os.environ:
+            # NOTE: gloo binds its pair listeners to the address this host name resolves to, which
+            # on a cluster machine is routable; a loopback job keeps them on loopback.
+            os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+        self._fault_epoch = 0
+        self.store: dist.Store | None = None
+        """This generation's store client (a fresh one per regroup; abandoned by an abort)."""
         self.engine = Engine(job, node=node, local_rank=local_rank, timeout=timedelta(seconds=timeout_s))
         self._timeout = timedelta(seconds=timeout_s)
-        self.store = self._connect_store()
         self.link = WorkerLink.from_env(on_failure=self._on_failure)
         self.log = RunLog(run_dir, node=node, ledger=job.data.ledger)
         self.ckpt_dir = Path(job.checkpoint.dir) if job.checkpoint.dir else run_dir / "checkpoints"
@@ -83,6 +113,9 @@ class ElasticLoop:
         self.generation = -1
         self.next_step = 0
         self._planner: Planner | None = None
+        self._planner_inputs: str | None = None
+        """The validated planner inputs this worker plans with, re-published into a store that lost
+        them (a resumed master starts empty), so a node joining later plans alike."""
         self._last: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ main loop
@@ -103,15 +136,22 @@ class ElasticLoop:
         failed first) then fails at once too, so the cascade reaches every rank in milliseconds
         instead of after the collective timeout.
         """
+        self._fault_epoch += 1
         self.engine.abort(reason)
-        # NOTE: the store connection is cut too: a rank blocked in a rendezvous read (waiting for a
+        # NOTE: the store client is abandoned too: a rank blocked in a rendezvous read (waiting for a
         # peer that died) wakes up at once; every generation then starts on a fresh store client.
+        store = self.store
+        if isinstance(store, StoreClient):
+            store.abandon()
         sever_tcp_connections(())
 
     def _connect_store(self) -> dist.Store:
-        return dist.TCPStore(
-            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=self._timeout
-        )
+        """A fresh client of the master's store (``MASTER_ADDR``/``MASTER_PORT``, key from the agent)."""
+        host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+        key = os.environ.get(STORE_KEY_ENV, "")
+        if not key:
+            raise RuntimeError(f"{STORE_KEY_ENV} is not set: a worker must be started by an oobleck agent")
+        return StoreClient(host, port, bytes.fromhex(key), timeout=self._timeout)
 
     def run(self) -> None:
         """Train every step of the job, recovering from failures and applying joins.
@@ -133,10 +173,11 @@ class ElasticLoop:
                 continue
             if target.generation != self.generation and not self._regroup(target):
                 continue
+            epoch = self._fault_epoch
             try:
                 metrics = self.engine.train_step(self.next_step)
             except Exception as exc:
-                if not self._aborted(exc):
+                if not self._aborted(exc, epoch):
                     raise
                 logger.warning("[node %d step=%d] %s", self.node, self.next_step, exc)
                 self._abort(str(exc))
@@ -155,44 +196,39 @@ class ElasticLoop:
         self.engine.close()
         self.link.close()
 
-    def _aborted(self, exc: Exception) -> bool:
-        """Whether ``exc`` is the fallout of a failure: a communication error, or anything an abort
-        from the link thread caused mid-call (its groups vanished under the training thread).
-        A planning or config error is never one: retrying cannot fix it."""
+    def _aborted(self, exc: Exception, epoch: int) -> bool:
+        """Whether ``exc`` is the fallout of a failure, not a bug to report.
+
+        A communication or store error is; so is anything raised after an abort since ``epoch``
+        (the link thread destroyed the groups under the training thread). A latched error of an
+        earlier attempt does not count: it would turn a real error (a profiler failure) into an
+        endless regroup. A planning or config error is never one: retrying cannot fix it.
+        """
         if isinstance(exc, OobleckError):
             return False
-        return isinstance(exc, CommunicationError) or self.engine.comm.error is not None
+        if isinstance(exc, CommunicationError | dist.DistError | ConnectionError | BarrierTimeoutError):
+            return True
+        return self._fault_epoch != epoch and self.engine.comm.error is not None
 
-    def _await_change(self, generation: int) -> None:
-        """Wait for a generation newer than ``generation``; ask the master for one if none comes."""
-        if self.link.wait_newer(generation, QUIET_ERROR_WAIT_S) is not None:
+    def _await_change(self, generation: int, missing: list[int] | None = None) -> None:
+        """Wait for a generation newer than ``generation``; ask the master for one if none comes.
+
+        Args:
+            generation: The generation that failed here.
+            missing: Members that never reached its barrier; the master drops them (asked at once).
+        """
+        if missing:
+            logger.warning("[node %d] asking the master to drop nodes %s", self.node, missing)
+            self.link.request_regroup(generation, missing)
+        elif self.link.wait_newer(generation, QUIET_ERROR_WAIT_S) is not None:
             return
-        logger.warning("[node %d] communication error without a notice; asking for a regroup", self.node)
-        self.link.request_regroup(generation)
+        else:
+            logger.warning("[node %d] communication error without a notice; asking for a regroup", self.node)
+            self.link.request_regroup(generation)
         if self.link.wait_newer(generation, BARRIER_TIMEOUT_S) is None:
             raise RuntimeError(f"no new generation after a communication error at generation {generation}")
 
     # ------------------------------------------------------------------ generations
-    def _barrier(self, target: Membership) -> list[dict[str, Any]] | None:
-        prefix = f"ctl/gen{target.generation}/state"
-        record = {
-            "plan": None if self.committed is None else self.committed.to_dict(),
-            "step": self.next_step,
-            "last": self._last,
-        }
-        self.store.set(f"{prefix}/{self.node}/{self.local_rank}", json.dumps(record))
-        keys = [f"{prefix}/{n}/{r}" for n in target.members for r in range(target.slots)]
-        deadline = time.monotonic() + BARRIER_TIMEOUT_S
-        while not self.store.check(keys):
-            if self._superseded(target):
-                return None
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"generation {target.generation}: members {target.members} never all arrived"
-                )
-            time.sleep(0.01)
-        return [json.loads(self.store.get(k)) for k in keys]
-
     def _superseded(self, target: Membership) -> bool:
         latest = self.link.latest
         return latest is not None and latest.generation > target.generation
@@ -200,16 +236,21 @@ class ElasticLoop:
     def _regroup(self, target: Membership) -> bool:
         """Move to generation ``target``; False when it failed or was superseded (try the newest)."""
         noticed = self.link.received_at.get(target.generation, time.time())
+        epoch = self._fault_epoch
         try:
-            # NOTE: the store is inside the try: a notice arriving meanwhile cuts its connection.
-            self.store = self._connect_store()
-            adopted = self._adopt(target)
+            # NOTE: the store is inside the try: a notice arriving meanwhile abandons it.
+            if isinstance(self.store, StoreClient):
+                self.store.abandon()
+            self.store = store = self._connect_store()
+            adopted = self._adopt(store, target)
         except Exception as exc:
-            if not self._aborted(exc):
+            if not self._aborted(exc, epoch):
                 raise
             logger.warning("[node %d] regroup at generation %d failed: %s", self.node, target.generation, exc)
             self._abort(str(exc))
-            self._await_change(target.generation)
+            self._await_change(
+                target.generation, exc.missing if isinstance(exc, BarrierTimeoutError) else None
+            )
             return False
         if adopted is None:
             return False
@@ -226,7 +267,7 @@ class ElasticLoop:
         )
         return True
 
-    def _adopt(self, target: Membership) -> tuple[float, dict[str, Any]] | None:
+    def _adopt(self, store: dist.Store, target: Membership) -> tuple[float, dict[str, Any]] | None:
         """Agree with the members on the committed plan and step, then (re)configure the engine.
 
         Returns:
@@ -235,12 +276,32 @@ class ElasticLoop:
         Raises:
             ReconfigurationError: the survivors are more than one step apart (a bug, not a failure).
         """
-        states = self._barrier(target)
+        if self._planner_inputs is not None:
+            # NOTE: before this worker's state record: a joiner reads the inputs only after the
+            # barrier, which needs that record, so it never claims an empty (resumed) store.
+            store.compare_set(INPUTS_KEY, "", self._planner_inputs)
+        plan = None if self.committed is None else self.committed.to_dict()
+        record = state_record(
+            generation=target.generation,
+            node=self.node,
+            local_rank=self.local_rank,
+            plan=plan,
+            step=self.next_step,
+            last=self._last,
+        )
+        states = exchange_states(
+            store,
+            target,
+            node=self.node,
+            local_rank=self.local_rank,
+            record=record,
+            superseded=lambda: self._superseded(target),
+        )
         if states is None:
             return None
         rank_of_node = target.rank_of_node()
-        planner = self._get_planner(target)
-        if self._superseded(target):
+        planner = self._get_planner(store, target)
+        if planner is None or self._superseded(target):
             return None
         survivors = [s for s in states if s["plan"] is not None]
         if not survivors:
@@ -249,7 +310,7 @@ class ElasticLoop:
             make_plan = planner.plan if checkpoint is None else planner.restart_plan
             self.plan = make_plan(target.members)
             plan_ready = time.time()
-            self.engine.configure(self.plan, target.generation, rank_of_node, self.store)
+            self.engine.configure(self.plan, target.generation, rank_of_node, store)
             self.next_step = self._resume_from(checkpoint)
             return plan_ready, {}
         # NOTE: the committed plan is the one the furthest survivor's last step ran under; a rank
@@ -263,21 +324,26 @@ class ElasticLoop:
         if self.committed is not None and self.next_step < ahead["step"]:
             self._roll_forward(ahead["last"])
         self.next_step = ahead["step"]
-        return self._reconfigure(planner, committed, target, rank_of_node)
+        return self._reconfigure(store, planner, committed, target, rank_of_node)
 
     def _reconfigure(
-        self, planner: Planner, committed: Plan, target: Membership, rank_of_node: dict[int, int]
+        self,
+        store: dist.Store,
+        planner: Planner,
+        committed: Plan,
+        target: Membership,
+        rank_of_node: dict[int, int],
     ) -> tuple[float, dict[str, Any]]:
         lost = tuple(n for n in committed.nodes if n not in target.members)
         joined = tuple(n for n in target.members if n not in committed.nodes)
         try:
             change = planner.reconfigure(committed, lost_nodes=lost, joined_nodes=joined)
         except ReconfigurationError as exc:
-            return self._restart_from_checkpoint(planner, target, rank_of_node, exc)
+            return self._restart_from_checkpoint(store, planner, target, rank_of_node, exc)
         self.plan = change.plan
         plan_ready = time.time()
         measured = self.engine.reconfigure(
-            change.plan, change.transfers, target.generation, rank_of_node, self.store, source_plan=committed
+            change.plan, change.transfers, target.generation, rank_of_node, store, source_plan=committed
         )
         return plan_ready, {
             "restart": False,
@@ -289,7 +355,12 @@ class ElasticLoop:
         }
 
     def _restart_from_checkpoint(
-        self, planner: Planner, target: Membership, rank_of_node: dict[int, int], cause: Exception
+        self,
+        store: dist.Store,
+        planner: Planner,
+        target: Membership,
+        rank_of_node: dict[int, int],
+        cause: Exception,
     ) -> tuple[float, dict[str, Any]]:
         checkpoint = latest_complete(self.ckpt_dir, self.engine.adapter.num_layers)
         if checkpoint is None:
@@ -303,7 +374,7 @@ class ElasticLoop:
         self.plan = planner.restart_plan(target.members)
         plan_ready = time.time()
         start = time.perf_counter()
-        self.engine.configure(self.plan, target.generation, rank_of_node, self.store)
+        self.engine.configure(self.plan, target.generation, rank_of_node, store)
         groups = time.perf_counter()
         self.engine.load_state_tensors(checkpoint.load())
         self.next_step = checkpoint.step
@@ -327,20 +398,42 @@ class ElasticLoop:
         logger.warning("[node %d] resuming from the checkpoint at step %d", self.node, checkpoint.step)
         return checkpoint.step
 
-    def _get_planner(self, target: Membership) -> Planner:
-        """The job's planner, built from inputs the first worker publishes (a measured profile
-        differs between processes, and every worker must plan alike)."""
-        if self._planner is not None:
-            return self._planner
-        if self.store.add("ctl/planner/claim", 1) == 1:
-            profile = job_profile(self.job, self.engine.adapter)
-            self.store.set(
-                "ctl/planner/inputs",
-                json.dumps({"profile": profile.to_dict(), "max_nodes": len(target.members)}),
+    def _get_planner(self, store: dist.Store, target: Membership) -> Planner | None:
+        """The job's planner from the inputs one member publishes (a measured profile differs
+        between processes, and every worker must plan alike); built once, cached for the run.
+
+        Returns:
+            The planner, or None when a newer generation superseded ``target`` meanwhile.
+        """
+        if self._planner is None:
+            inputs = planner_inputs(
+                store,
+                target,
+                node=self.node,
+                local_rank=self.local_rank,
+                publish=lambda: self._publish_inputs(store, target),
+                superseded=lambda: self._superseded(target),
             )
-        inputs = json.loads(self.store.get("ctl/planner/inputs"))
-        self._planner = job_planner(self.job, ModelProfile.from_dict(inputs["profile"]), inputs["max_nodes"])
+            if inputs is None:
+                return None
+            profile = ModelProfile.from_dict(inputs["profile"])
+            self._planner = job_planner(self.job, profile, inputs["max_nodes"])
+            self._planner_inputs = inputs_record(
+                inputs["profile"], inputs["max_nodes"], inputs["node"], inputs["generation"]
+            )
         return self._planner
+
+    def _publish_inputs(self, store: dist.Store, target: Membership) -> None:
+        """Compute the planner inputs under the claim and publish them."""
+        fault = os.environ.get(FAULT_ENV, "")
+        if fault == "after_claim" and target.generation == 0:
+            raise RuntimeError(
+                f"injected fault ({FAULT_ENV}={fault}): failing while holding the planner claim"
+            )
+        profile = job_profile(self.job, self.engine.adapter)
+        store.set(
+            INPUTS_KEY, inputs_record(profile.to_dict(), len(target.members), self.node, target.generation)
+        )
 
     # ------------------------------------------------------------------ records
     def _record_step(self, metrics: StepMetrics) -> None:
@@ -361,7 +454,8 @@ class ElasticLoop:
             raise RuntimeError(f"node {self.node} is at step {self.next_step}, cannot finish step {step}")
         self.engine.apply_update(float(done["lr"]), float(done["grad_norm"]))
         self.committed = self.engine.plan
-        info, ids = self.engine.info, ()
+        info = self.engine.info
+        ids: tuple[int, ...] = ()
         if info is not None and info.is_first:
             size = self.job.microbatch_size
             first, count = info.first_microbatch * size, info.microbatches * size
@@ -385,18 +479,31 @@ class ElasticLoop:
         )
 
     def _maybe_checkpoint(self) -> None:
+        """Write this rank's shard when a checkpoint is due (pipeline 0 only), then prune.
+
+        Raises:
+            CheckpointError: the shard cannot be written; the master is told it is a job error
+                (one clear failure), not a lost node.
+        """
         every = self.job.checkpoint.every_steps
         info = self.engine.info
         if every <= 0 or self.next_step % every or info is None or info.pipeline != 0:
             return
-        write_shard(
-            self.ckpt_dir,
-            self.next_step,
-            node=self.node,
-            local_rank=self.local_rank,
-            layers=list(info.layers),
-            tensors=self.engine.state_tensors(),
-        )
+        try:
+            write_shard(
+                self.ckpt_dir,
+                self.next_step,
+                node=self.node,
+                local_rank=self.local_rank,
+                layers=list(info.layers),
+                tensors=self.engine.state_tensors(),
+            )
+        except CheckpointError as exc:
+            self.link.report_job_error(str(exc))
+            raise
+        keep = self.job.checkpoint.keep
+        if keep is not None:
+            prune(self.ckpt_dir, self.engine.adapter.num_layers, keep)
 
 
 def main(args: argparse.Namespace) -> int:

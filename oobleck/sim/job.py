@@ -96,7 +96,10 @@ class TrainingJob:
                 if mode in (Mode.RECOVER, Mode.CHECKPOINT):
                     # NOTE: resumed where it stopped unless _handle starts a new recovery.
                     self.left_s[mode] = duration - (self.env.now - start)
-                self._handle(interrupt.cause)
+                cause = interrupt.cause
+                if not isinstance(cause, ClusterEvent):
+                    raise TypeError(f"job interrupted with {cause!r}, not a ClusterEvent") from interrupt
+                self._handle(cause)
                 continue
             self._spend(mode, duration)
             if self.env.now >= horizon:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import pytest
 
 from oobleck.cli import master as master_cli
 from oobleck.cli import submit as submit_cli
+from oobleck.runtime.control.protocol import AuthenticationError, connect
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +189,61 @@ def test_daemon_accepts_a_submitted_job(tmp_path, env, capsys, monkeypatch):
         with contextlib.suppress(subprocess.TimeoutExpired):
             daemon.wait(10)
         _kill_run(run_dir, daemon)
+
+
+TOKEN = b"0123456789abcdef0123456789abcdef"
+
+EMFILE_SERVER = """
+import logging, resource, sys, time
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+from oobleck.runtime.control.protocol import Channel
+from oobleck.runtime.control.server import ControlServer
+def echo(channel: Channel, role: str) -> None:
+    while True:
+        channel.send({"type": "echo", "got": channel.recv()})
+srv = ControlServer(%r, echo, max_per_peer=10000, handshake_timeout_s=30.0)
+resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+print(srv.port, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_fd_exhaustion_in_accept_is_survived(tmp_path):
+    """With its fds exhausted by silent clients the server logs, backs off, and serves once they free."""
+    log = tmp_path / "server.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", EMFILE_SERVER % (TOKEN,)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env={**os.environ},
+            start_new_session=True,
+        )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        silent = []
+        for _ in range(60):
+            silent.append(socket.create_connection(("127.0.0.1", port)))
+        deadline = time.monotonic() + 5
+        while "cannot accept connections" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "cannot accept connections" in log.read_text(), log.read_text()
+        for sock in silent:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                channel = connect("127.0.0.1", port, TOKEN, "agent", timeout_s=2)
+                channel.send({"type": "ping"})
+                assert channel.recv(3)["type"] == "echo"
+                channel.close()
+                break
+            except (OSError, AuthenticationError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait(5)

@@ -307,3 +307,20 @@ def test_losing_every_replica_of_a_stage_restarts_from_the_checkpoint(folder):
     assert sorted(got) == sorted(want)
     for name, tensor in want.items():
         assert torch.equal(got[name], tensor), name
+
+
+@pytest.mark.timeout(300)
+def test_planner_claimer_dying_before_publishing_does_not_livelock(folder, reference):
+    """The worker that wins the generation-0 planner claim fails before publishing; the survivors
+    take the claim over from the departed owner and train every step with the reference losses."""
+    run = run_master(
+        folder / "claim_dies",
+        write_hosts(folder, 4),
+        write_job(folder),
+        extra_env={"OOBLECK_TEST_FAULT": "after_claim"},
+        timeout_s=200.0,
+    )
+    assert run.rc == 0, run.master_log[-3000:]
+    assert_losses_match(run, reference)
+    assert_ledger_exact(run, reference)
+    assert sum(len(m["lost"]) for m in run.events("membership")) == 1

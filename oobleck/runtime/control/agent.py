@@ -1,9 +1,15 @@
 """The agent: one per node; registers with the master, heartbeats, runs and watches the workers.
 
 Assumptions:
-- The node is the failure unit: a worker that exits non-zero, or losing the master, ends the whole
-  agent (its other workers are killed), and the master turns that into a membership change.
+- The node is the failure unit: a worker that exits non-zero, or an eviction notice from the master,
+  ends the whole agent (its other workers are killed), and the master turns that into a membership
+  change.
+- Losing the master does not: steps need no master, so the workers keep training while the agent
+  reconnects with backoff (up to ``reconnect_timeout_s``) and re-registers under its node id with the
+  generation its workers run; what workers ask meanwhile (a regroup) is sent once it is back.
 - Workers run in the agent's process group, so killing the group kills the node.
+- Everything heavy (torch, via the store module) is imported before the agent registers: loading
+  torch's libraries holds the GIL for seconds, which would silence the heartbeat thread mid-job.
 - Agent and workers talk over an inherited socketpair (``OOBLECK_CONTROL=fd:N``) using the same
   MAC'd frames as the network, keyed by a per-worker random key; the job token never reaches a worker.
 """
@@ -26,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from oobleck.runtime.control.protocol import Channel, ConnectionClosedError, ProtocolError, connect
+from oobleck.runtime.control.store import STORE_KEY_ENV, store_key
 from oobleck.runtime.run_log import ERROR_FILE_ENV
 
 logger = logging.getLogger(__name__)
@@ -56,6 +63,9 @@ class AgentConfig:
     """Module run as ``python -m`` for each worker."""
     connect_timeout_s: float = 60.0
     """Keep retrying the master this long (agents may start before it)."""
+    reconnect_timeout_s: float = 120.0
+    """After losing the master, keep retrying this long (a master resumed with ``--resume``) before
+    stopping the workers; matches the workers' 120 s barrier bound."""
 
 
 @dataclass(slots=True)
@@ -86,42 +96,53 @@ class Agent:
         self._ready: set[int] = set()
         self._stop = threading.Event()
         self._channel: Channel | None = None
+        self._send_lock = threading.Lock()
+        self._backlog: list[dict[str, Any]] = []
+        self._all_done = False
 
-    def _connect(self) -> Channel:
-        deadline = time.monotonic() + self.config.connect_timeout_s
+    def _connect(self, timeout_s: float) -> Channel:
+        deadline = time.monotonic() + timeout_s
         delay = 0.1
         while True:
             try:
                 return connect(self.config.master_host, self.config.master_port, self._token, "agent")
-            except (ConnectionRefusedError, TimeoutError, socket.gaierror):
-                if time.monotonic() >= deadline:
+            except (ConnectionRefusedError, TimeoutError, socket.gaierror, ProtocolError, ConnectionError):
+                if time.monotonic() >= deadline or self._exit_code is not None:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    def _register(self, channel: Channel) -> dict[str, Any]:
+        """Send ``register`` (with the running generation after a master loss); return the reply."""
+        message: dict[str, Any] = {
+            "type": "register",
+            "index": self.config.index if self.node < 0 else self.node,
+            "slots": self.config.slots,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        if self.node >= 0 and self.membership is not None:
+            message["resume"] = {"membership": self.membership, "done": self._all_done}
+        channel.send(message)
+        return channel.recv(10.0)
+
     def run(self) -> int:
-        """Register, then serve until shutdown (0), a local failure (1), or losing the master (1).
+        """Register, then serve until shutdown (0), a local failure or eviction (1), or bad input (2).
 
         Returns:
             The exit status for the agent process.
         """
-        channel = self._channel = self._connect()
-        channel.send(
-            {
-                "type": "register",
-                "index": self.config.index,
-                "slots": self.config.slots,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-            }
-        )
-        welcome = channel.recv(10.0)
+        channel = self._connect(self.config.connect_timeout_s)
+        welcome = self._register(channel)
         if welcome["type"] != "welcome":
             logger.error("master refused this agent: %s", welcome.get("message", welcome))
+            channel.close()
             return 2
         self.node, self.store = int(welcome["node"]), dict(welcome["store"])
         self.run_dir = self.run_dir or Path(welcome["run_dir"])
         interval = float(welcome["heartbeat_interval_s"])
+        with self._send_lock:
+            self._channel = channel
         logger.info(
             "[node %d] registered with %s:%d", self.node, self.config.master_host, self.config.master_port
         )
@@ -130,19 +151,61 @@ class Agent:
         try:
             while self._exit_code is None:
                 try:
-                    message = channel.recv(interval)
-                except TimeoutError:
-                    continue
-                self._on_message(message)
-        except (ConnectionClosedError, ProtocolError, OSError) as exc:
-            if self._exit_code is None:
-                logger.error("[node %d] lost the master (%s); stopping workers", self.node, exc)
-                self._exit_code = 1
+                    self._serve(channel, interval)
+                except (ConnectionClosedError, ProtocolError, OSError) as exc:
+                    if self._exit_code is not None:
+                        break
+                    with self._send_lock:
+                        self._channel = None
+                    channel.close()
+                    logger.warning(
+                        "[node %d] lost the master (%s); workers keep training, reconnecting", self.node, exc
+                    )
+                    reconnected = self._reconnect()
+                    if reconnected is None:
+                        break
+                    channel = reconnected
         finally:
             self._stop.set()
             self.kill_workers()
             channel.close()
-        return self._exit_code
+        return 1 if self._exit_code is None else self._exit_code
+
+    def _serve(self, channel: Channel, interval: float) -> None:
+        while self._exit_code is None:
+            try:
+                message = channel.recv(interval)
+            except TimeoutError:
+                continue
+            self._on_message(message)
+
+    def _reconnect(self) -> Channel | None:
+        """Re-register with a resumed master; None when it did not come back or refused us."""
+        try:
+            channel = self._connect(self.config.reconnect_timeout_s)
+            reply = self._register(channel)
+        except (OSError, ProtocolError, ConnectionError, TimeoutError) as exc:
+            if self._exit_code is None:
+                logger.error("[node %d] the master did not come back (%s); stopping workers", self.node, exc)
+                self._exit_code = 0 if self._all_done else 1
+            return None
+        if reply["type"] != "welcome" or int(reply.get("node", -1)) != self.node:
+            logger.error(
+                "[node %d] the resumed master refused this node: %s", self.node, reply.get("message")
+            )
+            self._exit_code = 1
+            channel.close()
+            return None
+        logger.warning("[node %d] re-registered with the resumed master", self.node)
+        with self._send_lock:
+            self._channel = channel
+            backlog, self._backlog = self._backlog, []
+        self._send({"type": "workers", "pids": [w.process.pid for w in self.workers]})
+        if self.workers and len(self._ready) == self.config.slots:
+            self._send({"type": "ready"})
+        for message in backlog:
+            self._send(message)
+        return channel
 
     def _on_message(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -158,17 +221,18 @@ class Agent:
         elif kind == "shutdown":
             logger.info("[node %d] shutdown requested", self.node)
             self._exit_code = 0
+        elif kind == "evicted":
+            logger.error("[node %d] the master removed this node: %s", self.node, message.get("reason"))
+            self._exit_code = 1
         elif kind == "error":
             logger.error("[node %d] master: %s", self.node, message.get("message"))
             self._exit_code = 2
+        elif kind == "rejected":
+            logger.error("[node %d] the master rejected a message: %s", self.node, message.get("message"))
 
     def _heartbeat(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            try:
-                assert self._channel is not None
-                self._channel.send({"type": "heartbeat", "t": time.time()})
-            except (OSError, ProtocolError):
-                return
+            self._send({"type": "heartbeat", "t": time.time()}, keep=False)
 
     def _config_path(self) -> str:
         assert self.job is not None and self.run_dir is not None
@@ -200,6 +264,7 @@ class Agent:
                     "MASTER_ADDR": str(self.store["host"]),
                     "MASTER_PORT": str(self.store["port"]),
                     ERROR_FILE_ENV: str(error_file),
+                    STORE_KEY_ENV: store_key(self._token).hex(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
                 }
             )
@@ -231,7 +296,14 @@ class Agent:
             except (ConnectionError, OSError):
                 return
             if message["type"] == "regroup":
-                self._send({"type": "regroup", "generation": message.get("generation")})
+                missing = message.get("missing")
+                self._send(
+                    {
+                        "type": "regroup",
+                        "generation": message.get("generation"),
+                        "missing": missing if isinstance(missing, list) else [],
+                    }
+                )
             elif message["type"] == "ready":
                 self._ready.add(worker.local_rank)
                 if len(self._ready) == self.config.slots:
@@ -240,10 +312,17 @@ class Agent:
                     with contextlib.suppress(OSError, ProtocolError):
                         worker.channel.send(self.membership)
 
-    def _send(self, message: dict[str, Any]) -> None:
-        with contextlib.suppress(OSError, ProtocolError):
-            assert self._channel is not None
-            self._channel.send(message)
+    def _send(self, message: dict[str, Any], *, keep: bool = True) -> None:
+        """Send to the master; while it is away, keep the message for the resumed one (``keep``)."""
+        with self._send_lock:
+            if self._channel is not None:
+                try:
+                    self._channel.send(message)
+                    return
+                except (OSError, ProtocolError):
+                    pass  # NOTE: the main thread sees the broken connection and reconnects.
+            if keep:
+                self._backlog.append(message)
 
     def _watch_workers(self) -> None:
         finished: set[int] = set()
@@ -265,10 +344,12 @@ class Agent:
                         code,
                     )
                     self._exit_code = 1
-                    if self._channel is not None:
-                        self._channel.close()
+                    with self._send_lock:
+                        if self._channel is not None:
+                            self._channel.close()
                     return
             if self.workers and len(finished) == len(self.workers):
+                self._all_done = True
                 self._send({"type": "done"})
                 return
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oobleck.errors import ConfigError
+from oobleck.runtime.control.preflight import read_text_file
 
 _KNOWN_KEYS = ("slots", "port")
 _HOST_RE = re.compile(r"^[A-Za-z0-9_.:\-\[\]]+$")
@@ -104,16 +105,20 @@ def parse_hostfile(path: str | Path) -> tuple[HostEntry, ...]:
         One entry per agent, in file order.
 
     Raises:
-        ConfigError: The file is missing or malformed (the message names file:line).
+        ConfigError: The file is missing, a directory, binary, larger than
+            :data:`~oobleck.runtime.control.preflight.MAX_TEXT_BYTES`, or malformed (the message
+            names file:line).
     """
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise ConfigError(f"--hostfile {file}: no such file")
-    return parse_hostfile_text(file.read_text(encoding="utf-8"), str(file))
+    return parse_hostfile_text(read_text_file(file, "hostfile"), str(file))
 
 
 def _split_top_level(text: str) -> list[str]:
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "[":
             depth += 1

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 from oobleck.errors import ConfigError
 from oobleck.runtime.control.hostfile import HostEntry
+from oobleck.runtime.control.jobspec import JobSpec
 from oobleck.runtime.control.launchers import agent_command, is_local_host, launcher_for
 from oobleck.runtime.control.master import Master
 from oobleck.runtime.control.server import is_loopback
-from oobleck.runtime.control.submission import JobSpec
 
 logger = logging.getLogger(__name__)
 

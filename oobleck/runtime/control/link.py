@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from oobleck.runtime.control.agent import CONTROL_ENV, CONTROL_KEY_ENV
 from oobleck.runtime.control.membership import Membership
@@ -108,12 +108,26 @@ class WorkerLink:
         """Tell the agent this worker is built and waits for a membership (joins wait for this)."""
         self._channel.send({"type": "ready"})
 
-    def request_regroup(self, generation: int) -> None:
-        """Ask the master for a fresh generation with the same members (after an unexplained error)."""
+    def request_regroup(self, generation: int, missing: Sequence[int] = ()) -> None:
+        """Ask the master for a fresh generation after ``generation`` failed here.
+
+        Args:
+            generation: The generation that failed.
+            missing: Members that never reached its barrier within the bound: the master drops
+                them. Empty after an unexplained error: the same members regroup.
+        """
         try:
-            self._channel.send({"type": "regroup", "generation": generation})
+            self._channel.send({"type": "regroup", "generation": generation, "missing": sorted(missing)})
         except (OSError, ProtocolError) as exc:
             logger.warning("could not request a regroup: %s", exc)
+
+    def report_job_error(self, message: str) -> None:
+        """Tell the master the job cannot go on for a reason no node caused (e.g. an unwritable
+        checkpoint dir): it fails the job once with ``message`` instead of counting node losses."""
+        try:
+            self._channel.send({"type": "job_error", "message": message[:2000]})
+        except (OSError, ProtocolError) as exc:
+            logger.warning("could not report a job error: %s", exc)
 
     def close(self) -> None:
         """Close the link; never raises, idempotent."""

@@ -1,131 +1,148 @@
-"""The master: rendezvous store, agent registry, liveness, membership generations, job outcome.
+"""The master's I/O shell: connections, the monitor, run-dir files around the pure membership machine.
 
 Assumptions:
-- One job at a time. Agents register (hostfile index = node id when given, else the next free id),
-  heartbeat, and report worker exits; the master alone decides membership and broadcasts every
-  change as a new generation. It never plans: workers derive plans from the membership.
-- Failure = TCP disconnect OR ``missed_heartbeats`` silent intervals OR a worker exiting non-zero
-  under a live agent. A failed agent's connection is closed (fencing: a hung node that wakes up
-  finds itself cut off and exits).
-- The TCPStore it hosts is unauthenticated and binds every interface (a torch limitation); only the
-  control channel is authenticated. ``master.json`` holds the address and ports, never the token.
+- Every decision is :class:`~oobleck.runtime.control.membership_machine.MembershipMachine`'s; this
+  module turns reads, ticks and file errors into events and carries out the decisions. Events are
+  fed one at a time under one lock; nothing under that lock touches a socket (messages go to each
+  connection's :class:`~oobleck.runtime.control.outbox.Outbox`), so a peer that stops reading cannot
+  stall the master.
+- Failure = TCP disconnect OR ``missed_heartbeats`` silent intervals of *master-observed* time OR a
+  worker exiting non-zero under a live agent. A lost node is told so and its connection closed
+  (fencing: a hung node that wakes up finds itself cut off and exits).
+- A run-dir write that fails (ENOSPC, unwritable file) fails the job once with its cause; it is
+  never blamed on the node whose message triggered it.
+- ``resume=True`` restarts on a run dir whose master died: same ports (master.json), same job
+  (job.json), and the generation last announced (metrics.jsonl) is adopted as agents re-register.
+- The rendezvous store is the authenticated store service (``control/store.py``) on the control
+  server's address; workers get only a key derived from the token (set by their agent).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import timedelta
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import torch.distributed as dist
-
+from oobleck.runtime.control import master_files
+from oobleck.runtime.control.jobspec import JobSpec
 from oobleck.runtime.control.launchers import LaunchedAgent
+from oobleck.runtime.control.master_config import MasterConfig
 from oobleck.runtime.control.membership import Membership
+from oobleck.runtime.control.membership_events import (
+    AgentsChanged,
+    Announce,
+    Decision,
+    Disconnect,
+    Event,
+    Evict,
+    Finish,
+    JobError,
+    Reject,
+    Resumed,
+    Send,
+    Submit,
+    Tick,
+    Welcome,
+)
+from oobleck.runtime.control.membership_machine import MembershipMachine
+from oobleck.runtime.control.messages import MessageError, parse_agent_message, parse_register
+from oobleck.runtime.control.outbox import Outbox
 from oobleck.runtime.control.protocol import (
     HANDSHAKE_TIMEOUT_S,
     Channel,
     ConnectionClosedError,
     ProtocolError,
 )
-from oobleck.runtime.control.records import append_jsonl, write_json_atomic
+from oobleck.runtime.control.records import append_jsonl
 from oobleck.runtime.control.server import ControlServer
-from oobleck.runtime.control.submission import JobSpec
+from oobleck.runtime.control.store import start_store_service
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(kw_only=True, slots=True)
-class MasterConfig:
-    """Where the master listens and how it judges liveness."""
-
-    run_dir: Path
-    """Holds master.json, agents.json, agent logs, metrics.jsonl, errors/."""
-    host: str = "127.0.0.1"
-    """Bind address of the control server; loopback unless a user token is configured."""
-    port: int = 0
-    """Control port; 0 picks a free one (written to master.json)."""
-    heartbeat_interval_s: float = 0.5
-    """Agents send a heartbeat this often."""
-    missed_heartbeats: int = 3
-    """An agent silent for this many intervals is declared dead (default 1.5 s)."""
-    register_timeout_s: float = 120.0
-    """Longest to wait for the expected number of agents before the job fails."""
-
-    def __post_init__(self) -> None:
-        if self.heartbeat_interval_s <= 0 or self.missed_heartbeats < 1:
-            raise ValueError("heartbeat_interval_s must be > 0 and missed_heartbeats >= 1")
-
-
-@dataclass(slots=True)
-class AgentRecord:
-    """What the master knows about one registered agent (one node)."""
-
-    node: int
-    host: str
-    pid: int
-    slots: int
-    channel: Channel
-    last_seen: float
-    last_seen_wall: float
-    worker_pids: list[int] = field(default_factory=list)
-    ready: bool = False
-    """All its workers have built their engine and wait for a membership."""
-    alive: bool = True
-    done: bool = False
+SubmitHandler = Callable[["Master", Channel], None]
+"""Serves one ``submit`` connection (``submission.serve_submission``; injected to keep imports one-way)."""
 
 
 class Master:
-    """Runs the control server and the store; tracks agents; decides membership."""
+    """Runs the control server and the store; feeds the membership machine; carries out decisions."""
 
-    def __init__(self, config: MasterConfig, token: bytes, *, advertise_host: str | None = None) -> None:
-        """Bind the store and the control server, write master.json, start the liveness monitor.
+    def __init__(
+        self,
+        config: MasterConfig,
+        token: bytes,
+        *,
+        advertise_host: str | None = None,
+        submit_handler: SubmitHandler | None = None,
+        resume: bool = False,
+    ) -> None:
+        """Bind the store and the control server, write master.json, start the monitor.
 
         Args:
             config: Bind address, run directory, liveness settings.
-            token: The job's shared secret (authenticates agents and submitters).
+            token: The job's shared secret (authenticates agents, submitters and store clients).
             advertise_host: Address agents should dial (default: the bind address, or this
                 machine's name when binding every interface).
+            submit_handler: Serves ``submit`` connections (None refuses them).
+            resume: Restart on ``config.run_dir`` of a master that died (ports from master.json).
+
+        Raises:
+            ConfigError: ``resume`` and the run dir has no readable master.json.
+            OSError: A port cannot be bound or master.json cannot be written.
         """
-        self.config = config
-        self.token = token
+        self.config, self.token = config, token
         config.run_dir.mkdir(parents=True, exist_ok=True)
-        self._cond = threading.Condition()
-        self.agents: dict[int, AgentRecord] = {}
-        self.job: JobSpec | None = None
-        self.expected_agents = 0
-        self.membership: Membership | None = None
-        self.outcome: str | None = None
+        self._lock = threading.Condition()
+        self.machine = MembershipMachine(
+            heartbeat_interval_s=config.heartbeat_interval_s, missed_heartbeats=config.missed_heartbeats
+        )
         self.first_error: dict[str, Any] | None = None
         self.launched: list[LaunchedAgent] = []
-        self._next_node = 0
+        self._outboxes: dict[int, Outbox] = {}
+        self._pending: dict[int, Outbox] = {}
+        self._conn_node: dict[int, int] = {}
+        self._conn_ids = itertools.count()
+        self._disk_failed = False
+        self._submit_handler = submit_handler
         self._closed = threading.Event()
-        self.store = dist.TCPStore(
-            config.host, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30)
-        )
-        self.server = ControlServer(token, self._handle, host=config.host, port=config.port)
+        previous = master_files.read_master_info(config.run_dir) if resume else None
+        self.store = start_store_service(token, config.host, previous.store_port if previous else 0)
+        port = config.port or (previous.port if previous else 0)
+        self.server = ControlServer(token, self._handle, host=config.host, port=port)
         self.address = advertise_host or (
             config.host if config.host not in ("0.0.0.0", "::") else os.uname()[1]
         )
-        write_json_atomic(
-            config.run_dir / "master.json",
-            {
-                "address": self.address,
-                "port": self.server.port,
-                "store_port": self.store.port,
-                "pid": os.getpid(),
-            },
-        )
-        self._monitor = threading.Thread(target=self._watch_heartbeats, name="master-monitor", daemon=True)
+        info = master_files.MasterInfo(self.address, self.server.port, self.store.port, os.getpid())
+        master_files.write_master_info(config.run_dir, info)
+        if resume:
+            job, expected = master_files.read_job(config.run_dir)
+            adopted = master_files.last_membership(config.run_dir) if job is not None else None
+            logger.warning(
+                "resuming on %s: job %s, adopting generation %s",
+                config.run_dir,
+                "running" if job is not None else "none",
+                adopted.generation if adopted else None,
+            )
+            self._feed(Resumed(job, expected, adopted, config.resume_grace_s))
+        self._monitor = threading.Thread(target=self._watch, name="master-monitor", daemon=True)
         self._monitor.start()
+
+    @property
+    def outcome(self) -> str | None:
+        """``"completed"``/``"failed"`` once the job ended, else None."""
+        return self.machine.outcome
+
+    @property
+    def membership(self) -> Membership | None:
+        """The current generation."""
+        return self.machine.membership
 
     # ----------------------------------------------------------------- job lifecycle
     def submit(self, job: JobSpec, expected_agents: int) -> None:
-        """Accept a job; it starts once ``expected_agents`` agents are registered.
+        """Accept a job; it starts once ``expected_agents`` agents are registered and ready.
 
         Args:
             job: The validated job.
@@ -134,15 +151,13 @@ class Master:
         Raises:
             RuntimeError: A job is already running.
         """
-        with self._cond:
-            if self.job is not None and self.outcome is None:
+        message = job.to_message()
+        with self._lock:
+            if self.machine.job is not None and self.machine.outcome is None:
                 raise RuntimeError("a job is already running on this master")
-            self.job, self.expected_agents, self.outcome, self.first_error = job, expected_agents, None, None
-            self.membership = None
-            for record in self.agents.values():
-                if record.alive:
-                    self._send(record, job.to_message())
-            self._maybe_start()
+            self.first_error = None
+            self._write(lambda: master_files.write_job(self.config.run_dir, message, expected_agents))
+            self._feed(Submit(message, expected_agents, self.config.register_timeout_s))
 
     def wait(self, timeout_s: float | None = None) -> str:
         """Block until the job completes or fails (or ``timeout_s`` passes).
@@ -151,299 +166,201 @@ class Master:
             ``"completed"``, ``"failed"``, or ``"timeout"``.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        registered_by = time.monotonic() + self.config.register_timeout_s
-        with self._cond:
-            while self.outcome is None:
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
+        with self._lock:
+            while self.machine.outcome is None:
+                if deadline is not None and time.monotonic() >= deadline:
                     return "timeout"
-                if self.membership is None and now >= registered_by:
-                    alive = sum(r.alive for r in self.agents.values())
-                    self._finish(
-                        "failed",
-                        f"only {alive} of {self.expected_agents} agents registered "
-                        f"within {self.config.register_timeout_s} s; see agent*.log in {self.config.run_dir}",
-                    )
-                    break
-                if self.membership is None:
-                    self._check_launched_alive()
-                self._cond.wait(0.2)
-            return self.outcome or "failed"
+                self._lock.wait(0.2)
+            return self.machine.outcome
 
     def close(self) -> None:
         """Tell agents to shut down, stop serving, stop launched agents. Never raises; idempotent."""
         if self._closed.is_set():
             return
         self._closed.set()
-        with self._cond:
-            for record in self.agents.values():
-                if record.alive:
-                    self._send(record, {"type": "shutdown"})
+        with self._lock:
+            for outbox in self._outboxes.values():
+                outbox.put({"type": "shutdown"})
         deadline = time.monotonic() + 5
         for agent in self.launched:
-            agent.process.poll()
-            while agent.process.returncode is None and time.monotonic() < deadline:
+            while agent.process.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
-                agent.process.poll()
             agent.stop()
         self.server.close()
-        with self._cond:
-            for record in self.agents.values():
-                record.channel.close()
+        with self._lock:
+            boxes = [*self._outboxes.values(), *self._pending.values()]
+        for outbox in boxes:
+            outbox.close()
+        self.store.close()
 
-    # ----------------------------------------------------------------- connections
+    # ----------------------------------------------------------------- events in
+    def _feed(self, event: Event) -> None:
+        """Step the machine and carry out its decisions (and those of errors they raise), in order."""
+        with self._lock:
+            queue = [event]
+            while queue:
+                decisions = self.machine.step(queue.pop(0), time.monotonic(), time.time())
+                for decision in decisions:
+                    error = self._apply(decision)
+                    if error is not None:
+                        queue.append(JobError(error))
+            self._lock.notify_all()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(self.config.heartbeat_interval_s / 4):
+            self._feed(Tick())
+            if self.machine.membership is None and self.machine.outcome is None:
+                for agent in self.launched:
+                    code = agent.process.poll()
+                    if code not in (None, 0):
+                        self._feed(
+                            JobError(
+                                f"agent {agent.index} on {agent.entry.host} exited with code {code} "
+                                f"before the job started; see {agent.log_path}"
+                            )
+                        )
+
     def _handle(self, channel: Channel, role: str) -> None:
-        if role == "submit":
-            from oobleck.runtime.control.submission import serve_submission
-
-            serve_submission(self, channel)
+        if role == "submit" and self._submit_handler is not None:
+            self._submit_handler(self, channel)
             return
         if role != "agent":
             raise ProtocolError(f"unknown role {role!r}")
-        record = self._register(channel, channel.recv(HANDSHAKE_TIMEOUT_S))
-        if record is None:
-            return
+        conn = next(self._conn_ids)
+        outbox = Outbox(channel, channel.peer)
+        with self._lock:
+            self._pending[conn] = outbox
+        node = None
         try:
-            while record.alive:
+            node = self._register(conn, channel)
+            if node is not None:
+                self._serve_agent(node, channel, outbox)
+        finally:
+            with self._lock:
+                self._pending.pop(conn, None)
+            outbox.close()
+            outbox.wait_closed(2.0)  # NOTE: a rejection or eviction notice leaves before the close.
+
+    def _register(self, conn: int, channel: Channel) -> int | None:
+        try:
+            event = parse_register(channel.recv(HANDSHAKE_TIMEOUT_S), conn)
+        except (MessageError, TimeoutError) as exc:
+            logger.warning("control: rejected agent from %s: %s", channel.peer, exc)
+            with self._lock:
+                self._pending[conn].put({"type": "error", "message": str(exc)})
+            return None
+        self._feed(event)
+        with self._lock:
+            return self._conn_node.pop(conn, None)
+
+    def _serve_agent(self, node: int, channel: Channel, outbox: Outbox) -> None:
+        try:
+            while self._alive(node):
                 try:
                     message = channel.recv(self.config.heartbeat_interval_s)
                 except TimeoutError:
                     continue
-                self._on_message(record, message)
+                try:
+                    event = parse_agent_message(node, message)
+                except MessageError as exc:
+                    logger.warning("node %d: rejected message: %s", node, exc)
+                    outbox.put({"type": "rejected", "message": str(exc)})
+                    continue
+                if message["type"] == "worker_exit" and isinstance(message.get("error"), dict):
+                    self._record_error(node, message["error"])
+                self._feed(event)
         except (ConnectionClosedError, ProtocolError, OSError) as exc:
-            self._fail(record.node, f"connection lost ({exc.__class__.__name__}: {exc})")
+            self._feed(Disconnect(node, f"{exc.__class__.__name__}: {exc}"))
             if isinstance(exc, ProtocolError):
                 raise
 
-    def _register(self, channel: Channel, message: dict[str, Any]) -> AgentRecord | None:
-        if message.get("type") != "register":
-            raise ProtocolError(f"expected 'register', got {message.get('type')!r}")
-        index, slots = message.get("index"), int(message.get("slots", 1))
-        with self._cond:
-            taken = {n for n, r in self.agents.items() if r.alive}
-            if isinstance(index, int) and index >= 0 and index not in taken:
-                node = index
-            else:
-                node = max([self._next_node - 1, *self.agents]) + 1 if self.agents else self._next_node
-            self._next_node = max(self._next_node, node + 1)
-            now = time.monotonic()
-            record = AgentRecord(
-                node,
-                str(message.get("host", "?")),
-                int(message.get("pid", 0)),
-                slots,
-                channel,
-                now,
-                time.time(),
-            )
-            expected_slots = next((r.slots for r in self.agents.values() if r.alive), slots)
-            if slots != expected_slots:
-                channel.send(
-                    {"type": "error", "message": f"slots={slots} but the job's nodes have {expected_slots}"}
-                )
-                logger.warning(
-                    "refused agent on %s: slots=%d, job has %d", record.host, slots, expected_slots
-                )
-                return None
-            self.agents[node] = record
-            self._send(
-                record,
-                {
-                    "type": "welcome",
-                    "node": node,
-                    "heartbeat_interval_s": self.config.heartbeat_interval_s,
-                    "store": {"host": self.address, "port": self.store.port},
-                    "run_dir": str(self.config.run_dir),
-                },
-            )
-            logger.info(
-                "agent registered: node %d on %s (pid %d, %d slots)", node, record.host, record.pid, slots
-            )
-            self._write_agents()
-            if self.job is not None and self.outcome is None:
-                self._send(record, self.job.to_message())
-            return record
-
-    def _on_message(self, record: AgentRecord, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        with self._cond:
-            record.last_seen, record.last_seen_wall = time.monotonic(), time.time()
-        if kind == "heartbeat":
-            return
-        if kind == "workers":
-            with self._cond:
-                record.worker_pids = [int(p) for p in message.get("pids", [])]
-                self._write_agents()
-        elif kind == "worker_exit":
-            code = int(message.get("code", -1))
-            if message.get("error"):
-                self._record_error(record.node, message["error"])
-            if code != 0:
-                self._fail(record.node, f"worker {message.get('local_rank')} exited with code {code}")
-        elif kind == "ready":
-            with self._cond:
-                record.ready = True
-                if self.outcome is not None or self.job is None:
-                    return
-                if self.membership is None:
-                    self._maybe_start()
-                elif any(self.agents[n].done for n in self.membership.members):
-                    logger.info("node %d is ready but the job is finishing; not admitted", record.node)
-                elif record.node not in self.membership.members:
-                    self._new_generation(joined=(record.node,), reason=f"node {record.node} joined")
-        elif kind == "done":
-            with self._cond:
-                record.done = True
-                members = self.membership.members if self.membership else ()
-                if members and all(self.agents[n].done for n in members if self.agents[n].alive):
-                    self._finish("completed", "every worker finished")
-        elif kind == "regroup":
-            with self._cond:
-                if (
-                    self.membership is not None
-                    and int(message.get("generation", -1)) == self.membership.generation
-                ):
-                    self._new_generation(reason=f"regroup requested by node {record.node}")
-        else:
-            raise ProtocolError(f"unexpected message type {kind!r} from an agent")
-
-    # ----------------------------------------------------------------- membership
-    def _maybe_start(self) -> None:
-        alive = sorted(n for n, r in self.agents.items() if r.alive and r.ready)
-        if self.job is None or self.membership is not None or len(alive) < self.expected_agents:
-            return
-        slots = self.agents[alive[0]].slots
-        self.membership = Membership(
-            0, tuple(alive), joined=tuple(alive), detected_at=time.time(), reason="job start", slots=slots
-        )
-        logger.info("job starting on nodes %s", alive)
-        self._broadcast()
-
-    def _new_generation(
-        self,
-        *,
-        lost: tuple[int, ...] = (),
-        joined: tuple[int, ...] = (),
-        reason: str,
-        failure_at: float = 0.0,
-    ) -> None:
-        assert self.membership is not None
-        members = tuple(sorted((set(self.membership.members) - set(lost)) | set(joined)))
-        self.membership = Membership(
-            self.membership.generation + 1,
-            members,
-            lost,
-            joined,
-            time.time(),
-            failure_at,
-            reason,
-            self.membership.slots,
-        )
-        logger.warning("generation %d: %s; members %s", self.membership.generation, reason, list(members))
-        if not members:
-            self._finish("failed", f"no nodes left ({reason})")
-            return
-        self._broadcast()
-
-    def _broadcast(self) -> None:
-        assert self.membership is not None
-        message = self.membership.to_message()
-        append_jsonl(
-            self.config.run_dir / "metrics.jsonl",
-            {"event": "membership", "source": "master", "t": self.membership.detected_at, **message},
-        )
-        for node in self.membership.members:
-            self._send(self.agents[node], message)
-
-    def _send(self, record: AgentRecord, message: dict[str, Any]) -> None:
-        try:
-            record.channel.send(message)
-        except (OSError, ProtocolError) as exc:
-            # NOTE: the handler thread of this agent sees the broken socket and calls _fail.
-            logger.info("send to node %d failed: %s", record.node, exc)
-            record.channel.close()
-
-    def _fail(self, node: int, reason: str, *, silent_since: float | None = None) -> None:
-        with self._cond:
-            record = self.agents.get(node)
-            if record is None or not record.alive:
-                return
-            record.alive = False
-            record.channel.close()
-            if self.outcome is not None or record.done:
-                logger.info("node %d (%s) left: %s", node, record.host, reason)
-            else:
-                logger.warning("node %d (%s) failed: %s", node, record.host, reason)
-            self._write_agents()
-            if self.outcome is None and self.membership is not None and node in self.membership.members:
-                if record.done:
-                    return
-                self._new_generation(
-                    lost=(node,), reason=f"node {node} lost: {reason}", failure_at=silent_since or time.time()
-                )
-            self._cond.notify_all()
-
-    def _watch_heartbeats(self) -> None:
-        limit = self.config.heartbeat_interval_s * self.config.missed_heartbeats
-        while not self._closed.wait(self.config.heartbeat_interval_s / 4):
-            now = time.monotonic()
-            with self._cond:
-                late = [
-                    (r.node, r.last_seen_wall)
-                    for r in self.agents.values()
-                    if r.alive and now - r.last_seen > limit
-                ]
-            for node, since in late:
-                self._fail(node, f"no heartbeat for {limit:.1f} s", silent_since=since)
-
-    def _check_launched_alive(self) -> None:
-        for agent in self.launched:
-            code = agent.process.poll()
-            if code is not None and code != 0 and self.membership is None:
-                self._finish(
-                    "failed",
-                    f"agent {agent.index} on {agent.entry.host} exited with code {code} "
-                    f"before the job started; see {agent.log_path}",
-                )
+    def _alive(self, node: int) -> bool:
+        with self._lock:
+            state = self.machine.nodes.get(node)
+            return state is not None and state.alive and self._outboxes.get(node) is not None
 
     def _record_error(self, node: int, error: dict[str, Any]) -> None:
-        with self._cond:
-            stamp = float(error.get("timestamp", time.time()))
+        with self._lock:
+            try:
+                stamp = float(error.get("timestamp", time.time()))
+            except (TypeError, ValueError):
+                stamp = time.time()
             if self.first_error is None or stamp < float(self.first_error.get("timestamp", stamp)):
-                self.first_error = {"node": node, **error}
+                self.first_error = {"node": node, **error, "timestamp": stamp}
 
-    def _finish(self, outcome: str, reason: str) -> None:
-        if self.outcome is not None:
-            return
-        self.outcome = outcome
-        log = logger.info if outcome == "completed" else logger.error
-        log("job %s: %s", outcome, reason)
-        if self.first_error is not None:
-            logger.error(
-                "first worker error (node %s): %s",
-                self.first_error.get("node"),
-                self.first_error.get("message"),
-            )
-        append_jsonl(
-            self.config.run_dir / "metrics.jsonl",
-            {"event": "job_" + outcome, "source": "master", "t": time.time(), "reason": reason},
-        )
-        for record in self.agents.values():
-            if record.alive:
-                self._send(record, {"type": "shutdown"})
-        self._cond.notify_all()
+    # ----------------------------------------------------------------- decisions out
+    def _apply(self, decision: Decision) -> str | None:
+        """Carry out one decision (queue sends, write files); returns a job error's cause, if any."""
+        run_dir = self.config.run_dir
+        match decision:
+            case Welcome(conn=conn, node=node):
+                outbox = self._pending.pop(conn)
+                self._outboxes[node], self._conn_node[conn] = outbox, node
+                state = self.machine.nodes[node]
+                logger.info(
+                    "agent registered: node %d on %s (pid %d, %d slots)",
+                    node,
+                    state.host,
+                    state.pid,
+                    state.slots,
+                )
+                outbox.put(
+                    {
+                        "type": "welcome",
+                        "node": node,
+                        "heartbeat_interval_s": self.config.heartbeat_interval_s,
+                        "store": {"host": self.address, "port": self.store.port},
+                        "run_dir": str(run_dir),
+                    }
+                )
+            case Reject(conn=conn, reason=reason):
+                logger.warning("refused agent: %s", reason)
+                self._pending[conn].put({"type": "error", "message": reason})
+            case Send(node=node, message=message) if node in self._outboxes:
+                self._outboxes[node].put(message)
+            case Announce(membership=m):
+                level = logging.INFO if m.generation == 0 else logging.WARNING
+                logger.log(level, "generation %d: %s; members %s", m.generation, m.reason, list(m.members))
+                message = m.to_message()
+                record = {"event": "membership", "source": "master", "t": m.detected_at, **message}
+                error = self._write(lambda: append_jsonl(run_dir / "metrics.jsonl", record))
+                for node in m.members:
+                    if node in self._outboxes:  # NOTE: a resumed master adopts members not yet back.
+                        self._outboxes[node].put(message)
+                return error
+            case Evict(node=node, cause=cause, reason=reason):
+                log = logger.info if self.machine.outcome is not None else logger.warning
+                log("node %d lost (%s): %s", node, cause.value, reason)
+                fenced = self._outboxes.pop(node, None)
+                if fenced is not None:
+                    fenced.put({"type": "evicted", "reason": reason})
+                    fenced.close()
+            case Finish(outcome=outcome, reason=reason):
+                (logger.info if outcome == "completed" else logger.error)("job %s: %s", outcome, reason)
+                if self.first_error is not None:
+                    logger.error(
+                        "first worker error (node %s): %s",
+                        self.first_error.get("node"),
+                        self.first_error.get("message"),
+                    )
+                record = {"event": "job_" + outcome, "source": "master", "t": time.time(), "reason": reason}
+                self._write(lambda: append_jsonl(run_dir / "metrics.jsonl", record))
+            case AgentsChanged():
+                return self._write(self._write_agents)
+        return None
+
+    def _write(self, write: Callable[[], None]) -> str | None:
+        """Run one run-dir write; the first failure is a job error (one log line), later ones are skipped."""
+        if self._disk_failed:
+            return None
+        try:
+            write()
+        except OSError as exc:
+            self._disk_failed = True
+            # NOTE: logged once, by the job's failure line that carries this cause; no node is to blame.
+            return f"cannot write the run dir {self.config.run_dir}: {exc}"
+        return None
 
     def _write_agents(self) -> None:
-        launched = {a.index: a for a in self.launched}
-        rows = [
-            {
-                "node": r.node,
-                "host": r.host,
-                "agent_pid": r.pid,
-                "worker_pids": r.worker_pids,
-                "alive": r.alive,
-                "launcher_pid": launched[r.node].pid if r.node in launched else None,
-            }
-            for r in sorted(self.agents.values(), key=lambda r: r.node)
-        ]
-        write_json_atomic(self.config.run_dir / "agents.json", rows)
+        launched = {a.index: a.pid for a in self.launched}
+        master_files.write_agents(self.config.run_dir, self.machine.nodes.values(), launched)

@@ -48,7 +48,8 @@ MAX_FRAME_BYTES = 1 << 20
 """Largest accepted payload (1 MiB): control messages are small; model state never travels here."""
 
 IO_TIMEOUT_S = 10.0
-"""Longest a started frame may take to arrive or leave; stops a peer that stalls mid-frame."""
+"""Longest a started frame may take to arrive whole, or to leave; stops a peer that stalls or
+trickles mid-frame (the deadline covers the frame, not each read)."""
 
 HANDSHAKE_TIMEOUT_S = 5.0
 """Longest the whole handshake may take; a client that connects and stays silent is dropped."""
@@ -74,13 +75,33 @@ def _mac(key: bytes, direction: bytes, seq: int, payload: bytes) -> bytes:
     return hmac.new(key, direction + struct.pack(">QI", seq, len(payload)) + payload, hashlib.sha256).digest()
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
+def _wait_readable(sock: socket.socket, timeout_s: float | None) -> bool:
+    """Whether ``sock`` has data (or EOF) within ``timeout_s``; poll, so any fd number works."""
+    if sock.fileno() < 0:
+        raise ConnectionClosedError("the channel was closed")
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(None if timeout_s is None else max(0, int(timeout_s * 1000))))
+
+
+def _recv_exact(sock: socket.socket, size: int, deadline: float, what: str) -> bytes:
+    """Read exactly ``size`` bytes before ``deadline`` (monotonic), however slowly they trickle in.
+
+    NOTE: the deadline covers the whole read, not each ``recv``: a peer that sends one byte a second
+    (slowloris) would otherwise hold the connection for as long as the frame is long. The socket's
+    own timeout is left alone (a sender thread may be using it).
+    """
     chunks = bytearray()
     while len(chunks) < size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not _wait_readable(sock, remaining):
+            raise ProtocolError(f"{what} did not arrive within its deadline (peer too slow or stalled)")
         try:
             chunk = sock.recv(size - len(chunks))
         except TimeoutError as exc:
-            raise ProtocolError(f"peer stalled mid-frame for over {IO_TIMEOUT_S} s") from exc
+            raise ProtocolError(f"{what} stalled") from exc
+        except BlockingIOError:
+            continue
         if not chunk:
             if chunks:
                 raise ProtocolError("connection closed mid-frame")
@@ -114,6 +135,7 @@ class Channel:
         is_server: bool,
         peer: str,
         max_frame_bytes: int = MAX_FRAME_BYTES,
+        frame_timeout_s: float = IO_TIMEOUT_S,
     ) -> None:
         """Wrap a socket whose handshake has completed.
 
@@ -123,6 +145,7 @@ class Channel:
             is_server: Which end this is (selects the direction labels).
             peer: A printable name of the other end, for log lines.
             max_frame_bytes: Payload size cap in both directions.
+            frame_timeout_s: Longest a started frame may take to arrive whole, or to leave.
         """
         self._sock = sock
         self._key = key
@@ -133,7 +156,8 @@ class Channel:
         self._closed = False
         self.peer = peer
         self.max_frame_bytes = max_frame_bytes
-        sock.settimeout(IO_TIMEOUT_S)
+        self.frame_timeout_s = frame_timeout_s
+        sock.settimeout(frame_timeout_s)
 
     @property
     def closed(self) -> bool:
@@ -175,15 +199,15 @@ class Channel:
             ConnectionClosedError: The peer closed the connection between frames.
             ProtocolError: The frame is oversized, mis-MAC'd, replayed or not a JSON object.
         """
-        # NOTE: waiting for the *start* of a frame is select()'s job; the socket's own timeout
-        # (IO_TIMEOUT_S) only bounds a frame that has started, so an idle link never times out.
-        ready, _, _ = select.select([self._sock], [], [], None if timeout_s is None else max(0.0, timeout_s))
-        if not ready:
+        # NOTE: waiting for the *start* of a frame may take forever (an idle link); once it started,
+        # the whole frame must arrive within frame_timeout_s.
+        if not _wait_readable(self._sock, timeout_s):
             raise TimeoutError(f"no message from {self.peer} within {timeout_s} s")
-        length, seq, mac = _HEADER.unpack(_recv_exact(self._sock, _HEADER.size))
+        deadline = time.monotonic() + self.frame_timeout_s
+        length, seq, mac = _HEADER.unpack(_recv_exact(self._sock, _HEADER.size, deadline, "frame header"))
         if length > self.max_frame_bytes:
             raise ProtocolError(f"frame of {length} bytes exceeds the {self.max_frame_bytes} cap")
-        payload = _recv_exact(self._sock, length)
+        payload = _recv_exact(self._sock, length, deadline, f"frame of {length} bytes")
         if not hmac.compare_digest(mac, _mac(self._key, self._recv_dir, seq, payload)):
             raise ProtocolError(f"bad MAC on frame seq={seq}")
         if seq != self._recv_seq + 1:
@@ -206,11 +230,14 @@ def _send_raw(sock: socket.socket, key: bytes, direction: bytes, seq: int, messa
     sock.sendall(_HEADER.pack(len(payload), seq, _mac(key, direction, seq, payload)) + payload)
 
 
-def _recv_raw(sock: socket.socket, key: bytes, direction: bytes, seq: int, expect: str) -> dict[str, Any]:
-    length, got_seq, mac = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
+def _recv_raw(  # noqa: PLR0917 - the frame's five facts plus its deadline; private helper
+    sock: socket.socket, key: bytes, direction: bytes, seq: int, expect: str, deadline: float
+) -> dict[str, Any]:
+    what = f"handshake '{expect}'"
+    length, got_seq, mac = _HEADER.unpack(_recv_exact(sock, _HEADER.size, deadline, what))
     if length > 4096:
         raise ProtocolError(f"handshake frame of {length} bytes exceeds 4096")
-    payload = _recv_exact(sock, length)
+    payload = _recv_exact(sock, length, deadline, what)
     if got_seq != seq or not hmac.compare_digest(mac, _mac(key, direction, seq, payload)):
         raise AuthenticationError(f"handshake '{expect}' frame failed its MAC check (wrong token?)")
     message = _decode(payload)
@@ -228,15 +255,23 @@ def _session_key(token: bytes, nonce_s: str, nonce_c: str) -> bytes:
 
 
 def server_handshake(
-    sock: socket.socket, token: bytes, peer: str, *, max_frame_bytes: int = MAX_FRAME_BYTES
+    sock: socket.socket,
+    token: bytes,
+    peer: str,
+    *,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+    frame_timeout_s: float = IO_TIMEOUT_S,
 ) -> tuple[Channel, str]:
-    """Authenticate a freshly accepted connection.
+    """Authenticate a freshly accepted connection; the whole handshake has one deadline.
 
     Args:
         sock: The accepted socket.
         token: The job's shared secret.
         peer: Printable peer address for log lines.
         max_frame_bytes: Payload cap of the resulting channel.
+        handshake_timeout_s: Longest the whole handshake may take, however the bytes trickle in.
+        frame_timeout_s: Per-frame deadline of the resulting channel.
 
     Returns:
         The channel and the role the client declared (``"agent"``, ``"worker"``, ``"submit"``).
@@ -245,21 +280,27 @@ def server_handshake(
         AuthenticationError: The client does not know the token.
         ProtocolError: The client sent something that is not the handshake, or took too long.
     """
-    deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
-    sock.settimeout(HANDSHAKE_TIMEOUT_S)
+    deadline = time.monotonic() + handshake_timeout_s
+    sock.settimeout(handshake_timeout_s)
     nonce_s = secrets.token_hex(16)
     _send_raw(sock, token, _S2C, 0, {"type": "challenge", "version": PROTOCOL_VERSION, "nonce": nonce_s})
-    auth = _recv_raw(sock, token, _C2S, 0, "auth")
+    auth = _recv_raw(sock, token, _C2S, 0, "auth", deadline)
     nonce_c, role, proof = auth.get("nonce"), auth.get("role"), auth.get("proof")
-    if not all(isinstance(v, str) for v in (nonce_c, role, proof)) or len(nonce_c) < 32:
+    if (
+        not (isinstance(nonce_c, str) and isinstance(role, str) and isinstance(proof, str))
+        or len(nonce_c) < 32
+    ):
         raise ProtocolError("malformed auth frame")
     if not hmac.compare_digest(proof.encode(), _proof(token, nonce_s, nonce_c, role).encode()):
         raise AuthenticationError("client proof does not match the token")
     if time.monotonic() > deadline:
-        raise ProtocolError(f"handshake took longer than {HANDSHAKE_TIMEOUT_S} s")
+        raise ProtocolError(f"handshake took longer than {handshake_timeout_s} s")
     key = _session_key(token, nonce_s, nonce_c)
     _send_raw(sock, key, _S2C, 0, {"type": "auth_ok", "version": PROTOCOL_VERSION})
-    return Channel(sock, key, is_server=True, peer=peer, max_frame_bytes=max_frame_bytes), role
+    channel = Channel(
+        sock, key, is_server=True, peer=peer, max_frame_bytes=max_frame_bytes, frame_timeout_s=frame_timeout_s
+    )
+    return channel, role
 
 
 def client_handshake(
@@ -281,8 +322,9 @@ def client_handshake(
         AuthenticationError: The server does not know the token (or we have the wrong one).
         ProtocolError: The server did not follow the handshake.
     """
+    deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
     sock.settimeout(HANDSHAKE_TIMEOUT_S)
-    challenge = _recv_raw(sock, token, _S2C, 0, "challenge")
+    challenge = _recv_raw(sock, token, _S2C, 0, "challenge", deadline)
     nonce_s = challenge.get("nonce")
     if not isinstance(nonce_s, str) or len(nonce_s) < 32:
         raise ProtocolError("malformed challenge frame")
@@ -297,7 +339,7 @@ def client_handshake(
     _send_raw(sock, token, _C2S, 0, auth)
     key = _session_key(token, nonce_s, nonce_c)
     try:
-        _recv_raw(sock, key, _S2C, 0, "auth_ok")
+        _recv_raw(sock, key, _S2C, 0, "auth_ok", deadline)
     except ConnectionClosedError as exc:
         raise AuthenticationError(
             f"{peer} closed the connection during the handshake (wrong token?)"

@@ -5,6 +5,10 @@ Assumptions:
   simpler and fast enough; the accept loop never blocks on a handshake.
 - A connection that fails the handshake or later sends a bad frame is logged and closed; the
   server and every other connection keep running (the "bad frame closes that connection only" rule).
+- Running out of file descriptors (EMFILE/ENFILE) or memory in ``accept`` is transient: the loop
+  logs once, backs off and keeps accepting, so the control plane comes back when fds are freed.
+- One peer address may hold at most ``max_per_peer`` connections (handshaking or established), so
+  a single misbehaving host cannot take every descriptor and thread of the master.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import ipaddress
 import logging
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable
 
 from oobleck.errors import ConfigError
 from oobleck.runtime.control.protocol import (
+    HANDSHAKE_TIMEOUT_S,
+    IO_TIMEOUT_S,
     MAX_FRAME_BYTES,
     Channel,
     ConnectionClosedError,
@@ -29,6 +36,11 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[Channel, str], None]
 """Called on its own thread with an authenticated channel and the client's role; owns the channel."""
+
+MAX_CONNECTIONS_PER_PEER = 128
+"""Connections one peer address may hold at once (every local agent and worker shares 127.0.0.1)."""
+
+_ACCEPT_BACKOFF_MAX_S = 1.0
 
 
 def is_loopback(host: str) -> bool:
@@ -79,6 +91,9 @@ class ControlServer:
         host: str = "127.0.0.1",
         port: int = 0,
         max_frame_bytes: int = MAX_FRAME_BYTES,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        frame_timeout_s: float = IO_TIMEOUT_S,
+        max_per_peer: int = MAX_CONNECTIONS_PER_PEER,
     ) -> None:
         """Bind at once (so the port is known) and start accepting on a daemon thread.
 
@@ -88,10 +103,18 @@ class ControlServer:
             host: Bind address; loopback by default.
             port: Bind port; 0 picks a free one.
             max_frame_bytes: Payload cap for every connection.
+            handshake_timeout_s: Deadline of the whole handshake of a connection.
+            frame_timeout_s: Deadline of each frame once it started.
+            max_per_peer: Connections one peer address may hold at once; more are closed at once.
         """
         self._token = token
         self._handler = handler
         self._max_frame_bytes = max_frame_bytes
+        self._handshake_timeout_s = handshake_timeout_s
+        self._frame_timeout_s = frame_timeout_s
+        self._max_per_peer = max_per_peer
+        self._per_peer: Counter[str] = Counter()
+        self._count_lock = threading.Lock()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -105,20 +128,68 @@ class ControlServer:
         logger.info("control server listening on %s:%d", host, self.port)
 
     def _accept_loop(self) -> None:
+        backoff_s = 0.0
         while not self._closed.is_set():
             try:
                 conn, addr = self._sock.accept()
-            except OSError:
-                return
+            except OSError as exc:
+                if self._closed.is_set() or self._sock.fileno() < 0:
+                    return
+                # NOTE: EMFILE/ENFILE/ENOMEM pass once descriptors are freed: never give up on them.
+                if backoff_s == 0.0:
+                    logger.error("control: cannot accept connections (%s); backing off and retrying", exc)
+                backoff_s = min(max(backoff_s * 2, 0.01), _ACCEPT_BACKOFF_MAX_S)
+                self._closed.wait(backoff_s)
+                continue
+            if backoff_s:
+                logger.warning("control: accepting connections again")
+                backoff_s = 0.0
+            if not self._admit(addr[0]):
+                logger.warning(
+                    "control: refused a connection from %s: it already holds %d", addr[0], self._max_per_peer
+                )
+                conn.close()
+                continue
             peer = f"{addr[0]}:{addr[1]}"
-            threading.Thread(
-                target=self._serve, args=(conn, peer), name=f"control-{peer}", daemon=True
-            ).start()
+            try:
+                threading.Thread(
+                    target=self._serve, args=(conn, peer, addr[0]), name=f"control-{peer}", daemon=True
+                ).start()
+            except RuntimeError as exc:  # NOTE: "can't start new thread": the same back-pressure.
+                logger.error("control: no thread for %s (%s); closing it", peer, exc)
+                self._release(addr[0])
+                conn.close()
 
-    def _serve(self, conn: socket.socket, peer: str) -> None:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _admit(self, address: str) -> bool:
+        with self._count_lock:
+            if self._per_peer[address] >= self._max_per_peer:
+                return False
+            self._per_peer[address] += 1
+            return True
+
+    def _release(self, address: str) -> None:
+        with self._count_lock:
+            self._per_peer[address] -= 1
+            if self._per_peer[address] <= 0:
+                del self._per_peer[address]
+
+    def _serve(self, conn: socket.socket, peer: str, address: str) -> None:
         try:
-            channel, role = server_handshake(conn, self._token, peer, max_frame_bytes=self._max_frame_bytes)
+            self._serve_connection(conn, peer)
+        finally:
+            self._release(address)
+
+    def _serve_connection(self, conn: socket.socket, peer: str) -> None:
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            channel, role = server_handshake(
+                conn,
+                self._token,
+                peer,
+                max_frame_bytes=self._max_frame_bytes,
+                handshake_timeout_s=self._handshake_timeout_s,
+                frame_timeout_s=self._frame_timeout_s,
+            )
         except (ProtocolError, ConnectionClosedError, OSError) as exc:
             logger.warning("control: rejected connection from %s: %s", peer, exc)
             conn.close()
@@ -129,6 +200,9 @@ class ControlServer:
             logger.warning("control: closed connection from %s (%s): %s", peer, role, exc)
         except (ConnectionError, OSError) as exc:
             logger.info("control: connection from %s (%s) ended: %s", peer, role, exc)
+        except Exception:
+            # NOTE: a bug in a handler must cost that connection only, never the server.
+            logger.exception("control: handler for %s (%s) failed", peer, role)
         finally:
             channel.close()
 

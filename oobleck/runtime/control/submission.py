@@ -1,69 +1,26 @@
-"""Jobs as the control plane carries them, and the submit conversation with a daemon master.
+"""The submit conversation with a daemon master: the master's side and the ``oobleck submit`` side.
 
 Assumptions:
-- A job travels as its YAML text plus the path it was read from: agents on a shared file system
-  use the path (relative data paths keep working); others write the text into the run directory.
-- The config is validated by the submitter *and* the master, so a typo is reported where it was
-  typed and a tampered submission cannot reach the workers.
+- The master never imports this module: the CLI hands :func:`serve_submission` to the master as its
+  submit handler, so ``job -> master`` and ``submission -> job`` are the only arrows (no circle).
+- The config is validated again here (``JobSpec.from_message``), so a tampered submission cannot
+  reach the workers.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import yaml
+from typing import Any
 
 from oobleck.errors import ConfigError, OobleckError
-from oobleck.runtime.config import JobConfig, job_config_from_dict, load_job_config
-from oobleck.runtime.control.protocol import HANDSHAKE_TIMEOUT_S, Channel, ProtocolError
-
-if TYPE_CHECKING:
-    from oobleck.runtime.control.master import Master
+from oobleck.runtime.control.hostfile import parse_hostfile_text
+from oobleck.runtime.control.job import launch_agents
+from oobleck.runtime.control.jobspec import JobSpec
+from oobleck.runtime.control.master import Master
+from oobleck.runtime.control.protocol import HANDSHAKE_TIMEOUT_S, Channel, ProtocolError, connect
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    """A validated job: where its YAML came from, its text, and the parsed config."""
-
-    config_path: str
-    config_text: str
-    config: JobConfig
-
-    @classmethod
-    def from_path(cls, path: str | Path) -> JobSpec:
-        """Read and validate a job YAML file.
-
-        Raises:
-            ConfigError: The file is missing or invalid (the message names file and key).
-        """
-        file = Path(path).resolve()
-        config = load_job_config(file)
-        return cls(str(file), file.read_text(encoding="utf-8"), config)
-
-    @classmethod
-    def from_message(cls, message: dict[str, Any]) -> JobSpec:
-        """Validate a job received over the wire.
-
-        Raises:
-            ConfigError: The text is not a valid job config.
-        """
-        path, text = str(message.get("config_path", "job.yaml")), message.get("config_text")
-        if not isinstance(text, str):
-            raise ConfigError("submission: config_text missing")
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        return cls(path, text, job_config_from_dict(raw, source=path))
-
-    def to_message(self) -> dict[str, Any]:
-        """The ``job`` control message."""
-        return {"type": "job", "config_path": self.config_path, "config_text": self.config_text}
 
 
 def serve_submission(master: Master, channel: Channel) -> None:
@@ -73,9 +30,6 @@ def serve_submission(master: Master, channel: Channel) -> None:
         master: The running master.
         channel: The authenticated submitter.
     """
-    from oobleck.runtime.control.hostfile import parse_hostfile_text
-    from oobleck.runtime.control.job import launch_agents
-
     message = channel.recv(HANDSHAKE_TIMEOUT_S)
     if message.get("type") != "submit":
         raise ProtocolError(f"expected 'submit', got {message.get('type')!r}")
@@ -86,7 +40,10 @@ def serve_submission(master: Master, channel: Channel) -> None:
             if message.get("hostfile_text")
             else ()
         )
-        expected = len(hosts) or int(message.get("nodes", 0))
+        nodes = message.get("nodes", 0)
+        if not isinstance(nodes, int) or isinstance(nodes, bool):
+            raise ConfigError(f"submit: nodes={nodes!r} must be an integer")
+        expected = len(hosts) or nodes
         if expected < 1:
             raise ConfigError("submit: give --hostfile or --nodes N (agents started by hand)")
         master.submit(job, expected)
@@ -129,8 +86,6 @@ def submit_job(
         ConfigError: The hostfile cannot be read.
         OSError: The master cannot be reached.
     """
-    from oobleck.runtime.control.protocol import connect
-
     message: dict[str, Any] = {**job.to_message(), "type": "submit", "nodes": nodes, "wait": wait}
     if hostfile is not None:
         path = Path(hostfile)

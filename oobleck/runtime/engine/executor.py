@@ -144,13 +144,13 @@ def run_1f1b(
     losses: list[torch.Tensor] = []
 
     def forward(index: int, received: torch.Tensor | None) -> torch.Tensor:
-        tokens = None
-        if info.is_first or info.is_last:
-            tokens = ctx.dataset.batch(microbatches[index], ctx.device)
-        hidden = tokens[:, :-1] if info.is_first else received
+        tokens = ctx.dataset.batch(microbatches[index], ctx.device) if info.is_first or info.is_last else None
+        hidden = tokens[:, :-1] if tokens is not None and info.is_first else received
+        if hidden is None:
+            raise RuntimeError(f"stage {info.stage}: microbatch {index} has no input activation")
         for layer in ctx.layers:
             hidden = layer(hidden)
-        if info.is_last:
+        if tokens is not None and info.is_last:
             loss = microbatch_loss(hidden, tokens[:, 1:])
             losses.append(loss.detach())
             hidden = loss * loss_scale

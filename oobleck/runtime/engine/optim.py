@@ -143,12 +143,12 @@ def adamw_update(states: list[LayerState], lr: float, config: OptimConfig, grad_
             state.step = step + 1
         if not chosen:
             continue
-        params = [p for _, _, p in chosen]
-        grads = [p.grad for _, _, p in chosen]
+        params: list[torch.Tensor] = [p for _, _, p in chosen]
+        grads: list[torch.Tensor] = [p.grad for _, _, p in chosen if p.grad is not None]
         exp_avgs = [s.exp_avg[n] for s, n, _ in chosen]
         exp_avg_sqs = [s.exp_avg_sq[n] for s, n, _ in chosen]
         if grad_scale != 1.0:
-            grads = torch._foreach_mul(grads, grad_scale)
+            grads = list(torch._foreach_mul(grads, grad_scale))
         decayed = [p for p in params if p.dim() >= 2]
         if config.weight_decay and decayed:
             torch._foreach_mul_(decayed, 1.0 - lr * config.weight_decay)

@@ -156,12 +156,13 @@ def build_topology(
             )
     layer_sets: dict[tuple[int, ...], list[int]] = {}
     for layer in range(num_layers):
-        ranks = tuple(sorted(holder(p, layer) for p in range(len(plan.pipelines))))
-        layer_sets.setdefault(ranks, []).append(layer)
+        holders = tuple(sorted(holder(p, layer) for p in range(len(plan.pipelines))))
+        layer_sets.setdefault(holders, []).append(layer)
     tied_sets: dict[tuple[int, ...], list[int]] = {}
     for index, (source, tied) in enumerate(tied_pairs):
-        ranks = tuple(sorted({holder(p, lay) for p in range(len(plan.pipelines)) for lay in (source, tied)}))
-        tied_sets.setdefault(ranks, []).append(index)
+        tied_holders = {holder(p, lay) for p in range(len(plan.pipelines)) for lay in (source, tied)}
+        holders = tuple(sorted(tied_holders))
+        tied_sets.setdefault(holders, []).append(index)
     buckets = [
         Bucket(ranks, tuple(layers), tuple(tied_sets.pop(ranks, ()))) for ranks, layers in layer_sets.items()
     ]

@@ -87,3 +87,16 @@ def test_hosts_from_slurm_env():
         HostEntry("n2", 4, None, "SLURM_JOB_NODELIST"),
     )
     assert hosts_from_slurm({}) is None
+
+
+def test_binary_directory_and_huge_hostfiles(tmp_path):
+    """A binary hostfile, a directory and a file over the size cap are ConfigErrors naming the path."""
+    binary = tmp_path / "hosts"
+    binary.write_bytes(b"localhost\n\x7fELF\x02\x01\x01\x00\x00")
+    with pytest.raises(ConfigError, match=f"{binary}:2: binary data"):
+        parse_hostfile(binary)
+    with pytest.raises(ConfigError, match=f"{tmp_path}: is a directory; give the path of the hostfile"):
+        parse_hostfile(tmp_path)
+    binary.write_text("localhost slots=1\n" * 70_000)
+    with pytest.raises(ConfigError, match="bytes is larger than the 1048576 bytes a hostfile may have"):
+        parse_hostfile(binary)

@@ -83,3 +83,67 @@ def test_device_memory_override_deepens_the_pipelines(tmp_path: Path) -> None:
     assert job_planner(roomy, profile, 4).min_nodes == 1
     plan = job_planner(tight, profile, 4).plan(range(4))
     assert [pipeline.nodes for pipeline in plan.pipelines] == [(0, 1), (2, 3)]
+
+
+def test_binary_and_directory_configs_are_config_errors(tmp_path: Path) -> None:
+    """A binary config and a config path that is a directory raise one-line ConfigErrors, not tracebacks."""
+    binary = tmp_path / "job.yaml"
+    binary.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe" + bytes(range(256)))
+    with pytest.raises(ConfigError, match=rf"{binary}:1: binary data"):
+        load_job_config(binary)
+    with pytest.raises(ConfigError, match=rf"{tmp_path}: is a directory"):
+        load_job_config(tmp_path)
+
+
+def test_huge_config_is_refused_unread(tmp_path: Path) -> None:
+    """A config larger than the 1 MiB cap is refused by its size."""
+    huge = tmp_path / "job.yaml"
+    huge.write_text(BASE + "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match=r"job.yaml: \d+ bytes is larger than the 1048576 bytes"):
+        load_job_config(huge)
+
+
+def test_yaml_bomb_in_the_model_mapping_is_refused(tmp_path: Path) -> None:
+    """A billion-laughs bomb inside ``model`` is refused at load, naming the file."""
+    levels = ["a: &a [" + ",".join(["lol"] * 10) + "]"]
+    levels += [f"{n}: &{n} [" + ",".join([f"*{p}"] * 10) + "]" for p, n in zip("abcde", "bcdef", strict=True)]
+    text = (
+        "model:\n  arch: gpt2\n" + "".join(f"  {line}\n" for line in levels) + "global_batch: 4\nsteps: 2\n"
+    )
+    with pytest.raises(ConfigError, match=r"job.yaml:\d+: YAML aliases expand this value beyond"):
+        load_job_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("global_batch: 1e12\n", "global_batch: expected an integer in [1, 1048576], got 1000000000000"),
+        ("global_batch: 1000000000000\n", "global_batch: expected an integer in [1, 1048576]"),
+        ("steps: 100000000000\n", "steps: expected an integer in [1, 10000000]"),
+        ("data: {sequence_length: 1e9}\n", "data.sequence_length: expected an integer in [1, 1048576]"),
+        ("seed: 1e30\n", "seed: expected an integer in [0, 9223372036854775807]"),
+        ("checkpoint: {keep: 0}\n", "checkpoint.keep: expected an integer >= 1, got 0"),
+        ("global_batch: 8.5\n", "global_batch: expected an integer >= 1, got 8.5"),
+    ],
+)
+def test_counts_have_documented_maxima(tmp_path: Path, extra: str, message: str) -> None:
+    """Counts beyond their documented maximum (``global_batch: 1e12`` ran forever) are refused naming it."""
+    text = "\n".join(line for line in BASE.splitlines() if line.split(":")[0] not in extra) + "\n" + extra
+    with pytest.raises(ConfigError) as error:
+        load_job_config(write(tmp_path, text))
+    assert message in str(error.value)
+
+
+def test_exponent_floats_and_counts_are_numbers(tmp_path: Path) -> None:
+    """``lr: 3e-4`` (a string in YAML 1.1) is a float, and ``steps: 1e3`` is the count 1000."""
+    text = BASE.replace("steps: 3", "steps: 1e3") + "optim: {lr: 3e-4, min_lr: 1e-5, eps: 1e-8}\n"
+    job = load_job_config(write(tmp_path, text))
+    assert job.optim.lr == 3e-4 and job.optim.min_lr == 1e-5 and job.steps == 1000
+    assert isinstance(job.steps, int)
+
+
+def test_checkpoint_keep_is_optional(tmp_path: Path) -> None:
+    """``checkpoint.keep`` is absent (keep all) by default and an integer >= 1 when given."""
+    assert load_job_config(write(tmp_path, BASE)).checkpoint.keep is None
+    job = load_job_config(write(tmp_path, BASE + "checkpoint: {every_steps: 2, keep: 3}\n"))
+    assert job.checkpoint.keep == 3

@@ -1,0 +1,86 @@
+"""Tests for the master's I/O shell: malformed agent messages and run-dir errors, against a real Master."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from oobleck.runtime.control.jobspec import JobSpec
+from oobleck.runtime.control.master import Master
+from oobleck.runtime.control.master_config import MasterConfig
+from oobleck.runtime.control.protocol import Channel, connect
+
+TOKEN = b"0123456789abcdef0123456789abcdef"
+JOB = "model: tiny-gpt2\nglobal_batch: 4\nmicrobatch_size: 1\nsteps: 2\n"
+
+
+@pytest.fixture
+def thread_errors():
+    """Exceptions that escaped any thread during the test (there must be none)."""
+    caught: list[BaseException] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: caught.append(args.exc_value)  # type: ignore[assignment]
+    yield caught
+    threading.excepthook = previous
+
+
+@pytest.fixture
+def master(tmp_path):
+    m = Master(MasterConfig(run_dir=tmp_path / "run", heartbeat_interval_s=0.2), TOKEN)
+    yield m
+    m.close()
+
+
+def _agent(master: Master, **fields) -> tuple[Channel, dict]:
+    channel = connect("127.0.0.1", master.server.port, TOKEN, "agent")
+    channel.send({"type": "register", "index": None, "slots": 1, "host": "h", "pid": 1, **fields})
+    return channel, channel.recv(3)
+
+
+def test_malformed_slots_get_a_logged_rejection(master, caplog, thread_errors):
+    """`slots: "abc"` from an authenticated agent is answered with an error and a log line, no thread dies."""
+    caplog.set_level(logging.WARNING)
+    channel, reply = _agent(master, slots="abc")
+    assert reply["type"] == "error" and "slots='abc' is not an integer" in reply["message"]
+    channel.close()
+    assert any("rejected agent" in r.getMessage() for r in caplog.records)
+    good, welcome = _agent(master)
+    assert welcome["type"] == "welcome" and welcome["node"] == 0
+    good.close()
+    assert thread_errors == []
+
+
+def test_malformed_message_after_registration_keeps_the_node(master, caplog, thread_errors):
+    """A registered node sending `code: "x"` gets a rejection; it is not declared lost."""
+    caplog.set_level(logging.WARNING)
+    channel, welcome = _agent(master)
+    assert welcome["type"] == "welcome"
+    channel.send({"type": "worker_exit", "local_rank": 0, "code": "x"})
+    assert channel.recv(3)["type"] == "rejected"
+    channel.send({"type": "regroup", "generation": 0, "missing": ["a"]})
+    assert channel.recv(3)["type"] == "rejected"
+    assert master.machine.nodes[0].alive
+    channel.close()
+    assert thread_errors == []
+
+
+def test_unwritable_metrics_fail_the_job_once_without_losing_a_node(master, tmp_path, caplog):
+    """metrics.jsonl being unwritable fails the job with its cause; the node that triggered it is not lost."""
+    caplog.set_level(logging.INFO)
+    (master.config.run_dir / "metrics.jsonl").mkdir()
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(JOB)
+    master.submit(JobSpec.from_path(job_file), expected_agents=1)
+    channel, welcome = _agent(master)
+    assert welcome["type"] == "welcome"
+    assert channel.recv(3)["type"] == "job"
+    channel.send({"type": "ready"})
+    assert master.wait(5) == "failed"
+    time.sleep(0.2)
+    errors = [r.getMessage() for r in caplog.records if "cannot write the run dir" in r.getMessage()]
+    assert len(errors) == 1 and "metrics.jsonl" in errors[0]
+    assert not any("lost" in r.getMessage() and r.levelno >= logging.WARNING for r in caplog.records)
+    channel.close()
