@@ -287,7 +287,7 @@ class Agent:
         logger.info("[node %d] started workers %s", self.node, [w.process.pid for w in self.workers])
 
     def _relay_worker(self, worker: _Worker) -> None:
-        """Forward requests a worker makes of the master (e.g. ``regroup``)."""
+        """Forward requests a worker makes of the master (``regroup``, ``job_error``, ``ready``)."""
         while not self._stop.is_set():
             try:
                 message = worker.channel.recv(1.0)
@@ -304,6 +304,8 @@ class Agent:
                         "missing": missing if isinstance(missing, list) else [],
                     }
                 )
+            elif message["type"] == "job_error" and isinstance(message.get("message"), str):
+                self._send({"type": "job_error", "message": message["message"]})
             elif message["type"] == "ready":
                 self._ready.add(worker.local_rank)
                 if len(self._ready) == self.config.slots:

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from oobleck.errors import ConfigError
-from oobleck.runtime.config import JobConfig, job_config_from_dict, load_job_config
+from oobleck.runtime.config import JobConfig, job_config_from_text, load_job_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +46,9 @@ class JobSpec:
         path, text = str(message.get("config_path", "job.yaml")), message.get("config_text")
         if not isinstance(text, str):
             raise ConfigError("submission: config_text missing")
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        return cls(path, text, job_config_from_dict(raw, source=path))
+        # NOTE: the same bounded parser as a file's (aliases, nesting, size): a YAML bomb sent by a
+        # submitter stops here, not in every worker.
+        return cls(path, text, job_config_from_text(text, source=path))
 
     def to_message(self) -> dict[str, Any]:
         """The ``job`` control message."""

@@ -16,6 +16,7 @@ from oobleck.runtime.control.membership_events import (
     Done,
     Event,
     Heartbeat,
+    JobError,
     Ready,
     Register,
     Regroup,
@@ -28,6 +29,10 @@ _MISSING = object()
 
 class MessageError(ValueError):
     """A message from an authenticated peer has a missing or ill-typed field."""
+
+
+MAX_JOB_ERROR_CHARS = 2000
+"""Longest job-error text a node may put in the master's log and metrics."""
 
 
 def _int(message: dict[str, Any], key: str, default: Any = _MISSING, minimum: int | None = None) -> Any:
@@ -116,4 +121,11 @@ def parse_agent_message(node: int, message: dict[str, Any]) -> Event:
         return WorkerExit(node, _int(message, "code", -1), _int(message, "local_rank", 0, minimum=0))
     if kind == "regroup":
         return Regroup(node, _int(message, "generation"), _int_list(message, "missing"))
+    if kind == "job_error":
+        # NOTE: a worker's job error (e.g. an unwritable checkpoint dir) fails the job once with its
+        # cause; it is not the node's fault, so no node is declared lost for it.
+        text = message.get("message")
+        if not isinstance(text, str):
+            raise MessageError("job_error: 'message' must be a string")
+        return JobError(f"node {node}: {text[:MAX_JOB_ERROR_CHARS]}")
     raise MessageError(f"unexpected message type {kind!r} from an agent")

@@ -10,7 +10,6 @@ Assumptions:
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from oobleck.errors import ConfigError, OobleckError
@@ -18,6 +17,7 @@ from oobleck.runtime.control.hostfile import parse_hostfile_text
 from oobleck.runtime.control.job import launch_agents
 from oobleck.runtime.control.jobspec import JobSpec
 from oobleck.runtime.control.master import Master
+from oobleck.runtime.control.preflight import read_text_file
 from oobleck.runtime.control.protocol import HANDSHAKE_TIMEOUT_S, Channel, ProtocolError, connect
 
 logger = logging.getLogger(__name__)
@@ -88,10 +88,7 @@ def submit_job(
     """
     message: dict[str, Any] = {**job.to_message(), "type": "submit", "nodes": nodes, "wait": wait}
     if hostfile is not None:
-        path = Path(hostfile)
-        if not path.is_file():
-            raise ConfigError(f"--hostfile {hostfile}: no such file")
-        message.update(hostfile=str(path), hostfile_text=path.read_text(encoding="utf-8"))
+        message.update(hostfile=hostfile, hostfile_text=read_text_file(hostfile, "hostfile"))
     channel = connect(host, port, token, "submit")
     try:
         channel.send(message)
