@@ -35,6 +35,10 @@ link.send_ready()
 membership = link.wait_newer(-1, 30)
 assert membership is not None and int(os.environ["OOBLECK_NODE"]) in membership.members
 time.sleep(float(os.environ.get("FAKE_SECONDS", "0.5")))
+if os.environ.get("FAKE_JOB_ERROR_NODE") == os.environ["OOBLECK_NODE"]:
+    link.report_job_error("cannot write checkpoint step 5 to /ck: Not a directory")
+    time.sleep(0.5)
+    sys.exit(1)
 if os.environ.get("FAKE_FAIL_NODE") == os.environ["OOBLECK_NODE"]:
     with open(os.environ["TORCHELASTIC_ERROR_FILE"], "w") as out:
         json.dump({"message": "ValueError: injected failure", "timestamp": time.time()}, out)
@@ -163,6 +167,27 @@ def test_worker_error_is_reported_and_job_fails(tmp_path, env):
         _kill_run(run_dir, master)
     log = (tmp_path / "master.log").read_text()
     assert "first worker error (node 0): ValueError: injected failure" in log
+
+
+def test_a_workers_job_error_fails_the_job_once_without_losing_a_node(tmp_path, env):
+    """A job error a worker reports (e.g. an unwritable checkpoint dir) fails the job once with its
+    cause, and no node is declared lost for it."""
+    hosts, job = _files(tmp_path, agents=2)
+    run_dir = tmp_path / "run"
+    env = {**env, "FAKE_JOB_ERROR_NODE": "1", "FAKE_SECONDS": "5"}
+    master = _master(
+        ["--hostfile", str(hosts), "--config", str(job), "--run-dir", str(run_dir)],
+        env,
+        tmp_path / "master.log",
+    )
+    try:
+        assert master.wait(90) == 1
+    finally:
+        _kill_run(run_dir, master)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    failed = [r for r in records if r.get("event") == "job_failed"]
+    assert len(failed) == 1 and "node 1: cannot write checkpoint step 5" in failed[0]["reason"]
+    assert not [r for r in records if r.get("event") == "membership" and r.get("lost")]
 
 
 @pytest.mark.timeout(120)
