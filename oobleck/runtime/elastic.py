@@ -46,7 +46,7 @@ from oobleck.runtime.control.link import WorkerLink
 from oobleck.runtime.control.membership import Membership
 from oobleck.runtime.control.sever import sever_tcp_connections
 from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_planner, job_profile
-from oobleck.runtime.run_log import RunLog, write_error_file
+from oobleck.runtime.run_log import RunLog, transfer_fields, write_error_file
 
 logger = logging.getLogger(__name__)
 
@@ -283,9 +283,7 @@ class ElasticLoop:
             "restart": False,
             "rebuild_groups_s": measured.rebuild_groups_s,
             "transfer_state_s": measured.transfer_state_s,
-            "bytes_sent": measured.bytes_sent,
-            "bytes_received": measured.bytes_received,
-            "transfer_bytes": sum(t.bytes for t in change.transfers),
+            **transfer_fields(change.plan, change.transfers, measured.copies),
         }
 
     def _restart_from_checkpoint(
@@ -312,7 +310,7 @@ class ElasticLoop:
             "checkpoint_step": checkpoint.step,
             "rebuild_groups_s": groups - start,
             "transfer_state_s": time.perf_counter() - groups,
-            "transfer_bytes": 0,
+            **transfer_fields(self.plan, (), ()),
         }
 
     def _resume_from(self, checkpoint: Checkpoint | None) -> int:
