@@ -12,7 +12,9 @@ every other line (job start/end, future kinds) is skipped, so an older notebook 
   ``lost``, ``joined``, ``restart`` (a checkpoint restart rather than a reconfiguration),
   ``t_failure`` and ``transfer_bytes``;
 * **membership rows** (``"event": "membership"``, written by the master): ``generation``,
-  ``members``, ``lost``, ``joined``, ``failure_at`` and ``detected_at`` wall-clock times.
+  ``members``, ``lost``, ``joined``, ``failure_at`` and ``detected_at`` wall-clock times;
+* **transfer rows** (``"event": "transfer"``, one per layer copied by a recovery): ``generation``,
+  ``layer``, ``src`` and ``dst`` nodes, ``bytes`` and ``ms`` (measured on the receiver).
 
 ``plan.json`` (the initial plan) and ``kill.json`` (written by :mod:`oobleck.viz.live` when it kills
 a node) are read when present.
@@ -95,6 +97,20 @@ class MembershipRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TransferRecord:
+    """One layer's state copied between two surviving nodes during a recovery."""
+
+    generation: int
+    """The generation the copy prepared (the recovery's new generation)."""
+    layer: int
+    src: int
+    dst: int
+    bytes: int
+    ms: float
+    """Milliseconds from the receiver posting its receives to this layer's arrival."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RecordedRun:
     """Everything the notebooks read from one run directory."""
 
@@ -102,6 +118,8 @@ class RecordedRun:
     steps: tuple[StepRecord, ...]
     recoveries: tuple[RecoveryRecord, ...]
     memberships: tuple[MembershipRecord, ...] = ()
+    transfers: tuple[TransferRecord, ...] = ()
+    """Layer copies, in file order (runs recorded before the runtime wrote them have none)."""
     plan: dict[str, Any] | None = field(default=None)
     """The initial plan (``<run_dir>/plan.json``, ``Plan.to_dict()``), if the run wrote one."""
     killed_at: float | None = None
@@ -152,6 +170,7 @@ def load_run(run_dir: str | Path) -> RecordedRun:
     steps: list[StepRecord] = []
     recoveries: list[RecoveryRecord] = []
     memberships: list[MembershipRecord] = []
+    transfers: list[TransferRecord] = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -170,6 +189,8 @@ def load_run(run_dir: str | Path) -> RecordedRun:
                 recoveries.append(_recovery(row))
             elif event == "membership":
                 memberships.append(_membership(row))
+            elif event == "transfer":
+                transfers.append(_transfer(row))
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigError(f"{where}: malformed {event} row ({error!r}): {line[:120]}") from None
     if not steps:
@@ -182,6 +203,7 @@ def load_run(run_dir: str | Path) -> RecordedRun:
         steps=tuple(steps),
         recoveries=tuple(recoveries),
         memberships=tuple(memberships),
+        transfers=tuple(transfers),
         plan=plan,
         killed_at=killed_at,
     )
@@ -228,4 +250,15 @@ def _membership(row: dict[str, Any]) -> MembershipRecord:
         joined=tuple(int(node) for node in row.get("joined", ())),
         failure_at=float(row.get("failure_at", 0.0)),
         detected_at=float(row.get("detected_at", 0.0)),
+    )
+
+
+def _transfer(row: dict[str, Any]) -> TransferRecord:
+    return TransferRecord(
+        generation=int(row["generation"]),
+        layer=int(row["layer"]),
+        src=int(row["src"]),
+        dst=int(row["dst"]),
+        bytes=int(row["bytes"]),
+        ms=float(row["ms"]),
     )

@@ -87,3 +87,28 @@ def test_bad_run_directories_raise_one_line_config_errors(
     with pytest.raises(ConfigError, match=expected) as caught:
         load_run(tmp_path)
     assert "\n" not in str(caught.value)
+
+
+def test_transfer_rows_become_one_record_per_layer_copy(tmp_path: Path) -> None:
+    """Each ``transfer`` row is one layer copy with its nodes, bytes and milliseconds, in file order."""
+    rows = [
+        _step(0, 100.5),
+        {"event": "transfer", "generation": 1, "layer": 3, "src": 2, "dst": 1, "bytes": 1000, "ms": 2.5},
+        {"event": "transfer", "generation": 1, "layer": 2, "src": 4, "dst": 1, "bytes": 500, "ms": 1.0},
+    ]
+    run = load_run(_write(tmp_path / "run", rows))
+    assert [(t.layer, t.src, t.dst, t.bytes, t.ms) for t in run.transfers] == [
+        (3, 2, 1, 1000, 2.5),
+        (2, 4, 1, 500, 1.0),
+    ]
+    assert run.transfers[0].generation == 1
+
+
+def test_a_transfer_row_missing_its_bytes_is_a_one_line_error(tmp_path: Path) -> None:
+    """A malformed transfer row names the file, the line and the row kind."""
+    rows = [
+        _step(0, 100.5),
+        {"event": "transfer", "generation": 1, "layer": 3, "src": 2, "dst": 1, "ms": 2.5},
+    ]
+    with pytest.raises(ConfigError, match=r"metrics.jsonl:2: malformed transfer row"):
+        load_run(_write(tmp_path / "run", rows))
