@@ -128,10 +128,9 @@ def oobleck_run(out: Path, job: Path, nodes: int, kill_after: int | None, node: 
         for entry in _jsonl(file):
             ledger.setdefault(int(entry["step"]), []).extend(entry["sample_ids"])
     members = {int(r["generation"]): len(r["members"]) for r in records if r.get("event") == "membership"}
-    steps = rf.oobleck_steps(records, ledger, members)
+    steps = rf.oobleck_steps(records, members)
     recovery = next((r for r in records if r.get("event") == "recovery"), {})
-    trained = [i for ids in ledger.values() for i in ids]
-    return {"t_kill": t_kill, "steps": steps, "trained": trained, "recovery": recovery}
+    return {"t_kill": t_kill, "steps": steps, "ledger": ledger, "recovery": recovery}
 
 
 def torchft_run(out: Path, job: Path, part: str, settings: str, kill_after: int | None) -> dict[str, Any]:
@@ -239,13 +238,14 @@ def bench_part(part: str, out: Path, *, steps: int, kill_after: int, repeats: in
             name = f"{part}-{peer.replace(' ', '-')}-{repeat}"
             run = run_peer(peer, out / name, job, part, kill_after)
             ref = refs["torchft" if peer.startswith("torchft") else "oobleck"]
+            trained, reference_trained = _trained(run, ref)
             figures = rf.figures(
                 run["steps"],
                 t_kill=run["t_kill"],
                 global_batch=batch,
                 reference={s.step: s.loss for s in ref["steps"] if s.loss is not None},
-                trained=run["trained"],
-                reference_trained=ref["trained"],
+                trained=trained,
+                reference_trained=reference_trained,
             )
             per_peer[peer].append(figures)
             print(f"  {name}: kill -> next {figures.kill_to_next_s:.3f} s", flush=True)
@@ -255,6 +255,20 @@ def bench_part(part: str, out: Path, *, steps: int, kill_after: int, repeats: in
         "medians": medians,
         "runs": {p: [rf.asdict(f) for f in r] for p, r in per_peer.items()},
     }
+
+
+def _trained(run: dict[str, Any], ref: dict[str, Any]) -> tuple[list[int] | None, list[int] | None]:
+    """Sample ids trained by a run and by its fault-free reference, for the lost-samples count.
+
+    Oobleck's ledger is per step: the step in flight at the kill is left out on both sides, because
+    the killed node may commit it and die before appending its ledger line (the harness's
+    ``in_flight`` rule); that step's loss row still shows it trained the whole batch.
+    """
+    if "ledger" not in run:
+        return run["trained"], ref["trained"]
+    in_flight = max((s.step for s in run["steps"] if s.t <= run["t_kill"]), default=-1)
+    pick = lambda ledger: [i for step, ids in ledger.items() if step != in_flight for i in ids]  # noqa: E731
+    return pick(run["ledger"]), pick(ref["ledger"])
 
 
 def print_table(part: str, result: dict[str, Any]) -> None:

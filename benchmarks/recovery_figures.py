@@ -124,7 +124,9 @@ def figures(
     # NOTE: the first recovered step pays the recovery; throughput is measured from it onward.
     steady_after = after[: window + 1]
     diffs = [
-        abs(s.loss - reference[s.step]) / abs(reference[s.step]) for s in steps if _comparable(s, reference)
+        abs(s.loss - reference[s.step]) / abs(reference[s.step])
+        for s in steps
+        if s.loss is not None and s.step in reference
     ]
     lost = (
         None if trained is None or reference_trained is None else _multiset_minus(reference_trained, trained)
@@ -141,10 +143,6 @@ def figures(
         loss_max_rel_diff=max(diffs, default=0.0),
         nodes_after=after[1].nodes,
     )
-
-
-def _comparable(step: Step, reference: Mapping[int, float]) -> bool:
-    return step.loss is not None and step.step in reference
 
 
 def _rate(steps: Sequence[Step]) -> float:
@@ -189,7 +187,8 @@ def torchft_steps(rows: Mapping[str, Sequence[Mapping[str, Any]]], *, victim: st
             Step(
                 step=step,
                 t=max(float(row["t"]) for _, row in entries),
-                samples=sum(len(row["ids"]) for name, row in entries if name.endswith("s0")),
+                # NOTE: a committed step trained every participating group's slice, recorded or not.
+                samples=int(entries[0][1]["participants"]) * len(entries[0][1]["ids"]),
                 loss=statistics.fmean(losses) if losses else None,
                 recovered=last_quorum is not None and quorum > last_quorum,
                 nodes=len(entries),
@@ -199,18 +198,19 @@ def torchft_steps(rows: Mapping[str, Sequence[Mapping[str, Any]]], *, victim: st
 
 
 def torchft_trained(rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[int]:
-    """Every sample id trained by a committed step (first-stage processes hold the data)."""
+    """Every sample id recorded by a committed step (first-stage processes hold the data).
+
+    A killed process may commit a step and die before writing its row: that slice (one group's
+    share of one step) then counts as lost although it was trained.
+    """
     return [i for name, process in rows.items() if name.endswith("s0") for row in process for i in row["ids"]]
 
 
-def oobleck_steps(
-    records: Sequence[Mapping[str, Any]], ledger: Mapping[int, Sequence[int]], nodes: Mapping[int, int]
-) -> list[Step]:
+def oobleck_steps(records: Sequence[Mapping[str, Any]], nodes: Mapping[int, int]) -> list[Step]:
     """Oobleck's step rows as :class:`Step` (the last row of a step wins, as in the harness).
 
     Args:
-        records: ``metrics.jsonl`` rows.
-        ledger: Sample ids per step over every node (``ledger/node*.jsonl``).
+        records: ``metrics.jsonl`` rows (``samples`` is what the committed step trained).
         nodes: Members per generation (from the membership records).
 
     Returns:
@@ -224,7 +224,7 @@ def oobleck_steps(
         Step(
             step=step,
             t=float(row["t"]),
-            samples=len(ledger.get(step, ())),
+            samples=int(row["samples"]),
             loss=float(row["loss"]),
             recovered=int(row["generation"]) > 0,
             nodes=nodes[int(row["generation"])],

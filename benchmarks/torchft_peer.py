@@ -286,15 +286,19 @@ def _pipeline_step(model: Any, tokens: Any, microbatch_size: int, stage: int, hi
     from oobleck.runtime.engine.executor import microbatch_loss
 
     chunks = tokens.split(microbatch_size)
+    # NOTE: sends are asynchronous so neither stage waits on a send while the other waits on it too
+    # (gloo's send completes only against a posted receive).
+    pending = []
     if stage == 0:
         outputs = []
         for chunk in chunks:
             outputs.append(model(chunk[:, :-1]))
-            dist.send(outputs[-1].detach(), dst=1)
+            pending.append(dist.isend(outputs[-1].detach(), dst=1))
         for output in outputs:
             grad = torch.empty_like(output)
             dist.recv(grad, src=1)
             output.backward(grad)
+        _wait_all(pending)
         return None
     total = 0.0
     for chunk in chunks:
@@ -303,9 +307,19 @@ def _pipeline_step(model: Any, tokens: Any, microbatch_size: int, stage: int, hi
         hidden.requires_grad_()
         loss = microbatch_loss(model(hidden), chunk[:, 1:]) / len(chunks)
         loss.backward()
-        dist.send(hidden.grad, dst=0)
+        if hidden.grad is None:
+            raise RuntimeError("the last stage computed no gradient for its received activation")
+        pending.append(dist.isend(hidden.grad, dst=0))
         total += float(loss)
+    _wait_all(pending)
     return torch.tensor(total)
+
+
+def _wait_all(pending: list[Any]) -> None:
+    """Wait for the step's asynchronous sends (gloo returns a handle for each)."""
+    for work in pending:
+        if work is not None:
+            work.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,16 +82,16 @@ def test_medians_take_numbers_at_the_median_and_flags_only_if_always_true() -> N
 
 
 def test_torchft_rows_merge_per_step_and_recover_with_a_quorum_newer_than_the_victims() -> None:
-    """A step's samples come from first stages, its loss is the mean, and recovery starts at a new quorum."""
+    """A step trains participants x slice samples, its loss is the mean; recovery starts at a new quorum."""
 
     def row(step: int, quorum: int, t: float, loss: float | None, ids: list[int]) -> dict:
-        return {"step": step, "quorum": quorum, "t": t, "loss": loss, "ids": ids, "participants": 2}
+        return {"step": step, "quorum": quorum, "t": t, "loss": loss, "ids": ids, "participants": 3 - quorum}
 
     rows = {
         "g0s0": [row(0, 1, 1.0, None, [0, 1]), row(1, 1, 2.0, None, [4, 5]), row(2, 2, 3.5, None, [8, 9])],
         "g0s1": [row(0, 1, 1.1, 2.0, [0, 1]), row(1, 1, 2.1, 3.0, [4, 5]), row(2, 2, 3.6, 5.0, [8, 9])],
         "g1s0": [row(0, 1, 1.0, None, [2, 3]), row(1, 1, 2.0, None, [6, 7])],
-        "g1s1": [row(0, 1, 1.2, 4.0, [2, 3])],
+        "g1s1": [row(0, 1, 1.2, 4.0, [2, 3])],  # killed after committing step 1, before its row
     }
     merged = torchft_steps(rows, victim="g1s1")
     assert [(s.step, s.samples, s.loss, s.recovered, s.nodes) for s in merged] == [
@@ -103,15 +103,15 @@ def test_torchft_rows_merge_per_step_and_recover_with_a_quorum_newer_than_the_vi
     assert not any(s.recovered for s in torchft_steps(rows, victim=None))
 
 
-def test_oobleck_rows_take_the_last_row_of_a_step_and_the_ledger_counts_samples() -> None:
-    """A redone step appears once, with the ledger's samples and the members of its generation."""
+def test_oobleck_rows_take_the_last_row_of_a_step_with_its_samples_and_generation_members() -> None:
+    """A redone step appears once, with the samples its last row trained and its generation's members."""
     records = [
         {"event": "membership", "generation": 0, "members": [0, 1]},
-        {"step": 0, "loss": 2.0, "t": 1.0, "generation": 0},
-        {"step": 1, "loss": 9.0, "t": 1.5, "generation": 0},
-        {"step": 1, "loss": 1.5, "t": 2.0, "generation": 1},
+        {"step": 0, "loss": 2.0, "t": 1.0, "generation": 0, "samples": 2},
+        {"step": 1, "loss": 9.0, "t": 1.5, "generation": 0, "samples": 1},
+        {"step": 1, "loss": 1.5, "t": 2.0, "generation": 1, "samples": 2},
     ]
-    steps = oobleck_steps(records, {0: [1, 2], 1: [3, 4]}, {0: 2, 1: 1})
+    steps = oobleck_steps(records, {0: 2, 1: 1})
     assert [(s.step, s.samples, s.loss, s.recovered, s.nodes) for s in steps] == [
         (0, 2, 2.0, False, 2),
         (1, 2, 1.5, True, 1),
