@@ -67,7 +67,7 @@ def _solo_reference(folder: Path, steps: int) -> Run:
         "--run-dir",
         str(run_dir),
     ]
-    done = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return Run(0, run_dir, None, records)
@@ -170,13 +170,13 @@ def middle_then_first(folder: Path) -> Run:
     )
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_first_and_middle_stage_losses_keep_the_bits(middle_then_first: Run, reference: Run) -> None:
     """Losing a middle-stage node, then a first-stage node, re-forms pipelines and keeps every loss bit."""
     _bits_and_ledger(middle_then_first, reference)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_middle_stage_loss_copies_layers_into_a_new_template(middle_then_first: Run) -> None:
     """Middle stage 3 lost: [2, 3, 4] becomes [2, 4] and node 2 receives layer 1 from node 0; first stage
     0 lost next: one 3-node pipeline [1, 2, 4] whose first stage receives layer 0."""
@@ -215,7 +215,7 @@ def _holding_node(run_dir: Path) -> int | None:
     return None
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_source_killed_mid_transfer_is_replanned_with_another_source(
     source_killed: tuple[Run, int], reference: Run
 ) -> None:
@@ -251,7 +251,7 @@ def one_pipeline_halved(folder: Path) -> Run:
     )
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_two_nodes_of_one_pipeline_lost_at_once_with_f2(one_pipeline_halved: Run, reference: Run) -> None:
     """With f=2, two nodes of one 3-node pipeline lost together: one 3-node pipeline of survivors
     receives layer 0, and the losses keep their bits."""
@@ -259,7 +259,7 @@ def test_two_nodes_of_one_pipeline_lost_at_once_with_f2(one_pipeline_halved: Run
     _expect(one_pipeline_halved, 6, [((0,), ()), ((1, 4), ())])
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(1200)
 def test_last_stage_lost_right_after_a_join_into_a_deep_plan(folder: Path) -> None:
     """A sixth agent joins the five-agent deep plan (it receives layer 0), and the last stage of its new
     pipeline is killed right after the first step there: three layers are copied and the bits hold."""
@@ -291,7 +291,7 @@ def test_last_stage_lost_right_after_a_join_into_a_deep_plan(folder: Path) -> No
             _job(folder, name, steps=JOIN_STEPS),
             at_step=0,
             action=join_then_kill,
-            timeout_s=360,
+            timeout_s=600,
         )
     finally:
         for process in joiner:
