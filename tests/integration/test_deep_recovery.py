@@ -86,7 +86,9 @@ def _generation_steps(run_dir: Path, generation: int) -> int:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return 0
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    text = path.read_text()
+    # NOTE: a worker may be halfway through appending a row; read complete lines only.
+    rows = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
     return sum(1 for r in rows if "loss" in r and "event" not in r and r["generation"] >= generation)
 
 
