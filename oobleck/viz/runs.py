@@ -16,6 +16,12 @@ every other line (job start/end, future kinds) is skipped, so an older notebook 
 * **transfer rows** (``"event": "transfer"``, one per layer copied by a recovery): ``generation``,
   ``layer``, ``src`` and ``dst`` nodes, ``bytes`` and ``ms`` (measured on the receiver).
 
+A recovery row's phases are the reporting worker's own: when it received no layer, its
+``transfer_state`` is near zero and the copies it waited for land in its ``first_step``. When the run
+wrote transfer rows for that generation, the job-wide transfer phase, the slowest receiver's
+(the largest ``ms``: a receiver's later layer includes its earlier ones), replaces it, and the time it
+adds is taken off ``first_step``: the recovery's total is what the reporter measured either way.
+
 ``plan.json`` (the initial plan) and ``kill.json`` (written by :mod:`oobleck.viz.live` when it kills
 a node) are read when present.
 
@@ -26,6 +32,7 @@ Assumptions:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -201,7 +208,7 @@ def load_run(run_dir: str | Path) -> RecordedRun:
     return RecordedRun(
         run_dir=run_dir,
         steps=tuple(steps),
-        recoveries=tuple(recoveries),
+        recoveries=tuple(_job_wide(recovery, transfers) for recovery in recoveries),
         memberships=tuple(memberships),
         transfers=tuple(transfers),
         plan=plan,
@@ -262,3 +269,18 @@ def _transfer(row: dict[str, Any]) -> TransferRecord:
         bytes=int(row["bytes"]),
         ms=float(row["ms"]),
     )
+
+
+def _job_wide(recovery: RecoveryRecord, transfers: list[TransferRecord]) -> RecoveryRecord:
+    """The recovery with its transfer phase as the slowest receiver measured it (see the module)."""
+    copies_ms = [t.ms for t in transfers if t.generation == recovery.generation]
+    reported_s = recovery.phases_s.get("transfer_state")
+    if not copies_ms or reported_s is None:
+        return recovery
+    slowest_s = max(copies_ms) / 1e3
+    shift_s = min(max(0.0, slowest_s - reported_s), recovery.phases_s.get("first_step", 0.0))
+    phases = dict(recovery.phases_s)
+    phases["transfer_state"] = reported_s + shift_s
+    if "first_step" in phases:
+        phases["first_step"] -= shift_s
+    return dataclasses.replace(recovery, phases_s=phases)
