@@ -287,7 +287,7 @@ def print_table(part: str, result: dict[str, Any]) -> None:
         "loss = fault-free",
         "nodes training",
     )
-    print(f"{head[0]:<22}" + "".join(f"{h:>17}" for h in head[1:]))
+    print(f"{head[0]:<22}" + "".join(f"{h:>18}" for h in head[1:]))
     for peer, m in medians.items():
         cells = (
             f"{m['kill_to_next_s']:.3f}",
@@ -297,9 +297,13 @@ def print_table(part: str, result: dict[str, Any]) -> None:
             f"{m['after_samples_per_s']:.1f}",
             _yes(m["batch_kept"]),
             _yes(m["loss_equal"]),
-            f"{m['nodes_after']:.0f}/{survivors}",
+            f"{m['nodes_after']:.0f}/{survivors}" + (" (restarted)" if peer.startswith("torchrun") else ""),
         )
-        print(f"{peer:<22}" + "".join(f"{c:>17}" for c in cells))
+        print(f"{peer:<22}" + "".join(f"{c:>18}" for c in cells))
+    for peer, runs in result["runs"].items():
+        each = ", ".join(f"{run['kill_to_next_s']:.3f}" for run in runs)
+        lost = ", ".join(str(run["samples_lost"]) for run in runs)
+        print(f"  {peer}: kill->next per run {each} s; samples lost per run {lost}")
     ours = medians["oobleck"]
     best = min((m for p, m in medians.items() if p.startswith("torchft")), key=lambda m: m["kill_to_next_s"])
     print(
