@@ -4,8 +4,8 @@ Scenario (tiny GPT-2 of ``examples/tiny_gpt2.yaml``, pydoc bytes, seed 1234, f=1
 kill once step 12 has committed; every process on this machine, gloo):
 (a) data parallel, global batch 16, 4 nodes: oobleck with 4 one-slot agents
     (``python -m oobleck.runtime.master``, 1-node pipelines) vs torchft 0.2.0 with 4 replica
-    groups of one process (DDP + Manager + Lighthouse; its defaults and its most responsive
-    settings, ``benchmarks/torchft_peer.py``) vs torchrun ``--max-restarts`` restart-all with a
+    groups of one process (Manager + Lighthouse, DDP-style all-reduce; its defaults and its most
+    responsive settings, ``benchmarks/torchft_peer.py``) vs torchrun ``--max-restarts`` restart-all with a
     checkpoint every step (no lost work); node/group 2 is killed.
 (b) pipelines spanning nodes, global batch 12, 6 nodes: oobleck on ``examples/tiny_gpt2_deep.yaml``
     (``device_memory_bytes: 2000000``: no node holds the model, 3 pipelines of 2 nodes; losing
