@@ -265,7 +265,8 @@ def _trained(run: dict[str, Any], ref: dict[str, Any]) -> tuple[list[int] | None
     ``in_flight`` rule); that step's loss row still shows it trained the whole batch.
     """
     if "ledger" not in run:
-        return run["trained"], ref["trained"]
+        # NOTE: torchrun's workers record no sample ids (its reference is oobleck's run).
+        return run["trained"], ref.get("trained") if run["trained"] is not None else None
     in_flight = max((s.step for s in run["steps"] if s.t <= run["t_kill"]), default=-1)
     pick = lambda ledger: [i for step, ids in ledger.items() if step != in_flight for i in ids]  # noqa: E731
     return pick(run["ledger"]), pick(ref["ledger"])
