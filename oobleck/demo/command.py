@@ -31,8 +31,9 @@ def build_parser() -> ArgumentParser:
         description=(
             "Part 1: plan GPT-3 175B on 32 H100 nodes, reconfigure after one node fails, and simulate\n"
             "24 h of random failures under every recovery policy (nothing is launched).\n"
-            "Part 2: run the tiny GPT-2 job on 4 local agents (f=1), SIGKILL one agent's process group\n"
-            "mid-run, and print the measured recovery timeline next to the planning core's prediction."
+            "Part 2: run the tiny GPT-2 job in pipelines that span nodes on 5 local agents (f=1), SIGKILL\n"
+            "one agent's process group mid-run, and print the measured recovery timeline (with the layers\n"
+            "copied between survivors and their bytes) next to the planning core's prediction."
         ),
         example=_EXAMPLE,
     )

@@ -1,4 +1,9 @@
-"""Part 2 of the demo, live: a real four-node job on this machine loses a node and recovers.
+"""Part 2 of the demo, live: a real five-node job whose pipelines span nodes loses a node and recovers.
+
+The job is ``examples/tiny_gpt2_deep.yaml`` on ``examples/hosts.local5``: planned for 2 MB per
+device, each pipeline needs 2 nodes, so five agents run pipelines [0, 1] and [2, 3, 4]. Killing node
+4 (the default) forces a different template for the damaged pipeline, and the survivors copy the
+missing layers with their optimizer state from the other pipeline.
 
 Assumptions:
     * ``examples/`` of the repository sits next to the installed package (editable install).
@@ -21,21 +26,21 @@ from oobleck.viz.live import record_failure_run, write_job
 from oobleck.viz.runs import load_run
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-HOSTFILE = EXAMPLES / "hosts.local4"
-BASE_JOB = EXAMPLES / "tiny_gpt2.yaml"
-NODES = 4
-"""Agents in ``hosts.local4``: node ids 0..3."""
+HOSTFILE = EXAMPLES / "hosts.local5"
+BASE_JOB = EXAMPLES / "tiny_gpt2_deep.yaml"
+NODES = 5
+"""Agents in ``hosts.local5``: node ids 0..4."""
 STEPS_AFTER_KILL = 5
 """Steps that must remain after ``--kill-after-step``: the kill lands a step or two late (the step rows
 are polled), and the steady step time after recovery needs a step beyond the redone one."""
 _STARTUP_TIMEOUT_S = 180.0
-"""Bound on the job's start (four workers importing torch on a loaded 2-core machine take ~15 s)."""
+"""Bound on the job's start (five workers importing torch on a loaded 2-core machine take ~20 s)."""
 _STEP_TIMEOUT_S = 1.0
 """Added to the bound per step (a step of the tiny model takes ~30 ms here)."""
 
 
 def run_live(out: Console, *, steps: int, kill_after: int, node: int, run_dir: Path) -> None:
-    """Run the tiny GPT-2 job on the four local agents, kill ``node`` and print the recovery report.
+    """Run the deep tiny GPT-2 job on the five local agents, kill ``node`` and print the recovery report.
 
     Progress lines go to stderr while the job runs; the report goes to ``out`` once it has ended.
 
@@ -51,8 +56,8 @@ def run_live(out: Console, *, steps: int, kill_after: int, node: int, run_dir: P
     """
     job_path = write_job(BASE_JOB, run_dir / "job.yaml", fault_tolerance=1, steps=steps)
     out.print(
-        f"\n[bold]2. Live[/]: {NODES} local nodes (gloo, CPU), tiny GPT-2, f=1, {steps} steps; "
-        f"node {node} SIGKILLed after step {kill_after}"
+        f"\n[bold]2. Live[/]: {NODES} local nodes (gloo, CPU), tiny GPT-2 in pipelines of 2-3 nodes "
+        f"(2 MB per device), f=1, {steps} steps; node {node} SIGKILLed after step {kill_after}"
     )
     out.print(
         f"  python -m oobleck.runtime.master --hostfile {shown(HOSTFILE)} --config {shown(job_path)} "

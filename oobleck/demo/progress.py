@@ -126,7 +126,10 @@ class Progress:
             self._say(f"master: {reason}; generation {row['generation']} on nodes {ids(row['members'])}")
         elif event == "recovery":
             total_ms = sum(row["phases_s"].values()) * 1e3
-            self._say(f"recovered in {total_ms:.0f} ms: step {row['step']} redone on the survivors")
+            moved = (
+                f"{row.get('layers_copied', 0)} layers ({row.get('transfer_bytes', 0) / 1e3:.1f} KB) copied, "
+            )
+            self._say(f"recovered in {total_ms:.0f} ms: {moved}step {row['step']} redone on the survivors")
         elif event == "step" and (row["step"] % self._every == 0 or row["step"] == self._steps - 1):
             nodes = self._members.get(int(row.get("generation", 0)), "?")
             self._say(f"step {row['step']}/{self._steps - 1}  loss {row['loss']:.3f}  on {nodes} nodes")

@@ -14,6 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from oobleck.demo.copies import first_recovery_rows, kilobytes, print_copies
 from oobleck.demo.text import ids, shown, sizes
 from oobleck.errors import ConfigError
 from oobleck.planning.plan import Plan
@@ -57,13 +58,15 @@ def print_timeline(out: Console, run: RecordedRun, planner: Planner, *, steps: i
     for name in ("event", "phase", "ms", "ms from kill", "predicted ms*"):
         timeline.add_column(name, justify="left" if name in ("event", "phase") else "right")
     since_kill_s = t_failure - run.killed_at
+    recovery_row, copies = first_recovery_rows(run.run_dir)
+    moved = f"{len(copies)} layers, {kilobytes(sum(int(c['bytes']) for c in copies))}"
     timeline.add_row(f"node {ids(failure.lost)} killed (SIGKILL)", "", "", "0.0", "")
     timeline.add_row("failure seen by master", "", "", f"{since_kill_s * 1e3:.1f}", "")
     for phase, event in zip(PHASES, _EVENTS, strict=True):
         spent_s = recovery.phases_s.get(phase, 0.0)
         since_kill_s += spent_s
         timeline.add_row(
-            event,
+            f"{event} ({moved})" if phase == "transfer_state" else event,
             phase,
             f"{spent_s * 1e3:.1f}",
             f"{since_kill_s * 1e3:.1f}",
@@ -73,6 +76,7 @@ def print_timeline(out: Console, run: RecordedRun, planner: Planner, *, steps: i
         "total", "", f"{recovery.total_s * 1e3:.1f}", "", f"{predicted['total'] * 1e3:.1f}", style="bold"
     )
     out.print(timeline)
+    print_copies(out, recovery_row, copies)
     out.print(_before_after(run, failure.generation, before, after.plan))
     out.print(_loss_table(run, failure.generation))
     numbers = sorted(step.step for step in run.steps)

@@ -67,7 +67,7 @@ from oobleck.runtime.control.sever import sever_tcp_connections
 from oobleck.runtime.control.store import STORE_KEY_ENV, StoreClient
 from oobleck.runtime.control.store_records import INPUTS_KEY, inputs_record, state_record
 from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_planner, job_profile
-from oobleck.runtime.run_log import RunLog, write_error_file
+from oobleck.runtime.run_log import RunLog, transfer_fields, write_error_file
 
 logger = logging.getLogger(__name__)
 
@@ -349,9 +349,7 @@ class ElasticLoop:
             "restart": False,
             "rebuild_groups_s": measured.rebuild_groups_s,
             "transfer_state_s": measured.transfer_state_s,
-            "bytes_sent": measured.bytes_sent,
-            "bytes_received": measured.bytes_received,
-            "transfer_bytes": sum(t.bytes for t in change.transfers),
+            **transfer_fields(change.plan, change.transfers, measured.copies),
         }
 
     def _restart_from_checkpoint(
@@ -383,7 +381,7 @@ class ElasticLoop:
             "checkpoint_step": checkpoint.step,
             "rebuild_groups_s": groups - start,
             "transfer_state_s": time.perf_counter() - groups,
-            "transfer_bytes": 0,
+            **transfer_fields(self.plan, (), ()),
         }
 
     def _resume_from(self, checkpoint: Checkpoint | None) -> int:

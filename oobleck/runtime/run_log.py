@@ -3,11 +3,21 @@ and the error file its agent reports when it dies.
 
 ``metrics.jsonl`` gets one row per completed step and, after a membership change, one ``recovery``
 row whose ``phases_s`` use the planning core's phase names (detect, plan, rebuild_groups,
-transfer_state, first_step), so predicted and measured recoveries line up in the notebooks.
+transfer_state, first_step), so predicted and measured recoveries line up in the notebooks. A
+recovery that copied layers also leaves one ``transfer`` row per copied layer::
+
+    {"event": "transfer", "generation": g, "layer": l, "src": node, "dst": node, "bytes": n, "ms": t}
 
 Assumptions:
-- Exactly one worker (the reporter: rank 0 of the current generation) writes ``metrics.jsonl``;
-  a recovery is complete only when its first step is, so the record waits for that step.
+- One worker (the reporter: rank 0 of the current generation) writes step and recovery rows; a
+  recovery is complete only when its first step is, so the record waits for that step. Its
+  job-wide transfer figures (``transfer_bytes``, ``layers_copied``, ``transfers``, ``pipelines``)
+  come from the transfer plan and the new plan, which every rank holds (the planner's bytes of a
+  layer are its fp32 parameters and moments: what a receiver counts).
+- ``transfer`` rows are written by the receiving worker, as soon as its copies have landed: its
+  wait ends when the bytes arrived, so it measures the whole copy, and a copy whose sender died
+  never arrives and leaves no row. Several workers append to ``metrics.jsonl`` then; each row is
+  one ``write`` under ``O_APPEND`` (:func:`append_jsonl`), so rows never interleave.
 - Every first-stage worker writes its own ledger file (``ledger/node<n>.jsonl``): which sample ids
   its pipeline consumed in which step, so a test can prove no sample was skipped or repeated.
 """
@@ -18,11 +28,17 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from oobleck.planning.plan import Plan, Transfer
 from oobleck.runtime.control.membership import Membership
 from oobleck.runtime.control.records import append_jsonl
+
+if TYPE_CHECKING:
+    # NOTE: only for the annotation: the agent imports this module and must not pull in torch.
+    from oobleck.runtime.engine.records import LayerCopy
 
 METRICS_FILE = "metrics.jsonl"
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
@@ -52,8 +68,15 @@ class RunLog:
             target: The generation just adopted.
             noticed: Wall-clock time this worker received the notice.
             plan_ready: Wall-clock time the new plan was computed.
-            timing: Engine-measured phases (``rebuild_groups_s``, ``transfer_state_s``) and bytes.
+            timing: Engine-measured phases (``rebuild_groups_s``, ``transfer_state_s``) and the
+                fields of :func:`transfer_fields`; its ``copies`` (this worker's received layers)
+                are written at once as ``transfer`` rows, the rest waits for the first step.
         """
+        timing = dict(timing)
+        now = time.time()
+        for copy in timing.pop("copies", ()):
+            row = {"event": "transfer", "generation": target.generation, **copy}
+            append_jsonl(self.run_dir / METRICS_FILE, {**row, "t": now, "node": self.node})
         self._recovery = {
             "event": "recovery",
             "generation": target.generation,
@@ -105,6 +128,55 @@ class RunLog:
                 "first_step": record["step_s"],
             }
             append_jsonl(self.run_dir / METRICS_FILE, {**recovery, "t": now, "step": record["step"]})
+
+
+def transfer_fields(plan: Plan, transfers: Sequence[Transfer], copies: Sequence[LayerCopy]) -> dict[str, Any]:
+    """The transfer figures of a recovery record, job-wide, plus this worker's received copies.
+
+    Pure: every worker computes the same job-wide part from the same plan and transfer plan.
+
+    Args:
+        plan: The plan after the recovery.
+        transfers: Its transfer plan (empty for a restart from a checkpoint).
+        copies: The layers this worker received (measured by the engine).
+
+    Returns:
+        ``transfer_bytes`` (sum over every copy), ``layers_copied``, ``transfers`` (each planned
+        copy: ``layer``, ``src``, ``dst``, ``bytes``), ``pipelines`` (:func:`pipeline_layouts`) and
+        ``copies`` (for :meth:`RunLog.recovery_started`, which writes them as ``transfer`` rows).
+    """
+    ordered = sorted(transfers, key=lambda t: (t.layer, t.dst_node))
+    return {
+        "transfer_bytes": sum(t.bytes for t in ordered),
+        "layers_copied": len(ordered),
+        "transfers": [
+            {"layer": t.layer, "src": t.src_node, "dst": t.dst_node, "bytes": t.bytes} for t in ordered
+        ],
+        "pipelines": pipeline_layouts(plan),
+        "copies": [copy.to_dict() for copy in copies],
+    }
+
+
+def pipeline_layouts(plan: Plan) -> list[dict[str, Any]]:
+    """Each pipeline's template as plain data: its nodes, and each stage's node and layers.
+
+    Args:
+        plan: A plan.
+
+    Returns:
+        Per pipeline ``{"nodes": [...], "microbatches": m, "stages": [{"node": n, "layers": [...]}]}``.
+    """
+    return [
+        {
+            "nodes": list(pipeline.nodes),
+            "microbatches": pipeline.microbatches,
+            "stages": [
+                {"node": pipeline.nodes[stage.node], "layers": list(stage.layers)}
+                for stage in pipeline.template.stages
+            ],
+        }
+        for pipeline in plan.pipelines
+    ]
 
 
 def write_error_file(exc: BaseException) -> None:

@@ -12,6 +12,9 @@ Assumptions:
     * Calibration runs lose nodes from clusters of about the same size, so they build about the
       same number of process groups; the fixed and the per-group part of the rebuild cost cannot be
       told apart from them, and the whole measured cost is put in the fixed part.
+    * Layer copies cost bytes over a bandwidth, as the planning core prices them: the busiest
+      node's bytes (what its transfer plan puts on one node), so the bandwidth is calibrated
+      against the same quantity (:func:`calibrate_transfer_bandwidth`), not against job-wide totals.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oobleck.errors import ConfigError
-from oobleck.planning.plan import Plan
+from oobleck.planning.plan import Plan, Transfer
 from oobleck.planning.planner import Planner
 from oobleck.planning.profile import ModelProfile
 from oobleck.planning.recovery import RecoveryConstants
@@ -38,7 +41,13 @@ _SECONDS_PER_HOUR = 3600.0
 _CALIBRATED = (
     (
         RecoveryConstants,
-        ("disconnect_detect_s", "plan_s", "rebuild_groups_fixed_s", "rebuild_groups_per_group_s"),
+        (
+            "disconnect_detect_s",
+            "plan_s",
+            "rebuild_groups_fixed_s",
+            "rebuild_groups_per_group_s",
+            "transfer_bandwidth_bytes_per_s",
+        ),
     ),
     (StepConstants, ("compute_scale", "bandwidth_scale", "step_overhead_s", "shared_cores")),
 )
@@ -59,22 +68,29 @@ class RunPrediction:
     """Predicted steady step time of ``plan``."""
     step_after_s: float
     """Predicted steady step time of ``new_plan`` (also the ``first_step`` phase)."""
+    transfers: tuple[Transfer, ...] = ()
+    """The layer copies the reconfiguration plans (the runtime executes the same plan)."""
 
 
 def calibrate_constants(
-    recoveries: Sequence[RecoveryRecord], base: RecoveryConstants | None = None
+    recoveries: Sequence[RecoveryRecord],
+    base: RecoveryConstants | None = None,
+    *,
+    transfer_bandwidth_bytes_per_s: float | None = None,
 ) -> RecoveryConstants:
     """Recovery constants fitted to measured recoveries: the median of each measured phase.
 
     Only the constants of phases that do not scale with the model are fitted: ``disconnect_detect_s``
     (detect), ``plan_s`` (plan) and ``rebuild_groups_fixed_s`` (rebuild groups, with the per-group
-    cost set to 0, see the module's assumptions); ``transfer_bandwidth_bytes_per_s`` when the runs
-    moved state. The first step is a step of the new plan, priced by the step constants
+    cost set to 0, see the module's assumptions). The copy bandwidth needs the transfer plans of
+    the runs, so it is measured by :func:`calibrate_transfer_bandwidth` and passed in. The first
+    step is a step of the new plan, priced by the step constants
     (:func:`~oobleck.viz.step_model.calibrate_step_model`), not by these.
 
     Args:
         recoveries: Measured recoveries from calibration runs (not from the run to predict).
         base: Constants to start from (default: the documented defaults).
+        transfer_bandwidth_bytes_per_s: Measured per-node copy bandwidth; None keeps ``base``'s.
 
     Returns:
         The calibrated constants.
@@ -93,10 +109,8 @@ def calibrate_constants(
     def median(name: str) -> float:
         return statistics.median(record.phases_s[name] for record in recoveries)
 
-    moved = sum(record.transfer_bytes for record in recoveries)
-    seconds = sum(record.phases_s["transfer_state"] for record in recoveries)
-    bandwidth = moved / seconds if moved > 0 and seconds > 0 else None
     base = base or RecoveryConstants()
+    bandwidth = transfer_bandwidth_bytes_per_s
     return dataclasses.replace(
         base,
         disconnect_detect_s=median("detect"),
@@ -105,6 +119,54 @@ def calibrate_constants(
         rebuild_groups_per_group_s=0.0,
         transfer_bandwidth_bytes_per_s=bandwidth or base.transfer_bandwidth_bytes_per_s,
     )
+
+
+def calibrate_transfer_bandwidth(runs: Sequence[RecordedRun], planner: Planner) -> float | None:
+    """Per-node copy bandwidth measured by calibration runs, in the cost model's own terms.
+
+    The planning core charges a recovery's copies as the bytes of its busiest node over one
+    bandwidth. For each run that moved state, the planner replans the run's loss (the runtime
+    executes the same transfer plan), the model's charge at 1 byte/s gives those busiest-node bytes,
+    and the bandwidth is those bytes over the measured ``transfer_state`` phase; the median over runs
+    is returned, so one disturbed run does not set it.
+
+    Args:
+        runs: Calibration runs with a failure (not the runs to predict).
+        planner: The job's planner.
+
+    Returns:
+        Bytes per second, or None when no run copied anything.
+    """
+    unit = RecoveryConstants(transfer_bandwidth_bytes_per_s=1.0)
+    rates = []
+    for run in runs:
+        change = planner.reconfigure(planner.plan(run.initial_nodes), lost_nodes=run.failures[0].lost)
+        busiest_bytes = planner.predict_recovery(change, unit).transfer_state_s
+        seconds = run.recoveries[0].phases_s.get("transfer_state", 0.0)
+        if busiest_bytes > 0 and seconds > 0:
+            rates.append(busiest_bytes / seconds)
+    return statistics.median(rates) if rates else None
+
+
+def transfer_summary(run: RecordedRun, predicted: RunPrediction) -> str:
+    """The layer copies the plan made and the ones the runtime recorded, side by side.
+
+    Args:
+        run: A recorded run; its ``transfer`` rows of the first recovery's generation are shown.
+        predicted: From :func:`predict_run` (its planned transfers).
+
+    Returns:
+        Printable text: one line per planned copy, then the recorded copies and the byte totals.
+    """
+    generation = run.failures[0].generation if run.failures else None
+    recorded = [t for t in run.transfers if t.generation == generation]
+    lines = [f"planned copies ({sum(t.bytes for t in predicted.transfers)} bytes):"]
+    lines += [
+        f"  layer {t.layer}: node {t.src_node} -> {t.dst_node}, {t.bytes} bytes" for t in predicted.transfers
+    ]
+    lines.append(f"recorded copies ({sum(t.bytes for t in recorded)} bytes):")
+    lines += [f"  layer {t.layer}: node {t.src} -> {t.dst}, {t.bytes} bytes, {t.ms:.1f} ms" for t in recorded]
+    return "\n".join(lines)
 
 
 def calibration_summary(constants: RecoveryConstants, steps: StepConstants) -> str:
@@ -123,7 +185,7 @@ def calibration_summary(constants: RecoveryConstants, steps: StepConstants) -> s
         for name in names:
             # NOTE: shared_cores is None on separate machines; shown as 0 cores shared.
             value, fallback = getattr(calibrated, name) or 0, getattr(default, name) or 0
-            lines.append(f"{name:<28} {value:>10.4g}   (default {fallback:g})")
+            lines.append(f"{name:<32} {value:>10.4g}   (default {fallback:g})")
     return "\n".join(lines)
 
 
@@ -187,7 +249,12 @@ def predict_run(
     after = steps.step_s(change.plan, planner.profile, planner.hardware)
     phases = planner.predict_recovery(change, constants, steps).to_dict()
     return RunPrediction(
-        plan=plan, new_plan=change.plan, phases_s=phases, step_before_s=before, step_after_s=after
+        plan=plan,
+        new_plan=change.plan,
+        phases_s=phases,
+        step_before_s=before,
+        step_after_s=after,
+        transfers=tuple(change.transfers),
     )
 
 

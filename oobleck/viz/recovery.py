@@ -251,6 +251,52 @@ def plot_recovery_phases(
     return figure
 
 
+def plot_prediction_errors(
+    errors: Sequence[PredictionError], per_run: Sequence[Sequence[PredictionError]] = (), *, title: str = ""
+) -> Figure:
+    """Relative error of each predicted quantity: a bar at the median measurement, a dot per run.
+
+    Args:
+        errors: From :func:`median_errors` (or one run's errors).
+        per_run: The runs behind ``errors`` (same quantities, same order), drawn as dots.
+        title: Figure title.
+
+    Returns:
+        The figure; quantities the runs did not measure (zero seconds) are drawn empty.
+
+    Raises:
+        ConfigError: a run in ``per_run`` does not have the quantities of ``errors``, in order.
+    """
+    names = [error.name for error in errors]
+    if any([error.name for error in run] != names for run in per_run):
+        raise ConfigError(
+            f"plot_prediction_errors: every run must have the quantities {names}, in this order"
+        )
+    figure, (ax,) = new_figure(9, 0.4 * len(errors) + 1.2)
+    rows = range(len(errors))
+    medians = [100 * error.relative_error for error in errors]
+    ax.barh(
+        rows,
+        [0.0 if math.isnan(v) else v for v in medians],
+        color=cycle_color(0),
+        height=0.6,
+        label="median run",
+    )
+    for index, run in enumerate(per_run):
+        label = "each run" if index == 0 else None
+        ax.plot(
+            [100 * e.relative_error for e in run], rows, "o", color=cycle_color(1), markersize=4, label=label
+        )
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(rows, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("prediction error, % of measured (positive: pessimistic)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_title(title or "predicted against measured")
+    return figure
+
+
 def plot_run_vs_prediction(
     run: RecordedRun, predicted: Sequence[TimelinePoint], *, end_s: float, title: str = ""
 ) -> Figure:

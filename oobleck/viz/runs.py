@@ -12,7 +12,15 @@ every other line (job start/end, future kinds) is skipped, so an older notebook 
   ``lost``, ``joined``, ``restart`` (a checkpoint restart rather than a reconfiguration),
   ``t_failure`` and ``transfer_bytes``;
 * **membership rows** (``"event": "membership"``, written by the master): ``generation``,
-  ``members``, ``lost``, ``joined``, ``failure_at`` and ``detected_at`` wall-clock times.
+  ``members``, ``lost``, ``joined``, ``failure_at`` and ``detected_at`` wall-clock times;
+* **transfer rows** (``"event": "transfer"``, one per layer copied by a recovery): ``generation``,
+  ``layer``, ``src`` and ``dst`` nodes, ``bytes`` and ``ms`` (measured on the receiver).
+
+A recovery row's phases are the reporting worker's own: when it received no layer, its
+``transfer_state`` is near zero and the copies it waited for land in its ``first_step``. When the run
+wrote transfer rows for that generation, the job-wide transfer phase, the slowest receiver's
+(the largest ``ms``: a receiver's later layer includes its earlier ones), replaces it, and the time it
+adds is taken off ``first_step``: the recovery's total is what the reporter measured either way.
 
 ``plan.json`` (the initial plan) and ``kill.json`` (written by :mod:`oobleck.viz.live` when it kills
 a node) are read when present.
@@ -24,6 +32,7 @@ Assumptions:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -95,6 +104,20 @@ class MembershipRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TransferRecord:
+    """One layer's state copied between two surviving nodes during a recovery."""
+
+    generation: int
+    """The generation the copy prepared (the recovery's new generation)."""
+    layer: int
+    src: int
+    dst: int
+    bytes: int
+    ms: float
+    """Milliseconds from the receiver posting its receives to this layer's arrival."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RecordedRun:
     """Everything the notebooks read from one run directory."""
 
@@ -102,6 +125,8 @@ class RecordedRun:
     steps: tuple[StepRecord, ...]
     recoveries: tuple[RecoveryRecord, ...]
     memberships: tuple[MembershipRecord, ...] = ()
+    transfers: tuple[TransferRecord, ...] = ()
+    """Layer copies, in file order (runs recorded before the runtime wrote them have none)."""
     plan: dict[str, Any] | None = field(default=None)
     """The initial plan (``<run_dir>/plan.json``, ``Plan.to_dict()``), if the run wrote one."""
     killed_at: float | None = None
@@ -152,6 +177,7 @@ def load_run(run_dir: str | Path) -> RecordedRun:
     steps: list[StepRecord] = []
     recoveries: list[RecoveryRecord] = []
     memberships: list[MembershipRecord] = []
+    transfers: list[TransferRecord] = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -170,6 +196,8 @@ def load_run(run_dir: str | Path) -> RecordedRun:
                 recoveries.append(_recovery(row))
             elif event == "membership":
                 memberships.append(_membership(row))
+            elif event == "transfer":
+                transfers.append(_transfer(row))
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigError(f"{where}: malformed {event} row ({error!r}): {line[:120]}") from None
     if not steps:
@@ -180,8 +208,9 @@ def load_run(run_dir: str | Path) -> RecordedRun:
     return RecordedRun(
         run_dir=run_dir,
         steps=tuple(steps),
-        recoveries=tuple(recoveries),
+        recoveries=tuple(_job_wide(recovery, transfers) for recovery in recoveries),
         memberships=tuple(memberships),
+        transfers=tuple(transfers),
         plan=plan,
         killed_at=killed_at,
     )
@@ -229,3 +258,29 @@ def _membership(row: dict[str, Any]) -> MembershipRecord:
         failure_at=float(row.get("failure_at", 0.0)),
         detected_at=float(row.get("detected_at", 0.0)),
     )
+
+
+def _transfer(row: dict[str, Any]) -> TransferRecord:
+    return TransferRecord(
+        generation=int(row["generation"]),
+        layer=int(row["layer"]),
+        src=int(row["src"]),
+        dst=int(row["dst"]),
+        bytes=int(row["bytes"]),
+        ms=float(row["ms"]),
+    )
+
+
+def _job_wide(recovery: RecoveryRecord, transfers: list[TransferRecord]) -> RecoveryRecord:
+    """The recovery with its transfer phase as the slowest receiver measured it (see the module)."""
+    copies_ms = [t.ms for t in transfers if t.generation == recovery.generation]
+    reported_s = recovery.phases_s.get("transfer_state")
+    if not copies_ms or reported_s is None:
+        return recovery
+    slowest_s = max(copies_ms) / 1e3
+    shift_s = min(max(0.0, slowest_s - reported_s), recovery.phases_s.get("first_step", 0.0))
+    phases = dict(recovery.phases_s)
+    phases["transfer_state"] = reported_s + shift_s
+    if "first_step" in phases:
+        phases["first_step"] -= shift_s
+    return dataclasses.replace(recovery, phases_s=phases)

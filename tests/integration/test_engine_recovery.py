@@ -240,6 +240,10 @@ def test_survivors_reconfigure_and_match_one_process(
     assert generations == [0] * LEAVE_AFTER + [1] * (STEPS - LEAVE_AFTER)
     timing = [json.loads((tmp_path / "rec" / f"timing{n}.json").read_text()) for n in range(3)]
     assert sum(t["bytes_sent"] for t in timing) == sum(t["bytes_received"] for t in timing) > 0
+    for rank_timing in timing:  # one LayerCopy per received layer, its bytes the rank's total
+        copies = rank_timing["copies"]
+        assert sum(c["bytes"] for c in copies) == rank_timing["bytes_received"]
+        assert all(c["ms"] > 0 and c["src"] != c["dst"] for c in copies)
     if mode == "recover":
         assert (
             timing[0]["bytes_sent"] > 0

@@ -69,7 +69,7 @@ def test_committed_outputs_match_a_fresh_headless_run(name: str) -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_measured_notebook_runs_top_to_bottom_with_the_committed_output_shape() -> None:
-    """Notebook 03 records three real runs with a killed node and produces the committed kinds of output."""
+    """Notebook 03 records five deep-plan runs with a killed node; its outputs have the committed shape."""
     runs = NOTEBOOKS / "runs"
     before = set(runs.iterdir()) if runs.is_dir() else set()
     try:

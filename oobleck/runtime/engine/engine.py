@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -29,7 +30,13 @@ from oobleck.runtime.engine.executor import StageContext, run_1f1b
 from oobleck.runtime.engine.optim import LayerState, adamw_update, clip_coefficient, learning_rate
 from oobleck.runtime.engine.records import ReconfigureTiming, StepMetrics
 from oobleck.runtime.engine.topology import StageInfo, Topology, build_topology
-from oobleck.runtime.engine.transfer import execute_transfers
+from oobleck.runtime.engine.transfer import (
+    TRANSFER_HOLD_ENV,
+    TransferHold,
+    execute_transfers,
+    hold_sends,
+    parse_transfer_hold,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +85,7 @@ class Engine:
         device: torch.device | str | None = None,
         backend: str | None = None,
         timeout: timedelta = timedelta(seconds=60),
+        transfer_hold: TransferHold | None = None,
     ) -> None:
         """Build the model adapter, the dataset and the sampler; no layers and no groups yet.
 
@@ -88,9 +96,12 @@ class Engine:
             device: override of the device (default: per local rank, CUDA if available).
             backend: ``gloo`` or ``nccl`` (default: NCCL with CUDA, else gloo).
             timeout: collective timeout, a backstop behind failure notices.
+            transfer_hold: test hook that delays the sources of one generation's transfers
+                (default: from ``OOBLECK_TRANSFER_HOLD``, unset = off); see
+                :class:`~oobleck.runtime.engine.transfer.TransferHold`.
 
         Raises:
-            ConfigError: the model or data section cannot be built.
+            ConfigError: the model or data section cannot be built, or the hold variable is bad.
         """
         self.job = job
         self.node = node
@@ -100,6 +111,7 @@ class Engine:
         self.dataset = load_dataset(job.data, self.adapter.vocab_size)
         self.sampler = GlobalSampler(len(self.dataset), seed=job.seed, global_batch=job.global_batch)
         self.comm = Comm(backend, timeout)
+        self.transfer_hold = transfer_hold or parse_transfer_hold(os.environ.get(TRANSFER_HOLD_ENV))
         self.layers: dict[int, LayerState] = {}
         self.plan: Plan | None = None
         self.topology: Topology | None = None
@@ -235,6 +247,7 @@ class Engine:
                 raise ReconfigurationError(f"node {node} cannot send layer {layer}: no previous plan")
             return _rank_in(plan, rank_of_node, node, layer)
 
+        hold_sends(self.transfer_hold, transfers, generation=generation, node=self.node, comm=self.comm)
         received, stats = execute_transfers(
             transfers,
             rank=self.rank,
@@ -257,6 +270,7 @@ class Engine:
             transfer_state_s=done - groups_done,
             bytes_sent=stats.bytes_sent,
             bytes_received=stats.bytes_received,
+            copies=stats.copies,
         )
 
     def state_tensors(self) -> dict[str, torch.Tensor]:

@@ -34,13 +34,40 @@ class StepMetrics:
 
 
 @dataclass(frozen=True, slots=True)
+class LayerCopy:
+    """One layer's state (parameters, AdamW moments, step count) received by this rank.
+
+    Measured on the receiving rank: its wait ends when the bytes have landed, so ``ms`` covers the
+    whole copy; a layer whose sender died mid-copy never arrives and leaves no record.
+    """
+
+    layer: int
+    src: int
+    """Node that sent the layer (a holder under the committed plan)."""
+    dst: int
+    """Node that received it (this rank's node)."""
+    bytes: int
+    """Bytes of state received: parameters and both moments, fp32."""
+    ms: float
+    """From posting this rank's receives to this layer's arrival; copies between one pair of
+    ranks travel in layer order, so a later layer's figure includes the earlier ones'."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
 class ReconfigureTiming:
     """Measured phases of one :meth:`Engine.reconfigure` (phase names as the planning core's)."""
 
     rebuild_groups_s: float
     transfer_state_s: float
     bytes_sent: int
+    """Bytes this rank sent (one rank's figure; the job-wide total is the transfer plan's sum)."""
     bytes_received: int
+    """Bytes this rank received."""
+    copies: tuple[LayerCopy, ...] = ()
+    """The layers this rank received, one entry per layer."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,9 +1,9 @@
 """State transfer on recovery: layers (parameters, AdamW moments, step counts) move between ranks.
 
 A transfer plan is a list of :class:`~oobleck.planning.plan.Transfer` (layer, src node, dst node).
-All transfers between one (source rank, destination rank) pair travel as one flat buffer plus one
-int64 buffer of step counts, sent with ``torch.distributed`` point-to-point operations: tensors
-never go through pickle.
+Each copied layer travels as one flat buffer, and each (source rank, destination rank) pair adds
+one int64 buffer of step counts, sent with ``torch.distributed`` point-to-point operations: tensors
+never go through pickle. The receiving rank times each layer's arrival (:class:`LayerCopy`).
 
 Assumptions:
     * Every rank of the new generation calls :func:`execute_transfers` with the same transfer list;
@@ -15,24 +15,32 @@ Assumptions:
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from oobleck.errors import ReconfigurationError
+from oobleck.errors import ConfigError, ReconfigurationError
 from oobleck.planning.plan import Plan, Transfer
 from oobleck.runtime.engine.comm import Comm
 from oobleck.runtime.engine.optim import LayerState
+from oobleck.runtime.engine.records import LayerCopy
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class TransferStats:
-    """Bytes this rank moved during one reconfiguration."""
+    """Bytes this rank moved during one reconfiguration, and the layers it received."""
 
     bytes_sent: int
     bytes_received: int
+    copies: tuple[LayerCopy, ...] = ()
 
 
 def plan_transfers(old_plan: Plan, new_plan: Plan, alive_nodes: Sequence[int]) -> tuple[Transfer, ...]:
@@ -79,6 +87,10 @@ def execute_transfers(
 ) -> tuple[dict[int, LayerState], TransferStats]:
     """Send the layers this rank is a source of and receive those it is a destination of.
 
+    Each layer travels as its own flat buffer (parameters, then both moments) so its arrival can
+    be timed; each (source rank, destination rank) pair adds one int64 buffer of step counts.
+    Receives are posted before sends, and waited for in (pair, layer) order.
+
     Args:
         transfers: the whole transfer plan (identical on every rank).
         rank: this rank in the new generation.
@@ -89,50 +101,147 @@ def execute_transfers(
         comm: the new generation's communicator.
 
     Returns:
-        The received layers by index, and the byte counts.
+        The received layers by index, and the byte counts with one :class:`LayerCopy` per
+        received layer.
 
     Raises:
         CommunicationError: a transfer failed.
         ReconfigurationError: this rank must send a layer it does not hold.
     """
-    pairs: dict[tuple[int, int], list[int]] = {}
+    pairs: dict[tuple[int, int], list[Transfer]] = {}
     for transfer in sorted(transfers, key=lambda t: (t.layer, t.src_node, t.dst_node)):
         src = rank_of(transfer.src_node, transfer.layer, True)
         dst = rank_of(transfer.dst_node, transfer.layer, False)
         if rank in (src, dst):
-            pairs.setdefault((src, dst), []).append(transfer.layer)
-    ops: list[dist.P2POp] = []
-    received: dict[int, LayerState] = {}
-    unpack: list[tuple[list[LayerState], torch.Tensor, torch.Tensor]] = []
-    sent = got = 0
-    for (src, dst), layers in sorted(pairs.items()):
-        if src == rank:
-            missing = [layer for layer in layers if layer not in held]
-            if missing:
-                raise ReconfigurationError(f"rank {rank} must send layers {missing} but does not hold them")
-            states = [held[layer] for layer in layers]
-            flat = torch.cat([t.reshape(-1) for state in states for t in state.state_tensors()])
-            steps = torch.tensor([state.step for state in states], dtype=torch.int64, device=flat.device)
-            ops += [dist.P2POp(dist.isend, flat, dst), dist.P2POp(dist.isend, steps, dst)]
-            sent += flat.numel() * flat.element_size()
-        else:
-            states = [make_layer(layer) for layer in layers]
-            size = sum(t.numel() for state in states for t in state.state_tensors())
-            device = states[0].state_tensors()[0].device
-            flat = torch.empty(size, dtype=states[0].state_tensors()[0].dtype, device=device)
-            steps = torch.empty(len(states), dtype=torch.int64, device=device)
-            ops += [dist.P2POp(dist.irecv, flat, src), dist.P2POp(dist.irecv, steps, src)]
-            unpack.append((states, flat, steps))
+            pairs.setdefault((src, dst), []).append(transfer)
+    incoming = [(key, group) for key, group in sorted(pairs.items()) if key[1] == rank and key[0] != rank]
+    outgoing = [(key, group) for key, group in sorted(pairs.items()) if key[0] == rank]
+    start = time.perf_counter()
+    pending: list[tuple[list[tuple[Transfer, LayerState, torch.Tensor, Any]], torch.Tensor, Any]] = []
+    got = 0
+    for (src, _), group in incoming:
+        layers = []
+        for transfer in group:
+            state = make_layer(transfer.layer)
+            tensors = state.state_tensors()
+            size = sum(t.numel() for t in tensors)
+            flat = torch.empty(size, dtype=tensors[0].dtype, device=tensors[0].device)
+            layers.append((transfer, state, flat, comm.call("state transfer", dist.irecv, flat, src)))
             got += flat.numel() * flat.element_size()
-    if ops:
-        comm.wait("state transfer", comm.call("state transfer", dist.batch_isend_irecv, ops))
-    with torch.no_grad():
-        for states, flat, steps in unpack:
-            offset = 0
-            for state, step in zip(states, steps.tolist(), strict=True):
+        steps = torch.empty(len(group), dtype=torch.int64, device=layers[0][2].device)
+        pending.append((layers, steps, comm.call("state transfer", dist.irecv, steps, src)))
+    sends: list[Any] = []
+    sent = 0
+    for (_, dst), group in outgoing:
+        missing = [t.layer for t in group if t.layer not in held]
+        if missing:
+            raise ReconfigurationError(f"rank {rank} must send layers {missing} but does not hold them")
+        states = [held[t.layer] for t in group]
+        for state in states:
+            flat = torch.cat([t.reshape(-1) for t in state.state_tensors()])
+            sends.append(comm.call("state transfer", dist.isend, flat, dst))
+            sent += flat.numel() * flat.element_size()
+        steps = torch.tensor([state.step for state in states], dtype=torch.int64, device=flat.device)
+        sends.append(comm.call("state transfer", dist.isend, steps, dst))
+    received: dict[int, LayerState] = {}
+    copies: list[LayerCopy] = []
+    for layers, steps, steps_work in pending:
+        for transfer, _, flat, work in layers:
+            comm.wait("state transfer", [work])
+            copies.append(
+                LayerCopy(
+                    layer=transfer.layer,
+                    src=transfer.src_node,
+                    dst=transfer.dst_node,
+                    bytes=flat.numel() * flat.element_size(),
+                    ms=(time.perf_counter() - start) * 1e3,
+                )
+            )
+        comm.wait("state transfer", [steps_work])
+        with torch.no_grad():
+            for (_, state, flat, _), step in zip(layers, steps.tolist(), strict=True):
+                offset = 0
                 for tensor in state.state_tensors():
                     tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
                     offset += tensor.numel()
                 state.step = int(step)
                 received[state.index] = state
-    return received, TransferStats(bytes_sent=sent, bytes_received=got)
+    comm.wait("state transfer", sends)
+    return received, TransferStats(bytes_sent=sent, bytes_received=got, copies=tuple(copies))
+
+
+@dataclass(frozen=True, slots=True)
+class TransferHold:
+    """A test hook: in generation ``generation``, every source rank waits ``seconds`` before sending.
+
+    Off unless :data:`TRANSFER_HOLD_ENV` is set. It opens a window, of known length and known
+    position, in which a test can kill the source of a planned copy while its receiver waits
+    for it (the survivors must then re-plan from the committed plan with another source).
+    """
+
+    generation: int
+    seconds: float
+
+
+TRANSFER_HOLD_ENV = "OOBLECK_TRANSFER_HOLD"
+"""``GENERATION:SECONDS``, e.g. ``1:5``: see :class:`TransferHold`. Unset (the default): no hold."""
+
+
+def parse_transfer_hold(text: str | None) -> TransferHold | None:
+    """Parse the value of :data:`TRANSFER_HOLD_ENV`.
+
+    Args:
+        text: the variable's value, or None when unset.
+
+    Returns:
+        The hold, or None for an unset or empty variable.
+
+    Raises:
+        ConfigError: the value is not ``GENERATION:SECONDS`` with a generation >= 1 and seconds > 0.
+    """
+    if not text:
+        return None
+    generation, _, seconds = text.partition(":")
+    try:
+        hold = TransferHold(generation=int(generation), seconds=float(seconds))
+    except ValueError:
+        hold = None
+    if hold is None or hold.generation < 1 or not 0 < hold.seconds < math.inf:
+        raise ConfigError(
+            f"environment {TRANSFER_HOLD_ENV}={text!r}: expected GENERATION:SECONDS with a generation "
+            ">= 1 and seconds > 0 (e.g. 1:5); unset it to turn the hold off"
+        )
+    return hold
+
+
+def hold_sends(
+    hold: TransferHold | None, transfers: Sequence[Transfer], *, generation: int, node: int, comm: Comm
+) -> None:
+    """Apply the :class:`TransferHold` test hook: a source node waits before it sends.
+
+    Called by every rank right before :func:`execute_transfers`; returns at once unless a hold
+    is set for ``generation`` and ``node`` is a source of ``transfers``. Its receivers then wait in
+    their receives. The wait ends early when ``comm`` latches an error (an abort after a failure
+    notice), so a held rank recovers as fast as any other.
+
+    Args:
+        hold: the hook's setting (None: off).
+        transfers: the generation's transfer plan.
+        generation: the generation being configured.
+        node: this rank's node.
+        comm: the generation's communicator.
+    """
+    layers = [t.layer for t in transfers if t.src_node == node]
+    if hold is None or hold.generation != generation or not layers:
+        return
+    logger.warning(
+        "[node %d gen=%d] %s: holding the send of layers %s for %.1f s",
+        node,
+        generation,
+        TRANSFER_HOLD_ENV,
+        layers,
+        hold.seconds,
+    )
+    deadline = time.monotonic() + hold.seconds
+    while time.monotonic() < deadline and comm.error is None:
+        time.sleep(0.01)

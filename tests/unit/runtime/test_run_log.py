@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from oobleck.planning.plan import Plan, Transfer
 from oobleck.runtime.control.membership import Membership
-from oobleck.runtime.run_log import RunLog
+from oobleck.runtime.engine.records import LayerCopy
+from oobleck.runtime.run_log import RunLog, transfer_fields
+
+DATA = Path(__file__).resolve().parent / "data"
 
 STEP = {"step": 7, "loss": 2.5, "step_s": 0.04}
 
@@ -43,3 +47,97 @@ def test_non_reporter_writes_only_its_ledger(tmp_path: Path) -> None:
     ]
     log.step_done(STEP, generation=1, pipeline=2, sample_ids=(), reporter=True)
     assert [row.get("event") for row in _rows(tmp_path / "metrics.jsonl")] == [None]
+
+
+def _copy(layer: int, src: int, dst: int, size_bytes: int) -> Transfer:
+    return Transfer(layer=layer, src_node=src, dst_node=dst, bytes=size_bytes)
+
+
+def _deep_change() -> tuple[Plan, tuple[Transfer, ...]]:
+    """examples/tiny_gpt2_deep.yaml on hosts.local5 (pipelines [0, 1] and [2, 3, 4]) after losing node 4.
+
+    The plan is the planner's, saved as JSON (planning it here would import the model code).
+    """
+    plan = Plan.from_dict(
+        json.loads((DATA / "deep_plan_after_losing_node4.json").read_text()), gpus_per_node=1
+    )
+    transfers = (_copy(1, 0, 2, 599808), _copy(3, 1, 3, 199680), _copy(2, 1, 3, 599808))
+    return plan, transfers
+
+
+def test_transfer_fields_are_job_wide_and_name_each_new_pipeline(tmp_path: Path) -> None:
+    """The recovery record's transfer figures sum every planned copy and give each pipeline's stages."""
+    plan, transfers = _deep_change()
+    fields = transfer_fields(plan, transfers, ())
+    assert fields["layers_copied"] == 3 and fields["transfer_bytes"] == 599808 + 599808 + 199680
+    assert fields["transfers"] == [
+        {"layer": 1, "src": 0, "dst": 2, "bytes": 599808},
+        {"layer": 2, "src": 1, "dst": 3, "bytes": 599808},
+        {"layer": 3, "src": 1, "dst": 3, "bytes": 199680},
+    ]
+    assert fields["pipelines"] == [
+        {
+            "nodes": [0, 1],
+            "microbatches": 4,
+            "stages": [{"node": 0, "layers": [0, 1]}, {"node": 1, "layers": [2, 3]}],
+        },
+        {
+            "nodes": [2, 3],
+            "microbatches": 4,
+            "stages": [{"node": 2, "layers": [0, 1]}, {"node": 3, "layers": [2, 3]}],
+        },
+    ]
+    assert fields["copies"] == [] and transfer_fields(plan, (), ())["transfer_bytes"] == 0
+
+
+def test_receiver_writes_one_transfer_row_per_copy_at_once(tmp_path: Path) -> None:
+    """A receiving worker that is not the reporter writes its copies as transfer rows, before any step."""
+    plan, transfers = _deep_change()
+    copies = (
+        LayerCopy(layer=2, src=1, dst=3, bytes=599808, ms=1.5),
+        LayerCopy(layer=3, src=1, dst=3, bytes=199680, ms=2.0),
+    )
+    log = RunLog(tmp_path, node=3, ledger=False)
+    target = Membership(generation=1, members=(0, 1, 2, 3), lost=(4,), reason="node 4 lost")
+    log.recovery_started(target, noticed=1.0, plan_ready=1.1, timing=transfer_fields(plan, transfers, copies))
+    rows = _rows(tmp_path / "metrics.jsonl")
+    assert [
+        {k: r[k] for k in ("event", "generation", "layer", "src", "dst", "bytes", "ms", "node")} for r in rows
+    ] == [
+        {
+            "event": "transfer",
+            "generation": 1,
+            "layer": 2,
+            "src": 1,
+            "dst": 3,
+            "bytes": 599808,
+            "ms": 1.5,
+            "node": 3,
+        },
+        {
+            "event": "transfer",
+            "generation": 1,
+            "layer": 3,
+            "src": 1,
+            "dst": 3,
+            "bytes": 199680,
+            "ms": 2.0,
+            "node": 3,
+        },
+    ]
+    log.step_done(STEP, generation=1, pipeline=1, sample_ids=(), reporter=False)
+    assert len(_rows(tmp_path / "metrics.jsonl")) == 2
+
+
+def test_reporter_recovery_record_carries_totals_not_its_own_copies(tmp_path: Path) -> None:
+    """The reporter's recovery row has the job-wide totals and the pipelines, and no per-rank copy list."""
+    plan, transfers = _deep_change()
+    log = RunLog(tmp_path, node=0, ledger=False)
+    target = Membership(generation=1, members=(0, 1, 2, 3), lost=(4,), reason="node 4 lost")
+    log.recovery_started(target, noticed=1.0, plan_ready=1.1, timing=transfer_fields(plan, transfers, ()))
+    log.step_done(STEP, generation=1, pipeline=0, sample_ids=(), reporter=True)
+    step, recovery = _rows(tmp_path / "metrics.jsonl")
+    assert "event" not in step and recovery["event"] == "recovery"
+    assert recovery["transfer_bytes"] == 1399296 and recovery["layers_copied"] == 3
+    assert [p["nodes"] for p in recovery["pipelines"]] == [[0, 1], [2, 3]]
+    assert "copies" not in recovery

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -14,17 +15,64 @@ from oobleck.planning.recovery import RecoveryConstants
 from oobleck.planning.step_time import StepConstants
 from oobleck.viz.prediction import (
     calibrate_constants,
+    calibrate_transfer_bandwidth,
     calibration_summary,
     predict_run,
     prediction_errors,
     simulate_run,
+    transfer_summary,
 )
 from oobleck.viz.recovery import simulated_step_errors
-from oobleck.viz.runs import MembershipRecord, RecordedRun, RecoveryRecord, StepRecord
+from oobleck.viz.runs import MembershipRecord, RecordedRun, RecoveryRecord, StepRecord, TransferRecord
 
 HARDWARE = get_hardware("cpu")
 PROFILE = analytic_profile("tiny-gpt2", HARDWARE, microbatch_size=2)
 PHASES = {"detect": 0.01, "plan": 0.04, "rebuild_groups": 0.02, "transfer_state": 0.0, "first_step": 0.03}
+
+
+def _deep_planner() -> Planner:
+    """5 nodes of 5 MB: no node holds tiny GPT-2, so pipelines of 2 and 3 nodes."""
+    hardware = dataclasses.replace(HARDWARE, gpu_memory_bytes=5_000_000)
+    profile = analytic_profile("tiny-gpt2", hardware, microbatch_size=2)
+    return Planner(
+        profile, hardware, fault_tolerance=1, global_microbatches=8, microbatch_size=2, max_nodes=5
+    )
+
+
+def _deep_run(
+    tmp_path: Path, lost: int, transfer_s: float, copies: tuple[TransferRecord, ...] = ()
+) -> RecordedRun:
+    steps = tuple(
+        StepRecord(step=i, generation=int(i >= 5), loss=1.0, samples=16, tokens=512, step_s=0.1, t=10.0 + i)
+        for i in range(10)
+    )
+    memberships = (
+        MembershipRecord(
+            generation=0, members=(0, 1, 2, 3, 4), lost=(), joined=(), failure_at=0.0, detected_at=9.0
+        ),
+        MembershipRecord(
+            generation=1,
+            members=tuple(n for n in range(5) if n != lost),
+            lost=(lost,),
+            joined=(),
+            failure_at=14.5,
+            detected_at=14.5,
+        ),
+    )
+    recovery = RecoveryRecord(phases_s={**PHASES, "transfer_state": transfer_s}, lost=(lost,))
+    return RecordedRun(
+        run_dir=tmp_path, steps=steps, recoveries=(recovery,), memberships=memberships, transfers=copies
+    )
+
+
+def _busiest_bytes(planner: Planner, lost: int) -> int:
+    """The larger of bytes sent and bytes received by the busiest node, counted by hand."""
+    change = planner.reconfigure(planner.plan(range(5)), lost_nodes=[lost])
+    per_direction: dict[tuple[str, int], int] = {}
+    for copy in change.transfers:
+        for key in (("sent", copy.src_node), ("received", copy.dst_node)):
+            per_direction[key] = per_direction.get(key, 0) + copy.bytes
+    return max(per_direction.values())
 
 
 def _run(tmp_path: Path, step_s: tuple[float, float]) -> RecordedRun:
@@ -104,3 +152,38 @@ def test_replay_charges_the_predicted_step_times_before_and_after_the_loss(
     assert before.predicted_s == pytest.approx(predicted.step_before_s, rel=1e-12)
     assert after.predicted_s == pytest.approx(predicted.step_after_s, rel=1e-12)
     assert after.predicted_s < before.predicted_s
+
+
+def test_bandwidth_is_the_busiest_nodes_planned_bytes_over_the_measured_phase(tmp_path: Path) -> None:
+    """Each run's bandwidth is its busiest node's planned bytes over its transfer phase; the median wins."""
+    planner = _deep_planner()
+    runs = [_deep_run(tmp_path, lost, seconds) for lost, seconds in ((0, 0.01), (4, 0.02), (3, 0.04))]
+    rates = sorted(_busiest_bytes(planner, lost) / s for lost, s in ((0, 0.01), (4, 0.02), (3, 0.04)))
+    assert calibrate_transfer_bandwidth(runs, planner) == pytest.approx(rates[1], rel=1e-12)
+    constants = calibrate_constants([r.recoveries[0] for r in runs], transfer_bandwidth_bytes_per_s=rates[1])
+    assert constants.transfer_bandwidth_bytes_per_s == rates[1]
+    predicted = predict_run(runs[2], planner, constants)
+    assert predicted.phases_s["transfer_state"] == pytest.approx(_busiest_bytes(planner, 3) / rates[1])
+
+
+def test_runs_that_copied_nothing_leave_the_bandwidth_unset(tiny_planner: Planner, tmp_path: Path) -> None:
+    """One-node pipelines copy no layer, so no bandwidth is measured and the default stays."""
+    run = _run(tmp_path, (0.02, 0.025))
+    assert calibrate_transfer_bandwidth([run], tiny_planner) is None
+    assert calibrate_constants(run.recoveries).transfer_bandwidth_bytes_per_s is None
+
+
+def test_transfer_summary_lists_planned_and_recorded_copies(tmp_path: Path) -> None:
+    """The summary shows every planned copy and the recorded copies of the recovery's generation only."""
+    planner = _deep_planner()
+    copies = (
+        TransferRecord(generation=1, layer=2, src=0, dst=2, bytes=699776, ms=3.0),
+        TransferRecord(generation=2, layer=9, src=1, dst=3, bytes=1, ms=1.0),
+    )
+    run = _deep_run(tmp_path, 3, 0.01, copies)
+    predicted = predict_run(run, planner, RecoveryConstants())
+    text = transfer_summary(run, predicted)
+    assert f"planned copies ({sum(t.bytes for t in predicted.transfers)} bytes)" in text
+    assert len(predicted.transfers) == 2
+    assert "recorded copies (699776 bytes):\n  layer 2: node 0 -> 2, 699776 bytes, 3.0 ms" in text
+    assert "layer 9" not in text

@@ -15,6 +15,7 @@ from oobleck.viz.recovery import (
     errors_table,
     failure_trace,
     median_errors,
+    plot_prediction_errors,
     plot_recovery_phases,
     plot_run_vs_prediction,
     simulated_step_errors,
@@ -145,3 +146,23 @@ def test_figures_show_both_sides() -> None:
     (ax,) = plot_run_vs_prediction(run, timeline, end_s=4.0).axes
     (dots,) = ax.get_lines()[:1]
     assert list(dots.get_ydata()) == [8.0, 8.0, 4.0]
+
+
+def test_error_figure_has_a_bar_per_quantity_at_the_median_and_a_dot_per_run() -> None:
+    """Bars are the median runs' errors in percent; each run adds one series of dots."""
+    per_run = [
+        (
+            PredictionError(name="transfer_state", predicted_s=0.01, measured_s=m),
+            PredictionError(name="total", predicted_s=0.2, measured_s=t),
+        )
+        for m, t in ((0.008, 0.25), (0.01, 0.2), (0.02, 0.1))
+    ]
+    (ax,) = plot_prediction_errors(median_errors(per_run), per_run).axes
+    assert [round(p.get_width(), 9) for p in ax.patches] == [0.0, 0.0]
+    assert [list(line.get_xdata()) for line in ax.get_lines()[:3]] == [
+        pytest.approx([25.0, -20.0]),
+        pytest.approx([0.0, 0.0]),
+        pytest.approx([-50.0, 100.0]),
+    ]
+    with pytest.raises(ConfigError, match="every run must have the quantities"):
+        plot_prediction_errors(median_errors(per_run), [per_run[0][:1]])

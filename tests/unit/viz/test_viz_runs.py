@@ -87,3 +87,52 @@ def test_bad_run_directories_raise_one_line_config_errors(
     with pytest.raises(ConfigError, match=expected) as caught:
         load_run(tmp_path)
     assert "\n" not in str(caught.value)
+
+
+def test_transfer_rows_become_one_record_per_layer_copy(tmp_path: Path) -> None:
+    """Each ``transfer`` row is one layer copy with its nodes, bytes and milliseconds, in file order."""
+    rows = [
+        _step(0, 100.5),
+        {"event": "transfer", "generation": 1, "layer": 3, "src": 2, "dst": 1, "bytes": 1000, "ms": 2.5},
+        {"event": "transfer", "generation": 1, "layer": 2, "src": 4, "dst": 1, "bytes": 500, "ms": 1.0},
+    ]
+    run = load_run(_write(tmp_path / "run", rows))
+    assert [(t.layer, t.src, t.dst, t.bytes, t.ms) for t in run.transfers] == [
+        (3, 2, 1, 1000, 2.5),
+        (2, 4, 1, 500, 1.0),
+    ]
+    assert run.transfers[0].generation == 1
+
+
+def test_a_transfer_row_missing_its_bytes_is_a_one_line_error(tmp_path: Path) -> None:
+    """A malformed transfer row names the file, the line and the row kind."""
+    rows = [
+        _step(0, 100.5),
+        {"event": "transfer", "generation": 1, "layer": 3, "src": 2, "dst": 1, "ms": 2.5},
+    ]
+    with pytest.raises(ConfigError, match=r"metrics.jsonl:2: malformed transfer row"):
+        load_run(_write(tmp_path / "run", rows))
+
+
+def test_the_transfer_phase_is_the_slowest_receivers_and_the_total_is_kept(tmp_path: Path) -> None:
+    """A reporter that received nothing: its first step's wait for the copies becomes the transfer phase."""
+    phases = {
+        "detect": 0.01,
+        "plan": 0.02,
+        "rebuild_groups": 0.03,
+        "transfer_state": 0.001,
+        "first_step": 0.2,
+    }
+    rows = [
+        _step(0, 100.5),
+        {"event": "recovery", "generation": 1, "phases_s": phases},
+        {"event": "transfer", "generation": 1, "layer": 0, "src": 2, "dst": 3, "bytes": 10, "ms": 10.0},
+        {"event": "transfer", "generation": 1, "layer": 1, "src": 3, "dst": 2, "bytes": 20, "ms": 16.0},
+        {"event": "transfer", "generation": 2, "layer": 1, "src": 3, "dst": 2, "bytes": 20, "ms": 900.0},
+    ]
+    (recovery,) = load_run(_write(tmp_path / "run", rows)).recoveries
+    assert recovery.phases_s["transfer_state"] == pytest.approx(0.016)
+    assert recovery.phases_s["first_step"] == pytest.approx(0.2 - 0.015)
+    assert recovery.total_s == pytest.approx(sum(phases.values()))
+    plain = load_run(_write(tmp_path / "plain", rows[:2])).recoveries[0]
+    assert plain.phases_s == phases
