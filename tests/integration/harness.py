@@ -90,7 +90,9 @@ def _steps_done(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return -1
-    steps = [json.loads(x).get("step", -1) for x in path.read_text().splitlines() if '"loss"' in x]
+    # NOTE: only complete lines: a worker may be half-way through appending the last one.
+    lines = path.read_text().split("\n")[:-1]
+    steps = [json.loads(x).get("step", -1) for x in lines if '"loss"' in x]
     return max(steps, default=-1)
 
 
