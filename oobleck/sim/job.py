@@ -11,7 +11,8 @@ Assumptions:
       during a checkpoint (which is then not committed) or a recovery (which then starts over from
       the policy's new answer, the time already spent staying recovery time). An event that needs
       no new recovery lets the interrupted checkpoint or recovery resume where it stopped.
-    * A recovery's whole predicted duration trains nothing, its first step included.
+    * A recovery's whole duration trains nothing; what follows trains at the new configuration's
+      rate (a policy whose first step after a recovery is slower charges the excess as recovery).
     * A recovery without rollback (a grow, a reroute) carries the step in flight over: its
       completed fraction continues in the new configuration.
     * The run stops at the horizon; the step in flight counts pro rata.
@@ -169,6 +170,8 @@ class TrainingJob:
         elif mode is Mode.RECOVER:
             assert self.pending is not None  # NOTE: RECOVER is only chosen with a pending recovery.
             self.config = self.pending.config
+            if self.pending.kind == "restart" and self.policy.checkpoint_after_restart:
+                self.checkpoint_due = True
             self.pending = None
             self.progress_s = 0.0
             if self.config is not None:

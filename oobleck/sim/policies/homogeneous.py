@@ -98,19 +98,38 @@ class HomogeneousPlanner:
         mask = tuple(allowed(self.templates[int(d)]) for d in self._depths) if allowed else None
         return self._best_depth(num_nodes, mask)
 
+    @property
+    def depths(self) -> tuple[int, ...]:
+        """Pipeline depths (nodes per pipeline) with a template, ascending."""
+        return tuple(int(depth) for depth in self._depths)
+
+    def widths(self, num_nodes: int) -> np.ndarray:
+        """Width of each depth's homogeneous plan on ``num_nodes`` nodes (0: does not fit)."""
+        return np.minimum(num_nodes // self._depths, self.context.global_microbatches // self._stages)
+
     @functools.lru_cache(maxsize=4096)  # noqa: B019  # NOTE: one planner per run; bounded cache.
-    def _best_depth(self, num_nodes: int, mask: tuple[bool, ...] | None) -> int:
+    def step_times(self, num_nodes: int) -> tuple[float, ...]:
+        """Step seconds of each depth's homogeneous plan on ``num_nodes`` nodes (``inf``: no fit).
+
+        The cost model's formula for identical pipelines, vectorised over depths: slowest pipeline
+        ``sum + (ceil(B / w) - 1) * max`` plus the ring all-reduce of the largest stage's gradients,
+        plus the step constants' fixed ``step_overhead_s`` (their scales are not applied: ranking
+        shapes only needs the relative price).
+        """
         batch = self.context.global_microbatches
-        width = np.minimum(num_nodes // self._depths, batch // self._stages)
-        ok = width >= 1
-        if mask is not None:
-            ok &= np.array(mask)
-        if not ok.any():
-            raise PlanningError(f"no homogeneous pipeline fits on {num_nodes} nodes")
+        width = self.widths(num_nodes)
         safe = np.maximum(width, 1)
         per_pipeline = -(-batch // safe)
         sync = np.where(safe > 1, 2 * (safe - 1) / safe * self._grad, 0.0)
         sync = sync / self.context.hardware.inter_node_bandwidth_bytes_per_s
-        step = self._sum + (per_pipeline - 1) * self._max + sync
-        step = np.where(ok, step, np.inf)
+        step = self._sum + (per_pipeline - 1) * self._max + sync + self.context.costs.step.step_overhead_s
+        return tuple(float(value) for value in np.where(width >= 1, step, np.inf))
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019  # NOTE: one planner per run; bounded cache.
+    def _best_depth(self, num_nodes: int, mask: tuple[bool, ...] | None) -> int:
+        step = np.array(self.step_times(num_nodes))
+        if mask is not None:
+            step = np.where(np.array(mask), step, np.inf)
+        if not np.isfinite(step).any():
+            raise PlanningError(f"no homogeneous pipeline fits on {num_nodes} nodes")
         return int(self._depths[int(np.argmin(step))])

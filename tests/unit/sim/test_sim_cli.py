@@ -116,7 +116,7 @@ def test_unknown_cost_key_exits_2_listing_valid_keys(
 
 def test_cost_overrides_change_the_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A --costs file that makes restarts slower lowers checkpoint's samples for the same trace."""
-    argv = [*_SMALL, "--fail-rate", "0.2", "--policy", "checkpoint", "--seed", "2"]
+    argv = [*_SMALL, "--fail-rate", "0.2", "--repair-hours", "0.2", "--policy", "checkpoint", "--seed", "2"]
     base, slow = tmp_path / "base.json", tmp_path / "slow.json"
     costs = tmp_path / "costs.json"
     costs.write_text(json.dumps({"restart_s": 900}))
