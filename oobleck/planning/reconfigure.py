@@ -13,9 +13,10 @@ Assumptions:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,11 +71,17 @@ def reconfigure(
 ) -> Reconfiguration:
     """Re-plan after nodes are lost and/or join, moving as little state as the rules allow.
 
-    Rules, in order: drop lost nodes keeping the survivors' order; fill pipelines below ``n0``
+    Rules, in order: the plan's spare nodes take the places of lost nodes (pipeline order, then
+    position; a failure absorbed so changes no template and moves no other pipeline's layers);
+    drop the remaining lost nodes keeping the survivors' order; fill pipelines below ``n0``
     with joined nodes, then by borrowing the largest pipeline's nodes while it stays >= ``n0``, then
     by merging short pipelines (a leftover joins the smallest pipeline); split the largest pipeline
     while fewer than ``f + 1`` remain and it has >= ``2 * n0`` nodes; remaining joined nodes form new
-    pipelines if they reach ``n0``, else grow the smallest pipelines. Where a rule leaves a choice
+    pipelines if they reach ``n0``, else grow the smallest pipelines. Nodes no rule can use stay
+    idle as spares: joined nodes when the plan already had spares (it was planned with idle nodes
+    because more nodes do not help), a joined node when every pipeline has the largest template's
+    size or when with it the batch cannot be split, a merge leftover that would exceed the largest
+    template. Where a rule leaves a choice
     (which end of a donor, which order inside a merged pipeline), the one that copies fewer bytes
     wins, ties to the listed order. Called once per membership change, on every node alike.
 
@@ -91,44 +98,90 @@ def reconfigure(
 
     Raises:
         ConfigError: a lost node is unknown or repeated, or a joined node is repeated or a member.
-        ReconfigurationError: fewer than ``n0`` nodes remain, every replica of a layer was lost, or
-            the batch cannot be split over the new pipelines.
+        ReconfigurationError: no valid plan exists: fewer than ``n0`` nodes remain, every replica
+            of a layer was lost, or the batch cannot be split over the surviving pipelines (more
+            stages than microbatches). Any number of simultaneous losses is reconfigured otherwise.
     """
     lost, joined = _validated_change(plan, lost_nodes, joined_nodes)
     by_size = {template.num_nodes: template for template in templates}
-    smallest, largest = min(by_size), max(by_size)
+    smallest = min(by_size)
     survivors = len(plan.nodes) - len(lost)
     if survivors + len(joined) < smallest:
         raise ReconfigurationError(
             f"{survivors} surviving + {len(joined)} joined nodes are fewer than the {smallest} nodes the "
             f"smallest pipeline needs; restart from a checkpoint with more nodes"
         )
-    lost_set = set(lost)
     layer_bytes = LayerBytes.of(profile)
-    old_ranges: dict[int, tuple[int, int]] = {}
-    for pipeline in plan.pipelines:
-        old_ranges.update(zip(pipeline.nodes, node_ranges(pipeline.template), strict=True))
-    shaper = _Shaper(by_size, smallest, largest, layer_bytes, old_ranges)
-    groups = [[node for node in pipeline.nodes if node not in lost_set] for pipeline in plan.pipelines]
-    groups = [group for group in groups if group]
-    spare = list(joined)
-    for group in groups:
-        while len(group) < smallest and spare:
-            group.append(spare.pop(0))
-    shaper.borrow(groups)
-    groups = shaper.merge(groups)
-    shaper.split(groups, plan.fault_tolerance + 1)
-    shaper.join(groups, spare, plan.fault_tolerance + 1)
-    new_plan = _build_plan(plan, groups, by_size, profile, hardware)
-    transfers = plan_transfers(plan, new_plan, lost_set, layer_bytes)
+    new_plan = full_replan(plan, lost, joined, by_size, profile, hardware)
+    transfers = plan_transfers(plan, new_plan, set(lost), layer_bytes)
     logger.info(
-        "reconfigured: lost %s joined %s -> %d pipelines, %d transfers",
+        "reconfigured: lost %s joined %s -> %d pipelines, %d spares, %d transfers",
         list(lost),
         list(joined),
         len(new_plan.pipelines),
+        len(new_plan.spare_nodes),
         len(transfers),
     )
     return Reconfiguration(plan=new_plan, transfers=transfers, lost_nodes=lost, joined_nodes=joined)
+
+
+def full_replan(
+    plan: Plan,
+    lost: Sequence[int],
+    joined: Sequence[int],
+    by_size: dict[int, PipelineTemplate],
+    profile: ModelProfile,
+    hardware: HardwareSpec,
+) -> Plan:
+    """The rules of :func:`reconfigure` applied to every pipeline of ``plan`` (O(nodes)).
+
+    The reference the incremental re-plan must agree with, and its fallback where it does not
+    apply. ``lost`` and ``joined`` are validated and sorted.
+    """
+    lost_set = set(lost)
+    old_ranges: dict[int, tuple[int, int]] = {}
+    for pipeline in plan.pipelines:
+        old_ranges.update(zip(pipeline.nodes, node_ranges(pipeline.template), strict=True))
+    shaper = _Shaper(by_size, min(by_size), max(by_size), LayerBytes.of(profile), old_ranges.get)
+    spares = [node for node in plan.spare_nodes if node not in lost_set]
+    groups = [take_spares(pipeline.nodes, lost_set, spares) for pipeline in plan.pipelines]
+    groups = [group for group in groups if group]
+    # NOTE: a plan that leaves nodes idle was planned so because more nodes do not help; joined
+    # nodes then wait as spares too (a fresh plan() on all nodes may re-decide).
+    incoming = [] if plan.spare_nodes else list(joined)
+    idle = [*spares, *joined] if plan.spare_nodes else spares
+    for group in groups:
+        while len(group) < shaper.smallest and incoming:
+            group.append(incoming.pop(0))
+    shaper.borrow(groups)
+    groups, leftover = shaper.merge(groups)
+    shaper.split(groups, plan.fault_tolerance + 1)
+    idle.extend(leftover)
+    idle.extend(shaper.join(groups, incoming, plan.fault_tolerance + 1))
+    try:
+        return _build_plan(plan, groups, tuple(sorted(idle)), by_size, profile, hardware)
+    except ReconfigurationError:
+        if not incoming:
+            raise
+    # NOTE: the joined nodes made the batch unsplittable (more stages than microbatches): without
+    # them the plan is the loss-only one, and they wait as spares.
+    shrunk = full_replan(plan, lost, (), by_size, profile, hardware)
+    return dataclasses.replace(shrunk, spare_nodes=tuple(sorted([*shrunk.spare_nodes, *joined])))
+
+
+def take_spares(nodes: Sequence[int], lost: set[int], spares: list[int]) -> list[int]:
+    """A pipeline's surviving nodes, each lost one replaced in place by the lowest spare (in place).
+
+    Spares are taken in pipeline order, then position order, so the first failures are absorbed
+    without changing any template: the pipeline keeps its shape and only the spare receives state.
+    """
+    group = list(nodes)
+    if lost.isdisjoint(group):
+        return group
+    for position, node in enumerate(group):
+        if node in lost and spares:
+            group[position] = spares.pop(0)
+    return [node for node in group if node not in lost]
 
 
 @dataclass
@@ -139,7 +192,8 @@ class _Shaper:
     smallest: int
     largest: int
     layer_bytes: LayerBytes
-    old_ranges: dict[int, tuple[int, int]]
+    old_range: Callable[[int], tuple[int, int] | None]
+    """A node's layer range in the plan in force (None: it held none)."""
 
     def cost(self, group: Sequence[int]) -> int:
         """Bytes the nodes of ``group`` must receive to play its template (0 without one)."""
@@ -147,7 +201,7 @@ class _Shaper:
         if template is None:
             return 0
         return sum(
-            self.layer_bytes.missing(span, self.old_ranges.get(node))
+            self.layer_bytes.missing(span, self.old_range(node))
             for node, span in zip(group, node_ranges(template), strict=True)
         )
 
@@ -176,7 +230,12 @@ class _Shaper:
                 )
                 receiver[:], donor[:] = new_receiver, new_donor
 
-    def merge(self, groups: list[list[int]]) -> list[list[int]]:
+    def merge(self, groups: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+        """Short groups merged in order; a leftover joins the smallest pipeline.
+
+        Returns the groups and the nodes left idle: a leftover that would make its pipeline larger
+        than the largest template stays idle as spares instead (a valid plan without them exists).
+        """
         merged: list[list[int]] = []
         pending: list[int] = []
         for group in groups:
@@ -194,8 +253,10 @@ class _Shaper:
                 )
             # NOTE: the leftover joins the smallest pipeline; among equals the later one.
             target = max(reversed(range(len(merged))), key=lambda i: -len(merged[i]))
+            if len(merged[target]) + len(pending) > self.largest:
+                return merged, pending
             merged[target] = self.cheapest([(merged[target] + pending,), (pending + merged[target],)])[0]
-        return merged
+        return merged, []
 
     def split(self, groups: list[list[int]], wanted: int) -> None:
         while len(groups) < wanted:
@@ -207,7 +268,8 @@ class _Shaper:
             head, tail = self.cheapest([(group[:-cut], group[-cut:]), (group[:cut], group[cut:])])
             groups[index : index + 1] = [head, tail]
 
-    def join(self, groups: list[list[int]], spare: list[int], wanted: int) -> None:
+    def join(self, groups: list[list[int]], spare: list[int], wanted: int) -> list[int]:
+        """Joined nodes form new pipelines or grow the smallest; returns those that fit nowhere."""
         if len(spare) >= self.smallest:
             count = -(-len(spare) // self.largest)
             if len(groups) < wanted:
@@ -217,16 +279,17 @@ class _Shaper:
                 size = len(spare) // count + (1 if index < len(spare) % count else 0)
                 groups.append(spare[start : start + size])
                 start += size
-            return
+            return []
+        idle = []
         for node in spare:
             open_groups = [g for g in groups if len(g) < self.largest]
             if not open_groups:
-                raise ReconfigurationError(
-                    f"joined node {node} fits nowhere: every pipeline already has {self.largest} nodes, "
-                    f"the largest template; generate templates for more nodes"
-                )
+                # NOTE: every pipeline already has the largest template's size: a spare.
+                idle.append(node)
+                continue
             target = min(open_groups, key=len)
             target[:] = self.cheapest([([*target, node],), ([node, *target],)])[0]
+        return idle
 
 
 def _validated_change(
@@ -254,6 +317,7 @@ def _validated_change(
 def _build_plan(
     old: Plan,
     groups: list[list[int]],
+    spare_nodes: tuple[int, ...],
     by_size: dict[int, PipelineTemplate],
     profile: ModelProfile,
     hardware: HardwareSpec,
@@ -279,4 +343,5 @@ def _build_plan(
         microbatch_size=old.microbatch_size,
         fault_tolerance=old.fault_tolerance,
         iteration_time_s=plan_iteration_time_s(pipelines, profile, hardware),
+        spare_nodes=spare_nodes,
     )
