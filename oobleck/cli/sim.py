@@ -107,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--allow-empty-trace", action="store_true", help="accept a --trace without any membership change")
     add(
+        "--remove-every-minutes",
+        type=float,
+        metavar="M",
+        help="the Oobleck paper's synthetic trace: remove one node every M minutes (seeded order)",
+    )
+    add(
+        "--remove-until-nodes",
+        type=int,
+        default=defaults.remove_until_nodes,
+        help="with --remove-every-minutes: stop removing when this many nodes remain",
+    )
+    add(
         "--fault-tolerance",
         type=int,
         default=defaults.fault_tolerance,
@@ -151,6 +163,8 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         policies=policies,
         trace=args.trace,
         allow_empty_trace=args.allow_empty_trace,
+        remove_every_minutes=args.remove_every_minutes,
+        remove_until_nodes=args.remove_until_nodes,
         mtbf_hours=args.mtbf_hours,
         repair_hours=args.repair_hours,
         repair_distribution=args.repair_distribution,

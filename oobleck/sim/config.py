@@ -44,6 +44,11 @@ class SimulationConfig:
     """Policies to compare, each on the same failure trace."""
     trace: str | None = None
     """CSV trace ``time_ms,add|remove,node<k>`` to replay instead of the synthetic failure model."""
+    remove_every_minutes: float | None = None
+    """The Oobleck paper's synthetic trace instead of the failure model: one node removed every this
+    many minutes (seeded order) until ``remove_until_nodes`` remain; ``None``: off."""
+    remove_until_nodes: int = 15
+    """Nodes left when the periodic removals stop (the paper: 30 -> 15)."""
     allow_empty_trace: bool = False
     """Accept a replayed trace without any membership change (otherwise an error: an empty file is
     more often a mistake than an experiment)."""
@@ -77,6 +82,8 @@ class SimulationConfig:
             raise ConfigError(
                 f"--nodes must be at most {MAX_NODES:,} (the simulator's documented bound), got {self.nodes:,}"
             )
+        if self.remove_every_minutes is not None and self.trace is not None:
+            raise ConfigError("--remove-every-minutes and --trace both give the trace; pass one of them")
         if self.mtbf_hours is not None and not (math.isfinite(self.mtbf_hours) and self.mtbf_hours > 0):
             raise ConfigError(f"--mtbf-hours must be a number > 0 (hours), got {self.mtbf_hours!r}")
         # NOTE: the failure model checks its own flags (rates, repair, rack size); build it once here

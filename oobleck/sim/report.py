@@ -94,12 +94,13 @@ def seeds_table(result: SeedsResult) -> Table:
     seeds = result.seeds
     expected = expected_failures(config)
     drawn = ", ".join(str(count) for count in result.failures)
+    title = (
+        f"{config.model} on {config.nodes} x {config.hardware}, {config.hours:g} h, {source}, "
+        f"f={config.fault_tolerance}, n0={result.runs[0].min_nodes}, seeds {seeds[0]}..{seeds[-1]}"
+    )
     table = Table(
-        title=(
-            f"{config.model} on {config.nodes} x {config.hardware}, {config.hours:g} h, {source}, "
-            f"f={config.fault_tolerance}, n0={result.runs[0].min_nodes}, "
-            f"{len(seeds)} seeds {seeds[0]}..{seeds[-1]}"
-        ),
+        title=title,
+        min_width=len(title),
         caption="\n".join(
             [
                 f"mean ± 95% interval over {len(seeds)} seeds, every policy on the same {len(seeds)} traces",

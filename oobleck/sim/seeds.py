@@ -126,6 +126,9 @@ def expected_failures(config: SimulationConfig) -> float:
     ``1/lambda``) and down (mean ``R``), so it fails ``lambda T / (1 + lambda R)`` times (renewal
     approximation; exact as ``T`` grows). A rack failure counts each of its nodes.
     """
+    if config.remove_every_minutes is not None:
+        removals = min(config.nodes - config.remove_until_nodes, int(config.hours * 60 // config.remove_every_minutes))
+        return float(max(removals, 0))
     if config.trace is not None:
         return math.nan
     hours = config.hours

@@ -27,7 +27,13 @@ from oobleck.sim.base import JobContext, Policy
 from oobleck.sim.cluster import Cluster
 from oobleck.sim.config import SimulationConfig
 from oobleck.sim.costs import checkpoint_bytes
-from oobleck.sim.failures import SECONDS_PER_HOUR, FailureTrace, generate_trace, read_trace
+from oobleck.sim.failures import (
+    SECONDS_PER_HOUR,
+    FailureTrace,
+    generate_trace,
+    periodic_removal_trace,
+    read_trace,
+)
 from oobleck.sim.job import TrainingJob
 from oobleck.sim.metrics import PolicyResult, TimelinePoint
 from oobleck.sim.policies.bamboo import BambooPolicy
@@ -165,6 +171,10 @@ def _trace(config: SimulationConfig, horizon_s: float) -> FailureTrace:
     Raises:
         ConfigError: an unreadable or invalid trace, or an empty one without ``allow_empty_trace``.
     """
+    if config.remove_every_minutes is not None:
+        every_s = config.remove_every_minutes * 60.0
+        rng = random.Random(config.seed)
+        return periodic_removal_trace(config.nodes, every_s, config.remove_until_nodes, rng).until(horizon_s)
     if config.trace is None:
         return generate_trace(config.failure_model(), config.nodes, config.hours, random.Random(config.seed))
     trace = read_trace(config.trace, config.nodes)
@@ -182,8 +192,11 @@ def _configured_rates(config: SimulationConfig) -> dict[str, float | int]:
     ``mtbf_hours`` (a replayed trace's expected cluster MTBF) overrides the per-node and per-rack
     rates; otherwise they are ``fail_rate`` and ``rack_fail_rate``.
     """
-    if config.mtbf_hours is not None:
-        node_rate = 1.0 / (config.mtbf_hours * SECONDS_PER_HOUR * config.nodes)
+    mtbf_hours = config.mtbf_hours
+    if mtbf_hours is None and config.remove_every_minutes is not None:
+        mtbf_hours = config.remove_every_minutes / 60.0  # NOTE: the removal period is the configured MTBF.
+    if mtbf_hours is not None:
+        node_rate = 1.0 / (mtbf_hours * SECONDS_PER_HOUR * config.nodes)
         return {"node_fail_rate_per_s": node_rate, "rack_size": 0, "rack_fail_rate_per_s": 0.0}
     return {
         "node_fail_rate_per_s": config.fail_rate / SECONDS_PER_HOUR,

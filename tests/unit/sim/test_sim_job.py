@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from oobleck.sim import SimulationConfig, SimulationResult, simulate
+from oobleck.planning.recovery import RecoveryConstants
+from oobleck.sim import SimCosts, SimulationConfig, SimulationResult, simulate
 from oobleck.sim.costs import checkpoint_bytes, checkpoint_save_s, daly_interval_s
 
 
@@ -124,3 +125,37 @@ def test_oobleck_reconfigures_beyond_f_and_restarts_only_without_a_valid_plan(
     assert row.recoveries == {"wait": 1, "restart": 1}
     assert row.breakdown_s["lost"] == pytest.approx(3600.0)
     assert row.breakdown_s["checkpoint"] == 0.0
+
+
+def test_batched_checkpoint_cycles_account_exactly_like_one_phase_each(
+    small_config: SimulationConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Running whole checkpoint cycles as one phase changes no result: samples, breakdown and
+    recoveries equal the phase-by-phase run on failures that strike inside writes and trainings."""
+    from oobleck.sim.job import TrainingJob
+
+    config = dataclasses.replace(
+        small_config,
+        hardware="a100-40",
+        policies=("checkpoint", "varuna", "oobleck"),
+        fail_rate=0.05,
+        repair_hours=0.5,
+        hours=12.0,
+        seed=5,
+        # NOTE: slow writes (minutes) so that many failures strike inside one.
+        costs=SimCosts(
+            checkpoint_interval_s=300.0,
+            fallback_checkpoint_interval_s=400.0,
+            recovery=RecoveryConstants(checkpoint_save_bandwidth_bytes_per_s=2e6),
+        ),
+    )
+    batched = simulate(config)
+    monkeypatch.setattr(TrainingJob, "batch_cycles", False)
+    reference = simulate(config)
+    for fast, slow in zip(batched.results, reference.results, strict=True):
+        assert fast.recoveries == slow.recoveries
+        assert fast.samples == pytest.approx(slow.samples, rel=1e-9)
+        for key, value in slow.breakdown_s.items():
+            assert fast.breakdown_s[key] == pytest.approx(value, rel=1e-9, abs=1e-6)
+    assert sum(batched.result("checkpoint").recoveries.values()) > 10
+    assert batched.result("varuna").breakdown_s["checkpoint"] > 0.2 * 12 * 3600.0
