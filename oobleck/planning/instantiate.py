@@ -130,9 +130,7 @@ def instantiate(
             Pipeline(template=template, nodes=nodes[start : start + template.num_nodes], microbatches=count)
         )
         start += template.num_nodes
-    logger.debug(
-        "instantiated %s on %d of %d nodes", dict(sorted(counts.items())), start, len(nodes)
-    )
+    logger.debug("instantiated %s on %d of %d nodes", dict(sorted(counts.items())), start, len(nodes))
     return Plan(
         pipelines=tuple(pipelines),
         spare_nodes=nodes[start:],
@@ -349,7 +347,7 @@ class _Knapsack:
                 continue
             shifted = table[:, : width - weight, : depth - used] + gain
             tail_start = max(full - take, 0)
-            before = table.copy() if record else None
+            before = table.copy() if record else table
             if take < full:
                 target = table[take:full, weight:, used:]
                 np.maximum(target, shifted[: full - take], out=target)

@@ -13,10 +13,11 @@ Assumptions:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,18 @@ from oobleck.errors import ConfigError, PlanningError, ReconfigurationError
 from oobleck.planning.batch import distribute_batch
 from oobleck.planning.cost import plan_iteration_time_s
 from oobleck.planning.hardware import HardwareSpec
+from oobleck.planning.index import attach, take_index
 from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Transfer
 from oobleck.planning.profile import ModelProfile
-from oobleck.planning.transfer import LayerBytes, node_ranges, plan_transfers
+from oobleck.planning.replan import IndexHolders, incremental_replan
+from oobleck.planning.rules import Shaper, take_spares
+from oobleck.planning.transfer import (
+    LayerBytes,
+    assign_transfers,
+    node_ranges,
+    pipeline_demands,
+    plan_transfers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +122,20 @@ def reconfigure(
             f"smallest pipeline needs; restart from a checkpoint with more nodes"
         )
     layer_bytes = LayerBytes.of(profile)
-    new_plan = full_replan(plan, lost, joined, by_size, profile, hardware)
-    transfers = plan_transfers(plan, new_plan, set(lost), layer_bytes)
+    index = take_index(plan)
+    try:
+        shaper = Shaper(by_size, smallest, max(by_size), layer_bytes, index.old_range)
+        incremental = incremental_replan(plan, index, lost, joined, by_size, profile, hardware, shaper)
+        if incremental is None:
+            new_plan = full_replan(plan, lost, joined, by_size, profile, hardware)
+            transfers = plan_transfers(plan, new_plan, set(lost), layer_bytes)
+        else:
+            new_plan, edits, touched = incremental
+            demands = pipeline_demands(touched, index.old_range)
+            transfers = assign_transfers(demands, IndexHolders(index, plan, set(lost)), layer_bytes)
+            attach(new_plan, index, index.commit(edits))
+    finally:
+        index.lock.release()
     logger.info(
         "reconfigured: lost %s joined %s -> %d pipelines, %d spares, %d transfers",
         list(lost),
@@ -125,7 +147,7 @@ def reconfigure(
     return Reconfiguration(plan=new_plan, transfers=transfers, lost_nodes=lost, joined_nodes=joined)
 
 
-def full_replan(
+def full_replan(  # noqa: PLR0917 - the inputs of reconfigure, validated; the tests call it directly
     plan: Plan,
     lost: Sequence[int],
     joined: Sequence[int],
@@ -142,10 +164,14 @@ def full_replan(
     old_ranges: dict[int, tuple[int, int]] = {}
     for pipeline in plan.pipelines:
         old_ranges.update(zip(pipeline.nodes, node_ranges(pipeline.template), strict=True))
-    shaper = _Shaper(by_size, min(by_size), max(by_size), LayerBytes.of(profile), old_ranges.get)
+    shaper = Shaper(by_size, min(by_size), max(by_size), LayerBytes.of(profile), old_ranges.get)
     spares = [node for node in plan.spare_nodes if node not in lost_set]
     groups = [take_spares(pipeline.nodes, lost_set, spares) for pipeline in plan.pipelines]
     groups = [group for group in groups if group]
+    if not groups:
+        raise ReconfigurationError(
+            "every pipeline lost all its nodes, so every layer lost every replica; restore from a checkpoint"
+        )
     # NOTE: a plan that leaves nodes idle was planned so because more nodes do not help; joined
     # nodes then wait as spares too (a fresh plan() on all nodes may re-decide).
     incoming = [] if plan.spare_nodes else list(joined)
@@ -169,133 +195,10 @@ def full_replan(
     return dataclasses.replace(shrunk, spare_nodes=tuple(sorted([*shrunk.spare_nodes, *joined])))
 
 
-def take_spares(nodes: Sequence[int], lost: set[int], spares: list[int]) -> list[int]:
-    """A pipeline's surviving nodes, each lost one replaced in place by the lowest spare (in place).
-
-    Spares are taken in pipeline order, then position order, so the first failures are absorbed
-    without changing any template: the pipeline keeps its shape and only the spare receives state.
-    """
-    group = list(nodes)
-    if lost.isdisjoint(group):
-        return group
-    for position, node in enumerate(group):
-        if node in lost and spares:
-            group[position] = spares.pop(0)
-    return [node for node in group if node not in lost]
-
-
-@dataclass
-class _Shaper:
-    """Applies the borrow / merge / split / join rules to lists of node ids, in place."""
-
-    by_size: dict[int, PipelineTemplate]
-    smallest: int
-    largest: int
-    layer_bytes: LayerBytes
-    old_range: Callable[[int], tuple[int, int] | None]
-    """A node's layer range in the plan in force (None: it held none)."""
-
-    def cost(self, group: Sequence[int]) -> int:
-        """Bytes the nodes of ``group`` must receive to play its template (0 without one)."""
-        template = self.by_size.get(len(group))
-        if template is None:
-            return 0
-        return sum(
-            self.layer_bytes.missing(span, self.old_range(node))
-            for node, span in zip(group, node_ranges(template), strict=True)
-        )
-
-    def cheapest(self, options: Sequence[tuple[list[int], ...]]) -> tuple[list[int], ...]:
-        """The option whose groups need the fewest bytes; ties go to the earliest option."""
-        return min(options, key=lambda option: sum(self.cost(group) for group in option))
-
-    def borrow(self, groups: list[list[int]]) -> None:
-        for receiver in groups:
-            while len(receiver) < self.smallest:
-                donors = [g for g in groups if g is not receiver and len(g) > self.smallest]
-                if not donors:
-                    break
-                # NOTE: the largest donor; among equals the later one, as the original does.
-                donor = max(reversed(donors), key=len)
-                give = min(self.smallest - len(receiver), len(donor) - self.smallest)
-                keep_tail, keep_head = donor[: len(donor) - give], donor[give:]
-                last, first = donor[len(donor) - give :], donor[:give]
-                new_receiver, new_donor = self.cheapest(
-                    [
-                        (receiver + last, keep_tail),
-                        (last + receiver, keep_tail),
-                        (receiver + first, keep_head),
-                        (first + receiver, keep_head),
-                    ]
-                )
-                receiver[:], donor[:] = new_receiver, new_donor
-
-    def merge(self, groups: list[list[int]]) -> tuple[list[list[int]], list[int]]:
-        """Short groups merged in order; a leftover joins the smallest pipeline.
-
-        Returns the groups and the nodes left idle: a leftover that would make its pipeline larger
-        than the largest template stays idle as spares instead (a valid plan without them exists).
-        """
-        merged: list[list[int]] = []
-        pending: list[int] = []
-        for group in groups:
-            if len(group) >= self.smallest:
-                merged.append(group)
-                continue
-            pending = self.cheapest([(pending + group,), (group + pending,)])[0] if pending else group
-            if len(pending) >= self.smallest:
-                merged.append(pending)
-                pending = []
-        if pending:
-            if not merged:
-                raise ReconfigurationError(
-                    f"only {len(pending)} nodes remain, the smallest pipeline needs {self.smallest}"
-                )
-            # NOTE: the leftover joins the smallest pipeline; among equals the later one.
-            target = max(reversed(range(len(merged))), key=lambda i: -len(merged[i]))
-            if len(merged[target]) + len(pending) > self.largest:
-                return merged, pending
-            merged[target] = self.cheapest([(merged[target] + pending,), (pending + merged[target],)])[0]
-        return merged, []
-
-    def split(self, groups: list[list[int]], wanted: int) -> None:
-        while len(groups) < wanted:
-            index = max(reversed(range(len(groups))), key=lambda i: len(groups[i]))
-            group = groups[index]
-            if len(group) < 2 * self.smallest:
-                return
-            cut = self.smallest
-            head, tail = self.cheapest([(group[:-cut], group[-cut:]), (group[:cut], group[cut:])])
-            groups[index : index + 1] = [head, tail]
-
-    def join(self, groups: list[list[int]], spare: list[int], wanted: int) -> list[int]:
-        """Joined nodes form new pipelines or grow the smallest; returns those that fit nowhere."""
-        if len(spare) >= self.smallest:
-            count = -(-len(spare) // self.largest)
-            if len(groups) < wanted:
-                count = max(count, min(wanted - len(groups), len(spare) // self.smallest))
-            start = 0
-            for index in range(count):
-                size = len(spare) // count + (1 if index < len(spare) % count else 0)
-                groups.append(spare[start : start + size])
-                start += size
-            return []
-        idle = []
-        for node in spare:
-            open_groups = [g for g in groups if len(g) < self.largest]
-            if not open_groups:
-                # NOTE: every pipeline already has the largest template's size: a spare.
-                idle.append(node)
-                continue
-            target = min(open_groups, key=len)
-            target[:] = self.cheapest([([*target, node],), ([node, *target],)])[0]
-        return idle
-
-
 def _validated_change(
     plan: Plan, lost_nodes: Sequence[int], joined_nodes: Sequence[int]
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    members = set(plan.nodes)
+    members = plan.nodes
     lost = tuple(sorted(int(node) for node in lost_nodes))
     joined = tuple(sorted(int(node) for node in joined_nodes))
     for name, nodes in (("lost_nodes", lost), ("joined_nodes", joined)):
@@ -303,18 +206,24 @@ def _validated_change(
             if a == b:
                 raise ConfigError(f"{name}: node {a} is listed twice; list each node once")
     for node in lost:
-        if node not in members:
+        if not _is_member(members, node):
             raise ConfigError(
                 f"lost_nodes: node {node} is not in the plan (members: {min(members)}..{max(members)}, "
                 f"{len(members)} nodes); pass only plan members"
             )
     for node in joined:
-        if node in members:
+        if _is_member(members, node):
             raise ConfigError(f"joined_nodes: node {node} is already in the plan; pass only new nodes")
     return lost, joined
 
 
-def _build_plan(
+def _is_member(members: tuple[int, ...], node: int) -> bool:
+    """Whether ``node`` is in the sorted ``members`` (O(log N): no set of every member per change)."""
+    position = bisect.bisect_left(members, node)
+    return position < len(members) and members[position] == node
+
+
+def _build_plan(  # noqa: PLR0917 - a private step of full_replan with its inputs
     old: Plan,
     groups: list[list[int]],
     spare_nodes: tuple[int, ...],

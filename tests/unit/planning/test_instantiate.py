@@ -65,7 +65,11 @@ def best_makespan(
     def visit(index: int, left: int, chosen: list[PipelineTemplate]) -> None:
         nonlocal best
         if index == len(candidates):
-            if (left == 0 or not exact) and len(chosen) >= pipelines and sum(t.num_stages for t in chosen) <= total:
+            if (
+                (left == 0 or not exact)
+                and len(chosen) >= pipelines
+                and sum(t.num_stages for t in chosen) <= total
+            ):
                 counts = distribute_batch(chosen, total)
                 makespan = max(t.iteration_time_s(b) for t, b in zip(chosen, counts, strict=True))
                 best = min(best, (makespan, -(nodes - left)))
