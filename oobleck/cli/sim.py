@@ -23,7 +23,14 @@ from oobleck.planning.hardware import HARDWARE
 from oobleck.sim import SimulationConfig, SimulationResult, simulate
 from oobleck.sim.config import MAX_NODES, POLICIES
 from oobleck.sim.costs import SimCosts
-from oobleck.sim.report import breakdown_table, check_output_path, plot, results_table, seeds_table, write_json
+from oobleck.sim.report import (
+    breakdown_table,
+    check_output_path,
+    plot,
+    results_table,
+    seeds_table,
+    write_json,
+)
 from oobleck.sim.seeds import SeedsResult, simulate_seeds
 
 _EXAMPLE = (
@@ -97,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="K",
-        help="run K seeds (--seed .. --seed+K-1), every policy on the same K traces; print mean and 95%% interval",
+        help="run K seeds (--seed .. --seed+K-1), all policies on the same K traces; mean and 95%% interval",
     )
     add(
         "--mtbf-hours",

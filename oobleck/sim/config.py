@@ -80,7 +80,8 @@ class SimulationConfig:
             raise ConfigError(f"--nodes must be a positive integer, got {self.nodes!r}")
         if self.nodes > MAX_NODES:
             raise ConfigError(
-                f"--nodes must be at most {MAX_NODES:,} (the simulator's documented bound), got {self.nodes:,}"
+                f"--nodes must be at most {MAX_NODES:,} (the simulator's documented bound), "
+                f"got {self.nodes:,}"
             )
         if self.remove_every_minutes is not None and self.trace is not None:
             raise ConfigError("--remove-every-minutes and --trace both give the trace; pass one of them")

@@ -77,7 +77,10 @@ class SimCosts:
             check_number("checkpoint_interval_s", self.checkpoint_interval_s, positive=True, source="costs")
         if self.checkpoint_async_overhead_s is not None:
             check_number(
-                "checkpoint_async_overhead_s", self.checkpoint_async_overhead_s, positive=False, source="costs"
+                "checkpoint_async_overhead_s",
+                self.checkpoint_async_overhead_s,
+                positive=False,
+                source="costs",
             )
         hidden = self.bamboo_bubble_hidden_fraction
         check_number("bamboo_bubble_hidden_fraction", hidden, positive=False, source="costs")
@@ -169,7 +172,9 @@ def daly_interval_s(checkpoint_s: float, mtbf_s: float) -> float:
     if checkpoint_s >= 2.0 * mtbf_s:
         return mtbf_s
     ratio = checkpoint_s / (2.0 * mtbf_s)
-    return math.sqrt(2.0 * checkpoint_s * mtbf_s) * (1.0 + math.sqrt(ratio) / 3.0 + ratio / 9.0) - checkpoint_s
+    return (
+        math.sqrt(2.0 * checkpoint_s * mtbf_s) * (1.0 + math.sqrt(ratio) / 3.0 + ratio / 9.0) - checkpoint_s
+    )
 
 
 def daly_goodput(interval_s: float, checkpoint_s: float, restart_s: float, mtbf_s: float) -> float:

@@ -83,7 +83,7 @@ class TrainingJob:
         self.left_s: dict[Mode, float] = {}
         """Seconds left of a recovery or checkpoint that an unrelated event interrupted."""
         self._cycles = (0.0, 0.0, 0.0, 0)
-        """(first training, checkpoint, training per cycle, whole cycles after the first) of a CYCLES phase."""
+        """(first training, checkpoint, training per cycle, whole cycles after the first) of CYCLES."""
         self._stop_reason = "horizon"
         self.process = env.process(self.run_training())
         cluster.attach(self.process)
@@ -101,15 +101,17 @@ class TrainingJob:
             try:
                 yield self.env.timeout(duration)
             except simpy.Interrupt as interrupt:
+                cause = interrupt.cause
+                assert isinstance(cause, ClusterEvent)  # NOTE: only the cluster interrupts the job.
                 if mode is Mode.CYCLES:
                     self._spend_cycles(self.env.now - start, interrupted=True)
-                    self._handle(interrupt.cause)
+                    self._handle(cause)
                     continue
                 self._spend(mode, self.env.now - start)
                 if mode in (Mode.RECOVER, Mode.CHECKPOINT):
                     # NOTE: resumed where it stopped unless _handle starts a new recovery.
                     self.left_s[mode] = duration - (self.env.now - start)
-                self._handle(interrupt.cause)
+                self._handle(cause)
                 continue
             if mode is Mode.CYCLES:
                 self._spend_cycles(duration, interrupted=False)

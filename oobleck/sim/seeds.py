@@ -113,7 +113,8 @@ class SeedsResult:
                 for s in self.summaries
             ],
             "runs": [
-                {"seed": run.config.seed, "results": [row.to_dict() for row in run.results]} for run in self.runs
+                {"seed": run.config.seed, "results": [row.to_dict() for row in run.results]}
+                for run in self.runs
             ],
         }
 
@@ -127,7 +128,9 @@ def expected_failures(config: SimulationConfig) -> float:
     approximation; exact as ``T`` grows). A rack failure counts each of its nodes.
     """
     if config.remove_every_minutes is not None:
-        removals = min(config.nodes - config.remove_until_nodes, int(config.hours * 60 // config.remove_every_minutes))
+        removals = min(
+            config.nodes - config.remove_until_nodes, int(config.hours * 60 // config.remove_every_minutes)
+        )
         return float(max(removals, 0))
     if config.trace is not None:
         return math.nan
@@ -177,7 +180,10 @@ def _summaries(runs: Sequence[SimulationResult]) -> list[PolicySummary]:
                 samples=Estimate.of([row.samples for row in rows]),
                 samples_per_s=Estimate.of([row.throughput_samples_per_s for row in rows]),
                 ratio=Estimate.of(
-                    [row.samples / ref if ref else math.nan for row, ref in zip(rows, references, strict=True)]
+                    [
+                        row.samples / ref if ref else math.nan
+                        for row, ref in zip(rows, references, strict=True)
+                    ]
                 ),
                 ettr=Estimate.of([row.ettr for row in rows]),
                 recoveries=Estimate.of([float(sum(row.recoveries.values())) for row in rows]),
@@ -195,4 +201,3 @@ def _reference_samples(run: SimulationResult) -> float:
 
 def _none_if_nan(value: float) -> float | None:
     return value if math.isfinite(value) else None
-

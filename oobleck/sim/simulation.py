@@ -130,6 +130,7 @@ def simulate(
     profile = resolve_profile(config.model, hardware, microbatch_size=config.microbatch_size)
     horizon_s = config.hours * SECONDS_PER_HOUR
     trace = _trace(config, horizon_s)
+    node_rate, rack_size, rack_rate = _configured_rates(config)
     planner = Planner(
         profile,
         hardware,
@@ -143,7 +144,9 @@ def simulate(
         hardware=hardware,
         planner=planner,
         costs=config.costs,
-        **_configured_rates(config),
+        node_fail_rate_per_s=node_rate,
+        rack_size=rack_size,
+        rack_fail_rate_per_s=rack_rate,
         fault_tolerance=config.fault_tolerance,
         global_microbatches=config.global_microbatches,
         microbatch_size=config.microbatch_size,
@@ -186,23 +189,23 @@ def _trace(config: SimulationConfig, horizon_s: float) -> FailureTrace:
     return trace.until(horizon_s)
 
 
-def _configured_rates(config: SimulationConfig) -> dict[str, float | int]:
+def _configured_rates(config: SimulationConfig) -> tuple[float, int, float]:
     """The failure rates policies plan with (their checkpoint periods), from flags, never the trace.
 
     ``mtbf_hours`` (a replayed trace's expected cluster MTBF) overrides the per-node and per-rack
     rates; otherwise they are ``fail_rate`` and ``rack_fail_rate``.
+
+    Returns:
+        Node failures per node per second, nodes per rack (0: none), rack failures per rack per second.
     """
     mtbf_hours = config.mtbf_hours
     if mtbf_hours is None and config.remove_every_minutes is not None:
         mtbf_hours = config.remove_every_minutes / 60.0  # NOTE: the removal period is the configured MTBF.
     if mtbf_hours is not None:
         node_rate = 1.0 / (mtbf_hours * SECONDS_PER_HOUR * config.nodes)
-        return {"node_fail_rate_per_s": node_rate, "rack_size": 0, "rack_fail_rate_per_s": 0.0}
-    return {
-        "node_fail_rate_per_s": config.fail_rate / SECONDS_PER_HOUR,
-        "rack_size": config.rack_size,
-        "rack_fail_rate_per_s": config.rack_fail_rate / SECONDS_PER_HOUR if config.rack_size else 0.0,
-    }
+        return node_rate, 0, 0.0
+    rack_rate = config.rack_fail_rate / SECONDS_PER_HOUR if config.rack_size else 0.0
+    return config.fail_rate / SECONDS_PER_HOUR, config.rack_size, rack_rate
 
 
 def _run_policy(

@@ -180,12 +180,11 @@ def run_sweep(
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             per_cell = []
-            for index, rows in enumerate(pool.map(run_cell, cells)):
-                per_cell.append(rows)
+            for index, cell_rows in enumerate(pool.map(run_cell, cells)):
+                per_cell.append(cell_rows)
                 if progress is not None:
                     progress(index + 1, len(cells))
-    rows = tuple(row for cell_rows in per_cell for row in cell_rows)
-    return SweepResult(base=base, grid=grid, rows=rows)
+    return SweepResult(base=base, grid=grid, rows=tuple(row for cell_rows in per_cell for row in cell_rows))
 
 
 def _run_on_ray(

@@ -9,7 +9,9 @@ from oobleck.sim.sweep import SweepGrid, run_sweep
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ray = pytest.importorskip("ray", reason="ray is an optional extra (pip install '.[ray]'); the Ray sweep is untested here")
+ray = pytest.importorskip(
+    "ray", reason="ray is an optional extra (pip install '.[ray]'); the Ray sweep is untested here"
+)
 
 
 @pytest.mark.timeout(180)

@@ -27,6 +27,8 @@ re-establish redundancy in the background.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 from oobleck.errors import PlanningError
 from oobleck.planning.plan import PipelineTemplate
 from oobleck.sim.base import Configuration, JobContext, Policy, Recovery, Rollback
@@ -108,12 +110,12 @@ class BambooPolicy(Policy):
             rollback="iteration",
         )
 
-    def can_fail_over(self, config: Configuration, down: set[int]) -> bool:
+    def can_fail_over(self, config: Configuration, down: AbstractSet[int]) -> bool:
         """Whether every down node of ``config``'s pipelines has a live ring predecessor holding its copy."""
         return not any(self._consecutive(pipeline.nodes, down) for pipeline in config.plan.pipelines)
 
     @staticmethod
-    def _consecutive(ring: tuple[int, ...], down: set[int]) -> bool:
+    def _consecutive(ring: tuple[int, ...], down: AbstractSet[int]) -> bool:
         """Whether some down node's predecessor in ``ring`` is down too (or the ring is all down)."""
         if len(ring) < 2:
             return any(node in down for node in ring)

@@ -184,7 +184,9 @@ def test_nodes_above_the_documented_bound_exit_2(capsys: pytest.CaptureFixture[s
     assert "--nodes must be at most 65,536" in capsys.readouterr().err
 
 
-def test_an_empty_trace_is_an_error_unless_allowed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_empty_trace_is_an_error_unless_allowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A trace file without events exits 2; with --allow-empty-trace it runs without failures."""
     trace = tmp_path / "empty.csv"
     trace.write_text("# nothing happens\n")
@@ -196,7 +198,7 @@ def test_an_empty_trace_is_an_error_unless_allowed(tmp_path: Path, capsys: pytes
 def test_seeds_print_mean_interval_and_failures_next_to_their_expectation(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """--seeds 3 prints one row per policy with a 95% interval and each trace's failures with the expectation."""
+    """--seeds 3 prints a 95% interval per policy and each trace's failures next to the expectation."""
     assert main([*_SMALL, "--fail-rate", "0.2", "--seeds", "3", "--policy", "oobleck,varuna"]) == 0
     out = capsys.readouterr().out
     assert "mean ± 95% interval over 3 seeds" in out

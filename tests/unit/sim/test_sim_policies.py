@@ -163,7 +163,7 @@ def test_oobleck_never_runs_below_n0_nodes_per_pipeline(small_config: Simulation
 
 
 def test_checkpoint_lost_work_matches_the_analytic_expectation(small_config: SimulationConfig) -> None:
-    """Over a long seeded run with spares, checkpoint's lost work is within 10% of half a period per restart."""
+    """Over a long seeded run with spares, checkpoint loses within 10% of half a period per restart."""
     tau = 900.0
     costs = SimCosts(checkpoint_interval_s=tau, recovery=RecoveryConstants(restart_s=10.0))
     # NOTE: a100 nodes make a step (~0.1 s) negligible against tau: checkpoints wait for a step boundary.

@@ -24,9 +24,16 @@ def test_rows_follow_the_grid_one_per_cell_and_policy() -> None:
     rows = run_sweep(BASE, GRID).rows
     assert len(rows) == 2 * 2 * 2 * 3
     keys = [(row["nodes"], row["fail_rate"], row["seed"], row["policy"]) for row in rows]
-    assert keys[:4] == [(4, 0.0, 0, "oobleck"), (4, 0.0, 0, "varuna"), (4, 0.0, 0, "checkpoint"), (4, 0.0, 1, "oobleck")]
+    assert keys[:4] == [
+        (4, 0.0, 0, "oobleck"),
+        (4, 0.0, 0, "varuna"),
+        (4, 0.0, 0, "checkpoint"),
+        (4, 0.0, 1, "oobleck"),
+    ]
     assert all(set(row) == set(ROW_FIELDS) for row in rows)
-    assert all(row["failures"] == 0 and row["expected_failures"] == 0.0 for row in rows if row["fail_rate"] == 0)
+    assert all(
+        row["failures"] == 0 and row["expected_failures"] == 0.0 for row in rows if row["fail_rate"] == 0
+    )
 
 
 def test_a_process_pool_gives_the_same_rows_as_one_process() -> None:
@@ -44,7 +51,9 @@ def test_a_grid_axis_without_values_or_with_a_repeat_is_refused() -> None:
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".json"])
-def test_sweep_command_writes_one_file(tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_command_writes_one_file(
+    tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``sim sweep`` writes every row to one CSV or JSON file."""
     out = tmp_path / f"sweep{suffix}"
     argv = ["sweep", "--models", "gpt2", "--nodes", "4", "--fail-rates", "0.1,0.2", "--seeds", "2"]
@@ -61,7 +70,9 @@ def test_sweep_command_writes_one_file(tmp_path: Path, suffix: str, capsys: pyte
     assert "wrote 8 rows (4 cells)" in capsys.readouterr().out
 
 
-def test_sweep_refuses_an_unwritable_out_before_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_refuses_an_unwritable_out_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A directory as --out exits 2 with one line, before any cell runs."""
     assert main(["sweep", "--out", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err
