@@ -26,6 +26,7 @@ Assumptions:
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -41,9 +42,11 @@ KEY_GAP = 1 << 20
 _MISSING: Any = object()
 """Marks a dict entry that does not exist (in an edit: delete it)."""
 
-_SET, _INSERT, _DELETE = 0, 1, 2
+_SET, _INSERT, _DELETE, _HOLDERS, _REMAP = 0, 1, 2, 3, 4
 Edit = tuple[int, Any, Any, Any]
-"""``(_SET, dict, key, value)``, or ``(_INSERT | _DELETE, sorted list, value, None)``."""
+"""``(_SET, dict, key, value)``, ``(_INSERT | _DELETE, sorted list, value, None)``,
+``(_HOLDERS, per-layer lists, holders before, holders after)`` (one pipeline's replicas), or
+``(_REMAP, dict, pairs to delete, pairs to set)`` (deletions first, then one ``update``)."""
 
 
 class _Version:
@@ -200,41 +203,56 @@ class PlanIndex:
 
     # ---- edit builders ---------------------------------------------------------------------
 
-    def remove_edits(self, key: int) -> list[Edit]:
-        """Edits that drop the pipeline with ``key`` (nodes, sizes, kinds, holders, templates)."""
-        pipeline = self.pipeline[key]
-        template = pipeline.template
-        edits: list[Edit] = [(_SET, self.pipeline, key, _MISSING), (_DELETE, self.order, key, None)]
-        edits.append((_DELETE, self.by_size[template.num_nodes], key, None))
-        edits.append((_DELETE, self.by_kind[kind_of(template)], key, None))
-        edits.extend((_SET, self.key_of_node, node, _MISSING) for node in pipeline.nodes)
+    def change_edits(
+        self, touched: Sequence[tuple[int, Pipeline | None]], shares: Sequence[tuple[int, Pipeline]]
+    ) -> list[Edit]:
+        """Edits that turn the current plan's pipelines into the re-planned ones.
+
+        Args:
+            touched: ``(key, new pipeline or None: removed)`` for pipelines whose nodes or
+                template may have changed (keys of existing pipelines).
+            shares: ``(key, new pipeline)`` for pipelines whose microbatch count alone changed.
+
+        Returns:
+            Edits of the lists and maps; node and pipeline maps change as one edit each.
+        """
+        edits: list[Edit] = []
+        dropped_nodes: list[tuple[int, int]] = []
+        placed_nodes: list[tuple[int, int]] = []
+        old_entries: list[tuple[int, Pipeline]] = []
+        new_entries: list[tuple[int, Pipeline]] = []
+        for key, new in touched:
+            old = self.pipeline[key]
+            before, after = old.template, new.template if new is not None else None
+            if new is None or new.nodes != old.nodes or after is not before:
+                edits += self.holder_edits(old, new)
+            old_entries.append((key, old))
+            dropped_nodes.extend((node, key) for node in old.nodes)
+            if new is None:
+                edits.append((_DELETE, self.order, key, None))
+            if after is None or after.num_nodes != before.num_nodes:
+                edits.append((_DELETE, self.by_size[before.num_nodes], key, None))
+                if after is not None:
+                    edits.append((_INSERT, self.by_size[after.num_nodes], key, None))
+            if after is None or kind_of(after) != kind_of(before):
+                edits.append((_DELETE, self.by_kind[kind_of(before)], key, None))
+                if after is not None:
+                    edits.append((_INSERT, self.by_kind[kind_of(after)], key, None))
+            if new is not None:
+                new_entries.append((key, new))
+                placed_nodes.extend((node, key) for node in new.nodes)
+        for key, new in shares:
+            old_entries.append((key, self.pipeline[key]))
+            new_entries.append((key, new))
+        edits.append((_REMAP, self.key_of_node, tuple(dropped_nodes), tuple(placed_nodes)))
+        edits.append((_REMAP, self.pipeline, tuple(old_entries), tuple(new_entries)))
         return edits
 
     def holder_edits(self, old: Pipeline | None, new: Pipeline | None) -> list[Edit]:
-        """Edits of the per-layer holder lists when ``old`` becomes ``new`` (either may be None)."""
+        """The edit of the per-layer holder lists when ``old`` becomes ``new`` (either may be None)."""
         before = holders_of(old) if old is not None else ()
         after = holders_of(new) if new is not None else ()
-        edits: list[Edit] = []
-        holders = self.holders
-        for layer in range(max(len(before), len(after))):
-            was = before[layer] if layer < len(before) else None
-            now = after[layer] if layer < len(after) else None
-            if was == now:
-                continue
-            if was is not None:
-                edits.append((_DELETE, holders[layer], was, None))
-            if now is not None:
-                edits.append((_INSERT, holders[layer], now, None))
-        return edits
-
-    def add_edits(self, key: int, pipeline: Pipeline) -> list[Edit]:
-        """Edits that add ``pipeline`` under ``key`` (the holder lists excluded)."""
-        template = pipeline.template
-        edits: list[Edit] = [(_SET, self.pipeline, key, pipeline), (_INSERT, self.order, key, None)]
-        edits.append((_INSERT, self.by_size[template.num_nodes], key, None))
-        edits.append((_INSERT, self.by_kind[kind_of(template)], key, None))
-        edits.extend((_SET, self.key_of_node, node, key) for node in pipeline.nodes)
-        return edits
+        return [] if before == after else [(_HOLDERS, self.holders, before, after)]
 
     def set_edit(self, table: dict[Any, Any], key: Any, value: Any) -> Edit:
         """An edit that sets ``table[key]`` (``value`` None: deletes it)."""
@@ -277,6 +295,26 @@ def attach(plan: Plan, index: PlanIndex, version: _Version) -> None:
     object.__setattr__(plan, "_index", (index, version))
 
 
+def _move_holders(holders: list[list[int]], before: tuple[int, ...], after: tuple[int, ...]) -> None:
+    """Per layer, replace the holder ``before[l]`` by ``after[l]`` in the sorted lists (in place).
+
+    NOTE: the lists are multisets while a re-plan's edits are applied (a node may enter one
+    pipeline's layer before it left another's), so a value is deleted where bisect finds it.
+    """
+    insort, find = bisect.insort, bisect.bisect_left
+    for layer, was, now in zip(itertools.count(), before, after):
+        if was != now:
+            column = holders[layer]
+            del column[find(column, was)]
+            insort(column, now)
+    # NOTE: a removed (or added) pipeline has no holders on the other side.
+    for layer in range(len(after), len(before)):
+        column = holders[layer]
+        del column[find(column, before[layer])]
+    for layer in range(len(before), len(after)):
+        insort(holders[layer], after[layer])
+
+
 def _apply(edits: Sequence[Edit]) -> list[Edit]:
     """Apply ``edits`` in order; returns the edits that undo them (in the order to apply)."""
     undo: list[Edit] = []
@@ -293,8 +331,16 @@ def _apply(edits: Sequence[Edit]) -> list[Edit]:
         elif kind == _INSERT:
             insort(target, key)
             undo.append((_DELETE, target, key, None))
-        else:
+        elif kind == _DELETE:
             del target[find(target, key)]
             undo.append((_INSERT, target, key, None))
+        elif kind == _REMAP:
+            for name, _ in key:
+                del target[name]
+            target.update(value)
+            undo.append((_REMAP, target, value, key))
+        else:
+            _move_holders(target, key, value)
+            undo.append((_HOLDERS, target, value, key))
     undo.reverse()
     return undo

@@ -297,20 +297,13 @@ class _Replan:
             counts[template_id] = (template, entry[1] + change)
 
         touched = sorted({*self.removed, *self.groups})
-        # NOTE: every removal before any addition: a node may move between touched pipelines.
         for key in touched:
-            old = index.pipeline[key]
-            edits += index.remove_edits(key)
-            edits += index.holder_edits(old, rebuilt.get(key))
-            count_template(old.template, -1)
-        for key in touched:
+            count_template(index.pipeline[key].template, -1)
             new = rebuilt.get(key)
             if new is not None:
-                edits += index.add_edits(key, new)
                 count_template(new.template, +1)
-        for key, pipeline in rebuilt.items():
-            if key not in self.groups:
-                edits.append(index.set_edit(index.pipeline, key, pipeline))
+        shares = [(key, pipeline) for key, pipeline in rebuilt.items() if key not in self.groups]
+        edits = index.change_edits([(key, rebuilt.get(key)) for key in touched], shares)
         for template_id, (template, number) in counts.items():
             edits.append(index.set_edit(index.templates, template_id, (template, number) if number else None))
         for kind, level in level_of.items():
