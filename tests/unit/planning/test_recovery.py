@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from oobleck.errors import ConfigError
+from oobleck.planning.groups import plan_group_shape
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Transfer
-from oobleck.planning.groups import plan_group_shape
 from oobleck.planning.recovery import (
     RecoveryConstants,
     RecoveryPrediction,

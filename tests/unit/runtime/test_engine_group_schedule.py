@@ -82,7 +82,7 @@ def test_group_shape_equals_the_runtime_topology_on_planned_and_reconfigured_pla
 
 def test_default_detection_constants_are_the_runtime_heartbeat_settings() -> None:
     """Hang detection is the master's default heartbeat interval times its missed-beat count."""
-    runtime = MasterConfig(run_dir=Path("."))
+    runtime = MasterConfig(run_dir=Path())
     constants = RecoveryConstants()
     assert constants.heartbeat_interval_s == runtime.heartbeat_interval_s
     assert constants.missed_heartbeats == runtime.missed_heartbeats
