@@ -13,6 +13,7 @@ Assumptions:
 
 from __future__ import annotations
 
+import bisect
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -94,12 +95,19 @@ class Configuration:
         # NOTE: frozen dataclass; derived fields are computed once here.
         nodes = self.plan.nodes
         if self.failed:
-            nodes = tuple(node for node in nodes if node not in self.failed)
+            # NOTE: a few failed nodes out of thousands: delete them by bisection, not by a scan.
+            kept = list(nodes)
+            for node in sorted(self.failed, reverse=True):
+                index = bisect.bisect_left(kept, node)
+                if index < len(kept) and kept[index] == node:
+                    del kept[index]
+            nodes = tuple(kept)
         object.__setattr__(self, "nodes", nodes)
         object.__setattr__(self, "node_set", frozenset(nodes))
-        smallest = min(pipeline.template.num_nodes for pipeline in self.plan.pipelines)
-        object.__setattr__(self, "min_pipeline_nodes", smallest)
-        working = sum(pipeline.template.num_nodes for pipeline in self.plan.pipelines) - len(self.failed)
+        # NOTE: over distinct templates, not pipelines: a restart at 16K nodes builds thousands.
+        templates = {id(p.template): p.template.num_nodes for p in self.plan.pipelines}
+        object.__setattr__(self, "min_pipeline_nodes", min(templates.values()))
+        working = len(self.plan.nodes) - len(self.plan.spare_nodes) - len(self.failed)
         object.__setattr__(self, "working_nodes", working)
 
     @property

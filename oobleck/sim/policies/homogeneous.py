@@ -23,11 +23,18 @@ from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan
 from oobleck.sim.base import JobContext
 
 
+_PIPELINE_CACHE = 1 << 18
+"""Pipelines kept for reuse before the cache is dropped (bounds memory on long runs)."""
+
+
 class HomogeneousPlanner:
     """Builds and ranks homogeneous plans; depth choices are cached per node count."""
 
     def __init__(self, context: JobContext) -> None:
         self.context = context
+        self._pipelines: dict[tuple[int, tuple[int, ...]], Pipeline] = {}
+        """Pipelines already built, by (microbatches, nodes): a restart after one loss rebuilds only
+        the pipelines whose nodes or share of the batch changed."""
         self.templates = {template.num_nodes: template for template in context.planner.templates}
         depths = sorted(self.templates)
         grads = layer_tables(context.profile).grad_prefix_bytes
@@ -63,16 +70,26 @@ class HomogeneousPlanner:
             raise PlanningError(f"{len(nodes)} nodes cannot hold one {depth}-node pipeline")
         template = self.templates[depth]
         microbatches, step_s = self._shape(depth, width)
-        pipelines = tuple(
-            Pipeline(template=template, nodes=nodes[i * depth : (i + 1) * depth], microbatches=count)
-            for i, count in enumerate(microbatches)
-        )
-        return Plan(
-            pipelines=pipelines,
+        cache = self._pipelines
+        if len(cache) > _PIPELINE_CACHE:
+            cache.clear()
+        pipelines = []
+        for i, count in enumerate(microbatches):
+            chunk = nodes[i * depth : (i + 1) * depth]
+            pipeline = cache.get((count, chunk))
+            if pipeline is None:
+                pipeline = cache[count, chunk] = Pipeline(template=template, nodes=chunk, microbatches=count)
+            pipelines.append(pipeline)
+        # NOTE: the invariants Plan checks hold by construction (disjoint slices of distinct sorted
+        # ids, the exact batch split), and checking them is O(nodes) on every restart.
+        return Plan.trusted(
+            pipelines=tuple(pipelines),
             global_microbatches=self.context.global_microbatches,
             microbatch_size=self.context.microbatch_size,
             fault_tolerance=0,
             iteration_time_s=step_s,
+            spare_nodes=(),
+            nodes=nodes[: depth * width],
         )
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019  # NOTE: one planner per run; bounded cache.

@@ -80,6 +80,17 @@ class VarunaPolicy(CheckpointPolicy):
         self, config: Configuration, joined: tuple[int, ...], alive: tuple[int, ...]
     ) -> Recovery | None:
         """Morph onto the joined nodes when the faster shape pays back its restart."""
+        # NOTE: screened first on the shapes' step prices, so a join that cannot pay back builds no plan.
+        homogeneous = self.homogeneous
+        old_step = homogeneous.step_times(len(config.nodes))[
+            homogeneous.depths.index(self.best_depth(len(config.nodes)))
+        ]
+        new_step = homogeneous.step_times(len(alive))[homogeneous.depths.index(self.best_depth(len(alive)))]
+        estimate = config.samples_per_s * old_step / new_step
+        gain_s = (estimate - config.samples_per_s) * self.context.mtbf_s(len(alive))
+        pause_s = restart_s(self.context.checkpoint_bytes, self.context.costs, len(alive))
+        if estimate <= config.samples_per_s or gain_s <= config.samples_per_s * pause_s:
+            return None
         recovery = self.restart(alive, rollback="none")
         if recovery.config is None or not self.pays_back(config, recovery.config, recovery.duration_s):
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,16 @@ def test_seeds_print_mean_interval_and_failures_next_to_their_expectation(
     assert "mean ± 95% interval over 3 seeds" in out
     assert "node failures per trace:" in out and "(expected 2.6)" in out  # 8 (1 - e^-0.4)
     assert "±" in out.split("varuna", 1)[1].splitlines()[0]
+
+
+def test_seeds_json_holds_every_seed_and_the_summary(tmp_path: Path) -> None:
+    """--seeds 2 --json writes the per-seed results, each trace's failures and the mean with its interval."""
+    path = tmp_path / "seeds.json"
+    argv = [*_SMALL, "--fail-rate", "0.2", "--seeds", "2", "--policy", "oobleck,varuna", "--json", str(path)]
+    assert main(argv) == 0
+    data = json.loads(path.read_text())
+    assert data["config"]["seeds"] == [0, 1]
+    assert [run["seed"] for run in data["runs"]] == [0, 1]
+    assert len(data["failures"]) == 2 and data["expected_failures"] == pytest.approx(8 * (1 - math.exp(-0.4)))
+    varuna = data["summary"][1]
+    assert varuna["policy"] == "varuna" and set(varuna["samples_per_s"]) == {"mean", "ci95"}
