@@ -22,7 +22,6 @@ from oobleck.planning.cost import layer_tables, plan_iteration_time_s
 from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan
 from oobleck.sim.base import JobContext
 
-
 _PIPELINE_CACHE = 1 << 18
 """Pipelines kept for reuse before the cache is dropped (bounds memory on long runs)."""
 
