@@ -10,7 +10,9 @@ worst case for sequential creation); pipeline neighbours use the default group a
 - before: the code before this change, every rank calls ``new_group`` for every group, in order;
 - after: ``Comm.new_groups``, member-only groups in rounds of disjoint groups.
 Both run in the same processes, interleaved per repeat; the median of the repeats is reported.
-Fits: ``groups phase = a + b x groups`` (before) and ``= a + b x rounds`` (after);
+``depth`` is the group creations on the critical path: the chain of groups sharing a rank in list
+order (before) or the rounds (after).
+Fits: ``groups phase = a + b x groups`` and ``= a + b x depth`` per mode;
 ``world init = a + b x ranks`` (wall, and CPU seconds of the busiest rank); the power law
 ``rebuild ~ ranks^p`` of each mode; and the recovery model's three constants
 (``RecoveryConstants.rebuild_groups_*``), printed with the model's error per size.
@@ -39,7 +41,7 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from oobleck.planning.groups import creation_rounds  # noqa: E402
+from oobleck.planning.groups import creation_rounds, sequential_depth  # noqa: E402
 from oobleck.runtime.config import job_config_from_dict  # noqa: E402
 from oobleck.runtime.engine.adapters import build_adapter  # noqa: E402
 from oobleck.runtime.engine.comm import Comm  # noqa: E402
@@ -202,7 +204,7 @@ def run(sizes: list[int], repeats: int) -> dict:
                     "mode": mode,
                     "plan": shapes[n][1],
                     "groups": len(sets),
-                    "rounds": len(creation_rounds(sets)),
+                    "rounds": len(creation_rounds(sets)) if mode == "after" else sequential_depth(sets),
                     "init_s": init_s,
                     "groups_s": groups_s,
                     "rebuild_s": rebuild_s,
@@ -216,7 +218,7 @@ def report(result: dict) -> None:
     """Print the table, the fits and the constants the recovery model takes."""
     rows = result["rows"]
     print(
-        f"{'ranks':>5} {'mode':>6} {'groups':>6} {'rounds':>6} {'init s':>8} {'groups s':>9} "
+        f"{'ranks':>5} {'mode':>6} {'groups':>6} {'depth':>6} {'init s':>8} {'groups s':>9} "
         f"{'rebuild s':>9}  plan"
     )
     for r in rows:
@@ -225,14 +227,14 @@ def report(result: dict) -> None:
             f"{r['groups_s']:>9.4f} {r['rebuild_s']:>9.4f}  {r['plan']}"
         )
     fits = {}
-    for mode, count in (("before", "groups"), ("after", "rounds")):
+    for mode, count in (("before", "groups"), ("before", "rounds"), ("after", "rounds")):
         mine = [r for r in rows if r["mode"] == mode]
         a, b, r2 = fit_line([r[count] for r in mine], [r["groups_s"] for r in mine])
         r2_n = fit_line([r["ranks"] for r in mine], [r["groups_s"] for r in mine])[2]
         p = power_exponent([r["ranks"] for r in mine], [r["rebuild_s"] for r in mine])
-        fits[mode] = {"groups_a_s": a, "groups_b_s": b, "groups_r2": r2, "rebuild_ranks_exponent": p}
+        fits[f"{mode}_vs_{count}"] = {"a_s": a, "b_s": b, "r2": r2, "rebuild_ranks_exponent": p}
         print(
-            f"{mode:>6}: groups phase = {a:.4f} + {b:.4f} x {count} s (R^2 {r2:.2f}; "
+            f"{mode:>6}: groups phase = {a:.4f} + {b:.4f} x {'depth' if count == 'rounds' else count} s (R^2 {r2:.2f}; "
             f"vs ranks: R^2 {r2_n:.2f}); rebuild ~ ranks^{p:.2f}"
         )
     a, b, r2 = fit_line([r["ranks"] for r in rows], [r["init_s"] for r in rows])

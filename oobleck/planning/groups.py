@@ -61,6 +61,28 @@ def creation_rounds(member_sets: Sequence[Collection[M]]) -> tuple[tuple[int, ..
     return tuple(tuple(members) for members in rounds)
 
 
+def sequential_depth(member_sets: Sequence[Collection[M]]) -> int:
+    """Group creations on the critical path when every rank creates its groups in list order.
+
+    A group starts once each member has created its earlier groups; this is the rebuild's depth
+    before :func:`creation_rounds` reordered them (the old one-after-another creation).
+
+    Args:
+        member_sets: The members of each group, in list order.
+
+    Returns:
+        The longest chain of groups that share a member, in list order.
+    """
+    done: dict[M, int] = {}
+    depth = 0
+    for members in member_sets:
+        level = 1 + max((done.get(member, 0) for member in members), default=0)
+        for member in members:
+            done[member] = level
+        depth = max(depth, level)
+    return depth
+
+
 @dataclass(frozen=True, slots=True)
 class GroupShape:
     """How many process groups a plan needs, and how long a chain of them a rebuild waits for."""

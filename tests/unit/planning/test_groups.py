@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from oobleck.planning.groups import GroupShape, creation_rounds, plan_group_shape
+from oobleck.planning.groups import GroupShape, creation_rounds, plan_group_shape, sequential_depth
 from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Stage
 
 
@@ -50,7 +50,9 @@ def _rank_sets(plan: Plan, tied: tuple[tuple[int, int], ...] = ()) -> list[tuple
 
 def test_chain_of_overlapping_groups_takes_two_rounds() -> None:
     """A chain (0,1),(1,2),(2,3),(3,4), sequential in four steps, is created in two rounds."""
-    assert creation_rounds([(0, 1), (1, 2), (2, 3), (3, 4)]) == ((0, 2), (1, 3))
+    chain = [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert sequential_depth(chain) == 4
+    assert creation_rounds(chain) == ((0, 2), (1, 3))
 
 
 def test_rounds_are_disjoint_and_schedule_each_distinct_set_once() -> None:
