@@ -233,8 +233,9 @@ def report(result: dict) -> None:
         r2_n = fit_line([r["ranks"] for r in mine], [r["groups_s"] for r in mine])[2]
         p = power_exponent([r["ranks"] for r in mine], [r["rebuild_s"] for r in mine])
         fits[f"{mode}_vs_{count}"] = {"a_s": a, "b_s": b, "r2": r2, "rebuild_ranks_exponent": p}
+        label = "depth" if count == "rounds" else count
         print(
-            f"{mode:>6}: groups phase = {a:.4f} + {b:.4f} x {'depth' if count == 'rounds' else count} s (R^2 {r2:.2f}; "
+            f"{mode:>6}: groups phase = {a:.4f} + {b:.4f} x {label} s (R^2 {r2:.2f}; "
             f"vs ranks: R^2 {r2_n:.2f}); rebuild ~ ranks^{p:.2f}"
         )
     a, b, r2 = fit_line([r["ranks"] for r in rows], [r["init_s"] for r in rows])
