@@ -270,6 +270,10 @@ class Plan:
     leaves nodes idle only when using them is infeasible or slower (see ``instantiate``)."""
     _nodes: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
     """Cache behind :attr:`nodes`; excluded from init, repr, equality, hashing and JSON."""
+    _template_counts: tuple[tuple[PipelineTemplate, int], ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    """Cache behind :attr:`template_counts`; excluded like ``_nodes``."""
     _index: Any = field(default=None, init=False, repr=False, compare=False)
     """The re-planning index (``oobleck.planning.index.PlanIndex``) this plan owns, if built; see
     :func:`oobleck.planning.index.take_index`. Excluded from init, repr, equality, hashing, JSON."""
@@ -308,13 +312,15 @@ class Plan:
         iteration_time_s: float,
         spare_nodes: tuple[int, ...],
         nodes: tuple[int, ...] | None = None,
+        template_counts: tuple[tuple[PipelineTemplate, int], ...] | None = None,
     ) -> Plan:
         """A plan whose invariants the caller guarantees, built without re-checking them.
 
         NOTE: for incremental re-planning only, which maintains the invariants ``__post_init__``
         checks (batch total, disjoint members) in its index: checking them again is O(nodes) and
-        would make a re-plan at 16,384 nodes cost what a full one does. ``nodes``, when known,
-        seeds the cache behind :attr:`nodes`.
+        would make a re-plan at 16,384 nodes cost what a full one does. ``nodes`` and
+        ``template_counts``, when known, seed the caches behind :attr:`nodes` and
+        :attr:`template_counts`.
         """
         plan = object.__new__(cls)
         for name, value in (
@@ -325,6 +331,7 @@ class Plan:
             ("iteration_time_s", iteration_time_s),
             ("spare_nodes", spare_nodes),
             ("_nodes", nodes),
+            ("_template_counts", template_counts),
             ("_index", None),
         ):
             object.__setattr__(plan, name, value)
@@ -343,6 +350,27 @@ class Plan:
             nodes = tuple(sorted(members))
             object.__setattr__(self, "_nodes", nodes)
         return nodes
+
+    @property
+    def template_counts(self) -> tuple[tuple[PipelineTemplate, int], ...]:
+        """``(template, pipelines running it)`` per distinct template (by identity), by node count.
+
+        NOTE: cached like :attr:`nodes`; re-planning and the homogeneous baselines seed it, so the
+        simulator and the recovery model read a plan's shape in O(templates), not O(pipelines).
+        """
+        counts = self._template_counts
+        if counts is None:
+            tally: dict[int, list[Any]] = {}
+            for pipeline in self.pipelines:
+                entry = tally.get(id(pipeline.template))
+                if entry is None:
+                    tally[id(pipeline.template)] = [pipeline.template, 1]
+                else:
+                    entry[1] += 1
+            ordered = sorted(tally.values(), key=lambda entry: entry[0].num_nodes)
+            counts = tuple((template, number) for template, number in ordered)
+            object.__setattr__(self, "_template_counts", counts)
+        return counts
 
     @property
     def pipeline_nodes(self) -> tuple[int, ...]:

@@ -11,14 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from oobleck.planning.groups import GroupShape, plan_group_shape
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.instantiate import instantiate
 from oobleck.planning.plan import PipelineTemplate, Plan
 from oobleck.planning.profile import ModelProfile
 from oobleck.planning.reconfigure import Reconfiguration, reconfigure
-from oobleck.planning.recovery import RecoveryConstants, RecoveryPrediction, predict_recovery
+from oobleck.planning.recovery import (
+    RecoveryConstants,
+    RecoveryPrediction,
+    plan_ranks,
+    rebuild_groups_s,
+)
 from oobleck.planning.step_time import StepConstants
 from oobleck.planning.templates import generate_templates
+
+_SHAPE_MEMO_SIZE = 4096
+"""Group shapes kept per planner before the memo is dropped (bounds memory on long runs)."""
 
 
 class Planner:
@@ -56,6 +65,8 @@ class Planner:
         self.global_microbatches = global_microbatches
         self.microbatch_size = microbatch_size
         self.max_nodes = max_nodes
+        self._shapes: dict[tuple[tuple[int, int], ...], tuple[tuple[PipelineTemplate, ...], GroupShape]] = {}
+        """Group shapes by template multiset (see :meth:`group_shape`)."""
         self.templates: tuple[PipelineTemplate, ...] = generate_templates(
             profile,
             hardware,
@@ -127,12 +138,48 @@ class Planner:
         """Predicted seconds per recovery phase for ``reconfiguration`` on this hardware.
 
         ``steps`` prices the first step after the recovery (default: the plan's own step time).
+
+        NOTE: the phases of :func:`oobleck.planning.recovery.predict_recovery` (a test holds the two
+        equal), with the plan's group shape memoised per template multiset: counting groups walks
+        every pipeline (O(nodes)), and along a chain of reconfigurations the multiset repeats.
         """
         plan = reconfiguration.plan
         first_step = (steps or StepConstants()).step_s(plan, self.profile, self.hardware)
-        return predict_recovery(
-            plan, reconfiguration.transfers, self.hardware, constants, first_step_s=first_step
+        constants = constants or RecoveryConstants()
+        sent: dict[int, int] = {}
+        received: dict[int, int] = {}
+        for transfer in reconfiguration.transfers:
+            if transfer.src_node == transfer.dst_node:
+                continue
+            sent[transfer.src_node] = sent.get(transfer.src_node, 0) + transfer.bytes
+            received[transfer.dst_node] = received.get(transfer.dst_node, 0) + transfer.bytes
+        busiest = max([*sent.values(), *received.values()], default=0)
+        return RecoveryPrediction(
+            detect_s=constants.detect_s("disconnect"),
+            plan_s=constants.plan_s,
+            rebuild_groups_s=rebuild_groups_s(constants, plan_ranks(plan), self.group_shape(plan).rounds),
+            transfer_state_s=busiest / constants.transfer_bandwidth(self.hardware),
+            first_step_s=first_step,
         )
+
+    def group_shape(self, plan: Plan) -> GroupShape:
+        """:func:`~oobleck.planning.groups.plan_group_shape` of ``plan``, memoised per template multiset.
+
+        The shape depends only on which templates run and how many pipelines run each (the groups
+        are counted per (template, stage)), so plans with the same multiset share one answer.
+        """
+        key = tuple((id(template), number) for template, number in plan.template_counts)
+        entry = self._shapes.get(key)
+        if entry is not None and all(
+            kept is template for kept, (template, _) in zip(entry[0], plan.template_counts, strict=True)
+        ):
+            return entry[1]
+        shape = plan_group_shape(plan)
+        if len(self._shapes) >= _SHAPE_MEMO_SIZE:
+            self._shapes.clear()
+        # NOTE: the templates are kept with the answer, so a reused id never matches another template.
+        self._shapes[key] = (tuple(template for template, _ in plan.template_counts), shape)
+        return shape
 
     def _instantiate(self, node_ids: Sequence[int], fault_tolerance: int) -> Plan:
         return instantiate(

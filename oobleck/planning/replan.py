@@ -270,6 +270,10 @@ class _Replan:
         new_plan_pipelines = tuple(pipelines)
         edits = self._edits(rebuilt, level_of, kind_lists)
         sync = self._sync_s(new_plan_pipelines, edits, profile, hardware)
+        in_use = {**self.index.templates, **self.template_counts}
+        template_counts = tuple(
+            sorted(((t, n) for t, n in in_use.values() if n), key=lambda entry: entry[0].num_nodes)
+        )
         new_plan = Plan.trusted(
             pipelines=new_plan_pipelines,
             global_microbatches=plan.global_microbatches,
@@ -278,6 +282,7 @@ class _Replan:
             iteration_time_s=slowest + sync,
             spare_nodes=spare_nodes,
             nodes=_members(plan.nodes, lost, joined),
+            template_counts=template_counts,
         )
         return new_plan, edits, [rebuilt[key] for key in sorted(self.groups)]
 

@@ -104,9 +104,9 @@ class Configuration:
             nodes = tuple(kept)
         object.__setattr__(self, "nodes", nodes)
         object.__setattr__(self, "node_set", frozenset(nodes))
-        # NOTE: over distinct templates, not pipelines: a restart at 16K nodes builds thousands.
-        templates = {id(p.template): p.template.num_nodes for p in self.plan.pipelines}
-        object.__setattr__(self, "min_pipeline_nodes", min(templates.values()))
+        # NOTE: over distinct templates (cached on the plan), not pipelines: thousands at 16K nodes.
+        smallest = min(template.num_nodes for template, _ in self.plan.template_counts)
+        object.__setattr__(self, "min_pipeline_nodes", smallest)
         working = len(self.plan.nodes) - len(self.plan.spare_nodes) - len(self.failed)
         object.__setattr__(self, "working_nodes", working)
 

@@ -89,6 +89,7 @@ class HomogeneousPlanner:
             iteration_time_s=step_s,
             spare_nodes=(),
             nodes=nodes[: depth * width],
+            template_counts=((template, width),),
         )
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019  # NOTE: one planner per run; bounded cache.

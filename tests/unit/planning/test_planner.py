@@ -82,3 +82,31 @@ def test_restart_plan_lowers_fault_tolerance_to_what_the_nodes_allow() -> None:
     assert planner.restart_plan(range(n0)).fault_tolerance == 0
     with pytest.raises(PlanningError):
         planner.restart_plan(range(n0 - 1))
+
+
+def test_memoised_prediction_equals_the_recovery_model_along_a_chain() -> None:
+    """Along losses and joins, Planner.predict_recovery equals recovery.predict_recovery, and each
+    re-planned plan's seeded template counts equal the ones counted from its pipelines."""
+    from oobleck.planning.plan import Plan
+    from oobleck.planning.recovery import RecoveryConstants, predict_recovery
+
+    planner = make_planner()
+    plan = planner.plan(range(16))
+    constants = RecoveryConstants()
+    changes = [((3,), ()), ((9, 10), ()), ((), (3,)), ((0,), ()), ((), (9, 10, 0))]
+    for lost, joined in changes:
+        result = planner.reconfigure(plan, lost_nodes=lost, joined_nodes=joined)
+        plan = result.plan
+        counted = Plan.trusted(
+            pipelines=plan.pipelines,
+            global_microbatches=plan.global_microbatches,
+            microbatch_size=plan.microbatch_size,
+            fault_tolerance=plan.fault_tolerance,
+            iteration_time_s=plan.iteration_time_s,
+            spare_nodes=plan.spare_nodes,
+        ).template_counts
+        assert plan.template_counts == counted
+        expected = predict_recovery(
+            plan, result.transfers, planner.hardware, constants, first_step_s=plan.iteration_time_s
+        )
+        assert planner.predict_recovery(result, constants) == expected
