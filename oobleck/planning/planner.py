@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from oobleck.planning.groups import GroupShape, plan_group_shape
+from oobleck.planning.groups import plan_group_shape
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.instantiate import instantiate
 from oobleck.planning.plan import PipelineTemplate, Plan
@@ -26,8 +26,8 @@ from oobleck.planning.recovery import (
 from oobleck.planning.step_time import StepConstants
 from oobleck.planning.templates import generate_templates
 
-_SHAPE_MEMO_SIZE = 4096
-"""Group shapes kept per planner before the memo is dropped (bounds memory on long runs)."""
+_ROUNDS_MEMO_SIZE = 4096
+"""Group-creation round counts kept per planner before the memo is dropped (bounds memory on long runs)."""
 
 
 class Planner:
@@ -65,8 +65,8 @@ class Planner:
         self.global_microbatches = global_microbatches
         self.microbatch_size = microbatch_size
         self.max_nodes = max_nodes
-        self._shapes: dict[tuple[tuple[int, int], ...], tuple[tuple[PipelineTemplate, ...], GroupShape]] = {}
-        """Group shapes by template multiset (see :meth:`group_shape`)."""
+        self._rounds: dict[tuple[tuple[int, int], ...], tuple[tuple[PipelineTemplate, ...], int]] = {}
+        """Group-creation rounds by templates in use (see :meth:`group_rounds`)."""
         self.templates: tuple[PipelineTemplate, ...] = generate_templates(
             profile,
             hardware,
@@ -140,8 +140,9 @@ class Planner:
         ``steps`` prices the first step after the recovery (default: the plan's own step time).
 
         NOTE: the phases of :func:`oobleck.planning.recovery.predict_recovery` (a test holds the two
-        equal), with the plan's group shape memoised per template multiset: counting groups walks
-        every pipeline (O(nodes)), and along a chain of reconfigurations the multiset repeats.
+        equal), with the plan's group-creation rounds memoised on its templates (:meth:`group_rounds`):
+        counting groups walks every pipeline and layer, and along a chain of reconfigurations the
+        same templates come back.
         """
         plan = reconfiguration.plan
         first_step = (steps or StepConstants()).step_s(plan, self.profile, self.hardware)
@@ -157,29 +158,32 @@ class Planner:
         return RecoveryPrediction(
             detect_s=constants.detect_s("disconnect"),
             plan_s=constants.plan_s,
-            rebuild_groups_s=rebuild_groups_s(constants, plan_ranks(plan), self.group_shape(plan).rounds),
+            rebuild_groups_s=rebuild_groups_s(constants, plan_ranks(plan), self.group_rounds(plan)),
             transfer_state_s=busiest / constants.transfer_bandwidth(self.hardware),
             first_step_s=first_step,
         )
 
-    def group_shape(self, plan: Plan) -> GroupShape:
-        """:func:`~oobleck.planning.groups.plan_group_shape` of ``plan``, memoised per template multiset.
+    def group_rounds(self, plan: Plan) -> int:
+        """``plan_group_shape(plan).rounds``, memoised on the templates in use.
 
-        The shape depends only on which templates run and how many pipelines run each (the groups
-        are counted per (template, stage)), so plans with the same multiset share one answer.
+        The groups are counted per (template, stage), and the pipeline counts matter only through
+        which groups have more than one member (a group of one is not built), which is decided by
+        whether each template runs one pipeline or more. So plans whose templates are the same,
+        each running one or several pipelines, share one answer.
         """
-        key = tuple((id(template), number) for template, number in plan.template_counts)
-        entry = self._shapes.get(key)
+        counts = plan.template_counts
+        key = tuple((id(template), min(number, 2)) for template, number in counts)
+        entry = self._rounds.get(key)
         if entry is not None and all(
-            kept is template for kept, (template, _) in zip(entry[0], plan.template_counts, strict=True)
+            kept is template for kept, (template, _) in zip(entry[0], counts, strict=True)
         ):
             return entry[1]
-        shape = plan_group_shape(plan)
-        if len(self._shapes) >= _SHAPE_MEMO_SIZE:
-            self._shapes.clear()
+        rounds = plan_group_shape(plan).rounds
+        if len(self._rounds) >= _ROUNDS_MEMO_SIZE:
+            self._rounds.clear()
         # NOTE: the templates are kept with the answer, so a reused id never matches another template.
-        self._shapes[key] = (tuple(template for template, _ in plan.template_counts), shape)
-        return shape
+        self._rounds[key] = (tuple(template for template, _ in counts), rounds)
+        return rounds
 
     def _instantiate(self, node_ids: Sequence[int], fault_tolerance: int) -> Plan:
         return instantiate(

@@ -110,3 +110,17 @@ def test_memoised_prediction_equals_the_recovery_model_along_a_chain() -> None:
             plan, result.transfers, planner.hardware, constants, first_step_s=plan.iteration_time_s
         )
         assert planner.predict_recovery(result, constants) == expected
+
+
+def test_memoised_group_rounds_equal_the_group_shape_over_many_plans() -> None:
+    """One planner's memoised group rounds equal plan_group_shape's for plans of 4..16 nodes and
+    their one-loss re-plans (templates running one pipeline or several)."""
+    from oobleck.planning.groups import plan_group_shape
+
+    planner = make_planner()
+    plans = [planner.plan(range(nodes)) for nodes in range(4, 17)]
+    plans += [planner.reconfigure(plan, lost_nodes=(1,)).plan for plan in plans]
+    assert any(number == 1 for plan in plans for _, number in plan.template_counts)
+    assert any(number > 2 for plan in plans for _, number in plan.template_counts)
+    for plan in plans + plans[::-1]:
+        assert planner.group_rounds(plan) == plan_group_shape(plan).rounds
