@@ -13,6 +13,8 @@ forward pass redundantly, so when a node fails its predecessor takes over at onc
   running the failed node's stages on its own devices as well (paired in order, so its slowest
   microbatch slot becomes the sum of the two). The degraded pipeline's ``(m - 1) x max`` term
   sets the step; the others wait for it at the all-reduce. Bamboo runs so until it reconfigures.
+  Failovers in several pipelines cost the slowest of them, not their product: the step is always
+  the healthy step scaled by the worst damaged pipeline's ratio.
 * **Reconfiguration** when nodes join (at a step boundary, if the faster plan pays back the pause
   by :meth:`~oobleck.sim.base.Policy.pays_back`): state is in memory (every layer has a live copy),
   so it relaunches the workers (``restart_s``) on a fresh plan without reading a checkpoint. Joins
@@ -88,6 +90,7 @@ class BambooPolicy(Policy):
             ) from None
         plan = self.homogeneous.plan(nodes, depth)
         step = self.context.step_time_s(plan) * (1.0 + self.overhead)
+        # NOTE: the same price as steady_step_s (which degraded_step_s scales).
         return Configuration(
             plan=plan, step_time_s=step, redundancy_fraction=self.overhead / (1.0 + self.overhead)
         )
@@ -146,6 +149,11 @@ class BambooPolicy(Policy):
         node leaves ``sum`` unchanged and raises ``max`` to the predecessor's doubled slot. The
         plan's step is scaled by the worst pipeline's ratio (the all-reduce scales with it too,
         a slight overestimate of the degraded cost).
+
+        The ratio scales the *healthy* step (:meth:`steady_step_s`), never ``config``'s own, which
+        after an earlier failover is already degraded: failovers in different pipelines cost the
+        worst of them, not their product (synchronous data parallelism waits for one slowest
+        pipeline).
         """
         ratio = 1.0
         for pipeline in self._damaged(config, down):
@@ -167,7 +175,11 @@ class BambooPolicy(Policy):
             m = pipeline.microbatches
             normal = template.sum_latency_s + (m - 1) * template.max_latency_s
             ratio = max(ratio, (template.sum_latency_s + (m - 1) * slot) / normal)
-        return config.step_time_s * ratio
+        return self.steady_step_s(config) * ratio
+
+    def steady_step_s(self, config: Configuration) -> float:
+        """Step seconds of ``config``'s plan with no node down: the plan's step plus the redundancy."""
+        return self.context.step_time_s(config.plan) * (1.0 + self.overhead)
 
     def on_join(
         self, config: Configuration, joined: tuple[int, ...], alive: tuple[int, ...]

@@ -128,3 +128,17 @@ def test_rack_failure_scenario_oobleck_reconfigures_and_beats_checkpoint_restart
     oobleck, checkpoint = result.result("oobleck"), result.result("checkpoint")
     assert set(oobleck.recoveries) == {"reconfigure"}
     assert oobleck.samples >= checkpoint.samples
+
+
+def test_bamboo_failovers_in_two_pipelines_do_not_compound(
+    small_config: SimulationConfig, tmp_path: Path
+) -> None:
+    """A second failover in another pipeline leaves bamboo's degraded step where the first put it:
+    every pipeline waits for the slowest one at the all-reduce, slowdowns do not multiply."""
+    trace = "3600000,remove,node1\n5400000,remove,node5\n"
+    result = _run(small_config, tmp_path, trace, "bamboo")
+    assert result.result("bamboo").recoveries == {"failover": 2}
+    before = _rate_at(result, "bamboo", 3599.0)
+    one, two = _rate_at(result, "bamboo", 5000.0), _rate_at(result, "bamboo", 6000.0)
+    assert 0 < one < before
+    assert two == pytest.approx(one, rel=1e-12)
