@@ -35,7 +35,7 @@ from collections.abc import Set as AbstractSet
 from oobleck.errors import PlanningError
 from oobleck.planning.plan import Pipeline, PipelineTemplate
 from oobleck.sim.base import Configuration, JobContext, Policy, Recovery, Rollback
-from oobleck.sim.policies.homogeneous import HomogeneousPlanner
+from oobleck.sim.policies.homogeneous import HomogeneousPlan, HomogeneousPlanner
 
 
 class BambooPolicy(Policy):
@@ -127,12 +127,14 @@ class BambooPolicy(Policy):
         """
         plan = config.plan
         members = plan.nodes
-        depth = plan.pipelines[0].template.num_nodes
+        depth = plan.template_counts[0][0].num_nodes
+        # NOTE: a HomogeneousPlan builds one pipeline without materialising the others.
+        pipeline_at = plan.pipeline if isinstance(plan, HomogeneousPlan) else plan.pipelines.__getitem__
         found: dict[int, Pipeline] = {}
         for node in down:
             rank = bisect.bisect_left(members, node)
-            if rank < len(members) and members[rank] == node:
-                found.setdefault(rank // depth, plan.pipelines[rank // depth])
+            if rank < len(members) and members[rank] == node and rank // depth not in found:
+                found[rank // depth] = pipeline_at(rank // depth)
         return [found[key] for key in sorted(found)]
 
     @staticmethod

@@ -12,7 +12,8 @@ Assumptions:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +23,77 @@ from oobleck.planning.cost import layer_tables, plan_iteration_time_s
 from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan
 from oobleck.sim.base import JobContext
 
-_PIPELINE_CACHE = 1 << 18
-"""Pipelines kept for reuse before the cache is dropped (bounds memory on long runs)."""
+
+class HomogeneousPlan(Plan):
+    """``width`` pipelines of one template on consecutive chunks of sorted node ids, built lazily.
+
+    A homogeneous plan is just (template, batch split, nodes): a restart prices it without its
+    pipelines, so they are materialised only when something reads :attr:`pipelines` (a restart at
+    16K nodes would otherwise build thousands of them on every event). :meth:`pipeline` builds one.
+    Everything else (:attr:`nodes`, :attr:`template_counts`, equality, pickling) is a
+    :class:`~oobleck.planning.plan.Plan`'s; the invariants hold by construction (disjoint slices of
+    distinct sorted ids, the exact batch split), so they are not re-checked.
+    """
+
+    __slots__ = ("_built", "_counts", "_template")
+
+    _template: PipelineTemplate
+    _counts: tuple[int, ...]
+    _built: tuple[Pipeline, ...] | None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        template: PipelineTemplate,
+        microbatches: tuple[int, ...],
+        global_microbatches: int,
+        microbatch_size: int,
+        iteration_time_s: float,
+        nodes: tuple[int, ...],
+    ) -> HomogeneousPlan:
+        """The plan of ``len(microbatches)`` pipelines of ``template`` on ``nodes`` (sorted, chunked)."""
+        plan = object.__new__(cls)
+        for name, value in (
+            ("global_microbatches", global_microbatches),
+            ("microbatch_size", microbatch_size),
+            ("fault_tolerance", 0),
+            ("iteration_time_s", iteration_time_s),
+            ("spare_nodes", ()),
+            ("_nodes", nodes),
+            ("_template_counts", ((template, len(microbatches)),)),
+            ("_index", None),
+            ("_template", template),
+            ("_counts", microbatches),
+            ("_built", None),
+        ):
+            object.__setattr__(plan, name, value)
+        return plan
+
+    @property  # NOTE: a lazy stand-in for the field of the same name.
+    def pipelines(self) -> tuple[Pipeline, ...]:
+        """Every pipeline, built on first use."""
+        built = self._built
+        if built is None:
+            built = tuple(self.pipeline(k) for k in range(len(self._counts)))
+            object.__setattr__(self, "_built", built)
+        return built
+
+    def pipeline(self, position: int) -> Pipeline:
+        """Pipeline ``position`` (0-based), built from its chunk of the nodes without the others."""
+        if self._built is not None:
+            return self._built[position]
+        depth = self._template.num_nodes
+        chunk = self.nodes[position * depth : (position + 1) * depth]
+        return Pipeline(template=self._template, nodes=chunk, microbatches=self._counts[position])
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        # NOTE: a pickle holds the materialised pipelines (Plan.__getstate__ reads every field).
+        super().__setstate__({name: value for name, value in state.items() if name != "pipelines"})
+        pipelines = state["pipelines"]
+        object.__setattr__(self, "_template", pipelines[0].template)
+        object.__setattr__(self, "_counts", tuple(p.microbatches for p in pipelines))
+        object.__setattr__(self, "_built", tuple(pipelines))
 
 
 class HomogeneousPlanner:
@@ -31,9 +101,6 @@ class HomogeneousPlanner:
 
     def __init__(self, context: JobContext) -> None:
         self.context = context
-        self._pipelines: dict[tuple[int, tuple[int, ...]], Pipeline] = {}
-        """Pipelines already built, by (microbatches, nodes): a restart after one loss rebuilds only
-        the pipelines whose nodes or share of the batch changed."""
         self.templates = {template.num_nodes: template for template in context.planner.templates}
         depths = sorted(self.templates)
         grads = layer_tables(context.profile).grad_prefix_bytes
@@ -67,29 +134,14 @@ class HomogeneousPlanner:
         width = self.width(depth, len(nodes))
         if width < 1:
             raise PlanningError(f"{len(nodes)} nodes cannot hold one {depth}-node pipeline")
-        template = self.templates[depth]
         microbatches, step_s = self._shape(depth, width)
-        cache = self._pipelines
-        if len(cache) > _PIPELINE_CACHE:
-            cache.clear()
-        pipelines = []
-        for i, count in enumerate(microbatches):
-            chunk = nodes[i * depth : (i + 1) * depth]
-            pipeline = cache.get((count, chunk))
-            if pipeline is None:
-                pipeline = cache[count, chunk] = Pipeline(template=template, nodes=chunk, microbatches=count)
-            pipelines.append(pipeline)
-        # NOTE: the invariants Plan checks hold by construction (disjoint slices of distinct sorted
-        # ids, the exact batch split), and checking them is O(nodes) on every restart.
-        return Plan.trusted(
-            pipelines=tuple(pipelines),
+        return HomogeneousPlan.of(
+            template=self.templates[depth],
+            microbatches=microbatches,
             global_microbatches=self.context.global_microbatches,
             microbatch_size=self.context.microbatch_size,
-            fault_tolerance=0,
             iteration_time_s=step_s,
-            spare_nodes=(),
             nodes=nodes[: depth * width],
-            template_counts=((template, width),),
         )
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019  # NOTE: one planner per run; bounded cache.
