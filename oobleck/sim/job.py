@@ -243,7 +243,7 @@ class TrainingJob:
             if self.config is not None:
                 self.progress_s = self.carried_step_fraction * self.config.step_time_s
                 if self.policy.join_idle:
-                    idle = set(self.cluster.alive) - self.config.node_set
+                    idle = set(self.cluster.alive).difference(self.config.nodes)
                     self.pending_joins.extend(sorted(idle))
             self.carried_step_fraction = 0.0
             if self.outage_start_s is not None:
@@ -271,9 +271,10 @@ class TrainingJob:
     def _take_joins(self) -> None:
         assert self.config is not None  # NOTE: joins are taken only while a configuration runs.
         # NOTE: a restart since the join may already have taken the node, or it may have failed again.
-        alive = set(self.cluster.alive)
-        used = self.config.node_set
-        joined = tuple(sorted({node for node in self.pending_joins if node in alive and node not in used}))
+        cluster, config = self.cluster, self.config
+        joined = tuple(
+            sorted({node for node in self.pending_joins if cluster.is_up(node) and not config.uses(node)})
+        )
         self.pending_joins.clear()
         if joined:
             recovery = self.policy.on_join(self.config, joined, self.cluster.alive)
