@@ -22,9 +22,18 @@ forward pass redundantly, so when a node fails its predecessor takes over at onc
 * **Checkpoint-restart** when a node and its ring predecessor are both down (a layer's only two
   copies are gone): restart-all from the last checkpoint.
 
+Why it trails in the default run (``--nodes 32 --fail-rate 0.01``, no repairs): failed nodes never
+come back, so after its first failover bamboo runs degraded for the rest of the run, the damaged
+pipeline's predecessor doing two nodes' work (on that run's 2-node pipelines the slowest slot
+roughly doubles) while every other pipeline waits at the all-reduce; on top comes the steady
+redundant-forward overhead. That is the mechanism as described, not a modelling artefact; with
+``--repair-hours`` the returning node is taken by a reconfiguration and the rate recovers.
+
 Leaves out: Bamboo's spot-instance allocation model (preemption warnings, batched allocations),
-the memory headroom of the predecessor's doubled activations after a failover, and the time to
-re-establish redundancy in the background.
+a reconfiguration onto the survivors that Bamboo might decide on after a failover *without* a
+join (the paper re-plans when a pipeline cannot fail over or when nodes are allocated), the memory
+headroom of the predecessor's doubled activations after a failover, and the time to re-establish
+redundancy in the background.
 """
 
 from __future__ import annotations
