@@ -343,6 +343,12 @@ def _print_plan(console: Console, title: str, plan: dict[str, Any]) -> None:
         f"{title}: {len(plan['pipelines'])} pipelines, step {plan['iteration_time_s']:.3f} s, "
         f"{plan['samples_per_s']:,.1f} samples/s{tokens}"
     )
+    spares = plan["spare_nodes"]
+    if spares:
+        console.print(
+            f"{title}: {len(spares)} hot spare nodes ({_node_ranges(spares)}) left idle because using "
+            "them is infeasible or slower; a loss takes a spare first"
+        )
 
 
 def _group_nodes(members: Sequence[Sequence[int]]) -> str:

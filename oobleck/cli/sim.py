@@ -21,14 +21,23 @@ from oobleck.cli._common import new_parser, run_command
 from oobleck.errors import ConfigError
 from oobleck.planning.hardware import HARDWARE
 from oobleck.sim import SimulationConfig, SimulationResult, simulate
-from oobleck.sim.config import POLICIES
+from oobleck.sim.config import MAX_NODES, POLICIES
 from oobleck.sim.costs import SimCosts
-from oobleck.sim.report import breakdown_table, plot, results_table, write_json
+from oobleck.sim.report import (
+    breakdown_table,
+    check_output_path,
+    plot,
+    results_table,
+    seeds_table,
+    write_json,
+)
+from oobleck.sim.seeds import SeedsResult, simulate_seeds
 
 _EXAMPLE = (
-    "python -m oobleck.sim --nodes 32 --fail-rate 0.01\n"
+    "python -m oobleck.sim --nodes 32 --fail-rate 0.01 --seeds 5\n"
     "  python -m oobleck.sim --nodes 31 --trace 1h.csv --policy oobleck,varuna --json out.json\n"
-    "  (the published Oobleck traces name node1..node30, so they need --nodes 31)"
+    "  (the published Oobleck traces name node1..node30, so they need --nodes 31)\n"
+    "  python -m oobleck.sim sweep --help   (grids of runs, on Ray or a process pool)"
 )
 _PIPE_WIDTH = 160
 
@@ -47,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         example=_EXAMPLE,
     )
     add = parser.add_argument
-    add("--nodes", type=int, default=defaults.nodes, help="nodes in the cluster (ids node0..node<N-1>)")
+    add(
+        "--nodes",
+        type=int,
+        default=defaults.nodes,
+        help=f"nodes in the cluster (ids node0..node<N-1>), at most {MAX_NODES:,}",
+    )
     add("--fail-rate", type=float, default=defaults.fail_rate, help="node failures per node per hour")
     add("--hours", type=float, default=defaults.hours, help="simulated training hours")
     add(
@@ -84,7 +98,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.rack_fail_rate,
         help="rack failures per rack per hour",
     )
-    add("--seed", type=int, default=defaults.seed, help="seed of the failure trace")
+    add("--seed", type=int, default=defaults.seed, help="seed of the failure trace (the first, with --seeds)")
+    add(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="run K seeds (--seed .. --seed+K-1), all policies on the same K traces; mean and 95%% interval",
+    )
+    add(
+        "--mtbf-hours",
+        type=float,
+        metavar="H",
+        help="cluster MTBF checkpoint periods are planned for (default: from --fail-rate/--rack-fail-rate)",
+    )
+    add("--allow-empty-trace", action="store_true", help="accept a --trace without any membership change")
+    add(
+        "--remove-every-minutes",
+        type=float,
+        metavar="M",
+        help="the Oobleck paper's synthetic trace: remove one node every M minutes (seeded order)",
+    )
+    add(
+        "--remove-until-nodes",
+        type=int,
+        default=defaults.remove_until_nodes,
+        help="with --remove-every-minutes: stop removing when this many nodes remain",
+    )
     add(
         "--fault-tolerance",
         type=int,
@@ -129,6 +169,10 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         hardware=args.hardware,
         policies=policies,
         trace=args.trace,
+        allow_empty_trace=args.allow_empty_trace,
+        remove_every_minutes=args.remove_every_minutes,
+        remove_until_nodes=args.remove_until_nodes,
+        mtbf_hours=args.mtbf_hours,
         repair_hours=args.repair_hours,
         repair_distribution=args.repair_distribution,
         rack_size=args.rack_size,
@@ -143,18 +187,34 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
 
 def _run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    quiet = args.quiet or not sys.stderr.isatty()
-    result = simulate(config) if quiet else _simulate_with_progress(config)
-    console = Console(width=None if sys.stdout.isatty() else _PIPE_WIDTH)
-    console.print(results_table(result))
-    console.print(breakdown_table(result))
-    console.print(f"seed {config.seed}; simulated in {result.wall_s:.2f} s")
+    # NOTE: every output path is checked before simulating, so a typo never costs a whole run.
     if args.json:
-        write_json(result, args.json)
+        check_output_path(args.json, "--json", suffixes=(".json",))
+    if args.plot:
+        check_output_path(args.plot, "--plot", suffixes=(".png", ".pdf", ".svg"))
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    console = Console(width=None if sys.stdout.isatty() else _PIPE_WIDTH)
+    quiet = args.quiet or not sys.stderr.isatty()
+    if args.seeds > 1:
+        seeds = list(range(config.seed, config.seed + args.seeds))
+        many = simulate_seeds(config, seeds, run=simulate if quiet else _simulate_with_progress)
+        console.print(seeds_table(many))
+        console.print(f"seeds {seeds[0]}..{seeds[-1]}; simulated in {sum(r.wall_s for r in many.runs):.2f} s")
+        result = many.runs[0]
+        document: SeedsResult | SimulationResult = many
+    else:
+        result = simulate(config) if quiet else _simulate_with_progress(config)
+        console.print(results_table(result))
+        console.print(breakdown_table(result))
+        console.print(f"seed {config.seed}; simulated in {result.wall_s:.2f} s")
+        document = result
+    if args.json:
+        write_json(document, args.json)
         console.print(f"wrote {args.json}")
     if args.plot:
         plot(result, args.plot)
-        console.print(f"wrote {args.plot}")
+        console.print(f"wrote {args.plot}" + (f" (seed {result.seed})" if args.seeds > 1 else ""))
     return 0
 
 
@@ -179,5 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         0 on success; 2 on bad input (one line on stderr naming the flag or file:line).
+        ``sweep`` as the first argument runs :mod:`oobleck.cli.sim_sweep` instead.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"]:
+        from oobleck.cli.sim_sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
     return run_command(build_parser(), _run, argv)

@@ -96,7 +96,7 @@ def layer_tables(profile: ModelProfile) -> LayerTables:
 
 def _build_tables(profile: ModelProfile) -> LayerTables:
     def prefix(values: list[Any], dtype: type) -> np.ndarray:
-        array = np.array([0, *accumulate(values)], dtype=dtype)
+        array: np.ndarray = np.array([0, *accumulate(values)], dtype=dtype)
         array.flags.writeable = False
         return array
 

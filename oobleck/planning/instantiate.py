@@ -1,19 +1,29 @@
 """Choose how many pipelines of each template to run on N nodes, and on which nodes.
 
-We look for counts ``x_n`` (pipelines of the ``n``-node template) with ``sum x_n * n = N`` (every
-node used), ``sum x_n >= f + 1`` (f failures leave a replica of every layer) and the smallest step
-time after exact batch distribution. Instead of enumerating every multiset (the original's 2e7 at
-128 nodes), we bisect on the makespan ``T``: at a given ``T`` a template absorbs at most
-``cap_n(T)`` microbatches, and ``T`` is feasible when an unbounded knapsack over node counts can
-reach ``sum x_n * cap_n(T) >= B``. The knapsack is vectorised with numpy (binary-split item copies,
-the pipeline count as a small saturating state ``min(count, f + 1)``).
+We look for counts ``x_n`` (pipelines of the ``n``-node template) with ``sum x_n * n <= N``,
+``sum x_n >= f + 1`` (f failures leave a replica of every layer) and the smallest step time after
+exact batch distribution. Instead of enumerating every multiset (the original's 2e7 at 128 nodes),
+we bisect on the makespan ``T``: at a given ``T`` a template absorbs at most ``cap_n(T)``
+microbatches, and ``T`` is feasible when an unbounded knapsack over node counts can reach
+``sum x_n * cap_n(T) >= B``. The knapsack is vectorised with numpy (binary-split item copies, the
+pipeline count as a small saturating state ``min(count, f + 1)``); its table holds every node count
+``0..N`` at once, so plans that leave nodes idle cost nothing extra to consider.
+
+Idle nodes (hot spares). The rule: **minimise the makespan (the slowest pipeline's 1F1B time) over
+every plan on at most N nodes; among plans with that makespan use the most nodes.** So a plan uses
+every node whenever that is as fast as anything else (exactly the all-node plan of the exact
+formulation), and leaves nodes idle only when using them all is infeasible (more pipeline stages
+than the global batch has microbatches) or strictly slower. Ties go to more nodes because at an
+equal makespan an extra pipeline is an extra replica of every layer and extra batch capacity, so a
+later loss is absorbed without slowing the step; an idle node only waits. The unused nodes (the
+highest ids) become the plan's ``spare_nodes``, which a reconfiguration takes first.
 
 Assumptions:
     * Templates have distinct node counts; the smallest one is ``n0``.
     * The cross-pipeline gradient sync depends only weakly on the number of pipelines, so the choice
       minimises the slowest pipeline and the sync time is added afterwards.
-    * Among combinations with the same makespan, the one with the most spare capacity (then the
-      fewest stages) wins; the knapsack's scan order makes the choice deterministic.
+    * Among combinations with the same makespan, the one with the most nodes, then the most spare
+      capacity (then the fewest stages) wins; the knapsack's scan order makes it deterministic.
 """
 
 from __future__ import annotations
@@ -70,15 +80,16 @@ def instantiate(
     profile: ModelProfile,
     hardware: HardwareSpec,
 ) -> Plan:
-    """Build the fastest plan that uses every node and keeps at least ``f + 1`` pipelines.
+    """Build the fastest plan on at most these nodes that keeps at least ``f + 1`` pipelines.
 
     Pipelines are ordered by (node count, position) and get contiguous runs of the sorted node ids,
-    so every worker derives the same plan from the same inputs. 1024 nodes, ~90 templates and
-    ``f <= 3`` take a few tens of milliseconds.
+    so every worker derives the same plan from the same inputs. Nodes left idle by the rule of the
+    module docstring (infeasible or slower to use) are the highest ids and become the plan's
+    ``spare_nodes``. 1024 nodes, ~90 templates and ``f <= 3`` take a few tens of milliseconds.
 
     Args:
         templates: One template per node count (``generate_templates`` output).
-        node_ids: The nodes to use, all of them; any order, no duplicates.
+        node_ids: The nodes available; any order, no duplicates.
         fault_tolerance: ``f >= 0``.
         global_microbatches: ``B``, microbatches per step over all pipelines.
         microbatch_size: Samples per microbatch (recorded in the plan).
@@ -86,7 +97,8 @@ def instantiate(
         hardware: The cluster hardware (same).
 
     Returns:
-        The plan; its ``iteration_time_s`` is the slowest pipeline plus the gradient sync.
+        The plan; its ``iteration_time_s`` is the slowest pipeline plus the gradient sync, and
+        ``spare_nodes`` lists the nodes it leaves idle.
 
     Raises:
         ConfigError: duplicate node ids, negative ``f`` or non-positive sizes.
@@ -118,9 +130,10 @@ def instantiate(
             Pipeline(template=template, nodes=nodes[start : start + template.num_nodes], microbatches=count)
         )
         start += template.num_nodes
-    logger.debug("instantiated %s on %d nodes", dict(sorted(counts.items())), len(nodes))
+    logger.debug("instantiated %s on %d of %d nodes", dict(sorted(counts.items())), start, len(nodes))
     return Plan(
         pipelines=tuple(pipelines),
+        spare_nodes=nodes[start:],
         global_microbatches=global_microbatches,
         microbatch_size=microbatch_size,
         fault_tolerance=fault_tolerance,
@@ -129,9 +142,14 @@ def instantiate(
 
 
 def choose_counts(
-    templates: Sequence[PipelineTemplate], num_nodes: int, min_pipelines: int, global_microbatches: int
+    templates: Sequence[PipelineTemplate],
+    num_nodes: int,
+    min_pipelines: int,
+    global_microbatches: int,
+    *,
+    allow_idle: bool = True,
 ) -> dict[int, int]:
-    """Pipelines per template size that use exactly ``num_nodes`` with the smallest makespan.
+    """Pipelines per template size on at most ``num_nodes`` nodes with the smallest makespan.
 
     The optimal makespan is one of the values ``a_n + c_n * (b - 1)``. We start just below a
     fractional lower bound, grow geometrically to a feasible ``T``, then bisect, snapping every
@@ -141,20 +159,25 @@ def choose_counts(
     template) or the small-batch knapsack fits ``_EXACT_BUDGET``; otherwise a combination with more
     than ``B`` stages can hide a feasible mixed one and the makespan found may be higher.
 
+    Among combinations with the optimal makespan the one using the most nodes wins (see the module
+    docstring), so the result uses all ``num_nodes`` whenever that is as fast as anything else.
+
     Args:
         templates: Templates with distinct node counts.
-        num_nodes: ``N``; every node must be used.
+        num_nodes: ``N``, the nodes available.
         min_pipelines: At least this many pipelines (``f + 1``).
         global_microbatches: ``B``.
+        allow_idle: False demands that every node is used (the formulation before spare nodes).
 
     Returns:
         ``{num_nodes of template: number of pipelines}`` for the templates used.
 
     Raises:
-        PlanningError: no combination of template sizes adds up to ``num_nodes`` with enough
-            pipelines, or ``B`` is too small for the stages of every combination.
+        PlanningError: no combination of template sizes with enough pipelines fits in (or with
+            ``allow_idle=False`` adds up to) ``num_nodes``, or ``B`` is too small for the stages of
+            every combination.
     """
-    knapsack = _Knapsack(templates, num_nodes, min_pipelines, global_microbatches)
+    knapsack = _Knapsack(templates, num_nodes, min_pipelines, global_microbatches, allow_idle)
     low = knapsack.lower_bound()
     top = float(knapsack.times(np.full(len(templates), global_microbatches)).max())
     step = max(abs(low), top) * 1e-3 if low <= 0 else low * 0.01
@@ -166,9 +189,10 @@ def choose_counts(
             break
         if probe >= top:
             sizes = sorted(template.num_nodes for template in templates)
+            amount = "at most" if allow_idle else "exactly"
             raise PlanningError(
                 f"no combination of pipeline sizes {sizes} with >= {min_pipelines} pipelines uses "
-                f"exactly {num_nodes} nodes with global_microbatches={global_microbatches} (a pipeline "
+                f"{amount} {num_nodes} nodes with global_microbatches={global_microbatches} (a pipeline "
                 f"needs >= 1 microbatch per stage); change the node count or raise global_microbatches"
             )
         low, step = probe, step * 4
@@ -192,6 +216,8 @@ class _Knapsack:
     num_nodes: int
     min_pipelines: int
     global_microbatches: int
+    allow_idle: bool = True
+    """Whether a combination may use fewer than ``num_nodes`` nodes (then the most nodes win)."""
 
     def __post_init__(self) -> None:
         self.sizes = np.array([t.num_nodes for t in self.templates], dtype=np.int64)
@@ -236,47 +262,64 @@ class _Knapsack:
         capacity = self.capacity(threshold)
         return float(self.times(capacity)[capacity >= 1].max())
 
-    def feasible_values(self, threshold: float) -> tuple[np.ndarray, bool] | None:
-        """A proof that ``threshold`` is feasible (knapsack values, exact-DP flag), or None.
+    def feasible_values(self, threshold: float) -> _Proof | None:
+        """A proof that ``threshold`` is feasible (knapsack values, exact-DP flag, nodes used), or None.
 
-        The most capacity (ties: fewest stages) decides, unless that combination has more stages
-        than B; then the fewest stages (ties: most capacity) gets a second chance, and if that is
-        inconclusive a knapsack with the stage total as a third state decides exactly, when small
-        enough (``_EXACT_BUDGET``). Unusable templates (capacity below their stages) are skipped.
+        Per node count (column) of the knapsack: the most capacity (ties: fewest stages) decides,
+        unless that combination has more stages than B; then the fewest stages (ties: most
+        capacity) gets a second chance, and if that is inconclusive a knapsack with the stage total
+        as a third state decides exactly, when small enough (``_EXACT_BUDGET``). Unusable templates
+        (capacity below their stages) are skipped. The proof is for the largest feasible column
+        (only ``N`` itself without ``allow_idle``).
         """
         capacity = self.capacity(threshold)
         usable = capacity >= self.stages
+        columns = np.arange(self.num_nodes + 1) if self.allow_idle else np.array([self.num_nodes])
         capacity_first = np.where(usable, capacity * self.stage_scale - self.stages, _UNUSABLE)
-        best = self._table(capacity_first)[0]
-        if best is None:
-            return None
+        best = self._table(capacity_first)[0][columns]
+        reachable = best > _NEGATIVE // 2
         total_capacity = -(-best // self.stage_scale)
         total_stages = total_capacity * self.stage_scale - best
-        if total_stages <= self.global_microbatches:
-            return (capacity_first, False) if total_capacity >= self.global_microbatches else None
+        fits = total_stages <= self.global_microbatches
+        first_ok = reachable & fits & (total_capacity >= self.global_microbatches)
+        undecided = reachable & ~fits
+        found = _largest(columns, first_ok)
+        if not undecided[columns > found].any():
+            return None if found < 0 else (capacity_first, False, found)
         stages_first = np.where(usable, capacity - self.stages * self.capacity_scale, _UNUSABLE)
-        best = self._table(stages_first)[0]
-        if best is None:
-            return None
+        best = self._table(stages_first)[0][columns]
         total_stages = -(best // self.capacity_scale)
         total_capacity = best + total_stages * self.capacity_scale
-        if total_stages > self.global_microbatches:
-            return None
-        if total_capacity >= self.global_microbatches:
-            return stages_first, False
-        if len(self._items(capacity_first)) * self._stage_table_size() > _EXACT_BUDGET:
-            return None
+        fits = total_stages <= self.global_microbatches
+        second_ok = undecided & fits & (total_capacity >= self.global_microbatches)
+        exact_wanted = undecided & fits & (total_capacity < self.global_microbatches)
+        second = _largest(columns, second_ok)
+        if not exact_wanted[columns > max(found, second)].any() or (
+            len(self._items(capacity_first)) * self._stage_table_size() > _EXACT_BUDGET
+        ):
+            if max(found, second) < 0:
+                return None
+            return (capacity_first, False, found) if found > second else (stages_first, False, second)
         table, _ = self._stage_table(capacity)
-        return (capacity, True) if table[-1, -1].max() >= self.global_microbatches else None
+        exact_ok = exact_wanted & (table[-1, columns].max(axis=1) >= self.global_microbatches)
+        third = _largest(columns, exact_ok)
+        largest = max(found, second, third)
+        if largest < 0:
+            return None
+        if largest == found:
+            return capacity_first, False, found
+        if largest == second:
+            return stages_first, False, second
+        return capacity, True, third
 
-    def backtrack(self, threshold: float, proof: tuple[np.ndarray, bool]) -> dict[int, int]:
+    def backtrack(self, threshold: float, proof: _Proof) -> dict[int, int]:
         """Template counts of the knapsack optimum that proved ``threshold`` feasible."""
-        values, exact = proof
+        values, exact, column = proof
         counts: dict[int, int] = {}
-        row, column, depth = self.min_pipelines, self.num_nodes, 0
+        row, depth = self.min_pipelines, 0
         if exact:
             table, history = self._stage_table(values, record=True)
-            depth = int(np.flatnonzero(table[-1, -1] >= self.global_microbatches)[0])
+            depth = int(np.flatnonzero(table[-1, column] >= self.global_microbatches)[0])
         else:
             _, history = self._table(values, record=True)
         for (index, take, weight, used), better, source in reversed(history):
@@ -304,7 +347,7 @@ class _Knapsack:
                 continue
             shifted = table[:, : width - weight, : depth - used] + gain
             tail_start = max(full - take, 0)
-            before = table.copy() if record else None
+            before = table.copy() if record else table
             if take < full:
                 target = table[take:full, weight:, used:]
                 np.maximum(target, shifted[: full - take], out=target)
@@ -317,11 +360,12 @@ class _Knapsack:
                 history.append(((index, take, weight, used), table > before, source))
         return table, history
 
-    def _table(self, values: np.ndarray, *, record: bool = False) -> tuple[int | None, list[Any]]:
+    def _table(self, values: np.ndarray, *, record: bool = False) -> tuple[np.ndarray, list[Any]]:
         """0/1 knapsack over binary-split template copies; state = (min(pipelines, f+1), nodes).
 
-        Returns the best value at ``(f + 1, N)`` (None when unreachable) and, when ``record``, per
-        item the states it improved and, for the saturated row, the row it came from.
+        Returns the best values at ``(f + 1, n)`` for every node count ``n = 0..N`` (below
+        ``_NEGATIVE // 2`` where unreachable) and, when ``record``, per item the states it improved
+        and, for the saturated row, the row it came from.
         """
         full, width = self.min_pipelines, self.num_nodes + 1
         table = np.full((full + 1, width), _NEGATIVE, dtype=np.int64)
@@ -340,8 +384,7 @@ class _Knapsack:
             np.maximum(table[full, weight:], shifted[tail_start:].max(axis=0), out=table[full, weight:])
             if record:
                 history.append(((item[0], take, weight, 0), table > before, source))
-        best = int(table[full, self.num_nodes])
-        return (None if best < _NEGATIVE // 2 else best), history
+        return table[full], history
 
     def _items(self, values: np.ndarray) -> list[tuple[int, int, int, int]]:
         """Binary-split copies ``(template index, copies, nodes, value)`` of each usable template."""
@@ -355,6 +398,17 @@ class _Knapsack:
                 remaining -= take
                 copies *= 2
         return items
+
+
+_Proof = tuple[np.ndarray, bool, int]
+"""Knapsack values that proved a makespan feasible, whether they are the exact stage-total DP's, and
+the node count (knapsack column) the proof is for."""
+
+
+def _largest(columns: np.ndarray, mask: np.ndarray) -> int:
+    """The largest column where ``mask`` holds, or -1."""
+    chosen = columns[mask]
+    return int(chosen[-1]) if len(chosen) else -1
 
 
 def _validated_nodes(node_ids: Sequence[int]) -> tuple[int, ...]:

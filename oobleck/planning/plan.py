@@ -10,6 +10,8 @@ Assumptions:
       and occupy that node's devices in order (stage ``k`` on a node starts at the device after the
       previous stage's last one).
     * A pipeline's ``nodes[i]`` is the node id that plays template node index ``i``.
+    * A plan's members are its pipelines' nodes plus its ``spare_nodes`` (hot spares: up, holding
+      no layer, taken first by a reconfiguration).
 """
 
 from __future__ import annotations
@@ -254,11 +256,27 @@ class Plan:
     """B: microbatches per step over all pipelines; never changes during a job."""
     microbatch_size: int
     fault_tolerance: int
-    """f: the plan keeps at least f + 1 pipelines while nodes allow."""
+    """f: the plan keeps at least f + 1 pipelines while nodes allow.
+
+    The guarantee comes from the pipelines alone: with ``f + 1`` of them, any ``f`` simultaneous
+    failures leave a replica of every layer. Spares hold no layer, so they add no replica; what
+    they add is that each of the next ``len(spare_nodes)`` failures is absorbed at full speed (the
+    spare takes the lost node's place, no other pipeline changes), after which the plan still has
+    its ``f + 1`` pipelines and tolerates ``f`` more."""
     iteration_time_s: float
     """Predicted step time: slowest pipeline plus the cross-pipeline gradient sync."""
+    spare_nodes: tuple[int, ...] = ()
+    """Members that run no pipeline, sorted: hot spares a reconfiguration takes first. The planner
+    leaves nodes idle only when using them is infeasible or slower (see ``instantiate``)."""
     _nodes: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
     """Cache behind :attr:`nodes`; excluded from init, repr, equality, hashing and JSON."""
+    _template_counts: tuple[tuple[PipelineTemplate, int], ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    """Cache behind :attr:`template_counts`; excluded like ``_nodes``."""
+    _index: Any = field(default=None, init=False, repr=False, compare=False)
+    """The re-planning index (``oobleck.planning.index.PlanIndex``) this plan owns, if built; see
+    :func:`oobleck.planning.index.take_index`. Excluded from init, repr, equality, hashing, JSON."""
 
     def __post_init__(self) -> None:
         total = sum(pipeline.microbatches for pipeline in self.pipelines)
@@ -266,22 +284,101 @@ class Plan:
             raise ValueError(
                 f"pipelines run {total} microbatches, the global batch has {self.global_microbatches}"
             )
+        if list(self.spare_nodes) != sorted(set(self.spare_nodes)):
+            raise ValueError(f"spare_nodes must be sorted and distinct, got {list(self.spare_nodes)}")
         nodes = list(itertools.chain.from_iterable(pipeline.nodes for pipeline in self.pipelines))
         if len(nodes) != len(set(nodes)):
             raise ValueError("a node appears in more than one pipeline")
+        if not set(self.spare_nodes).isdisjoint(nodes):
+            raise ValueError("a spare node also runs a pipeline")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the plan without its re-planning index (a cache, rebuilt on demand)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "_index"}
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_index", None)
+
+    @classmethod
+    def trusted(
+        cls,
+        *,
+        pipelines: tuple[Pipeline, ...],
+        global_microbatches: int,
+        microbatch_size: int,
+        fault_tolerance: int,
+        iteration_time_s: float,
+        spare_nodes: tuple[int, ...],
+        nodes: tuple[int, ...] | None = None,
+        template_counts: tuple[tuple[PipelineTemplate, int], ...] | None = None,
+    ) -> Plan:
+        """A plan whose invariants the caller guarantees, built without re-checking them.
+
+        NOTE: for incremental re-planning only, which maintains the invariants ``__post_init__``
+        checks (batch total, disjoint members) in its index: checking them again is O(nodes) and
+        would make a re-plan at 16,384 nodes cost what a full one does. ``nodes`` and
+        ``template_counts``, when known, seed the caches behind :attr:`nodes` and
+        :attr:`template_counts`.
+        """
+        plan = object.__new__(cls)
+        for name, value in (
+            ("pipelines", pipelines),
+            ("global_microbatches", global_microbatches),
+            ("microbatch_size", microbatch_size),
+            ("fault_tolerance", fault_tolerance),
+            ("iteration_time_s", iteration_time_s),
+            ("spare_nodes", spare_nodes),
+            ("_nodes", nodes),
+            ("_template_counts", template_counts),
+            ("_index", None),
+        ):
+            object.__setattr__(plan, name, value)
+        return plan
 
     @property
     def nodes(self) -> tuple[int, ...]:
-        """All node ids in the plan, sorted.
+        """All member node ids (pipelines' and spares), sorted.
 
         NOTE: cached on the (frozen) plan because the planner and the simulator ask for it several
         times per membership change, and sorting thousands of ids each time showed up in profiles.
         """
         nodes = self._nodes
         if nodes is None:
-            nodes = tuple(sorted(itertools.chain.from_iterable(p.nodes for p in self.pipelines)))
+            members = itertools.chain(self.spare_nodes, *(p.nodes for p in self.pipelines))
+            nodes = tuple(sorted(members))
             object.__setattr__(self, "_nodes", nodes)
         return nodes
+
+    @property
+    def template_counts(self) -> tuple[tuple[PipelineTemplate, int], ...]:
+        """``(template, pipelines running it)`` per distinct template (by identity), by node count.
+
+        NOTE: cached like :attr:`nodes`; re-planning and the homogeneous baselines seed it, so the
+        simulator and the recovery model read a plan's shape in O(templates), not O(pipelines).
+        """
+        counts = self._template_counts
+        if counts is None:
+            tally: dict[int, list[Any]] = {}
+            for pipeline in self.pipelines:
+                entry = tally.get(id(pipeline.template))
+                if entry is None:
+                    tally[id(pipeline.template)] = [pipeline.template, 1]
+                else:
+                    entry[1] += 1
+            ordered = sorted(tally.values(), key=lambda entry: entry[0].num_nodes)
+            counts = tuple((template, number) for template, number in ordered)
+            object.__setattr__(self, "_template_counts", counts)
+        return counts
+
+    @property
+    def pipeline_nodes(self) -> tuple[int, ...]:
+        """Node ids that run a pipeline (members minus spares), sorted."""
+        if not self.spare_nodes:
+            return self.nodes
+        spares = set(self.spare_nodes)
+        return tuple(node for node in self.nodes if node not in spares)
 
     @property
     def global_batch_size(self) -> int:
@@ -320,6 +417,7 @@ class Plan:
             "fault_tolerance": self.fault_tolerance,
             "iteration_time_s": self.iteration_time_s,
             "samples_per_s": self.samples_per_s,
+            "spare_nodes": list(self.spare_nodes),
         }
 
     @classmethod
@@ -330,6 +428,8 @@ class Plan:
             microbatch_size=int(data["microbatch_size"]),
             fault_tolerance=int(data["fault_tolerance"]),
             iteration_time_s=float(data["iteration_time_s"]),
+            # NOTE: plans written before spare nodes existed have no key: no spares.
+            spare_nodes=tuple(int(node) for node in data.get("spare_nodes", ())),
         )
 
 

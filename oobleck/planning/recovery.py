@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from oobleck.errors import ConfigError
+from oobleck.planning.groups import plan_group_shape
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.plan import Plan, Transfer
 from oobleck.planning.validation import check_number, constants_from_mapping, read_json_file
@@ -33,29 +34,42 @@ class RecoveryConstants:
     """
 
     heartbeat_interval_s: float = 0.5
-    """Seconds between agent heartbeats; 0.5 s keeps control traffic negligible at 1000s of nodes."""
+    """Seconds between agent heartbeats: the runtime's default (``MasterConfig.heartbeat_interval_s``
+    in ``runtime/control/master.py``); 0.5 s keeps control traffic negligible at 1000s of nodes."""
     missed_heartbeats: int = 3
-    """Heartbeats missed before a silent (hung) node is declared dead; 3 rides out one slow GC or
-    network blip without a false positive. A hang is detected after ``interval * missed``."""
+    """Heartbeats missed before a silent (hung) node is declared dead: the runtime's default
+    (``MasterConfig.missed_heartbeats``). A hang is detected after ``interval * missed``; the master
+    checks every ``interval / 4``, which adds at most 0.125 s (not modelled)."""
     disconnect_detect_s: float = 0.1
     """Seconds to notice a TCP disconnect or a worker exit under a live agent: one round trip plus the
-    agent's child-process poll (50 ms), rounded up."""
+    agent's child-process poll (every 50 ms in ``runtime/control/agent.py``), rounded up."""
     plan_s: float = 0.05
     """Seconds to compute the new plan: templates are precomputed, so reconfiguration is a lookup
     plus the batch split, tens of milliseconds in Python for ~100 nodes."""
-    rebuild_groups_fixed_s: float = 1.0
-    """Fixed part of rebuilding process groups: destroying the old ones and one rendezvous barrier
-    of all workers through the store."""
-    rebuild_groups_per_group_s: float = 0.05
-    """Seconds to create one process group (communicator set-up); groups are created one after
-    another because every rank must create every group in the same order."""
+    rebuild_groups_fixed_s: float = 0.03
+    """Fixed part of a group rebuild: destroying the old world, the store rendezvous and the
+    generation barrier. Measured by ``benchmarks/rebuild.py`` on this machine (the median over 4-16
+    ranks of what the two per-unit terms below leave of a rebuild; see docs/assumptions.md)."""
+    rebuild_groups_per_rank_s: float = 0.0003
+    """Seconds per rank of the world's re-initialisation, which every generation does: a gloo world
+    is a full mesh, each rank connects to every other, so this is linear in the world's ranks.
+    Measured by ``benchmarks/rebuild.py``: slope of the busiest rank's CPU seconds in
+    ``init_process_group`` over 4-16 ranks (0.31 ms per peer). Its wall seconds on this 2-core
+    machine grow ~27x faster because the 16 ranks take turns on two cores, which a rank with its own
+    core does not; NCCL's bootstrap is not measured here and is priced by the same law."""
+    rebuild_groups_per_group_s: float = 0.02
+    """Seconds to create one process group (its members connect to each other). Groups are created
+    in rounds of disjoint groups (:mod:`oobleck.planning.groups`), so a rebuild pays this once per
+    round, not once per group. Measured by ``benchmarks/rebuild.py``: median over 4-16 ranks of the
+    group phase divided by its rounds (groups of 2-4 members; contention on this machine included)."""
     transfer_bandwidth_bytes_per_s: float | None = None
     """Bytes per second one node sends or receives while copying layer state; ``None`` takes the
     hardware's inter-node bandwidth times its devices per node (every device has its own NIC and a
     node's layers are spread over its devices)."""
     restart_s: float = 120.0
     """Checkpoint-restart fallback: seconds to relaunch every worker (interpreter, torch import,
-    device and communicator initialisation, model build) before the checkpoint is read."""
+    device initialisation, model build) before the checkpoint is read; the restarted world's groups
+    cost :func:`rebuild_groups_s` on top (see :meth:`restart_groups_s`)."""
     checkpoint_load_bandwidth_bytes_per_s: float = 2e9
     """Bytes per second one node reads a checkpoint from shared storage (a typical parallel
     filesystem share per client)."""
@@ -90,6 +104,10 @@ class RecoveryConstants:
         if failure == "hang":
             return self.heartbeat_interval_s * self.missed_heartbeats
         raise ValueError(f"failure must be 'disconnect' or 'hang', got {failure!r}")
+
+    def restart_groups_s(self, ranks: int, rounds: int) -> float:
+        """Seconds a checkpoint restart of ``ranks`` workers spends building its world and groups."""
+        return rebuild_groups_s(self, ranks, rounds)
 
     def transfer_bandwidth(self, hardware: HardwareSpec) -> float:
         """Per-node state-copy bandwidth: the override, or inter-node bandwidth times devices."""
@@ -147,23 +165,31 @@ class RecoveryPrediction:
         }
 
 
-def process_group_count(plan: Plan) -> int:
-    """Process groups the runtime builds for ``plan``.
+def rebuild_groups_s(constants: RecoveryConstants, ranks: int, rounds: int) -> float:
+    """Seconds to rebuild the process groups of a generation of ``ranks`` ranks.
 
-    One data-parallel group per distinct tuple of layer holders (layers whose replicas live on the
-    same nodes share a group; none with a single pipeline) plus one point-to-point group per stage
-    boundary of every pipeline.
+    The runtime re-initialises the whole world (linear in its ranks) and then creates the plan's
+    groups in ``rounds`` rounds of disjoint groups (:func:`~oobleck.planning.groups.plan_group_shape`).
+
+    Args:
+        constants: The cost constants.
+        ranks: Workers of the new generation (nodes times devices per node).
+        rounds: Group-creation rounds of the new plan.
+
+    Returns:
+        ``fixed + per_rank * ranks + per_group * rounds``.
     """
-    p2p = sum(pipeline.template.num_stages - 1 for pipeline in plan.pipelines)
-    if len(plan.pipelines) <= 1:
-        return p2p
-    num_layers = plan.pipelines[0].template.num_layers
-    # NOTE: nodes are distinct within a plan, so two layers have equal holder tuples exactly when
-    # every pipeline maps them to the same template node index; pipelines that share a template
-    # map alike, so one column per distinct template decides it (instead of every pipeline).
-    templates = {id(pipeline.template): pipeline.template for pipeline in plan.pipelines}
-    columns = [template.layout.node_of_layer[:num_layers] for template in templates.values()]
-    return p2p + len(set(zip(*columns, strict=True)))
+    return (
+        constants.rebuild_groups_fixed_s
+        + constants.rebuild_groups_per_rank_s * ranks
+        + constants.rebuild_groups_per_group_s * rounds
+    )
+
+
+def plan_ranks(plan: Plan) -> int:
+    """Workers of the runtime's world for ``plan``: every member node (spares too) times its devices."""
+    gpus_per_node = plan.pipelines[0].template.gpus_per_node if plan.pipelines else 1
+    return len(plan.nodes) * gpus_per_node
 
 
 def predict_recovery(
@@ -174,6 +200,7 @@ def predict_recovery(
     *,
     failure: FailureKind = "disconnect",
     first_step_s: float | None = None,
+    tied_pairs: Sequence[tuple[int, int]] = (),
 ) -> RecoveryPrediction:
     """Predict the phases of a recovery that moves to ``new_plan`` by copying ``transfers``.
 
@@ -187,6 +214,7 @@ def predict_recovery(
         failure: How the failure showed itself (see :meth:`RecoveryConstants.detect_s`).
         first_step_s: The first step's cost when the job's steps are priced by calibrated
             constants (:meth:`~oobleck.planning.step_time.StepConstants.step_s`).
+        tied_pairs: ``(source, tied)`` layers of tied weights, whose groups the runtime builds too.
 
     Returns:
         Seconds per phase.
@@ -200,11 +228,11 @@ def predict_recovery(
         sent[transfer.src_node] = sent.get(transfer.src_node, 0) + transfer.bytes
         received[transfer.dst_node] = received.get(transfer.dst_node, 0) + transfer.bytes
     busiest = max([*sent.values(), *received.values()], default=0)
-    groups = process_group_count(new_plan)
+    shape = plan_group_shape(new_plan, tied_pairs)
     return RecoveryPrediction(
         detect_s=constants.detect_s(failure),
         plan_s=constants.plan_s,
-        rebuild_groups_s=constants.rebuild_groups_fixed_s + groups * constants.rebuild_groups_per_group_s,
+        rebuild_groups_s=rebuild_groups_s(constants, plan_ranks(new_plan), shape.rounds),
         transfer_state_s=busiest / constants.transfer_bandwidth(hardware),
         first_step_s=new_plan.iteration_time_s if first_step_s is None else first_step_s,
     )

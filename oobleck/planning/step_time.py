@@ -21,10 +21,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from oobleck.errors import ConfigError
-from oobleck.planning.cost import plan_iteration_time_s, stage_latency_s
+from oobleck.planning.cost import SendKind, plan_iteration_time_s, stage_latency_s
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.plan import Plan
 from oobleck.planning.profile import ModelProfile
@@ -166,7 +166,7 @@ def repriced_step_s(
         stages = pipeline.template.stages
         repriced = []
         for index, stage in enumerate(stages):
-            send: Literal["none", "intra", "inter"] = (
+            send: SendKind = (
                 "none"
                 if index == len(stages) - 1
                 else "intra"

@@ -177,7 +177,7 @@ class _DegreeSearch:
         kinds = {_send_kind(b, self.per_node) for b in range(self.max_stages)}
         self.latency: dict[str, np.ndarray] = {}
         for kind in sorted(kinds):
-            sent = send_s(output, send_bandwidth_bytes_per_s(hardware, kind))  # type: ignore[arg-type]
+            sent = send_s(output, send_bandwidth_bytes_per_s(hardware, kind))
             self.latency[kind] = np.where(valid, combine_latency_s(compute, speedup, sent), np.inf)
         # NOTE: (state + f * act) // t <= M  <=>  state + f * act <= M * t + t - 1, solved for f.
         budget = hardware.usable_memory_bytes * degree + degree - 1

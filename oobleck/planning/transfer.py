@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from oobleck.errors import ReconfigurationError
-from oobleck.planning.plan import PipelineTemplate, Plan, Transfer
+from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Transfer
 from oobleck.planning.profile import ModelProfile
+
+_LAYER_BYTES: dict[int, tuple[ModelProfile, LayerBytes]] = {}
+_LAYER_BYTES_SIZE = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +37,20 @@ class LayerBytes:
 
     @classmethod
     def of(cls, profile: ModelProfile) -> LayerBytes:
+        """The tables of ``profile``, cached per profile object (every re-plan asks for them)."""
+        cached = _LAYER_BYTES.get(id(profile))
+        if cached is not None and cached[0] is profile:
+            return cached[1]
         sizes = tuple(layer.transfer_bytes for layer in profile.layers)
         prefix = [0]
         for size in sizes:
             prefix.append(prefix[-1] + size)
-        return cls(sizes, tuple(prefix))
+        tables = cls(sizes, tuple(prefix))
+        if len(_LAYER_BYTES) >= _LAYER_BYTES_SIZE:
+            _LAYER_BYTES.clear()
+        # NOTE: keyed by id and keeping the profile alive, so an id is never reused while cached.
+        _LAYER_BYTES[id(profile)] = (profile, tables)
+        return tables
 
     def missing(self, span: tuple[int, int], held: tuple[int, int] | None) -> int:
         """Bytes of ``span`` not already covered by ``held`` (the node's old range)."""
@@ -88,12 +101,55 @@ def old_holders(old: Plan, lost: set[int], layers: Iterable[int]) -> dict[int, l
     return holders
 
 
+class Holders(Protocol):
+    """Where the surviving replicas of each layer are, as the copy assignment asks for them."""
+
+    def lowest_idle(self, layer: int, load: dict[int, int]) -> int | None:
+        """The lowest-id surviving holder of ``layer`` with no load yet, or None."""
+        ...
+
+    def surviving(self, layer: int) -> list[int]:
+        """Every surviving holder of ``layer`` (any order)."""
+        ...
+
+    def in_order(self, layer: int) -> Iterable[int]:
+        """Surviving holders of ``layer`` in the old plan's pipeline order."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ListHolders:
+    """:class:`Holders` from explicit per-layer lists (see :func:`old_holders`)."""
+
+    lists: dict[int, list[int]]
+
+    def lowest_idle(self, layer: int, load: dict[int, int]) -> int | None:
+        sources = self.lists.get(layer)
+        if not sources:
+            return None
+        lowest = min(sources)
+        if not load.get(lowest):
+            return lowest
+        idle = set(sources).difference([node for node, sent in load.items() if sent])
+        return min(idle) if idle else None
+
+    def surviving(self, layer: int) -> list[int]:
+        return self.lists.get(layer, [])
+
+    def in_order(self, layer: int) -> Iterable[int]:
+        return self.lists[layer]
+
+
+Demand = tuple[int, int]
+"""``(layer, destination node)``: one layer a node newly holds."""
+
+
 def plan_transfers(old: Plan, new: Plan, lost: set[int], layer_bytes: LayerBytes) -> tuple[Transfer, ...]:
     """Copies that give every node exactly the layers it newly holds, from surviving old holders.
 
-    Sending is spread so the busiest source sends as few bytes as possible. Copies are handled by
-    size class, largest first: each goes to the least-loaded eligible source (ties: lowest node id),
-    then ``_rebalance`` makes the class optimal for the bottleneck given the earlier classes.
+    Sending is spread so the busiest source sends as few bytes as possible (see
+    :func:`assign_transfers`). O(nodes); the incremental re-plan passes its own demands and
+    :class:`Holders` to :func:`assign_transfers` instead.
     """
     old_ranges: dict[int, tuple[int, int]] = {}
     for pipeline in old.pipelines:
@@ -101,28 +157,61 @@ def plan_transfers(old: Plan, new: Plan, lost: set[int], layer_bytes: LayerBytes
     # NOTE: a pipeline kept as it was (same nodes, same template) needs nothing; after one loss that
     # is nearly every pipeline, so they are skipped before the per-node scan.
     unchanged = {(pipeline.nodes, id(pipeline.template)) for pipeline in old.pipelines}
-    demands = []
-    for pipeline in new.pipelines:
-        if (pipeline.nodes, id(pipeline.template)) in unchanged:
-            continue
+    changed = [p for p in new.pipelines if (p.nodes, id(p.template)) not in unchanged]
+    demands = pipeline_demands(changed, old_ranges.get)
+    holders = ListHolders(old_holders(old, lost, (layer for layer, _ in demands)))
+    return assign_transfers(demands, holders, layer_bytes)
+
+
+def pipeline_demands(
+    pipelines: Iterable[Pipeline], old_range: Callable[[int], tuple[int, int] | None]
+) -> list[Demand]:
+    """The layers each node of ``pipelines`` holds there but did not hold in the old plan."""
+    demands: list[Demand] = []
+    for pipeline in pipelines:
         for node, span in zip(pipeline.nodes, node_ranges(pipeline.template), strict=True):
-            held = old_ranges.get(node, (0, 0))
+            held = old_range(node) or (0, 0)
             if held == span:
                 continue
             demands.extend((layer, node) for layer in range(*span) if not held[0] <= layer < held[1])
-    holders = old_holders(old, lost, (layer for layer, _ in demands))
-    demands.sort(key=lambda demand: (-layer_bytes.sizes[demand[0]], demand))
+    return demands
+
+
+def assign_transfers(
+    demands: list[Demand], holders: Holders, layer_bytes: LayerBytes
+) -> tuple[Transfer, ...]:
+    """A sender for every demand, minimising the busiest sender's bytes class by class.
+
+    Copies are handled by size class, largest first: each goes to the least-loaded eligible source
+    (ties: lowest node id), then ``_rebalance`` makes the class optimal for the bottleneck given
+    the earlier classes.
+
+    Args:
+        demands: ``(layer, destination)`` pairs, any order.
+        holders: The surviving old holders of each layer.
+        layer_bytes: Per-layer transfer sizes.
+
+    Returns:
+        The copies, sorted by (layer, destination).
+
+    Raises:
+        ReconfigurationError: a demanded layer has no surviving holder.
+    """
+    demands = sorted(demands, key=lambda demand: (-layer_bytes.sizes[demand[0]], demand))
     load: dict[int, int] = {}
-    chosen: dict[tuple[int, int], int] = {}
+    chosen: dict[Demand, int] = {}
     for size, members in itertools.groupby(demands, key=lambda demand: layer_bytes.sizes[demand[0]]):
-        assigned: dict[int, list[tuple[int, int]]] = {}
+        assigned: dict[int, list[Demand]] = {}
         for demand in members:
-            if not holders.get(demand[0]):
-                raise ReconfigurationError(
-                    f"layer {demand[0]} lost every replica (all its holders failed); "
-                    "restore from a checkpoint"
-                )
-            source = _least_loaded(holders[demand[0]], load)
+            source = holders.lowest_idle(demand[0], load)
+            if source is None:
+                sources = holders.surviving(demand[0])
+                if not sources:
+                    raise ReconfigurationError(
+                        f"layer {demand[0]} lost every replica (all its holders failed); "
+                        "restore from a checkpoint"
+                    )
+                source = min(sources, key=lambda candidate: (load[candidate], candidate))
             chosen[demand] = source
             load[source] = load.get(source, 0) + size
             assigned.setdefault(source, []).append(demand)
@@ -133,28 +222,12 @@ def plan_transfers(old: Plan, new: Plan, lost: set[int], layer_bytes: LayerBytes
     )
 
 
-def _least_loaded(sources: list[int], load: dict[int, int]) -> int:
-    """The source with the least load, ties to the lowest node id.
-
-    Loads are never negative, so the lowest idle id wins whenever one is idle; with hundreds of
-    replicas per layer and few busy senders one nearly always is, and the set arithmetic below runs
-    in C instead of a keyed ``min`` over every replica for every copy.
-    """
-    lowest = min(sources)
-    if not load.get(lowest):
-        return lowest
-    idle = set(sources).difference([node for node, sent in load.items() if sent])
-    if idle:
-        return min(idle)
-    return min(sources, key=lambda candidate: (load[candidate], candidate))
-
-
 def _rebalance(
     size: int,
     chosen: dict[tuple[int, int], int],
     assigned: dict[int, list[tuple[int, int]]],
     load: dict[int, int],
-    holders: dict[int, list[int]],
+    holders: Holders,
 ) -> None:
     """Lower the busiest source's bytes along cost-reducing paths until none exists (in place).
 
@@ -166,13 +239,16 @@ def _rebalance(
     while True:
         busiest = min(load, key=lambda node: (-load[node], node))
         top = load[busiest]
+        if top <= size:
+            # NOTE: no source can end below one copy: the search would visit every holder in vain.
+            return
         parent: dict[int, tuple[tuple[int, int], int] | None] = {busiest: None}
         queue = deque([busiest])
         target = None
         while queue and target is None:
             sender = queue.popleft()
             for demand in assigned.get(sender, ()):
-                for candidate in holders[demand[0]]:
+                for candidate in holders.in_order(demand[0]):
                     if candidate in parent:
                         continue
                     parent[candidate] = (demand, sender)

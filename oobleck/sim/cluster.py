@@ -9,6 +9,7 @@ Assumptions:
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Generator
 from typing import Any
 
@@ -28,7 +29,9 @@ class Cluster:
         self.trace = trace
         self.horizon_s = horizon_s
         self._alive = set(trace.initial_nodes)
-        self._sorted = tuple(sorted(self._alive))
+        self._sorted_list = sorted(self._alive)
+        """The nodes up, sorted, kept by bisection (re-sorting 16K ids per event showed in profiles)."""
+        self._sorted = tuple(self._sorted_list)
         self._job: simpy.Process | None = None
         self.process = env.process(self.inject_failures())
 
@@ -36,6 +39,10 @@ class Cluster:
     def alive(self) -> tuple[int, ...]:
         """Node ids up now, sorted."""
         return self._sorted
+
+    def is_up(self, node: int) -> bool:
+        """Whether ``node`` is up now."""
+        return node in self._alive
 
     def attach(self, job: simpy.Process) -> None:
         """Name the process that receives membership changes (call before ``env.run``)."""
@@ -47,9 +54,14 @@ class Cluster:
             if event.time_s >= self.horizon_s:
                 return
             yield self.env.timeout(event.time_s - self.env.now)
+            # NOTE: the trace is validated: every lost node is up and every joined one is down.
             self._alive.difference_update(event.lost)
             self._alive.update(event.joined)
-            self._sorted = tuple(sorted(self._alive))
+            for node in event.lost:
+                del self._sorted_list[bisect.bisect_left(self._sorted_list, node)]
+            for node in event.joined:
+                bisect.insort(self._sorted_list, node)
+            self._sorted = tuple(self._sorted_list)
             # NOTE: interrupting a finished process raises; the job only ends at the horizon.
             if self._job is not None and self._job.is_alive:
                 self._job.interrupt(event)

@@ -18,6 +18,11 @@ from oobleck.sim.failures import FailureModel, RepairDistribution
 POLICIES: tuple[str, ...] = ("oobleck", "checkpoint", "varuna", "bamboo")
 """Policy names in table order; ``oobleck`` first because the others are reported relative to it."""
 
+MAX_NODES = 65_536
+"""Largest ``--nodes``: four times the largest cluster ``benchmarks/sim_scale.py`` measures
+(16,384). Per-node state (failure clocks, templates up to N nodes) grows linearly, so far larger
+values only exhaust memory; the bound turns that into a one-line error."""
+
 
 @dataclass(kw_only=True, slots=True)
 class SimulationConfig:
@@ -39,6 +44,18 @@ class SimulationConfig:
     """Policies to compare, each on the same failure trace."""
     trace: str | None = None
     """CSV trace ``time_ms,add|remove,node<k>`` to replay instead of the synthetic failure model."""
+    remove_every_minutes: float | None = None
+    """The Oobleck paper's synthetic trace instead of the failure model: one node removed every this
+    many minutes (seeded order) until ``remove_until_nodes`` remain; ``None``: off."""
+    remove_until_nodes: int = 15
+    """Nodes left when the periodic removals stop (the paper: 30 -> 15)."""
+    allow_empty_trace: bool = False
+    """Accept a replayed trace without any membership change (otherwise an error: an empty file is
+    more often a mistake than an experiment)."""
+    mtbf_hours: float | None = None
+    """Cluster mean time between failures that checkpointing policies plan their period for (the
+    expectation a operator would configure, never the replayed trace's own count); ``None``: from
+    ``fail_rate`` and ``rack_fail_rate``."""
     repair_hours: float | None = None
     """Mean hours until a failed node comes back; ``None``: failed nodes stay down."""
     repair_distribution: RepairDistribution = "fixed"
@@ -61,6 +78,15 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         if isinstance(self.nodes, bool) or not isinstance(self.nodes, int) or self.nodes <= 0:
             raise ConfigError(f"--nodes must be a positive integer, got {self.nodes!r}")
+        if self.nodes > MAX_NODES:
+            raise ConfigError(
+                f"--nodes must be at most {MAX_NODES:,} (the simulator's documented bound), "
+                f"got {self.nodes:,}"
+            )
+        if self.remove_every_minutes is not None and self.trace is not None:
+            raise ConfigError("--remove-every-minutes and --trace both give the trace; pass one of them")
+        if self.mtbf_hours is not None and not (math.isfinite(self.mtbf_hours) and self.mtbf_hours > 0):
+            raise ConfigError(f"--mtbf-hours must be a number > 0 (hours), got {self.mtbf_hours!r}")
         # NOTE: the failure model checks its own flags (rates, repair, rack size); build it once here
         # so a bad flag fails at once, before any planning.
         self.failure_model()

@@ -296,3 +296,36 @@ def generate_trace(model: FailureModel, num_nodes: int, hours: float, rng: rando
             events.append(NodeEvent(time_s=time_s, kind="add", node=target))
             push(next_failure(time_s, model.node_rate_per_hour), "node", target, generation[target])
     return build_trace(num_nodes, events, source="generated trace")
+
+
+def periodic_removal_trace(
+    num_nodes: int, every_s: float, until_nodes: int, rng: random.Random
+) -> FailureTrace:
+    """The Oobleck paper's synthetic trace: one node removed every ``every_s`` until ``until_nodes`` remain.
+
+    Which node goes is drawn without replacement from ``rng`` (the paper does not fix an order;
+    a seed fixes ours), so seeds vary only the order, never the times.
+
+    Args:
+        num_nodes: Cluster size (all up at time 0).
+        every_s: Seconds between removals (the first at ``every_s``).
+        until_nodes: Nodes left after the last removal.
+        rng: The run's injected random source.
+
+    Returns:
+        The validated trace of ``num_nodes - until_nodes`` removals.
+
+    Raises:
+        ConfigError: ``every_s <= 0`` or ``until_nodes`` outside ``[0, num_nodes)``.
+    """
+    if not (math.isfinite(every_s) and every_s > 0):
+        raise ConfigError(f"--remove-every-minutes must be a number > 0, got {every_s / 60:g}")
+    if not 0 <= until_nodes < num_nodes:
+        raise ConfigError(
+            f"--remove-until-nodes must be in [0, {num_nodes - 1}] for {num_nodes} nodes, got {until_nodes}"
+        )
+    order = rng.sample(range(num_nodes), num_nodes - until_nodes)
+    events = [
+        NodeEvent(time_s=(index + 1) * every_s, kind="remove", node=node) for index, node in enumerate(order)
+    ]
+    return build_trace(num_nodes, events, source="periodic removal trace")

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from matplotlib.figure import Figure
 from rich.table import Table
 
+from oobleck.errors import ConfigError
 from oobleck.sim.metrics import BREAKDOWN_KEYS, PolicyResult
+from oobleck.sim.seeds import Estimate, SeedsResult, expected_failures
 from oobleck.sim.simulation import SimulationResult
 
 _REFERENCE = "oobleck"
@@ -42,7 +46,7 @@ def results_table(result: SimulationResult) -> Table:
             f"f={config.fault_tolerance}, n0={result.min_nodes}, seed {config.seed}"
         ),
         caption="\n".join(
-            [f"{result.trace.num_failures} node failure(s) in the shared trace"]
+            [f"{result.trace.num_failures} node failure(s) in the shared trace{_expectation(result)}"]
             + [f"{row.policy} is infeasible: {row.reason}" for row in result.results if not row.feasible]
         ),
     )
@@ -83,8 +87,77 @@ def breakdown_table(result: SimulationResult) -> Table:
     return table
 
 
-def write_json(result: SimulationResult, path: str | Path) -> None:
-    """Write :meth:`SimulationResult.to_dict` as JSON (NaN-free: missing values are ``null``)."""
+def seeds_table(result: SeedsResult) -> Table:
+    """One row per policy over K seeds: mean and 95% interval of throughput, ratio and ETTR."""
+    config = result.config
+    source = f"trace {config.trace}" if config.trace else f"{config.fail_rate:g} failures/node/h"
+    seeds = result.seeds
+    expected = expected_failures(config)
+    drawn = ", ".join(str(count) for count in result.failures)
+    title = (
+        f"{config.model} on {config.nodes} x {config.hardware}, {config.hours:g} h, {source}, "
+        f"f={config.fault_tolerance}, n0={result.runs[0].min_nodes}, seeds {seeds[0]}..{seeds[-1]}"
+    )
+    table = Table(
+        title=title,
+        min_width=len(title),
+        caption="\n".join(
+            [
+                f"mean ± 95% interval over {len(seeds)} seeds, every policy on the same {len(seeds)} traces",
+                f"node failures per trace: {drawn}"
+                + (f" (expected {expected:.1f})" if math.isfinite(expected) else ""),
+            ]
+            + [f"{row.policy} is infeasible: {row.reason}" for row in result.summaries if not row.feasible]
+        ),
+    )
+    for column in ("policy", "samples/s", "vs oobleck", "ETTR", "recov"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for row in result.summaries:
+        if not row.feasible:
+            table.add_row(row.policy, "infeasible", "", "", "")
+            continue
+        table.add_row(
+            row.policy,
+            _estimate(row.samples_per_s, "{:.0f}"),
+            _estimate(row.ratio, "{:.3f}", suffix="x"),
+            _estimate(row.ettr, "{:.3f}"),
+            f"{row.recoveries.mean:.1f}",
+        )
+    return table
+
+
+class _Document(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def check_output_path(path: str | Path, flag: str, *, suffixes: tuple[str, ...] = ()) -> None:
+    """Refuse an output path that cannot be written, before any simulation runs.
+
+    Args:
+        path: The file the command will write (parent folders may be created).
+        flag: The flag that named it, for the message.
+        suffixes: Allowed file name endings (empty: any).
+
+    Raises:
+        ConfigError: the path is a directory, has a wrong suffix, or its nearest existing folder
+            is not a writable directory.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a directory; give a file name such as {path / 'out'}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} {path}: must end with {' or '.join(suffixes)}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{flag} {path}: not writable; choose another path")
+
+
+def write_json(result: _Document, path: str | Path) -> None:
+    """Write ``result.to_dict()`` as JSON (NaN-free: missing values are ``null``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result.to_dict(), indent=1, allow_nan=False) + "\n")
@@ -155,6 +228,18 @@ def _binned_rate(row: PolicyResult, edges_s: np.ndarray) -> np.ndarray:
     rates = np.array([point.samples_per_s for point in row.timeline])
     cumulative = np.concatenate([[0.0], np.cumsum(rates * np.diff(times))])
     return np.diff(np.interp(edges_s, times, cumulative)) / np.diff(edges_s)
+
+
+def _expectation(result: SimulationResult) -> str:
+    expected = expected_failures(result.config)
+    return f" (expected {expected:.1f})" if math.isfinite(expected) else ""
+
+
+def _estimate(value: Estimate, spec: str, *, suffix: str = "") -> str:
+    if not math.isfinite(value.mean):
+        return "-"
+    text = spec.format(value.mean) + suffix
+    return text if not math.isfinite(value.half_width) else f"{text} ± {spec.format(value.half_width)}"
 
 
 def _reference(results: tuple[PolicyResult, ...]) -> PolicyResult | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Generator
@@ -19,7 +18,7 @@ from typing import Any
 
 import simpy
 
-from oobleck.errors import PlanningError
+from oobleck.errors import ConfigError, PlanningError
 from oobleck.planning.catalogue import resolve_profile
 from oobleck.planning.hardware import get_hardware
 from oobleck.planning.planner import Planner
@@ -28,7 +27,13 @@ from oobleck.sim.base import JobContext, Policy
 from oobleck.sim.cluster import Cluster
 from oobleck.sim.config import SimulationConfig
 from oobleck.sim.costs import checkpoint_bytes
-from oobleck.sim.failures import SECONDS_PER_HOUR, FailureTrace, generate_trace, read_trace
+from oobleck.sim.failures import (
+    SECONDS_PER_HOUR,
+    FailureTrace,
+    generate_trace,
+    periodic_removal_trace,
+    read_trace,
+)
 from oobleck.sim.job import TrainingJob
 from oobleck.sim.metrics import PolicyResult, TimelinePoint
 from oobleck.sim.policies.bamboo import BambooPolicy
@@ -124,7 +129,8 @@ def simulate(
     hardware = get_hardware(config.hardware)
     profile = resolve_profile(config.model, hardware, microbatch_size=config.microbatch_size)
     horizon_s = config.hours * SECONDS_PER_HOUR
-    trace, mtbf_s = _trace(config, horizon_s)
+    trace = _trace(config, horizon_s)
+    node_rate, rack_size, rack_rate = _configured_rates(config)
     planner = Planner(
         profile,
         hardware,
@@ -138,7 +144,9 @@ def simulate(
         hardware=hardware,
         planner=planner,
         costs=config.costs,
-        mtbf_s=mtbf_s,
+        node_fail_rate_per_s=node_rate,
+        rack_size=rack_size,
+        rack_fail_rate_per_s=rack_rate,
         fault_tolerance=config.fault_tolerance,
         global_microbatches=config.global_microbatches,
         microbatch_size=config.microbatch_size,
@@ -160,16 +168,44 @@ def simulate(
     )
 
 
-def _trace(config: SimulationConfig, horizon_s: float) -> tuple[FailureTrace, float]:
-    """The shared trace and the cluster MTBF it implies (seconds; ``inf`` without failures)."""
-    if config.trace is not None:
-        trace = read_trace(config.trace, config.nodes).until(horizon_s)
-        failures = trace.num_failures
-        return trace, (horizon_s / failures if failures else math.inf)
-    trace = generate_trace(config.failure_model(), config.nodes, config.hours, random.Random(config.seed))
-    racks = math.ceil(config.nodes / config.rack_size) if config.rack_size else 0
-    rate_per_s = (config.nodes * config.fail_rate + racks * config.rack_fail_rate) / SECONDS_PER_HOUR
-    return trace, (1.0 / rate_per_s if rate_per_s > 0 else math.inf)
+def _trace(config: SimulationConfig, horizon_s: float) -> FailureTrace:
+    """The shared trace: read from ``config.trace`` or drawn from ``random.Random(config.seed)``.
+
+    Raises:
+        ConfigError: an unreadable or invalid trace, or an empty one without ``allow_empty_trace``.
+    """
+    if config.remove_every_minutes is not None:
+        every_s = config.remove_every_minutes * 60.0
+        rng = random.Random(config.seed)
+        return periodic_removal_trace(config.nodes, every_s, config.remove_until_nodes, rng).until(horizon_s)
+    if config.trace is None:
+        return generate_trace(config.failure_model(), config.nodes, config.hours, random.Random(config.seed))
+    trace = read_trace(config.trace, config.nodes)
+    if not trace.events and not config.allow_empty_trace:
+        raise ConfigError(
+            f"{config.trace}: the trace has no membership change; pass --allow-empty-trace to "
+            "simulate a run without failures"
+        )
+    return trace.until(horizon_s)
+
+
+def _configured_rates(config: SimulationConfig) -> tuple[float, int, float]:
+    """The failure rates policies plan with (their checkpoint periods), from flags, never the trace.
+
+    ``mtbf_hours`` (a replayed trace's expected cluster MTBF) overrides the per-node and per-rack
+    rates; otherwise they are ``fail_rate`` and ``rack_fail_rate``.
+
+    Returns:
+        Node failures per node per second, nodes per rack (0: none), rack failures per rack per second.
+    """
+    mtbf_hours = config.mtbf_hours
+    if mtbf_hours is None and config.remove_every_minutes is not None:
+        mtbf_hours = config.remove_every_minutes / 60.0  # NOTE: the removal period is the configured MTBF.
+    if mtbf_hours is not None:
+        node_rate = 1.0 / (mtbf_hours * SECONDS_PER_HOUR * config.nodes)
+        return node_rate, 0, 0.0
+    rack_rate = config.rack_fail_rate / SECONDS_PER_HOUR if config.rack_size else 0.0
+    return config.fail_rate / SECONDS_PER_HOUR, config.rack_size, rack_rate
 
 
 def _run_policy(

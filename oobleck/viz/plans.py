@@ -72,6 +72,9 @@ def plan_summary(plan: Plan) -> str:
             f"  pipeline {index}: nodes {list(pipeline.nodes)}, {pipeline.template.num_stages} stages, "
             f"{pipeline.microbatches} microbatches, {format_seconds(pipeline.iteration_time_s)}"
         )
+    if plan.spare_nodes:
+        # NOTE: only plans that leave nodes idle get this line, so existing outputs are unchanged.
+        lines.append(f"  spares (idle, taken first on a loss): nodes {list(plan.spare_nodes)}")
     return "\n".join(lines)
 
 

@@ -13,7 +13,6 @@ Assumptions:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from matplotlib.figure import Figure
 
 from oobleck.errors import ConfigError
 from oobleck.sim.config import SimulationConfig
-from oobleck.sim.simulation import simulate
+from oobleck.sim.sweep import SweepGrid, run_sweep
 from oobleck.viz.style import new_figure, policy_color
 
 HARDWARE_LIKE_RATE = 2.7e-4
@@ -108,15 +107,26 @@ def sweep_rates(nodes: int, *, count: int, every_minutes: float = 10.0) -> tuple
 
 
 def sweep_failure_rates(
-    base: SimulationConfig, *, models: Sequence[str], rates: Sequence[float], seeds: Sequence[int] = (0,)
+    base: SimulationConfig,
+    *,
+    models: Sequence[str],
+    rates: Sequence[float],
+    seeds: Sequence[int] = (0,),
+    workers: int = 1,
+    use_ray: bool = False,
 ) -> FailureSweep:
     """Simulate every model at every rate and seed, all of ``base.policies`` on one trace per run.
+
+    The runs are the cells of :func:`oobleck.sim.sweep.run_sweep` (``python -m oobleck.sim
+    sweep``), so they go to a process pool with ``workers > 1`` or to Ray with ``use_ray``.
 
     Args:
         base: Cluster, duration, policies and costs shared by every run (its seed is replaced).
         models: Catalogue model names (or profile paths).
         rates: Failures per node per hour.
         seeds: Failure-trace seeds to average over.
+        workers: Local processes running the cells (1: this process).
+        use_ray: Run the cells on a local Ray instance.
 
     Returns:
         The sweep, one point per (model, rate, policy).
@@ -126,25 +136,25 @@ def sweep_failure_rates(
     """
     if not seeds:
         raise ConfigError("sweep_failure_rates: seeds must name at least one seed")
+    grid = SweepGrid(models=tuple(models), nodes=(base.nodes,), fail_rates=tuple(rates), seeds=tuple(seeds))
+    rows = run_sweep(base, grid, workers=workers, use_ray=use_ray).rows
     points = []
     for model in models:
         for rate in rates:
-            runs = [
-                simulate(dataclasses.replace(base, model=model, fail_rate=rate, seed=seed)) for seed in seeds
-            ]
-            for index, policy in enumerate(run.policy for run in runs[0].results):
-                rows = [run.results[index] for run in runs]
-                feasible = all(row.feasible for row in rows)
+            cell = [row for row in rows if row["model"] == model and row["fail_rate"] == rate]
+            for policy in dict.fromkeys(row["policy"] for row in cell):
+                mine = [row for row in cell if row["policy"] == policy]
+                feasible = all(row["feasible"] for row in mine)
                 points.append(
                     SweepPoint(
                         model=model,
                         fail_rate=rate,
                         policy=policy,
                         feasible=feasible,
-                        samples_per_s=statistics.fmean(row.throughput_samples_per_s for row in rows)
+                        samples_per_s=statistics.fmean(row["samples_per_s"] for row in mine)
                         if feasible
                         else 0.0,
-                        failures=statistics.fmean(run.trace.num_failures for run in runs),
+                        failures=statistics.fmean(row["failures"] for row in mine),
                     )
                 )
     return FailureSweep(

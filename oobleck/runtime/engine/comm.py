@@ -11,6 +11,9 @@ Assumptions:
     * One default process group per membership generation; ``reset`` is called after a new one is
       initialised.
     * NCCL when CUDA is available, gloo otherwise; one device per local rank.
+    * Subgroups are created in rounds of disjoint groups (:mod:`oobleck.planning.groups`): on gloo
+      one ``new_group`` call per group on every rank (non-members return at once), on NCCL one
+      split of the world per round. A rank holds only the groups it is a member of.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from oobleck.planning.groups import creation_rounds
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +106,8 @@ class Comm:
         self._lock = threading.Lock()
         self._groups: dict[tuple[int, ...], Any] = {}
         self._waiter: _Waiter | None = None
+        # Subgroups by splitting the world (NCCL, device bound at init) instead of member-only.
+        self._splits = False
 
     def init(self, store: dist.Store, *, rank: int, world_size: int, device: torch.device) -> None:
         """Initialise the default process group of a generation on ``store`` (already prefixed).
@@ -121,16 +128,63 @@ class Comm:
             )
         except Exception as error:
             raise self._latch("init_process_group", error) from error
+        self._splits = self.backend == "nccl"
 
     def new_groups(self, rank_sets: Sequence[tuple[int, ...]]) -> None:
-        """Create one group per rank set, in the given order, on every rank (a collective rule)."""
-        for ranks in rank_sets:
-            if ranks in self._groups:
+        """Create the groups of ``rank_sets`` in rounds of disjoint groups; keep this rank's own.
+
+        Collective: every rank of the world passes the same ``rank_sets`` in the same order (the
+        topology's). :func:`~oobleck.planning.groups.creation_rounds` orders the groups so that
+        those of one round are disjoint; every rank calls ``new_group`` for every group in that
+        order, which for a non-member returns at once (torch 2.13 runs no barrier after a group
+        unless ``TORCH_DIST_INIT_BARRIER=1``, which the runtime never sets), while the members
+        connect. A rank therefore waits only for the members of its own groups, the groups of a
+        round are created at the same time, and a rebuild lasts as many group creations as there
+        are rounds rather than one per group of the world.
+
+        NOTE: ``use_local_synchronization=True`` (member-only calls) is not usable here: torch
+        names such a group by a hash of its ranks *and of how many groups the process already
+        has*, so members with different numbers of earlier groups pick different names and wait
+        for each other until the timeout (seen at 8 ranks with a real plan's overlapping groups).
+
+        Raises:
+            CommunicationError: a member died or timed out while a group was created.
+        """
+        rank = dist.get_rank()
+        for round_ in creation_rounds(rank_sets):
+            if self._splits:
+                self._split_round([tuple(rank_sets[index]) for index in round_], rank)
                 continue
-            self._groups[ranks] = self.call("new_group", dist.new_group, list(ranks), timeout=self.timeout)
+            for index in round_:
+                ranks = tuple(rank_sets[index])
+                group = self.call("new_group", dist.new_group, list(ranks), timeout=self.timeout)
+                if rank in ranks:
+                    self._groups[ranks] = group
+
+    def _split_round(self, disjoint: list[tuple[int, ...]], rank: int) -> None:
+        """NCCL with a bound device: one ``split_group`` of the world per round.
+
+        NOTE: with an eagerly initialised NCCL world torch creates subgroups by ``ncclCommSplit``
+        of the world's communicator, a collective of *every* rank, so member-only creation would
+        hang; one split per round (the round's groups are disjoint, as a split requires) keeps the
+        rounds as few as on gloo. Unproven on multi-rank hardware (no multi-GPU machine here).
+        """
+        group = self.call(
+            "split_group",
+            dist.split_group,
+            split_ranks=[list(ranks) for ranks in disjoint],
+            timeout=self.timeout,
+        )
+        mine = next((ranks for ranks in disjoint if rank in ranks), None)
+        if mine is not None:
+            self._groups[mine] = group
 
     def group(self, ranks: tuple[int, ...]) -> Any:
-        """The process group made for ``ranks`` by :meth:`new_groups`."""
+        """The process group made for ``ranks`` by :meth:`new_groups`; only on its members.
+
+        Raises:
+            KeyError: this rank is not in ``ranks`` (it never created that group).
+        """
         return self._groups[ranks]
 
     def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

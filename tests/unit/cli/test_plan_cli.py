@@ -212,3 +212,31 @@ def test_join_only_grows_onto_the_new_nodes(capsys: pytest.CaptureFixture[str]) 
     assert report["lost_nodes"] == []
     nodes = sorted(node for p in report["reconfigured"]["pipelines"] for node in p["nodes"])
     assert nodes == [0, 1, 2, 3, 4, 5]
+
+
+SPARE_CASE = ["--model", "gpt3-6.7b", "--hardware", "a100-40", "--global-batch", "512"]
+
+
+@pytest.mark.parametrize("nodes", [600, 1024])
+def test_more_nodes_than_the_batch_feeds_leave_spares(capsys: pytest.CaptureFixture[str], nodes: int) -> None:
+    """600 or 1024 nodes with a batch of 512 plan 512 pipelines and list the rest as hot spares."""
+    report = _json(capsys, [*SPARE_CASE, "--nodes", str(nodes)])
+    plan = report["plan"]
+    used = sorted(node for p in plan["pipelines"] for node in p["nodes"])
+    assert sorted(used + plan["spare_nodes"]) == list(range(nodes))
+    assert plan["spare_nodes"] == list(range(len(used), nodes))
+    assert sum(p["microbatches"] for p in plan["pipelines"]) == 512
+
+
+def test_tables_show_the_spares(capsys: pytest.CaptureFixture[str]) -> None:
+    """The readable output names the spare nodes and why they are idle."""
+    assert main([*SPARE_CASE, "--nodes", "600"]) == 0
+    out = capsys.readouterr().out
+    assert "Plan: 88 hot spare nodes (512-599) left idle" in out
+
+
+def test_a_failure_absorbed_by_a_spare_in_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    """--fail on a pipeline node of a plan with spares copies state to the lowest spare only."""
+    report = _json(capsys, [*SPARE_CASE, "--nodes", "600", "--fail", "7"])
+    assert {t["dst_node"] for t in report["transfers"]} == {512}
+    assert report["reconfigured"]["spare_nodes"] == list(range(513, 600))

@@ -62,6 +62,27 @@ def test_large_batches_equal_plain_greedy(shapes: list[list[float]], extra: int)
     assert distribute_batch(templates, total) == tuple(greedy)
 
 
+def plain_greedy(templates: list[PipelineTemplate], total: int) -> tuple[int, ...]:
+    counts = [t.num_stages for t in templates]
+    for _ in range(total - sum(counts)):
+        best = min(range(len(templates)), key=lambda i: (templates[i].iteration_time_s(counts[i] + 1), i))
+        counts[best] += 1
+    return tuple(counts)
+
+
+KINDS = [[0.1], [0.2], [0.1, 0.1], [0.25, 0.05], [0.3, 0.1, 0.2], [0.15, 0.15]]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.sampled_from(range(len(KINDS))), min_size=1, max_size=30), st.integers(0, 150))
+def test_repeated_kinds_split_per_kind_like_the_plain_greedy(kinds: list[int], extra: int) -> None:
+    """Interleaved pipelines of a few kinds (ties across kinds included) get the plain greedy's split."""
+    shared = [template(shape) for shape in KINDS]
+    templates = [shared[kind] for kind in kinds]
+    total = sum(t.num_stages for t in templates) + extra
+    assert distribute_batch(templates, total) == plain_greedy(templates, total)
+
+
 def test_identical_pipelines_split_evenly_and_ties_go_to_lowest_index() -> None:
     """Equal pipelines get equal shares; the remainder goes to the lowest indices."""
     templates = [template([0.5, 0.5])] * 3

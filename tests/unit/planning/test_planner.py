@@ -82,3 +82,45 @@ def test_restart_plan_lowers_fault_tolerance_to_what_the_nodes_allow() -> None:
     assert planner.restart_plan(range(n0)).fault_tolerance == 0
     with pytest.raises(PlanningError):
         planner.restart_plan(range(n0 - 1))
+
+
+def test_memoised_prediction_equals_the_recovery_model_along_a_chain() -> None:
+    """Along losses and joins, Planner.predict_recovery equals recovery.predict_recovery, and each
+    re-planned plan's seeded template counts equal the ones counted from its pipelines."""
+    from oobleck.planning.plan import Plan
+    from oobleck.planning.recovery import RecoveryConstants, predict_recovery
+
+    planner = make_planner()
+    plan = planner.plan(range(16))
+    constants = RecoveryConstants()
+    changes = [((3,), ()), ((9, 10), ()), ((), (3,)), ((0,), ()), ((), (9, 10, 0))]
+    for lost, joined in changes:
+        result = planner.reconfigure(plan, lost_nodes=lost, joined_nodes=joined)
+        plan = result.plan
+        counted = Plan.trusted(
+            pipelines=plan.pipelines,
+            global_microbatches=plan.global_microbatches,
+            microbatch_size=plan.microbatch_size,
+            fault_tolerance=plan.fault_tolerance,
+            iteration_time_s=plan.iteration_time_s,
+            spare_nodes=plan.spare_nodes,
+        ).template_counts
+        assert plan.template_counts == counted
+        expected = predict_recovery(
+            plan, result.transfers, planner.hardware, constants, first_step_s=plan.iteration_time_s
+        )
+        assert planner.predict_recovery(result, constants) == expected
+
+
+def test_memoised_group_rounds_equal_the_group_shape_over_many_plans() -> None:
+    """One planner's memoised group rounds equal plan_group_shape's for plans of 4..16 nodes and
+    their one-loss re-plans (templates running one pipeline or several)."""
+    from oobleck.planning.groups import plan_group_shape
+
+    planner = make_planner()
+    plans = [planner.plan(range(nodes)) for nodes in range(4, 17)]
+    plans += [planner.reconfigure(plan, lost_nodes=(1,)).plan for plan in plans]
+    assert any(number == 1 for plan in plans for _, number in plan.template_counts)
+    assert any(number > 2 for plan in plans for _, number in plan.template_counts)
+    for plan in plans + plans[::-1]:
+        assert planner.group_rounds(plan) == plan_group_shape(plan).rounds

@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from oobleck.errors import ConfigError
+from oobleck.planning.groups import plan_group_shape
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Transfer
 from oobleck.planning.recovery import (
     RecoveryConstants,
     RecoveryPrediction,
+    plan_ranks,
     predict_recovery,
-    process_group_count,
+    rebuild_groups_s,
 )
 
 
@@ -88,10 +90,11 @@ def test_prediction_phases_sum_to_total() -> None:
     }
 
 
-def test_process_groups_count_holder_sets_and_stage_links(two_pipeline_plan: Plan) -> None:
-    """Two holder sets ((0, 2) for layers 0-1, (1, 2) for 2-3) plus one stage link make 3 groups."""
+def test_groups_are_the_holder_sets_and_pipeline_links_get_none(two_pipeline_plan: Plan) -> None:
+    """Two holder sets ((0, 2) for layers 0-1, (1, 2) for 2-3) are two groups; stage links add none."""
     plan = two_pipeline_plan
-    assert process_group_count(plan) == 3
+    shape = plan_group_shape(plan)
+    assert (shape.groups, shape.rounds, shape.largest_members) == (2, 2, 2)
     single = Plan(
         pipelines=plan.pipelines[:1],
         global_microbatches=4,
@@ -99,7 +102,7 @@ def test_process_groups_count_holder_sets_and_stage_links(two_pipeline_plan: Pla
         fault_tolerance=0,
         iteration_time_s=1,
     )
-    assert process_group_count(single) == 1
+    assert plan_group_shape(single).groups == 0
 
 
 def test_predict_recovery_charges_the_busiest_node(
@@ -120,7 +123,9 @@ def test_predict_recovery_charges_the_busiest_node(
     assert prediction.transfer_state_s == pytest.approx(900 / 100.0)
     assert prediction.detect_s == constants.detect_s("hang")
     assert prediction.plan_s == constants.plan_s
-    assert prediction.rebuild_groups_s == pytest.approx(1.0 + 3 * 0.5)
+    # 3 nodes x 2 devices re-initialise the world; the two groups share node 2: two rounds.
+    expected = 1.0 + constants.rebuild_groups_per_rank_s * 6 + 2 * 0.5
+    assert prediction.rebuild_groups_s == pytest.approx(expected)
     assert prediction.first_step_s == plan.iteration_time_s
 
 
@@ -136,7 +141,7 @@ def test_default_transfer_bandwidth_uses_every_nic_of_a_node(
     assert predict_recovery(two_pipeline_plan, [], two_device_hardware).transfer_state_s == 0.0
 
 
-def test_process_group_count_matches_holder_tuples_over_mixed_templates(two_pipeline_plan: Plan) -> None:
+def test_group_shape_matches_holder_tuples_over_mixed_templates(two_pipeline_plan: Plan) -> None:
     """Counting per distinct template equals counting distinct Plan.holders tuples, copies included."""
     base = two_pipeline_plan
     shared = base.pipelines[0].template
@@ -152,7 +157,44 @@ def test_process_group_count_matches_holder_tuples_over_mixed_templates(two_pipe
         pipelines=pipelines, global_microbatches=8, microbatch_size=1, fault_tolerance=3, iteration_time_s=1
     )
     layers = shared.num_layers
-    expected = len({plan.holders(layer) for layer in range(layers)}) + sum(
-        p.template.num_stages - 1 for p in pipelines
+    assert plan_group_shape(plan).groups == len({plan.holders(layer) for layer in range(layers)})
+    assert plan_group_shape(plan).largest_members == 4
+
+
+def test_rebuild_pays_per_round_not_per_group() -> None:
+    """A heterogeneous plan's chain of overlapping groups costs its rounds, not its group count."""
+    from tests.unit.planning.test_groups import _plan, _template
+
+    plan = _plan([_template([0, 3, 6, 9, 12]), _template([0, 2, 4, 6, 8, 10, 12])])
+    shape = plan_group_shape(plan)
+    assert (shape.groups, shape.rounds) == (8, 2)
+    constants = RecoveryConstants(rebuild_groups_fixed_s=0.5, rebuild_groups_per_group_s=0.1)
+    predicted = predict_recovery(plan, [], _hardware(), constants).rebuild_groups_s
+    assert predicted == pytest.approx(0.5 + constants.rebuild_groups_per_rank_s * 10 + 0.1 * 2)
+    assert predicted == pytest.approx(rebuild_groups_s(constants, plan_ranks(plan), 2))
+
+
+def test_rebuild_grows_with_the_world_not_with_its_groups() -> None:
+    """Twice the pipelines of one template: same rounds, and the world term doubles with the ranks."""
+    from tests.unit.planning.test_groups import _plan, _template
+
+    small = _plan([_template([0, 2, 4])] * 2)
+    large = _plan([_template([0, 2, 4])] * 4)
+    assert plan_group_shape(small).rounds == plan_group_shape(large).rounds == 1
+    constants = RecoveryConstants()
+    grow = (
+        predict_recovery(large, [], _hardware(), constants).rebuild_groups_s
+        - predict_recovery(small, [], _hardware(), constants).rebuild_groups_s
     )
-    assert process_group_count(plan) == expected
+    assert grow == pytest.approx(4 * constants.rebuild_groups_per_rank_s)
+
+
+def _hardware() -> HardwareSpec:
+    return HardwareSpec(
+        name="one-device",
+        gpus_per_node=1,
+        gpu_memory_bytes=1 << 30,
+        peak_flops=1e12,
+        intra_node_bandwidth_bytes_per_s=1e9,
+        inter_node_bandwidth_bytes_per_s=1e9,
+    )

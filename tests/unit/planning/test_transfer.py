@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from oobleck.planning.index import PlanIndex
 from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Stage
-from oobleck.planning.transfer import _least_loaded, old_holders
+from oobleck.planning.transfer import ListHolders, old_holders
 
 LAYERS = 6
 
@@ -53,7 +54,24 @@ def test_old_holders_are_plan_holders_minus_the_lost_in_pipeline_order() -> None
     sources=st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=12, unique=True),
     loads=st.dictionaries(st.integers(min_value=0, max_value=30), st.sampled_from([0, 5, 10, 15])),
 )
-def test_least_loaded_is_the_min_by_load_then_id(sources: list[int], loads: dict[int, int]) -> None:
-    """The chosen sender is the minimum of (load, node id) over the eligible sources."""
-    expected = min(sources, key=lambda node: (loads.get(node, 0), node))
-    assert _least_loaded(sources, loads) == expected
+def test_lowest_idle_is_the_lowest_unloaded_source(sources: list[int], loads: dict[int, int]) -> None:
+    """The idle sender chosen is the lowest id without load, or None when every source has load."""
+    idle = [node for node in sources if not loads.get(node)]
+    assert ListHolders({0: sources}).lowest_idle(0, loads) == (min(idle) if idle else None)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    lost=st.sets(st.sampled_from([0, 1, 3, 4, 7, 8, 9])),
+    loads=st.dictionaries(st.sampled_from([0, 1, 3, 4, 7, 8, 9]), st.sampled_from([0, 5])),
+)
+def test_index_holders_match_the_plan(lost: set[int], loads: dict[int, int]) -> None:
+    """The plan index's holder lookups agree with Plan.holders for every layer."""
+    old = plan()
+    index = PlanIndex(old)
+    for layer in range(LAYERS):
+        surviving = [node for node in old.holders(layer) if node not in lost]
+        idle = [node for node in surviving if not loads.get(node)]
+        assert index.lowest_holder(layer, lost, loads) == (min(idle) if idle else None)
+        assert sorted(index.surviving_holders(layer, lost)) == sorted(surviving)
+        assert list(index.holders_in_order(old, layer, lost)) == surviving

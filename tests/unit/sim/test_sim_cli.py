@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -116,7 +117,7 @@ def test_unknown_cost_key_exits_2_listing_valid_keys(
 
 def test_cost_overrides_change_the_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A --costs file that makes restarts slower lowers checkpoint's samples for the same trace."""
-    argv = [*_SMALL, "--fail-rate", "0.2", "--policy", "checkpoint", "--seed", "2"]
+    argv = [*_SMALL, "--fail-rate", "0.2", "--repair-hours", "0.2", "--policy", "checkpoint", "--seed", "2"]
     base, slow = tmp_path / "base.json", tmp_path / "slow.json"
     costs = tmp_path / "costs.json"
     costs.write_text(json.dumps({"restart_s": 900}))
@@ -143,11 +144,77 @@ def test_json_costs_read_back_as_a_costs_file_step_constants_included(tmp_path: 
 def test_readme_shows_the_default_runs_table_as_the_code_prints_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The README's table of ``python -m oobleck.sim --nodes 32 --fail-rate 0.01`` is not stale."""
-    assert main(["--nodes", "32", "--fail-rate", "0.01", "--quiet"]) == 0
-    printed = capsys.readouterr().out.splitlines()
+    """The README's table of ``python -m oobleck.sim --nodes 32 --fail-rate 0.01 --seeds 5`` is not stale."""
     readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
-    shown = readme.split("The default run above prints:\n```\n", 1)[1].split("\n```", 1)[0].splitlines()
+    assert "python -m oobleck.sim --nodes 32 --fail-rate 0.01 --seeds 5 " in readme
+    assert main(["--nodes", "32", "--fail-rate", "0.01", "--seeds", "5", "--quiet"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    shown = readme.split("The default run above prints", 1)[1].split("```\n", 1)[1].split("\n```", 1)[0]
+    shown_lines = shown.splitlines()
     # NOTE: the last line holds the wall time the simulation took: the one output the code does not decide.
-    assert [line.rstrip() for line in shown[:-1]] == [line.rstrip() for line in printed[:-1]]
-    assert printed[-1].startswith("seed 0; simulated in")
+    assert [line.rstrip() for line in shown_lines[:-1]] == [line.rstrip() for line in printed[:-1]]
+    assert printed[-1].startswith("seeds 0..4; simulated in")
+    assert "over 5 seeds" in shown and "expected 6.8" in shown
+
+
+@pytest.mark.parametrize(
+    ("flag", "fragment"),
+    [("--json", "is a directory"), ("--plot", "is a directory")],
+)
+def test_an_output_path_that_is_a_directory_exits_2_before_simulating(
+    tmp_path: Path, flag: str, fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json or --plot naming a directory exits 2 with one line, and nothing was simulated."""
+    assert main([*_SMALL, flag, str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert f"{flag} {tmp_path}: {fragment}" in captured.err and captured.err.count("\n") == 1
+    assert captured.out == ""
+
+
+def test_an_unwritable_output_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json under a file (not a folder) exits 2 naming the path."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main([*_SMALL, "--json", str(blocker / "out.json")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_nodes_above_the_documented_bound_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """--nodes 10^12 exits 2 naming the bound instead of running out of memory."""
+    assert main([*_SMALL, "--nodes", "1000000000000"]) == 2
+    assert "--nodes must be at most 65,536" in capsys.readouterr().err
+
+
+def test_an_empty_trace_is_an_error_unless_allowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trace file without events exits 2; with --allow-empty-trace it runs without failures."""
+    trace = tmp_path / "empty.csv"
+    trace.write_text("# nothing happens\n")
+    assert main([*_SMALL, "--trace", str(trace)]) == 2
+    assert "has no membership change; pass --allow-empty-trace" in capsys.readouterr().err
+    assert main([*_SMALL, "--trace", str(trace), "--allow-empty-trace", "--policy", "oobleck"]) == 0
+
+
+def test_seeds_print_mean_interval_and_failures_next_to_their_expectation(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--seeds 3 prints a 95% interval per policy and each trace's failures next to the expectation."""
+    assert main([*_SMALL, "--fail-rate", "0.2", "--seeds", "3", "--policy", "oobleck,varuna"]) == 0
+    out = capsys.readouterr().out
+    assert "mean ± 95% interval over 3 seeds" in out
+    assert "node failures per trace:" in out and "(expected 2.6)" in out  # 8 (1 - e^-0.4)
+    assert "±" in out.split("varuna", 1)[1].splitlines()[0]
+
+
+def test_seeds_json_holds_every_seed_and_the_summary(tmp_path: Path) -> None:
+    """--seeds 2 --json writes the per-seed results, each trace's failures and the mean with its interval."""
+    path = tmp_path / "seeds.json"
+    argv = [*_SMALL, "--fail-rate", "0.2", "--seeds", "2", "--policy", "oobleck,varuna", "--json", str(path)]
+    assert main(argv) == 0
+    data = json.loads(path.read_text())
+    assert data["config"]["seeds"] == [0, 1]
+    assert [run["seed"] for run in data["runs"]] == [0, 1]
+    assert len(data["failures"]) == 2 and data["expected_failures"] == pytest.approx(8 * (1 - math.exp(-0.4)))
+    varuna = data["summary"][1]
+    assert varuna["policy"] == "varuna" and set(varuna["samples_per_s"]) == {"mean", "ci95"}

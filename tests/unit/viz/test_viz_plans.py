@@ -36,6 +36,17 @@ def test_summaries_state_n0_and_every_pipeline(planner: Planner) -> None:
     assert len(lines) == 1 + len(plan.pipelines)
 
 
+def test_summary_lists_spare_nodes() -> None:
+    """A plan that leaves nodes idle names its spares in one extra line."""
+    small_batch = Planner(
+        PROFILE, HARDWARE, fault_tolerance=1, global_microbatches=4, microbatch_size=1, max_nodes=7
+    )
+    plan = small_batch.plan(range(7))
+    assert plan.spare_nodes
+    lines = plan_summary(plan).splitlines()
+    assert lines[-1] == f"  spares (idle, taken first on a loss): nodes {list(plan.spare_nodes)}"
+
+
 def test_plan_figure_has_one_block_per_node_over_its_layers(planner: Planner) -> None:
     """Each node of each pipeline is one bar spanning the layers it holds, labelled with its id."""
     plan = planner.plan(range(7))

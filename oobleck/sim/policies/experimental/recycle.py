@@ -1,29 +1,27 @@
-"""``recycle``: reroute a damaged pipeline's microbatches to its data-parallel peers, then regrow.
+"""``recycle`` (experimental): ReCycle's rerouting (Gandhi et al., SOSP'24), on Oobleck's templates.
 
-Idea (after ReCycle, SOSP'24): every layer of a damaged pipeline still has a replica in each
-surviving pipeline, so the survivors can take over its share of the global batch at once. Compared
-with ``oobleck``:
+What it models: when a node fails, the healthy stages of every pipeline keep running; the failed
+node's stages are executed, for its pipeline's microbatches, by the *same-stage peers* of the other
+pipelines built from the same template (they hold the same layers), inside their pipeline bubbles
+(ReCycle's adaptive pipelining). We charge:
 
-* the step in flight is not lost: the peers finish it (its progress carries over);
-* the pause is only detection, planning and rebuilding the process groups: no layer state moves,
-  and no separate first step is charged (training simply continues);
-* the damaged pipeline's surviving nodes sit idle until the next step boundary, where a normal
-  ``grow`` reconfiguration (priced by the planning core) takes them back.
+* the pause: detect, plan and rebuild the process groups (no layer state moves, so no transfer);
+  the step in flight is redone;
+* afterwards, each peer's extra microbatches at that stage: ``m_p / Q`` microbatches of the failed
+  node's slowest slot (``Q`` peers), of which the stage's idle time in a 1F1B step (the pipeline's
+  time minus ``m`` busy slots) hides what it can; the rest lengthens the peers' pipelines and so
+  the step (the all-reduce waits for the slowest);
+* rerouted operation lasts until nodes join: then an ordinary Oobleck reconfiguration (priced by
+  the planning core) removes the failed nodes and takes the joined ones, if it pays back its pause.
 
-The price is a slower configuration for that one step or so (fewer pipelines share ``B``). When
-more than ``f`` nodes fail at once or no pipeline survives, it behaves exactly like ``oobleck``.
-
-Assumptions:
-    * Re-splitting ``B`` over the surviving pipelines uses the planning core's exact batch split and
-      step-time model; the rerouted plan keeps at least one pipeline.
+When a failed node has no live same-template peer at its position, or a loss needs more than
+rerouting, it behaves exactly like ``oobleck``. Leaves out: ReCycle's decoupled backward pass
+(weight-gradient deferral), which hides more of the extra work than bubbles alone: our delay is an
+upper bound of ReCycle's.
 """
 
 from __future__ import annotations
 
-from oobleck.errors import PlanningError
-from oobleck.planning.batch import distribute_batch
-from oobleck.planning.cost import plan_iteration_time_s
-from oobleck.planning.plan import Pipeline, Plan
 from oobleck.planning.recovery import predict_recovery
 from oobleck.sim.base import Configuration, JobContext, Recovery
 from oobleck.sim.policies.homogeneous import HomogeneousPlanner
@@ -31,49 +29,83 @@ from oobleck.sim.policies.oobleck import OobleckPolicy
 
 
 class RecyclePolicy(OobleckPolicy):
-    """Oobleck with immediate rerouting to data-parallel peers before regrowing."""
+    """Oobleck that first reroutes a failed node's work to its same-stage peers."""
 
     name = "recycle"
-    join_idle = True
 
     def on_loss(
         self, config: Configuration, lost: tuple[int, ...], alive: tuple[int, ...]
     ) -> Recovery | None:
-        affected = set(lost)
-        survivors = [p for p in config.plan.pipelines if affected.isdisjoint(p.nodes)]
-        if len(affected) > self.context.fault_tolerance or not survivors:
-            return super().on_loss(config, lost, alive)
-        try:
-            plan = self._reroute(config.plan, survivors)
-        except PlanningError:
-            return super().on_loss(config, lost, alive)
-        prediction = predict_recovery(plan, (), self.context.hardware, self.context.costs.recovery)
+        down = config.failed | frozenset(lost)
+        delay_ratio = self.rerouted_ratio(config, down)
+        if delay_ratio is None:
+            lost_all = tuple(sorted(down))
+            return self._reconfigure(config, "reconfigure", lost_nodes=lost_all) or self.restart(alive)
+        prediction = predict_recovery(config.plan, (), self.context.hardware, self.context.costs.recovery)
+        rerouted = Configuration(
+            plan=config.plan, step_time_s=self._steady_s(config) * delay_ratio, failed=down
+        )
         return Recovery(
             kind="reroute",
             duration_s=prediction.total_s - prediction.first_step_s,
-            config=Configuration(plan=plan, step_time_s=self.context.step_time_s(plan)),
-            rollback="none",
+            config=rerouted,
+            rollback="iteration",
         )
 
-    def _reroute(self, old: Plan, survivors: list[Pipeline]) -> Plan:
-        """The surviving pipelines with the whole global batch split over them.
+    def on_join(
+        self, config: Configuration, joined: tuple[int, ...], alive: tuple[int, ...]
+    ) -> Recovery | None:
+        """Reconfigure away the failed nodes, then take the joined ones (both pauses charged).
 
-        Raises:
-            PlanningError: the survivors cannot absorb ``B`` (fewer microbatches than stages).
+        Two planner calls because a returning node is both a failed member and a new one.
         """
-        context = self.context
-        counts = distribute_batch([p.template for p in survivors], context.global_microbatches)
-        pipelines = tuple(
-            Pipeline(template=p.template, nodes=p.nodes, microbatches=count)
-            for p, count in zip(survivors, counts, strict=True)
-        )
-        return Plan(
-            pipelines=pipelines,
-            global_microbatches=context.global_microbatches,
-            microbatch_size=context.microbatch_size,
-            fault_tolerance=min(old.fault_tolerance, len(pipelines) - 1),
-            iteration_time_s=plan_iteration_time_s(pipelines, context.profile, context.hardware),
-        )
+        current: Configuration = config
+        pause_s = 0.0
+        if config.failed:
+            removed = self._reconfigure(config, "grow", lost_nodes=tuple(sorted(config.failed)))
+            if removed is None or removed.config is None:
+                return None
+            current, pause_s = removed.config, removed.duration_s
+        grown = self._reconfigure(current, "grow", joined_nodes=joined)
+        if (
+            grown is not None
+            and grown.config is not None
+            and self.pays_back(current, grown.config, grown.duration_s)
+        ):
+            current, pause_s = grown.config, pause_s + grown.duration_s
+        if current is config:
+            return None
+        return Recovery(kind="grow", duration_s=pause_s, config=current, rollback="none")
+
+    def _steady_s(self, config: Configuration) -> float:
+        return self.context.step_time_s(config.plan)
+
+    def rerouted_ratio(self, config: Configuration, down: frozenset[int]) -> float | None:
+        """Step-time ratio with every down node's work rerouted to its peers (``None``: impossible)."""
+        pipelines = config.plan.pipelines
+        ratio = 1.0
+        for pipeline in pipelines:
+            for index, node in enumerate(pipeline.nodes):
+                if node not in down:
+                    continue
+                peers = [
+                    other
+                    for other in pipelines
+                    if other is not pipeline
+                    and other.template is pipeline.template
+                    and other.nodes[index] not in down
+                ]
+                if not peers:
+                    return None
+                template = pipeline.template
+                slot = max(s.latency_s for s in template.stages if s.node == index)
+                for peer in peers:
+                    busy = peer.microbatches * slot
+                    normal = template.sum_latency_s + (peer.microbatches - 1) * template.max_latency_s
+                    extra = pipeline.microbatches / len(peers) * slot
+                    delay = max(0.0, extra - (normal - busy))
+                    ratio = max(ratio, (normal + delay) / normal)
+        return ratio
 
 
 def recycle_factory(context: JobContext, homogeneous: HomogeneousPlanner) -> RecyclePolicy:
