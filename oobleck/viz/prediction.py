@@ -46,6 +46,7 @@ _CALIBRATED = (
             "plan_s",
             "rebuild_groups_fixed_s",
             "rebuild_groups_per_group_s",
+            "rebuild_groups_per_rank_s",
             "transfer_bandwidth_bytes_per_s",
         ),
     ),
@@ -82,7 +83,7 @@ def calibrate_constants(
 
     Only the constants of phases that do not scale with the model are fitted: ``disconnect_detect_s``
     (detect), ``plan_s`` (plan) and ``rebuild_groups_fixed_s`` (rebuild groups, with the per-group
-    cost set to 0, see the module's assumptions). The copy bandwidth needs the transfer plans of
+    and per-rank costs set to 0, see the module's assumptions). The copy bandwidth needs the transfer plans of
     the runs, so it is measured by :func:`calibrate_transfer_bandwidth` and passed in. The first
     step is a step of the new plan, priced by the step constants
     (:func:`~oobleck.viz.step_model.calibrate_step_model`), not by these.
@@ -117,6 +118,8 @@ def calibrate_constants(
         plan_s=median("plan"),
         rebuild_groups_fixed_s=median("rebuild_groups"),
         rebuild_groups_per_group_s=0.0,
+        # NOTE: the measured median already includes the world's per-rank init on these ranks.
+        rebuild_groups_per_rank_s=0.0,
         transfer_bandwidth_bytes_per_s=bandwidth or base.transfer_bandwidth_bytes_per_s,
     )
 

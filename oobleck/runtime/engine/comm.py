@@ -241,14 +241,16 @@ class Comm:
         self.destroy()
 
     def close(self, drain_s: float = 10.0) -> None:
-        """End of job: destroy the groups, then give an abandoned wait up to ``drain_s`` to end.
+        """End of job: give an in-flight wait up to ``drain_s`` to end, then destroy the groups.
 
         A wait still blocked in C++ when the interpreter exits aborts the process, so a worker
         that aborted on a hung peer should close (or leave with ``os._exit``). Never raises.
         """
-        self.destroy()
+        # NOTE: drain first: a wait still in flight on a healthy world ends at once, whereas one
+        # whose group was destroyed under it may never end.
         if self._waiter is not None:
             self._waiter.idle.wait(drain_s)
+        self.destroy()
 
     def destroy(self) -> None:
         """Destroy the process groups of this generation, if any; never raises."""
