@@ -17,12 +17,7 @@ from oobleck.planning.instantiate import instantiate
 from oobleck.planning.plan import PipelineTemplate, Plan
 from oobleck.planning.profile import ModelProfile
 from oobleck.planning.reconfigure import Reconfiguration, reconfigure
-from oobleck.planning.recovery import (
-    RecoveryConstants,
-    RecoveryPrediction,
-    plan_ranks,
-    rebuild_groups_s,
-)
+from oobleck.planning.recovery import RecoveryConstants, RecoveryPrediction, predict_recovery
 from oobleck.planning.step_time import StepConstants
 from oobleck.planning.templates import generate_templates
 
@@ -65,6 +60,10 @@ class Planner:
         self.global_microbatches = global_microbatches
         self.microbatch_size = microbatch_size
         self.max_nodes = max_nodes
+        self.tied_pairs: tuple[tuple[int, int], ...] = tuple(
+            (layer.tied_to, index) for index, layer in enumerate(profile.layers) if layer.tied_to is not None
+        )
+        """``(source, tied)`` layers of tied weights: the runtime builds a group for each pair."""
         self._rounds: dict[tuple[tuple[int, int], ...], tuple[tuple[PipelineTemplate, ...], int]] = {}
         """Group-creation rounds by templates in use (see :meth:`group_rounds`)."""
         self.templates: tuple[PipelineTemplate, ...] = generate_templates(
@@ -139,32 +138,22 @@ class Planner:
 
         ``steps`` prices the first step after the recovery (default: the plan's own step time).
 
-        NOTE: the phases of :func:`oobleck.planning.recovery.predict_recovery` (a test holds the two
-        equal), with the plan's group-creation rounds memoised on its templates (:meth:`group_rounds`):
-        counting groups walks every pipeline and layer, and along a chain of reconfigurations the
+        NOTE: the plan's group-creation rounds are memoised on its templates (:meth:`group_rounds`):
+        counting groups walks every template and layer, and along a chain of reconfigurations the
         same templates come back.
         """
         plan = reconfiguration.plan
-        first_step = (steps or StepConstants()).step_s(plan, self.profile, self.hardware)
-        constants = constants or RecoveryConstants()
-        sent: dict[int, int] = {}
-        received: dict[int, int] = {}
-        for transfer in reconfiguration.transfers:
-            if transfer.src_node == transfer.dst_node:
-                continue
-            sent[transfer.src_node] = sent.get(transfer.src_node, 0) + transfer.bytes
-            received[transfer.dst_node] = received.get(transfer.dst_node, 0) + transfer.bytes
-        busiest = max([*sent.values(), *received.values()], default=0)
-        return RecoveryPrediction(
-            detect_s=constants.detect_s("disconnect"),
-            plan_s=constants.plan_s,
-            rebuild_groups_s=rebuild_groups_s(constants, plan_ranks(plan), self.group_rounds(plan)),
-            transfer_state_s=busiest / constants.transfer_bandwidth(self.hardware),
-            first_step_s=first_step,
+        return predict_recovery(
+            plan,
+            reconfiguration.transfers,
+            self.hardware,
+            constants,
+            first_step_s=(steps or StepConstants()).step_s(plan, self.profile, self.hardware),
+            group_rounds=self.group_rounds(plan),
         )
 
     def group_rounds(self, plan: Plan) -> int:
-        """``plan_group_shape(plan).rounds``, memoised on the templates in use.
+        """``plan_group_shape(plan, self.tied_pairs).rounds``, memoised on the templates in use.
 
         The groups are counted per (template, stage), and the pipeline counts matter only through
         which groups have more than one member (a group of one is not built), which is decided by
@@ -178,7 +167,7 @@ class Planner:
             kept is template for kept, (template, _) in zip(entry[0], counts, strict=True)
         ):
             return entry[1]
-        rounds = plan_group_shape(plan).rounds
+        rounds = plan_group_shape(plan, self.tied_pairs).rounds
         if len(self._rounds) >= _ROUNDS_MEMO_SIZE:
             self._rounds.clear()
         # NOTE: the templates are kept with the answer, so a reused id never matches another template.

@@ -201,6 +201,7 @@ def predict_recovery(
     failure: FailureKind = "disconnect",
     first_step_s: float | None = None,
     tied_pairs: Sequence[tuple[int, int]] = (),
+    group_rounds: int | None = None,
 ) -> RecoveryPrediction:
     """Predict the phases of a recovery that moves to ``new_plan`` by copying ``transfers``.
 
@@ -215,6 +216,8 @@ def predict_recovery(
         first_step_s: The first step's cost when the job's steps are priced by calibrated
             constants (:meth:`~oobleck.planning.step_time.StepConstants.step_s`).
         tied_pairs: ``(source, tied)`` layers of tied weights, whose groups the runtime builds too.
+        group_rounds: ``plan_group_shape(new_plan, tied_pairs).rounds`` when the caller already knows
+            it (the planner memoises it along chains of reconfigurations).
 
     Returns:
         Seconds per phase.
@@ -228,11 +231,12 @@ def predict_recovery(
         sent[transfer.src_node] = sent.get(transfer.src_node, 0) + transfer.bytes
         received[transfer.dst_node] = received.get(transfer.dst_node, 0) + transfer.bytes
     busiest = max([*sent.values(), *received.values()], default=0)
-    shape = plan_group_shape(new_plan, tied_pairs)
+    if group_rounds is None:
+        group_rounds = plan_group_shape(new_plan, tied_pairs).rounds
     return RecoveryPrediction(
         detect_s=constants.detect_s(failure),
         plan_s=constants.plan_s,
-        rebuild_groups_s=rebuild_groups_s(constants, plan_ranks(new_plan), shape.rounds),
+        rebuild_groups_s=rebuild_groups_s(constants, plan_ranks(new_plan), group_rounds),
         transfer_state_s=busiest / constants.transfer_bandwidth(hardware),
         first_step_s=new_plan.iteration_time_s if first_step_s is None else first_step_s,
     )

@@ -107,7 +107,7 @@ def _token_file(path: Path, dtype: str) -> np.ndarray:
 
 def _hf_dataset(path: Path) -> np.ndarray:
     try:
-        import datasets  # type: ignore[import-not-found]  # optional: only when installed locally
+        import datasets  # NOTE: optional (`pip install datasets`); untyped, see pyproject [tool.mypy]
     except ImportError:
         raise ConfigError(
             "data.source: 'hf' needs the `datasets` package, which is not installed; "

@@ -41,7 +41,13 @@ class RecyclePolicy(OobleckPolicy):
         if delay_ratio is None:
             lost_all = tuple(sorted(down))
             return self._reconfigure(config, "reconfigure", lost_nodes=lost_all) or self.restart(alive)
-        prediction = predict_recovery(config.plan, (), self.context.hardware, self.context.costs.recovery)
+        prediction = predict_recovery(
+            config.plan,
+            (),
+            self.context.hardware,
+            self.context.costs.recovery,
+            tied_pairs=self.context.planner.tied_pairs,
+        )
         rerouted = Configuration(
             plan=config.plan, step_time_s=self._steady_s(config) * delay_ratio, failed=down
         )
