@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev,notebooks]"
+	$(BIN)/pip install -q -e ".[dev,notebooks,ray]"
 	touch $@
 
 venv: $(BIN)/.installed
@@ -22,7 +22,7 @@ demo: venv
 test: venv
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: venv
 	$(BIN)/python -m ruff check .
