@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -11,16 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.harness import free_port
+
 ArgvOfRank = Callable[[int, int], list[str]]
 """``(rank, port) -> argv`` of one rank's process."""
 EnvOfRank = Callable[[int, int], dict[str, str]]
 """``(rank, port) -> extra environment`` of one rank's process."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_ranks(
@@ -39,7 +34,7 @@ def run_ranks(
         timeout_s: Bound on the whole run.
     """
     out.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(world):
         extra = env(rank, port) if env is not None else {}

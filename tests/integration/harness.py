@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -150,22 +151,54 @@ def run_master(
                 action(run_dir)
         rc = master.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
-        _cleanup(master, run_dir)
+        kill_run(run_dir, master)
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return Run(rc, run_dir, t_action, records, log.read_text())
 
 
-def _cleanup(master: subprocess.Popen, run_dir: Path) -> None:
-    pids = []
+def kill_run(run_dir: Path, *masters: subprocess.Popen) -> None:
+    """Kill every agent group of ``run_dir`` (continuing stopped ones so they die) and the masters."""
     if (run_dir / "agents.json").exists():
-        pids = [a["agent_pid"] for a in agents(run_dir)]
-    for pid in pids:
-        for sig in (signal.SIGKILL, signal.SIGCONT):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, sig)
-    if master.poll() is None:
-        os.killpg(master.pid, signal.SIGKILL)
-    master.wait(10)
+        for row in agents(run_dir):
+            for sig in (signal.SIGKILL, signal.SIGCONT):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(row["agent_pid"], sig)
+    for master in masters:
+        if master.poll() is None:
+            os.killpg(master.pid, signal.SIGKILL)
+        master.wait(10)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_standalone(run_dir: Path, config: Path, timeout_s: float = 600.0) -> Run:
+    """The fault-free reference of a job: its standalone worker as one process (one pipeline).
+
+    With exact accumulation, the split of the global batch across pipelines changes no bit, so this
+    one process gives the losses and sample ledger of every fault-free plan of the job.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OOBLECK_CONTROL", "MASTER_"))}
+    # NOTE: one intra-op thread, as agents give their workers: no oversubscription of the cores.
+    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", OMP_NUM_THREADS="1")
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    argv = [
+        sys.executable,
+        "-m",
+        "oobleck.runtime.worker",
+        "--config",
+        str(config),
+        "--run-dir",
+        str(run_dir),
+    ]
+    done = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=timeout_s)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return Run(0, run_dir, None, records, done.stderr)
 
 
 def kill_group(run_dir: Path, node: int, sig: int = signal.SIGKILL) -> None:

@@ -11,7 +11,6 @@ exact sample ledger. The schedule and the timings are printed (``pytest -s``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -29,6 +28,8 @@ from tests.integration.harness import (
     agents,
     assert_ledger_exact,
     assert_losses_match,
+    kill_run,
+    run_standalone,
     write_hosts,
     write_job,
 )
@@ -110,40 +111,6 @@ def _fire(event: Event, run_dir: Path, rng: random.Random, lost: set[int]) -> No
         os.kill(row["worker_pids"][0], signal.SIGCONT)
 
 
-def _cleanup(run_dir: Path, masters: list[subprocess.Popen]) -> None:
-    if (run_dir / "agents.json").exists():
-        for row in agents(run_dir):
-            for sig in (signal.SIGKILL, signal.SIGCONT):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(row["agent_pid"], sig)
-    for master in masters:
-        if master.poll() is None:
-            os.killpg(master.pid, signal.SIGKILL)
-        master.wait(10)
-
-
-def _reference(folder: Path, config: Path) -> Run:
-    """The fault-free losses and ledger: the single-process standalone worker on the same job."""
-    run_dir = folder / "reference"
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("OOBLECK_CONTROL", "MASTER_", "WORLD_SIZE"))
-    }
-    env["OMP_NUM_THREADS"] = "1"  # NOTE: as agents give their workers: no intra-op oversubscription.
-    argv = [
-        sys.executable,
-        "-m",
-        "oobleck.runtime.worker",
-        "--config",
-        str(config),
-        "--run-dir",
-        str(run_dir),
-    ]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=400, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return Run(0, run_dir, None, records, done.stderr)
-
-
 @pytest.mark.timeout(600)
 def test_seeded_chaos_keeps_losses_and_ledger(tmp_path):
     """Under seeded kills and stops of agents, workers and the master (resumed), a 400-step f=2 job
@@ -153,7 +120,7 @@ def test_seeded_chaos_keeps_losses_and_ledger(tmp_path):
     config = write_job(tmp_path, steps=STEPS, f=2)
     t0 = time.monotonic()
     # NOTE: one process holds one pipeline, so its twin job has f=0; f changes no loss or sample.
-    reference = _reference(tmp_path, write_job(tmp_path, steps=STEPS, f=0))
+    reference = run_standalone(tmp_path / "reference", write_job(tmp_path, steps=STEPS, f=0))
     t_reference = time.monotonic() - t0
     run_dir = tmp_path / "chaos"
     hosts = write_hosts(tmp_path, AGENTS)
@@ -181,7 +148,7 @@ def test_seeded_chaos_keeps_losses_and_ledger(tmp_path):
                 _fire(event, run_dir, rng, lost)
         rc = masters[-1].wait(max(1.0, deadline - time.monotonic()))
     finally:
-        _cleanup(run_dir, masters)
+        kill_run(run_dir, *masters)
     t_run = time.monotonic() - t_start
     log = "".join((tmp_path / f"m{i}.log").read_text() for i in range(len(masters)))
     print(f"\nchaos seed {SEED}: reference {t_reference:.1f} s, chaos run {t_run:.1f} s")

@@ -34,7 +34,15 @@ from oobleck.runtime.config import load_job_config
 from oobleck.runtime.engine import build_adapter, job_planner, job_profile
 from oobleck.runtime.engine.transfer import TRANSFER_HOLD_ENV
 from oobleck.runtime.run_log import pipeline_layouts
-from tests.integration.harness import Run, agents, assert_ledger_exact, kill_group, run_master, write_hosts
+from tests.integration.harness import (
+    Run,
+    agents,
+    assert_ledger_exact,
+    kill_group,
+    run_master,
+    run_standalone,
+    write_hosts,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,31 +62,8 @@ def _job(folder: Path, name: str, **overrides: Any) -> Path:
 
 def _solo_reference(folder: Path, steps: int) -> Run:
     """The fault-free run: one standalone process, no device limit (a single node holds the model)."""
-    run_dir = folder / f"solo{steps}"
     config = _job(folder, f"solo{steps}", steps=steps, fault_tolerance=0, device_memory_bytes=None)
-    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "OMP_NUM_THREADS": "1"}
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    argv = [
-        sys.executable,
-        "-m",
-        "oobleck.runtime.worker",
-        "--config",
-        str(config),
-        "--run-dir",
-        str(run_dir),
-    ]
-    done = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return Run(0, run_dir, None, records)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return run_standalone(folder / f"solo{steps}", config)
 
 
 def _generation_steps(run_dir: Path, generation: int) -> int:

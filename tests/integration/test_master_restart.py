@@ -8,7 +8,6 @@ and no checkpoint reload, and a node killed after the restart is recovered in pl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ from tests.integration.harness import (
     assert_ledger_exact,
     assert_losses_match,
     kill_group,
+    kill_run,
     run_master,
     write_hosts,
     write_job,
@@ -107,18 +107,6 @@ def _signal_agents(run_dir: Path, sig: int) -> None:
         os.killpg(row["agent_pid"], sig)
 
 
-def _kill_everything(run_dir: Path, *masters: subprocess.Popen) -> None:
-    if (run_dir / "agents.json").exists():
-        for row in agents(run_dir):
-            for sig in (signal.SIGKILL, signal.SIGCONT):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(row["agent_pid"], sig)
-    for master in masters:
-        if master.poll() is None:
-            os.killpg(master.pid, signal.SIGKILL)
-        master.wait(10)
-
-
 @pytest.mark.timeout(300)
 def test_killed_master_resumes_the_running_job(folder, reference):
     """A master SIGKILLed at step 5 and resumed keeps the fault-free losses; a later node loss recovers."""
@@ -156,7 +144,7 @@ def test_killed_master_resumes_the_running_job(folder, reference):
         kill_group(run_dir, 3)
         rc = resumed.wait(max(1.0, deadline - time.monotonic()))
     finally:
-        _kill_everything(run_dir, first, *([resumed] if resumed else []))
+        kill_run(run_dir, first, *([resumed] if resumed else []))
     log = (folder / "resume.master2.log").read_text()
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     run = Run(rc, run_dir, None, records, log)
