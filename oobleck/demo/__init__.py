@@ -3,7 +3,7 @@
 Part 1 (:mod:`~oobleck.demo.paper`) runs the planning core and the simulator on their embedded
 catalogue (GPT-3 175B on 32 H100 nodes losing one node; 24 h of random failures under every recovery
 policy): it launches nothing. Part 2 (:mod:`~oobleck.demo.live`) starts a real job exactly as a user
-would, ``python -m oobleck.runtime.master --hostfile examples/hosts.local5 --config <job>`` (five
+would, ``python -m oobleck.runtime.master --hostfile examples/hosts.local4 --config <job>`` (four
 local one-slot agents, gloo on CPU, the tiny GPT-2 of ``examples/tiny_gpt2_deep.yaml``: 2 MB per
 device, so pipelines span 2-3 nodes), SIGKILLs one agent's process group after a chosen step, lets
 the survivors finish every step, and prints the measured recovery timeline

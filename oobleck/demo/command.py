@@ -16,12 +16,12 @@ from pathlib import Path
 from rich.console import Console
 
 from oobleck.cli._common import ArgumentParser, new_parser, run_command
-from oobleck.demo.live import BASE_JOB, HOSTFILE, NODES, STEPS_AFTER_KILL, run_live
+from oobleck.demo.live import BASE_JOB, HOSTFILE, KILLED_NODE, NODES, STEPS_AFTER_KILL, run_live
 from oobleck.demo.paper import print_at_scale
 from oobleck.errors import ConfigError
 from oobleck.viz.runs import METRICS_FILE
 
-_EXAMPLE = "python -m oobleck.demo --steps 40 --kill-after-step 20 --node 3 --run-dir runs/demo"
+_EXAMPLE = "python -m oobleck.demo --steps 40 --kill-after-step 20 --node 0 --run-dir runs/demo"
 
 
 def build_parser() -> ArgumentParser:
@@ -42,7 +42,7 @@ def build_parser() -> ArgumentParser:
     add("--steps", type=int, default=40, metavar="N", help="training steps of the live job")
     kill_help = f"SIGKILL the node once step K is done, K <= steps-{STEPS_AFTER_KILL} (default: steps // 2)"
     add("--kill-after-step", type=int, default=argparse.SUPPRESS, metavar="K", help=kill_help)
-    add("--node", type=int, default=NODES - 1, metavar="ID", help=f"node to kill, 0..{NODES - 1}")
+    add("--node", type=int, default=KILLED_NODE, metavar="ID", help=f"node to kill, 0..{NODES - 1}")
     run_dir_help = "new folder for the job's metrics.jsonl and logs (default: runs/demo-<timestamp>)"
     add("--run-dir", default=argparse.SUPPRESS, metavar="DIR", help=run_dir_help)
     return parser

@@ -1,9 +1,9 @@
-"""Part 2 of the demo, live: a real five-node job whose pipelines span nodes loses a node and recovers.
+"""Part 2 of the demo, live: a real four-node job whose pipelines span nodes loses a node and recovers.
 
-The job is ``examples/tiny_gpt2_deep.yaml`` on ``examples/hosts.local5``: planned for 2 MB per
-device, each pipeline needs 2 nodes, so five agents run pipelines [0, 1] and [2, 3, 4]. Killing node
-4 (the default) forces a different template for the damaged pipeline, and the survivors copy the
-missing layers with their optimizer state from the other pipeline.
+The job is ``examples/tiny_gpt2_deep.yaml`` on ``examples/hosts.local4``: planned for 2 MB per
+device, each pipeline needs 2 nodes, so four agents run pipelines [0, 1] and [2, 3]. Killing node 0
+(the default) leaves three nodes for one pipeline of the 3-node template, [1, 2, 3], and the
+survivors copy the missing layer with its optimizer state (node 1 receives layer 0 from node 2).
 
 Assumptions:
     * ``examples/`` of the repository sits next to the installed package (editable install).
@@ -26,21 +26,24 @@ from oobleck.viz.live import record_failure_run, write_job
 from oobleck.viz.runs import load_run
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-HOSTFILE = EXAMPLES / "hosts.local5"
+HOSTFILE = EXAMPLES / "hosts.local4"
 BASE_JOB = EXAMPLES / "tiny_gpt2_deep.yaml"
-NODES = 5
-"""Agents in ``hosts.local5``: node ids 0..4."""
+NODES = 4
+"""Agents in ``hosts.local4``: node ids 0..3."""
+KILLED_NODE = 0
+"""The default node to kill: the first stage of [0, 1]; its loss changes the template and copies a layer
+(killing node 3 instead re-forms [2, 0, 1] and copies nothing: the planner keeps layers in place)."""
 STEPS_AFTER_KILL = 5
 """Steps that must remain after ``--kill-after-step``: the kill lands a step or two late (the step rows
 are polled), and the steady step time after recovery needs a step beyond the redone one."""
 _STARTUP_TIMEOUT_S = 180.0
-"""Bound on the job's start (five workers importing torch on a loaded 2-core machine take ~20 s)."""
+"""Bound on the job's start (four workers importing torch on a loaded 2-core machine take ~20 s)."""
 _STEP_TIMEOUT_S = 1.0
 """Added to the bound per step (a step of the tiny model takes ~30 ms here)."""
 
 
 def run_live(out: Console, *, steps: int, kill_after: int, node: int, run_dir: Path) -> None:
-    """Run the deep tiny GPT-2 job on the five local agents, kill ``node`` and print the recovery report.
+    """Run the deep tiny GPT-2 job on the four local agents, kill ``node`` and print the recovery report.
 
     Progress lines go to stderr while the job runs; the report goes to ``out`` once it has ended.
 

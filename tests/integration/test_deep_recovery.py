@@ -9,7 +9,11 @@ the bytes that arrived, and the losses are the bits of a fault-free run.
 The fault-free reference is one process running the same job (``python -m oobleck.runtime.worker``
 standalone, no device limit): with exact accumulation the split of the batch over pipelines and
 stages does not change a bit, so one cheap reference serves every shape (checked by
-:func:`test_first_and_middle_stage_losses_keep_the_bits`, whose five-agent run must equal it).
+:func:`test_last_and_first_stage_losses_keep_the_bits`, whose five-agent run must equal it).
+
+Stages covered: a last stage (absorbed by the hot spare, which receives its layers), a first
+stage (survivors merged into a 3-node template), a middle stage (of the 3-node pipeline a joined
+node formed), a transfer's source mid-copy, and two nodes of one pipeline at once.
 """
 
 from __future__ import annotations
@@ -138,16 +142,17 @@ def reference(folder: Path) -> Run:
 
 
 @pytest.fixture(scope="module")
-def middle_then_first(folder: Path) -> Run:
-    """Five agents ([0, 1] and [2, 3, 4]): node 3 (a middle stage) killed after step 2, then node 0
-    (a first stage) once the survivors have run four steps."""
+def last_then_first(folder: Path) -> Run:
+    """Five agents (pipelines [0, 1] and [2, 3], node 4 a hot spare: a 3-node pipeline is no faster):
+    node 3 (a last stage) killed after step 2, then node 0 (a first stage) once the survivors have run
+    four steps."""
 
     def kill(run_dir: Path) -> None:
         kill_group(run_dir, 3)
         _wait(lambda: _generation_steps(run_dir, 1) >= 4, "four steps after the first loss")
         kill_group(run_dir, 0)
 
-    name = "middle_first"
+    name = "last_first"
     return run_master(
         folder / name,
         write_hosts(folder, 5),
@@ -158,16 +163,18 @@ def middle_then_first(folder: Path) -> Run:
 
 
 @pytest.mark.timeout(300)
-def test_first_and_middle_stage_losses_keep_the_bits(middle_then_first: Run, reference: Run) -> None:
-    """Losing a middle-stage node, then a first-stage node, re-forms pipelines and keeps every loss bit."""
-    _bits_and_ledger(middle_then_first, reference)
+def test_last_and_first_stage_losses_keep_the_bits(last_then_first: Run, reference: Run) -> None:
+    """Losing a last-stage node, then a first-stage node, re-forms pipelines and keeps every loss bit."""
+    _bits_and_ledger(last_then_first, reference)
 
 
 @pytest.mark.timeout(300)
-def test_middle_stage_loss_copies_layers_into_a_new_template(middle_then_first: Run) -> None:
-    """Middle stage 3 lost: [2, 3, 4] becomes [2, 4] and node 2 receives layer 1 from node 0; first stage
-    0 lost next: one 3-node pipeline [1, 2, 4] whose first stage receives layer 0."""
-    _expect(middle_then_first, 5, [((3,), ()), ((0,), ())])
+def test_spare_takes_a_lost_last_stage_then_a_first_stage_loss_changes_the_template(
+    last_then_first: Run,
+) -> None:
+    """Last stage 3 lost: the spare 4 takes its place ([2, 4]) and receives layers 2-3 from node 1; first
+    stage 0 lost next: one pipeline of the 3-node template [1, 2, 4] whose first stage receives layer 0."""
+    _expect(last_then_first, 5, [((3,), ()), ((0,), ())])
 
 
 @pytest.fixture(scope="module")
@@ -247,9 +254,10 @@ def test_two_nodes_of_one_pipeline_lost_at_once_with_f2(one_pipeline_halved: Run
 
 
 @pytest.mark.timeout(1200)
-def test_last_stage_lost_right_after_a_join_into_a_deep_plan(folder: Path) -> None:
-    """A sixth agent joins the five-agent deep plan (it receives layer 0), and the last stage of its new
-    pipeline is killed right after the first step there: three layers are copied and the bits hold."""
+def test_middle_stage_lost_right_after_a_join_into_a_deep_plan(folder: Path) -> None:
+    """A fifth agent joins the four-agent deep plan [0, 1], [2, 3] (it becomes the first stage of
+    [4, 0, 1] and receives layer 0), and the middle stage of that new pipeline is killed right after
+    the first step there: [4, 1] receives layer 1 from node 2 and the bits hold."""
     joiner: list[subprocess.Popen[bytes]] = []
 
     def join_then_kill(run_dir: Path) -> None:
@@ -267,14 +275,14 @@ def test_last_stage_lost_right_after_a_join_into_a_deep_plan(folder: Path) -> No
                 )
             )
         _wait(lambda: _generation_steps(run_dir, 1) >= 1, "a step after the join", timeout_s=300)
-        kill_group(run_dir, 1)
+        kill_group(run_dir, 0)
 
     name = "join"
     reference = _solo_reference(folder, JOIN_STEPS)
     try:
         run = run_master(
             folder / name,
-            write_hosts(folder, 5),
+            write_hosts(folder, 4),
             _job(folder, name, steps=JOIN_STEPS),
             at_step=0,
             action=join_then_kill,
@@ -286,6 +294,6 @@ def test_last_stage_lost_right_after_a_join_into_a_deep_plan(folder: Path) -> No
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
     _bits_and_ledger(run, reference)
-    assert [a["node"] for a in agents(run.run_dir)][-1] == 5
-    assert [(m["lost"], m["joined"]) for m in run.events("membership")][1:] == [([], [5]), ([1], [])]
-    _expect(run, 5, [((), (5,)), ((1,), ())])
+    assert [a["node"] for a in agents(run.run_dir)][-1] == 4
+    assert [(m["lost"], m["joined"]) for m in run.events("membership")][1:] == [([], [4]), ([0], [])]
+    _expect(run, 4, [((), (4,)), ((0,), ())])

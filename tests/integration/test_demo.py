@@ -1,4 +1,4 @@
-"""``python -m oobleck.demo``: a live 5-node deep job loses a node mid-run; the recovery timeline is printed.
+"""``python -m oobleck.demo``: a live 4-node deep job loses a node mid-run; the recovery timeline is printed.
 
 The live test starts the demo as ``make demo`` does (a subprocess), on a short job, and checks both
 what it prints and what the runtime recorded in the run directory.
@@ -21,8 +21,8 @@ from oobleck.viz.runs import PHASES, load_run
 
 STEPS = 16
 KILL_AFTER_STEP = 6
-KILLED_NODE = 4
-"""Last stage of pipeline [2, 3, 4]: its loss re-forms [2, 3] from the 2-node template (layers copied)."""
+KILLED_NODE = 0
+"""First stage of pipeline [0, 1]: its loss re-forms [1, 2, 3] from the 3-node template (a layer copied)."""
 DEMO_TIMEOUT_S = 240
 
 
@@ -49,7 +49,7 @@ def _stop_demo(demo: subprocess.Popen[str], run_dir: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(DEMO_TIMEOUT_S + 60)
 def test_demo_kills_a_node_and_prints_the_recovery_timeline(tmp_path: Path) -> None:
-    """The demo loses node 4 mid-run, finishes every step on the survivors and prints every phase and
+    """The demo loses node 0 mid-run, finishes every step on the survivors and prints every phase and
     every layer copied between survivors with its bytes."""
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "oobleck.demo", "--steps", str(STEPS), "--run-dir", str(run_dir)]
@@ -85,7 +85,7 @@ def test_demo_kills_a_node_and_prints_the_recovery_timeline(tmp_path: Path) -> N
     for copy in copies:
         row = f"{copy['layer']} {copy['src']} {copy['dst']} {copy['bytes']}"
         assert row in " ".join(out.split()), f"copy {row} missing from the printed table"
-    assert "Pipelines after the recovery" in out and "nodes 2,3" in out
+    assert "Pipelines after the recovery" in out and "nodes 1,2,3" in out
 
 
 def test_bad_node_flag_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,7 +93,7 @@ def test_bad_node_flag_exits_2_with_one_line(capsys: pytest.CaptureFixture[str])
     assert main(["--node", "9"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
-    assert "--node" in lines[0] and "0..4" in lines[0] and "got 9" in lines[0]
+    assert "--node" in lines[0] and "0..3" in lines[0] and "got 9" in lines[0]
 
 
 def test_late_kill_exits_2_before_anything_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
