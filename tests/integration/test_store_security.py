@@ -117,7 +117,8 @@ def folder(tmp_path_factory):
 def test_default_run_listens_on_loopback_only_and_resists_forgery(folder):
     """During a default run every listener of master, agents and workers is on loopback, and a local
     process without the token cannot use the store: the job's losses equal an undisturbed run's."""
-    hosts, job = write_hosts(folder, 2), write_job(folder, steps=12)
+    # NOTE: long enough that the job still runs while the three attacks (a few seconds) are made.
+    hosts, job = write_hosts(folder, 2), write_job(folder, steps=80)
     reference = run_master(folder / "ref", hosts, job)
     assert reference.rc == 0, reference.master_log[-3000:]
     seen: dict[str, object] = {}
