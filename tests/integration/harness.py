@@ -35,6 +35,7 @@ optim:
   min_lr: 0.0003
   weight_decay: 0.01
   grad_clip: 1.0
+  exact_accumulation: true  # float64 sums: recovered losses equal the fault-free bits
 seed: 1234
 fault_tolerance: {f}
 checkpoint:

@@ -53,7 +53,14 @@ def write_job(folder: Path, model: str, *, steps: int = STEPS) -> Path:
         "global_batch": GLOBAL_MICROBATCHES * MICROBATCH,
         "microbatch_size": MICROBATCH,
         "steps": steps,
-        "optim": {"lr": 0.003, "warmup_steps": 1, "min_lr": 0.0003, "weight_decay": 0.01, "grad_clip": 1.0},
+        "optim": {
+            "lr": 0.003,
+            "warmup_steps": 1,
+            "min_lr": 0.0003,
+            "weight_decay": 0.01,
+            "grad_clip": 1.0,
+            "exact_accumulation": True,
+        },
         "seed": 11,
     }
     path = folder / f"{model}.yaml"

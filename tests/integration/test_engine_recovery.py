@@ -173,7 +173,13 @@ def _write_job(folder: Path) -> Path:
         "global_batch": 16,
         "microbatch_size": 2,
         "steps": STEPS,
-        "optim": {"lr": 0.003, "warmup_steps": 1, "weight_decay": 0.01, "grad_clip": 1.0},
+        "optim": {
+            "lr": 0.003,
+            "warmup_steps": 1,
+            "weight_decay": 0.01,
+            "grad_clip": 1.0,
+            "exact_accumulation": True,
+        },
         "seed": 3,
         "fault_tolerance": 1,
     }
