@@ -16,8 +16,9 @@ Assumptions:
 
 from __future__ import annotations
 
+import bisect
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,6 +210,21 @@ class Pipeline:
                 f"pipeline gets {self.microbatches} microbatches but has {self.template.num_stages} stages"
             )
 
+    @classmethod
+    def trusted(cls, template: PipelineTemplate, nodes: tuple[int, ...], microbatches: int) -> Pipeline:
+        """A pipeline whose ``__post_init__`` checks the caller guarantees, built without them.
+
+        NOTE: for incremental re-planning only (it rebuilds a dozen pipelines per loss from a
+        template chosen by node count and a batch split that gives each stage a microbatch); a
+        frozen dataclass's ``__init__`` sets each field through ``object.__setattr__`` and then
+        validates, which was a tenth of a re-plan. The result equals ``Pipeline(...)``.
+        """
+        pipeline = _new(cls)
+        _PIPELINE_TEMPLATE(pipeline, template)
+        _PIPELINE_NODES(pipeline, nodes)
+        _PIPELINE_MICROBATCHES(pipeline, microbatches)
+        return pipeline
+
     @property
     def iteration_time_s(self) -> float:
         return self.template.iteration_time_s(self.microbatches)
@@ -247,6 +263,49 @@ class Pipeline:
         return cls(template=template, nodes=nodes, microbatches=int(data["microbatches"]))
 
 
+@dataclass(slots=True, eq=False)
+class MemberChange:
+    """Sorted members defined as a predecessor's minus ``lost`` plus ``joined``, resolved on demand."""
+
+    base: tuple[int, ...] | MemberChange
+    """The predecessor's members (sorted) or its own unresolved change."""
+    lost: tuple[int, ...]
+    """Sorted members of ``base`` that are gone."""
+    joined: tuple[int, ...]
+    """Sorted new members (not in ``base``)."""
+    members: tuple[int, ...] | None = None
+    """The result, once resolved (``base`` is then dropped so the chain can be freed)."""
+
+    def resolve(self) -> tuple[int, ...]:
+        """The sorted members: one C-level copy per unresolved change up the chain (no sort)."""
+        chain: list[MemberChange] = []
+        step: MemberChange = self
+        while step.members is None:
+            chain.append(step)
+            if isinstance(step.base, tuple):
+                members = step.base
+                break
+            step = step.base
+        else:
+            members = step.members
+        for change in reversed(chain):
+            updated = list(members)
+            for node in change.lost:
+                del updated[bisect.bisect_left(updated, node)]
+            for node in change.joined:
+                bisect.insort(updated, node)
+            members = change.members = tuple(updated)
+            change.base = ()
+        return members
+
+
+_new = object.__new__
+_PIPELINE_TEMPLATE, _PIPELINE_NODES, _PIPELINE_MICROBATCHES = (
+    Pipeline.__dict__[name].__set__ for name in ("template", "nodes", "microbatches")
+)
+"""The slot setters of :class:`Pipeline`: a C-level store each, bypassing the frozen ``__setattr__``."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     """A complete execution plan: pipelines, their nodes and their share of the global batch."""
@@ -268,8 +327,9 @@ class Plan:
     spare_nodes: tuple[int, ...] = ()
     """Members that run no pipeline, sorted: hot spares a reconfiguration takes first. The planner
     leaves nodes idle only when using them is infeasible or slower (see ``instantiate``)."""
-    _nodes: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
-    """Cache behind :attr:`nodes`; excluded from init, repr, equality, hashing and JSON."""
+    _nodes: tuple[int, ...] | MemberChange | None = field(default=None, init=False, repr=False, compare=False)
+    """Cache behind :attr:`nodes` (a :class:`MemberChange` until first read, for re-planned plans);
+    excluded from init, repr, equality, hashing and JSON."""
     _template_counts: tuple[tuple[PipelineTemplate, int], ...] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -293,8 +353,13 @@ class Plan:
             raise ValueError("a spare node also runs a pipeline")
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle the plan without its re-planning index (a cache, rebuilt on demand)."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "_index"}
+        """Pickle the plan without its re-planning index (a cache, rebuilt on demand).
+
+        Members are pickled resolved, so no chain of :class:`MemberChange` travels with the plan.
+        """
+        state = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "_index"}
+        state["_nodes"] = self.nodes
+        return state
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
         for name, value in state.items():
@@ -311,7 +376,7 @@ class Plan:
         fault_tolerance: int,
         iteration_time_s: float,
         spare_nodes: tuple[int, ...],
-        nodes: tuple[int, ...] | None = None,
+        nodes: tuple[int, ...] | MemberChange | None = None,
         template_counts: tuple[tuple[PipelineTemplate, int], ...] | None = None,
     ) -> Plan:
         """A plan whose invariants the caller guarantees, built without re-checking them.
@@ -320,7 +385,8 @@ class Plan:
         checks (batch total, disjoint members) in its index: checking them again is O(nodes) and
         would make a re-plan at 16,384 nodes cost what a full one does. ``nodes`` and
         ``template_counts``, when known, seed the caches behind :attr:`nodes` and
-        :attr:`template_counts`.
+        :attr:`template_counts`; ``nodes`` may be a :class:`MemberChange` (see
+        :meth:`member_change`), so that the re-plan copies no list of every member.
         """
         plan = object.__new__(cls)
         for name, value in (
@@ -345,11 +411,25 @@ class Plan:
         times per membership change, and sorting thousands of ids each time showed up in profiles.
         """
         nodes = self._nodes
+        if isinstance(nodes, tuple):
+            return nodes
         if nodes is None:
             members = itertools.chain(self.spare_nodes, *(p.nodes for p in self.pipelines))
             nodes = tuple(sorted(members))
-            object.__setattr__(self, "_nodes", nodes)
+        else:
+            nodes = nodes.resolve()
+        object.__setattr__(self, "_nodes", nodes)
         return nodes
+
+    def member_change(self, lost: Sequence[int], joined: Sequence[int]) -> MemberChange:
+        """This plan's members minus ``lost`` plus ``joined`` (both sorted), computed when first read.
+
+        NOTE: O(changes) now; the O(nodes) copy happens once, when the derived plan's :attr:`nodes`
+        is first read (a re-plan never reads it), and chains of unread plans resolve iteratively.
+        """
+        nodes = self._nodes
+        base = nodes if nodes is not None else self.nodes
+        return MemberChange(base=base, lost=tuple(lost), joined=tuple(joined))
 
     @property
     def template_counts(self) -> tuple[tuple[PipelineTemplate, int], ...]:
@@ -442,6 +522,20 @@ class Transfer:
     dst_node: int
     bytes: int
 
+    @classmethod
+    def trusted(cls, layer: int, src_node: int, dst_node: int, size_bytes: int) -> Transfer:
+        """``Transfer(layer=..., src_node=..., dst_node=..., bytes=size_bytes)``, built faster.
+
+        NOTE: a re-plan creates a few dozen copies; the frozen ``__init__`` (keyword arguments,
+        one ``object.__setattr__`` per field) cost twice the C-level slot stores used here.
+        """
+        transfer = _new(cls)
+        _TRANSFER_LAYER(transfer, layer)
+        _TRANSFER_SRC(transfer, src_node)
+        _TRANSFER_DST(transfer, dst_node)
+        _TRANSFER_BYTES(transfer, size_bytes)
+        return transfer
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "layer": self.layer,
@@ -449,3 +543,9 @@ class Transfer:
             "dst_node": self.dst_node,
             "bytes": self.bytes,
         }
+
+
+_TRANSFER_LAYER, _TRANSFER_SRC, _TRANSFER_DST, _TRANSFER_BYTES = (
+    Transfer.__dict__[name].__set__ for name in ("layer", "src_node", "dst_node", "bytes")
+)
+"""The slot setters of :class:`Transfer` (see :meth:`Transfer.trusted`)."""

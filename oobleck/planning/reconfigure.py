@@ -112,18 +112,20 @@ def reconfigure(
             of a layer was lost, or the batch cannot be split over the surviving pipelines (more
             stages than microbatches). Any number of simultaneous losses is reconfigured otherwise.
     """
-    lost, joined = _validated_change(plan, lost_nodes, joined_nodes)
     by_size = {template.num_nodes: template for template in templates}
     smallest = min(by_size)
-    survivors = len(plan.nodes) - len(lost)
-    if survivors + len(joined) < smallest:
-        raise ReconfigurationError(
-            f"{survivors} surviving + {len(joined)} joined nodes are fewer than the {smallest} nodes the "
-            f"smallest pipeline needs; restart from a checkpoint with more nodes"
-        )
     layer_bytes = LayerBytes.of(profile)
     index = take_index(plan)
     try:
+        # NOTE: membership through the index (O(log N) per node), not ``plan.nodes``: a re-planned
+        # plan's member list is built only when read, and a re-plan must not read it.
+        lost, joined = _validated_change(plan, index.key_of_node, lost_nodes, joined_nodes)
+        survivors = len(index.key_of_node) + len(plan.spare_nodes) - len(lost)
+        if survivors + len(joined) < smallest:
+            raise ReconfigurationError(
+                f"{survivors} surviving + {len(joined)} joined nodes are fewer than the {smallest} nodes "
+                f"the smallest pipeline needs; restart from a checkpoint with more nodes"
+            )
         shaper = Shaper(by_size, smallest, max(by_size), layer_bytes, index.old_range)
         incremental = incremental_replan(plan, index, lost, joined, by_size, profile, hardware, shaper)
         if incremental is None:
@@ -196,9 +198,10 @@ def full_replan(  # noqa: PLR0917 - the inputs of reconfigure, validated; the te
 
 
 def _validated_change(
-    plan: Plan, lost_nodes: Sequence[int], joined_nodes: Sequence[int]
+    plan: Plan, placed: dict[int, int], lost_nodes: Sequence[int], joined_nodes: Sequence[int]
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    members = plan.nodes
+    """Sorted ``lost`` and ``joined``, checked against the members (``placed``: pipeline nodes)."""
+    spares = plan.spare_nodes
     lost = tuple(sorted(int(node) for node in lost_nodes))
     joined = tuple(sorted(int(node) for node in joined_nodes))
     for name, nodes in (("lost_nodes", lost), ("joined_nodes", joined)):
@@ -206,13 +209,14 @@ def _validated_change(
             if a == b:
                 raise ConfigError(f"{name}: node {a} is listed twice; list each node once")
     for node in lost:
-        if not _is_member(members, node):
+        if node not in placed and not _is_member(spares, node):
+            members = plan.nodes
             raise ConfigError(
                 f"lost_nodes: node {node} is not in the plan (members: {min(members)}..{max(members)}, "
                 f"{len(members)} nodes); pass only plan members"
             )
     for node in joined:
-        if _is_member(members, node):
+        if node in placed or _is_member(spares, node):
             raise ConfigError(f"joined_nodes: node {node} is already in the plan; pass only new nodes")
     return lost, joined
 

@@ -5,8 +5,9 @@ two of them come out as they went in. Here the same rules run on the touched pip
 ones, plus a donor or a merge target), the others are asked about through the plan's
 :class:`~oobleck.planning.index.PlanIndex` (largest pipeline, last among equals, and so on), the
 batch is split per kind (``batch.split_by_kind``) and only pipelines whose share changed are
-rebuilt. Cost: O(touched pipelines x layers + kinds + pipelines whose share changed), plus C-level
-copies of the plan's pipeline tuple and node list.
+rebuilt. Cost: O(touched pipelines x layers + kinds + pipelines whose share changed), plus a
+C-level copy of the plan's pipeline tuple (pipelines, not nodes: the member list of the new plan
+is derived from the old one only when read, see ``Plan.member_change``).
 
 Assumptions:
     * The result equals ``full_replan``'s (property-tested); where a rule would need every
@@ -245,9 +246,7 @@ class _Replan:
         for key, group in self.groups.items():
             template = new_template[key]
             kind = kind_of(template)
-            rebuilt[key] = Pipeline(
-                template=template, nodes=tuple(group), microbatches=count(kind, keys_of(kind), key)
-            )
+            rebuilt[key] = Pipeline.trusted(template, tuple(group), count(kind, keys_of(kind), key))
         for kind, keys in zip(kinds, orders, strict=True):
             for key in _share_changed(
                 keys, index.levels.get(kind), index.by_kind.get(kind, []), level_of[kind]
@@ -255,9 +254,7 @@ class _Replan:
                 if key in rebuilt:
                     continue
                 old = index.pipeline[key]
-                rebuilt[key] = Pipeline(
-                    template=old.template, nodes=old.nodes, microbatches=count(kind, keys, key)
-                )
+                rebuilt[key] = Pipeline.trusted(old.template, old.nodes, count(kind, keys, key))
         pipelines = list(plan.pipelines)
         for key in sorted(self.removed, reverse=True):
             del pipelines[index.position(key)]
@@ -281,7 +278,7 @@ class _Replan:
             fault_tolerance=plan.fault_tolerance,
             iteration_time_s=slowest + sync,
             spare_nodes=spare_nodes,
-            nodes=_members(plan.nodes, lost, joined),
+            nodes=plan.member_change(lost, joined),
             template_counts=template_counts,
         )
         return new_plan, edits, [rebuilt[key] for key in sorted(self.groups)]
@@ -378,16 +375,6 @@ def _share_changed(
         return keys
     start, end = bisect.bisect_left(keys, same[0]), bisect.bisect_left(keys, same[1])
     return keys[:start] + keys[end:]
-
-
-def _members(nodes: tuple[int, ...], lost: Sequence[int], joined: Sequence[int]) -> tuple[int, ...]:
-    """Sorted members after the change, from the sorted old ones (C-level copies, no full sort)."""
-    members = list(nodes)
-    for node in lost:
-        del members[bisect.bisect_left(members, node)]
-    for node in joined:
-        bisect.insort(members, node)
-    return tuple(members)
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,10 +216,8 @@ def assign_transfers(
             load[source] = load.get(source, 0) + size
             assigned.setdefault(source, []).append(demand)
         _rebalance(size, chosen, assigned, load, holders)
-    return tuple(
-        Transfer(layer=layer, src_node=chosen[layer, node], dst_node=node, bytes=layer_bytes.sizes[layer])
-        for layer, node in sorted(chosen)
-    )
+    sizes, make = layer_bytes.sizes, Transfer.trusted
+    return tuple(make(layer, chosen[layer, node], node, sizes[layer]) for layer, node in sorted(chosen))
 
 
 def _rebalance(
