@@ -4,7 +4,9 @@ A re-plan after one loss touches one or two pipelines, but answering its questio
 alone is O(nodes): which pipeline holds node ``n``, which is the largest pipeline (the last among
 equals), which surviving node with the lowest id holds layer ``l``, how many pipelines run each
 template. The index answers each in O(log pipelines) or O(templates), and a reconfiguration
-updates it in O(damaged pipelines x layers), so the cost of a re-plan does not grow with N.
+updates it in O(damaged pipelines x nodes per pipeline), so the cost of a re-plan does not grow
+with N. Holders are kept per (template, template node index), not per layer: a pipeline that
+changes moves each of its dozen nodes once instead of each of its ~100 layers' holders.
 
 The index is built once per chain of plans (O(nodes + pipelines x layers)) and shared along it by
 version rerooting (Baker's trick for persistent arrays): the index holds the state of one plan,
@@ -26,7 +28,6 @@ Assumptions:
 from __future__ import annotations
 
 import bisect
-import itertools
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oobleck.planning.batch import Kind, kind_of
-from oobleck.planning.plan import Pipeline, Plan
+from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan
 
 KEY_GAP = 1 << 20
 """Distance between the keys of consecutive pipelines of a freshly indexed plan."""
@@ -45,8 +46,14 @@ _MISSING: Any = object()
 _SET, _INSERT, _DELETE, _HOLDERS, _REMAP = 0, 1, 2, 3, 4
 Edit = tuple[int, Any, Any, Any]
 """``(_SET, dict, key, value)``, ``(_INSERT | _DELETE, sorted list, value, None)``,
-``(_HOLDERS, per-layer lists, holders before, holders after)`` (one pipeline's replicas), or
-``(_REMAP, dict, pairs to delete, pairs to set)`` (deletions first, then one ``update``)."""
+``(_HOLDERS, columns, (template, nodes) before, (template, nodes) after)`` (one pipeline's
+replicas; either side may be None), or ``(_REMAP, dict, pairs to delete, pairs to set)``
+(deletions first, then one ``update``)."""
+
+Column = tuple[PipelineTemplate, tuple[int, ...], list[list[int]]]
+"""One template's holders: the template (kept alive, so its id is never reused while indexed), its
+``node_of_layer`` table and, per template node index, the sorted ids of the nodes that play that
+index in the pipelines running the template."""
 
 
 class _Version:
@@ -91,9 +98,8 @@ class PlanIndex:
         """Per template id in use: ``(template, pipelines running it)``."""
         self.levels: dict[Kind, tuple[int, int]] = {}
         """Per kind: ``(b, r)``: its first ``r`` pipelines by key run ``b + 1`` microbatches."""
-        layers = max((p.template.num_layers for p in plan.pipelines), default=0)
-        self.holders: list[list[int]] = [[] for _ in range(layers)]
-        """Per layer: sorted ids of the nodes holding it."""
+        self.columns: dict[int, Column] = {}
+        """Per template id ever indexed: its holders (:data:`Column`; empty lists once unused)."""
         self.leveled = True
         """Whether every kind's microbatches have the level form (see the module docstring)."""
         self.sync_memo: dict[tuple[Any, ...], tuple[Any, Any, float]] = {}
@@ -107,10 +113,12 @@ class PlanIndex:
             self.templates[id(pipeline.template)] = (pipeline.template, 1 + (entry[1] if entry else 0))
             for node in pipeline.nodes:
                 self.key_of_node[node] = key
-            for layer, node in enumerate(holders_of(pipeline)):
-                self.holders[layer].append(node)
-        for holders in self.holders:
-            holders.sort()
+            slots = _column(self.columns, pipeline.template)[2]
+            for slot, node in enumerate(pipeline.nodes):
+                slots[slot].append(node)
+        for _, _, slots in self.columns.values():
+            for holders in slots:
+                holders.sort()
         for kind, keys in self.by_kind.items():
             counts = [self.pipeline[key].microbatches for key in keys]
             low, plus = min(counts), sum(1 for count in counts if count > min(counts))
@@ -155,16 +163,33 @@ class PlanIndex:
                 return key
         return None
 
+    def _layer_columns(self, layer: int) -> Iterator[list[int]]:
+        """Per template in use: the sorted ids of the nodes that hold ``layer`` in its pipelines."""
+        columns = self.columns
+        for template_id in self.templates:
+            _, node_of_layer, slots = columns[template_id]
+            if layer < len(node_of_layer) and node_of_layer[layer] >= 0:
+                yield slots[node_of_layer[layer]]
+
     def lowest_holder(self, layer: int, lost: set[int], load: dict[int, int]) -> int | None:
-        """The lowest-id holder of ``layer`` that is neither lost nor loaded, or None."""
-        for node in self.holders[layer]:
-            if node not in lost and not load.get(node):
-                return node
-        return None
+        """The lowest-id holder of ``layer`` that is neither lost nor loaded, or None.
+
+        O(templates in use + nodes skipped): each template's holders are sorted, so its first
+        eligible one is its lowest, and a template whose next holder is above the best so far stops.
+        """
+        best: int | None = None
+        for holders in self._layer_columns(layer):
+            for node in holders:
+                if best is not None and node >= best:
+                    break
+                if node not in lost and not load.get(node):
+                    best = node
+                    break
+        return best
 
     def surviving_holders(self, layer: int, lost: set[int]) -> list[int]:
-        """Every surviving holder of ``layer`` (O(pipelines); for rare fallbacks only)."""
-        return [node for node in self.holders[layer] if node not in lost]
+        """Every surviving holder of ``layer``, sorted (O(pipelines); for rare fallbacks only)."""
+        return sorted(node for holders in self._layer_columns(layer) for node in holders if node not in lost)
 
     def holders_in_order(self, plan: Plan, layer: int, lost: set[int]) -> Iterator[int]:
         """Surviving holders of ``layer`` in pipeline order, lazily (``plan`` is the indexed one)."""
@@ -249,19 +274,28 @@ class PlanIndex:
         return edits
 
     def holder_edits(self, old: Pipeline | None, new: Pipeline | None) -> list[Edit]:
-        """The edit of the per-layer holder lists when ``old`` becomes ``new`` (either may be None)."""
-        before = holders_of(old) if old is not None else ()
-        after = holders_of(new) if new is not None else ()
-        return [] if before == after else [(_HOLDERS, self.holders, before, after)]
+        """The edit of the holder columns when ``old`` becomes ``new`` (either may be None)."""
+        before = (old.template, old.nodes) if old is not None else None
+        after = (new.template, new.nodes) if new is not None else None
+        if before is not None and after is not None and before[0] is after[0] and before[1] == after[1]:
+            return []
+        return [(_HOLDERS, self.columns, before, after)]
 
     def set_edit(self, table: dict[Any, Any], key: Any, value: Any) -> Edit:
         """An edit that sets ``table[key]`` (``value`` None: deletes it)."""
         return (_SET, table, key, _MISSING if value is None else value)
 
 
-def holders_of(pipeline: Pipeline) -> tuple[int, ...]:
-    """Per layer: the node id of ``pipeline`` that holds it."""
-    return tuple(map(pipeline.nodes.__getitem__, pipeline.template.layout.node_of_layer))
+def _column(columns: dict[int, Column], template: PipelineTemplate) -> Column:
+    """``template``'s entry of ``columns``, created empty on first use."""
+    column = columns.get(id(template))
+    if column is None:
+        column = columns[id(template)] = (
+            template,
+            template.layout.node_of_layer,
+            [[] for _ in range(template.num_nodes)],
+        )
+    return column
 
 
 _LOCK = threading.Lock()
@@ -295,24 +329,32 @@ def attach(plan: Plan, index: PlanIndex, version: _Version) -> None:
     object.__setattr__(plan, "_index", (index, version))
 
 
-def _move_holders(holders: list[list[int]], before: tuple[int, ...], after: tuple[int, ...]) -> None:
-    """Per layer, replace the holder ``before[l]`` by ``after[l]`` in the sorted lists (in place).
+def _move_holders(
+    columns: dict[int, Column],
+    before: tuple[PipelineTemplate, tuple[int, ...]] | None,
+    after: tuple[PipelineTemplate, tuple[int, ...]] | None,
+) -> None:
+    """Replace one pipeline's holders ``before`` by ``after`` in the sorted columns (in place).
 
     NOTE: the lists are multisets while a re-plan's edits are applied (a node may enter one
-    pipeline's layer before it left another's), so a value is deleted where bisect finds it.
+    pipeline before it left another), so a value is deleted where bisect finds it. A node that
+    keeps its template index (same template) stays where it is.
     """
     insort, find = bisect.insort, bisect.bisect_left
-    for layer, was, now in zip(itertools.count(), before, after):
-        if was != now:
-            column = holders[layer]
-            del column[find(column, was)]
-            insort(column, now)
-    # NOTE: a removed (or added) pipeline has no holders on the other side.
-    for layer in range(len(after), len(before)):
-        column = holders[layer]
-        del column[find(column, before[layer])]
-    for layer in range(len(before), len(after)):
-        insort(holders[layer], after[layer])
+    old_nodes = before[1] if before is not None else ()
+    new_nodes = after[1] if after is not None else ()
+    same = before is not None and after is not None and before[0] is after[0]
+    if before is not None:
+        slots = columns[id(before[0])][2]
+        for slot, node in enumerate(old_nodes):
+            if not (same and new_nodes[slot] == node):
+                column = slots[slot]
+                del column[find(column, node)]
+    if after is not None:
+        slots = _column(columns, after[0])[2]
+        for slot, node in enumerate(new_nodes):
+            if not (same and old_nodes[slot] == node):
+                insort(slots[slot], node)
 
 
 def _apply(edits: Sequence[Edit]) -> list[Edit]:
