@@ -179,12 +179,17 @@ def _threshold_by_candidates(
         return None
     limit = max(shapes[k][0] for k in used) + remaining
 
+    rows = [(multiplicity[k], *shapes[k]) for k in used]
+
     def total(threshold: float) -> int:
-        return sum(
-            multiplicity[k]
-            * min(max(_capacity(shapes[k][1], shapes[k][2], threshold, limit) - shapes[k][0], 0), remaining)
-            for k in used
-        )
+        # NOTE: sum(m * min(max(capacity - stages, 0), remaining)) as a loop: a re-plan calls this
+        # about ten times, and the generator and builtins were most of its cost.
+        count = 0
+        for times, stages, base, slope in rows:
+            extra = _capacity(base, slope, threshold, limit) - stages
+            if extra > 0:
+                count += times * (extra if extra < remaining else remaining)
+        return count
 
     rate = sum(multiplicity[k] / shapes[k][2] for k in used)
     offset = sum(multiplicity[k] * (shapes[k][1] / shapes[k][2] - 1 + shapes[k][0]) for k in used)
@@ -287,9 +292,10 @@ def _capacity(base: float, slope: float, threshold: float, limit: int) -> int:
             count = math.floor(quotient) + 1
     else:
         count = limit if base <= threshold else 0
-    if count > 0 and _time(base, slope, count) > threshold:
+    # NOTE: ``_time`` inlined (the same float operations: ``(count + 1) - 1`` is exact in ints).
+    if count > 0 and base + (count - 1) * slope > threshold:
         count -= 1
-    if count < limit and _time(base, slope, count + 1) <= threshold:
+    if count < limit and base + count * slope <= threshold:
         count += 1
     return count
 

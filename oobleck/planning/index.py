@@ -178,8 +178,13 @@ class PlanIndex:
         eligible one is its lowest, and a template whose next holder is above the best so far stops.
         """
         best: int | None = None
-        for holders in self._layer_columns(layer):
-            for node in holders:
+        columns = self.columns
+        # NOTE: _layer_columns inlined: this runs once per copy of a re-plan.
+        for template_id in self.templates:
+            _, node_of_layer, slots = columns[template_id]
+            if layer >= len(node_of_layer) or node_of_layer[layer] < 0:
+                continue
+            for node in slots[node_of_layer[layer]]:
                 if best is not None and node >= best:
                     break
                 if node not in lost and not load.get(node):
