@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Stage
+from oobleck.planning.plan import MemberChange, Pipeline, PipelineTemplate, Plan, Stage, Transfer
 
 
 def template() -> PipelineTemplate:
@@ -83,3 +83,41 @@ def test_plan_nodes_are_sorted_and_cached_without_changing_equality() -> None:
     assert warm.to_dict() == cold.to_dict()
     assert warm.holders(4) == (7, 5)
     assert warm.holders(6) == (2, 0)
+
+
+def test_member_changes_resolve_along_an_unread_chain_and_pickle_resolved() -> None:
+    """Members derived change by change equal the sorted result, read once; a pickle carries the tuple."""
+    root = (1, 3, 5, 7, 9)
+    first = MemberChange(base=root, lost=(3, 9), joined=(4, 10))
+    second = MemberChange(base=first, lost=(1,), joined=(2,))
+    third = MemberChange(base=second, lost=(10,), joined=())
+    assert third.resolve() == (2, 4, 5, 7)
+    assert (first.members, second.members) == ((1, 4, 5, 7, 10), (2, 4, 5, 7, 10))
+    assert second.base == ()
+    shape = template()
+    plan = Plan.trusted(
+        pipelines=(Pipeline(template=shape, nodes=(7, 2), microbatches=3),),
+        global_microbatches=3,
+        microbatch_size=1,
+        fault_tolerance=0,
+        iteration_time_s=1.0,
+        spare_nodes=(),
+        nodes=MemberChange(base=(2, 5, 7), lost=(5,), joined=()),
+    )
+    copy = pickle.loads(pickle.dumps(plan))
+    assert copy._nodes == (2, 7)
+    assert plan.nodes == (2, 7)
+    assert plan.member_change((2,), (8,)).resolve() == (7, 8)
+
+
+def test_trusted_constructors_equal_the_checked_ones() -> None:
+    """Pipeline.trusted and Transfer.trusted build objects equal (and hashing equal) to the dataclass init."""
+    shape = template()
+    checked = Pipeline(template=shape, nodes=(7, 2), microbatches=3)
+    fast = Pipeline.trusted(shape, (7, 2), 3)
+    assert fast == checked
+    assert hash(fast) == hash(checked)
+    assert fast.to_dict() == checked.to_dict()
+    copy = Transfer(layer=4, src_node=1, dst_node=2, bytes=300)
+    assert Transfer.trusted(4, 1, 2, 300) == copy
+    assert repr(Transfer.trusted(4, 1, 2, 300)) == repr(copy)

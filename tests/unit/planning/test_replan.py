@@ -10,7 +10,7 @@ from oobleck.planning.batch import distribute_batch
 from oobleck.planning.cost import plan_iteration_time_s
 from oobleck.planning.hardware import get_hardware
 from oobleck.planning.index import PlanIndex, take_index
-from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Stage
+from oobleck.planning.plan import MemberChange, Pipeline, PipelineTemplate, Plan, Stage
 from oobleck.planning.profile import LayerProfile, ModelProfile
 from oobleck.planning.reconfigure import Reconfiguration, full_replan, reconfigure
 from oobleck.planning.replan import incremental_replan
@@ -182,3 +182,20 @@ def test_index_places_every_node() -> None:
             assert list(place.stages) == stages
             assert place.layers == pipeline.template.layout.node_ranges[slot]
     assert index.place(plan.spare_nodes[0]) is None
+
+
+def test_a_chain_of_re_plans_never_builds_a_member_list() -> None:
+    """Re-planning re-planned plans copies no list of every member; the lists, read later, are right."""
+    plan = plan_of([3, 3, 4, 4, 3], 0, 1, 20)
+    chain = [plan]
+    for victim, newcomer in ((0, 100), (7, 101), (12, 102)):
+        step = incremental(chain[-1], [victim], [newcomer])
+        assert not isinstance(step, str)
+        chain.append(step.plan)
+    for derived in chain[1:]:
+        pending = derived._nodes
+        assert isinstance(pending, MemberChange)
+        assert pending.members is None
+    expected = sorted({*plan.nodes} - {0, 7, 12} | {100, 101, 102})
+    assert list(chain[-1].nodes) == expected
+    assert chain[-1].nodes == tuple(sorted(n for p in chain[-1].pipelines for n in p.nodes))
