@@ -55,7 +55,9 @@ def _positive_number(path: str, value: float, *, allow_zero: bool = False) -> No
     bad = isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
     if bad or value < 0 or (value == 0 and not allow_zero):
         rule = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{path}: expected a number {rule}, got {value!r}")
+        # NOTE: a quoted number (``lr: '3e-4'``) is text in YAML; unquoted, 3e-4 reads as a float here.
+        hint = "; write the number without quotes, e.g. lr: 3e-4" if isinstance(value, str) else ""
+        raise ConfigError(f"{path}: expected a number {rule}, got {value!r}{hint}")
 
 
 def _positive_int(path: str, value: int, *, allow_zero: bool = False, maximum: int | None = None) -> None:
