@@ -32,8 +32,11 @@ Kind = tuple[int, float, float]
 
 
 def kind_of(template: PipelineTemplate) -> Kind:
-    """The split's view of ``template``; pipelines of equal kinds are interchangeable to it."""
-    return (template.num_stages, template.sum_latency_s, template.max_latency_s)
+    """The split's view of ``template``; pipelines of equal kinds are interchangeable to it.
+
+    ``(num_stages, sum_latency_s, max_latency_s)``, kept on the template's layout.
+    """
+    return template.layout.kind
 
 
 def distribute_batch(templates: Sequence[PipelineTemplate], global_microbatches: int) -> tuple[int, ...]:

@@ -84,6 +84,9 @@ class TemplateLayout:
     """Per template node index: the layer range ``[first, end)`` spanning its stages."""
     sum_latency_s: float
     max_latency_s: float
+    kind: tuple[int, float, float]
+    """``(stages, sum_latency_s, max_latency_s)``: what the batch split sees (``batch.kind_of``),
+    asked several times per re-plan, so kept as one tuple."""
 
     @classmethod
     def of(cls, template: PipelineTemplate) -> TemplateLayout:
@@ -99,12 +102,15 @@ class TemplateLayout:
         for stage in stages:
             first, end = ranges[stage.node]
             ranges[stage.node] = (min(first, stage.first_layer), max(end, stage.end_layer))
+        sum_latency_s = sum(stage.latency_s for stage in stages)
+        max_latency_s = max(stage.latency_s for stage in stages)
         return cls(
             stage_of_layer=tuple(stage_of_layer),
             node_of_layer=tuple(stages[index].node if index >= 0 else -1 for index in stage_of_layer),
             node_ranges=tuple(ranges),
-            sum_latency_s=sum(stage.latency_s for stage in stages),
-            max_latency_s=max(stage.latency_s for stage in stages),
+            sum_latency_s=sum_latency_s,
+            max_latency_s=max_latency_s,
+            kind=(len(stages), sum_latency_s, max_latency_s),
         )
 
 

@@ -173,7 +173,13 @@ def pipeline_demands(
             held = old_range(node) or (0, 0)
             if held == span:
                 continue
-            demands.extend((layer, node) for layer in range(*span) if not held[0] <= layer < held[1])
+            first, end = span
+            low, high = held
+            if low >= high:
+                low = high = first
+            # NOTE: the span minus the held range is at most two runs: [first, low) and [high, end).
+            demands.extend(zip(range(first, min(end, low)), itertools.repeat(node)))
+            demands.extend(zip(range(max(first, high), end), itertools.repeat(node)))
     return demands
 
 
@@ -235,11 +241,12 @@ def _rebalance(
     bottleneck is optimal for this size class (the semi-matching optimality argument).
     """
     while True:
+        if max(load.values()) <= size:
+            # NOTE: no source can end below one copy: the search would visit every holder in vain.
+            # (Checked before picking the busiest: after one loss it is the usual case.)
+            return
         busiest = min(load, key=lambda node: (-load[node], node))
         top = load[busiest]
-        if top <= size:
-            # NOTE: no source can end below one copy: the search would visit every holder in vain.
-            return
         parent: dict[int, tuple[tuple[int, int], int] | None] = {busiest: None}
         queue = deque([busiest])
         target = None
