@@ -199,13 +199,19 @@ def _threshold_by_candidates(
     low = (remaining + offset) / rate
     high = (remaining + 1 + sum(multiplicity) + offset) / rate
     width = high - low
+    # NOTE: ``checked`` remembers that the loop already found total(low) <= remaining, so it is not
+    # counted twice (each count is one capacity per kind).
+    checked = False
     for _ in range(8):
-        if low <= 0 or total(low) <= remaining:
+        if low <= 0:
+            break
+        if total(low) <= remaining:
+            checked = True
             break
         low -= width
         width *= 2
     low = max(low, 0.0)
-    if total(low) > remaining:
+    if not checked and total(low) > remaining:
         return None
     for _ in range(8):
         if total(high) > remaining:
