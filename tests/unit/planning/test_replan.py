@@ -199,3 +199,23 @@ def test_a_chain_of_re_plans_never_builds_a_member_list() -> None:
     expected = sorted({*plan.nodes} - {0, 7, 12} | {100, 101, 102})
     assert list(chain[-1].nodes) == expected
     assert chain[-1].nodes == tuple(sorted(n for p in chain[-1].pipelines for n in p.nodes))
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(2, 8), min_size=2, max_size=8), spares=st.integers(0, 3), data=st.data())
+def test_member_lists_of_an_unread_chain_are_its_pipelines_and_spares(
+    sizes: list[int], spares: int, data: st.DataObject
+) -> None:
+    """Along a chain whose member lists nobody read, each list, read at the end, is exactly its plan's."""
+    chain = [plan_of(sizes, spares, 1, 30)]
+    for step in range(4):
+        current = chain[-1]
+        members = sorted([n for p in current.pipelines for n in p.nodes] + list(current.spare_nodes))
+        lost = data.draw(st.lists(st.sampled_from(members), max_size=2, unique=True))
+        got = incremental(current, lost, [500 + step] if data.draw(st.booleans()) else [])
+        if isinstance(got, str):
+            break
+        chain.append(got.plan)
+    for plan in reversed(chain):
+        expected = tuple(sorted([n for p in plan.pipelines for n in p.nodes] + list(plan.spare_nodes)))
+        assert plan.nodes == expected
