@@ -16,11 +16,12 @@ Assumptions:
 
 from __future__ import annotations
 
-import bisect
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from oobleck.planning.members import MemberChange
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -267,42 +268,6 @@ class Pipeline:
             stages=tuple(Stage.from_dict(stage) for stage in data["stages"]),
         )
         return cls(template=template, nodes=nodes, microbatches=int(data["microbatches"]))
-
-
-@dataclass(slots=True, eq=False)
-class MemberChange:
-    """Sorted members defined as a predecessor's minus ``lost`` plus ``joined``, resolved on demand."""
-
-    base: tuple[int, ...] | MemberChange
-    """The predecessor's members (sorted) or its own unresolved change."""
-    lost: tuple[int, ...]
-    """Sorted members of ``base`` that are gone."""
-    joined: tuple[int, ...]
-    """Sorted new members (not in ``base``)."""
-    members: tuple[int, ...] | None = None
-    """The result, once resolved (``base`` is then dropped so the chain can be freed)."""
-
-    def resolve(self) -> tuple[int, ...]:
-        """The sorted members: one C-level copy per unresolved change up the chain (no sort)."""
-        chain: list[MemberChange] = []
-        step: MemberChange = self
-        while step.members is None:
-            chain.append(step)
-            if isinstance(step.base, tuple):
-                members = step.base
-                break
-            step = step.base
-        else:
-            members = step.members
-        for change in reversed(chain):
-            updated = list(members)
-            for node in change.lost:
-                del updated[bisect.bisect_left(updated, node)]
-            for node in change.joined:
-                bisect.insort(updated, node)
-            members = change.members = tuple(updated)
-            change.base = ()
-        return members
 
 
 _new = object.__new__

@@ -7,7 +7,8 @@ import pickle
 
 import pytest
 
-from oobleck.planning.plan import MemberChange, Pipeline, PipelineTemplate, Plan, Stage, Transfer
+from oobleck.planning.members import MemberChange
+from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Stage, Transfer
 
 
 def template() -> PipelineTemplate:

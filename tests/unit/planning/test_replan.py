@@ -10,7 +10,8 @@ from oobleck.planning.batch import distribute_batch
 from oobleck.planning.cost import plan_iteration_time_s
 from oobleck.planning.hardware import get_hardware
 from oobleck.planning.index import PlanIndex, take_index
-from oobleck.planning.plan import MemberChange, Pipeline, PipelineTemplate, Plan, Stage
+from oobleck.planning.members import MemberChange
+from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Stage
 from oobleck.planning.profile import LayerProfile, ModelProfile
 from oobleck.planning.reconfigure import Reconfiguration, full_replan, reconfigure
 from oobleck.planning.replan import incremental_replan
