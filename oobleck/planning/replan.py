@@ -97,7 +97,13 @@ class _Replan:
         plan, index, shaper = self.plan, self.index, self.shaper
         smallest = shaper.smallest
         lost_set = set(lost)
-        spares = [node for node in plan.spare_nodes if node not in lost_set]
+        # NOTE: lost spares removed by bisection: a plan may hold hundreds of spares, and a Python
+        # scan of them per loss would make the re-plan grow with them (the copy is C-level).
+        spares = list(plan.spare_nodes)
+        for node in lost:
+            position = bisect.bisect_left(spares, node)
+            if position < len(spares) and spares[position] == node:
+                del spares[position]
         for key in sorted({index.key_of_node[node] for node in lost if node in index.key_of_node}):
             group = take_spares(index.pipeline[key].nodes, lost_set, spares)
             if group:
