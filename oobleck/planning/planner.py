@@ -113,7 +113,7 @@ class Planner:
         Any number of simultaneous losses is reconfigured while a valid plan exists; spares take
         lost nodes' places first. After one loss the cost does not grow with the cluster: only the
         damaged pipelines are rebuilt, through an index the plan chain keeps
-        (:mod:`oobleck.planning.index`), about a millisecond at 16,384 nodes.
+        (:mod:`oobleck.planning.index`), well under a millisecond at 16,384 nodes.
 
         Raises:
             ConfigError: an unknown or repeated node.
