@@ -62,7 +62,8 @@ def read_document(path: Path) -> str:
 def encode_documents(tokenizer_path: str | Path, documents: Iterable[str]) -> np.ndarray:
     """One token stream: each document's ids, then the EOS id (int64)."""
     tokenizer, eos = load_tokenizer(tokenizer_path), eos_id_of(tokenizer_path)
-    parts = [np.asarray([*tokenizer.encode(text).ids, eos], dtype=np.int64) for text in documents]
+    encoded = tokenizer.encode_batch(list(documents))  # NOTE: batched: tokenizers encodes in parallel
+    parts = [np.asarray([*item.ids, eos], dtype=np.int64) for item in encoded]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
