@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         example="oobleck export runs/demo --to exported/demo",
     )
     parser.add_argument("run_dir", type=Path, help="the run directory (holds job.json and checkpoints/)")
-    parser.add_argument("--to", required=True, type=Path, help="folder to write config.json + model.safetensors")
-    parser.add_argument("--config", type=Path, help="the job YAML (default: the one recorded in RUN_DIR/job.json)")
+    parser.add_argument("--to", required=True, type=Path, help="folder for config.json + model.safetensors")
+    parser.add_argument("--config", type=Path, help="the job YAML (default: the one in RUN_DIR/job.json)")
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``python -m oobleck.data prepare --tokenizer PATH --input TEXT... --output tokens.bin``: one-off tokenisation."""
+"""``python -m oobleck.data prepare --tokenizer PATH --input TEXT... --output tokens.bin`` (one-off)."""
 
 from __future__ import annotations
 

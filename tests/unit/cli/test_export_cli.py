@@ -44,7 +44,9 @@ def test_export_round_trips_logits(tmp_path: Path, preset: str, capsys) -> None:
         split = adapter.num_layers // 2
         for node, part in enumerate((range(split), range(split, adapter.num_layers))):
             tensors = {k: v * (step == 2) for i in part for k, v in _state(layers[i], i).items()}
-            write_shard(run_dir / "checkpoints", step, node=node, local_rank=0, layers=list(part), tensors=tensors)
+            write_shard(
+                run_dir / "checkpoints", step, node=node, local_rank=0, layers=list(part), tensors=tensors
+            )
     out = tmp_path / "hf"
     assert main(["export", str(run_dir), "--to", str(out), "--config", str(config)]) == 0
     assert "step 2" in capsys.readouterr().out

@@ -20,7 +20,7 @@ def test_input_ids_rows_get_the_tokenizers_eos(tmp_path: Path) -> None:
     datasets.Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9]]}).save_to_disk(str(tmp_path / "ds"))
     data = DataConfig(source="hf", path=str(tmp_path / "ds"), tokenizer=PYDOC_BPE, sequence_length=2)
     assert load_dataset(data, vocab_size=1024).tokens.tolist() == [5, 6, 7, 0, 8, 9, 0]
-    with pytest.raises(ConfigError, match="set data.tokenizer to the tokenizer that made them"):
+    with pytest.raises(ConfigError, match=r"set data\.tokenizer to the tokenizer that made them"):
         load_dataset(DataConfig(source="hf", path=str(tmp_path / "ds"), sequence_length=2), vocab_size=1024)
 
 

@@ -82,7 +82,9 @@ def test_tokens_source_trusts_the_sidecar_without_scanning(tmp_path: Path, texts
     data = DataConfig(source="tokens", path=str(out), token_dtype="int64", sequence_length=4)
     dataset = load_dataset(data, vocab_size=1024)
     assert isinstance(dataset.tokens, np.memmap) and dataset.tokens.dtype == np.uint16
-    with pytest.raises(ConfigError, match=r"tokens\.bin: vocabulary of 1024 tokens does not fit the model's 258"):
+    with pytest.raises(
+        ConfigError, match=r"tokens\.bin: vocabulary of 1024 tokens does not fit the model's 258"
+    ):
         load_dataset(data, vocab_size=BYTE_VOCAB_SIZE)
 
 
@@ -98,7 +100,10 @@ def test_sidecar_of_another_file_is_refused(tmp_path: Path, texts: Path) -> None
 
 @pytest.mark.parametrize(
     ("array", "message"),
-    [(np.zeros((3, 4), dtype=np.int64), "expected a 1-D array"), (np.zeros(8, dtype=np.float32), "expected integer token ids")],
+    [
+        (np.zeros((3, 4), dtype=np.int64), "expected a 1-D array"),
+        (np.zeros(8, dtype=np.float32), "expected integer token ids"),
+    ],
 )
 def test_npy_of_wrong_shape_or_dtype_is_named(tmp_path: Path, array: np.ndarray, message: str) -> None:
     """A 2-D or float .npy fails with the file's name before any worker reads it."""
@@ -112,12 +117,14 @@ def test_file_without_sidecar_is_scanned_for_its_largest_id(tmp_path: Path) -> N
     """A hand-made .bin without a sidecar is still checked: its largest id is named against the vocabulary."""
     path = tmp_path / "raw.bin"
     np.array([1, 2, 300, 4], dtype=np.uint16).tofile(path)
-    with pytest.raises(ConfigError, match=r"raw\.bin: token id 300 is outside .* of 258; set model vocab_size: 301"):
+    with pytest.raises(
+        ConfigError, match=r"raw\.bin: token id 300 is outside .* of 258; set model vocab_size: 301"
+    ):
         check_data(DataConfig(source="tokens", path=str(path)), 258)
 
 
 def test_tokenizer_larger_than_model_vocab_is_refused(tmp_path: Path) -> None:
-    """A tokenizer whose ids exceed the model's vocabulary is an error naming the tokenizer; smaller is fine."""
+    """A tokenizer with more ids than the model's vocabulary is an error naming it; a smaller one is fine."""
     with pytest.raises(ConfigError, match=r"data\.tokenizer pydoc-bpe: vocabulary of 1024 .* model's 258"):
         check_data(DataConfig(tokenizer=PYDOC_BPE), 258)
     check_data(DataConfig(tokenizer=PYDOC_BPE), 1100)  # NOTE: a padded embedding (more rows) is allowed
@@ -128,7 +135,7 @@ def test_text_source_tokenizes_documents_with_eos(texts: Path) -> None:
     data = DataConfig(source="text", path=str(texts), tokenizer=PYDOC_BPE, sequence_length=4)
     dataset = load_dataset(data, vocab_size=1024)
     assert np.array_equal(dataset.tokens, encode_documents(PYDOC_BPE, DOCS))
-    with pytest.raises(ConfigError, match="data.tokenizer: required"):
+    with pytest.raises(ConfigError, match=r"data\.tokenizer: required"):
         DataConfig(source="text", path=str(texts))
 
 
@@ -155,9 +162,28 @@ def test_byte_vocab_constant_matches_the_adapters() -> None:
 def test_cli_prepare_and_bad_input(tmp_path: Path, texts: Path, capsys) -> None:
     """python -m oobleck.data prepare exits 0 and reports the count; a missing input is one line, exit 2."""
     out = tmp_path / "t.bin"
-    assert data_main(["prepare", "--tokenizer", PYDOC_BPE, "--input", str(texts), "--output", str(out), "--no-progress"]) == 0
+    assert (
+        data_main(
+            [
+                "prepare",
+                "--tokenizer",
+                PYDOC_BPE,
+                "--input",
+                str(texts),
+                "--output",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "uint16 tokens, vocab 1024, eos 0" in capsys.readouterr().out
-    assert data_main(["prepare", "--tokenizer", PYDOC_BPE, "--input", str(tmp_path / "nope"), "--output", str(out)]) == 2
+    assert (
+        data_main(
+            ["prepare", "--tokenizer", PYDOC_BPE, "--input", str(tmp_path / "nope"), "--output", str(out)]
+        )
+        == 2
+    )
     assert "input" in capsys.readouterr().err
 
 

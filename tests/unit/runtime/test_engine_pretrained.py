@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from oobleck.errors import ConfigError
 from oobleck.runtime.config import ModelConfig, job_config_from_dict
@@ -59,7 +59,7 @@ PLAN = (((0, 4),), ((0, 1), (1, 3), (3, 4)))
 
 @pytest.mark.parametrize(("arch", "shard"), [("gpt2", False), ("llama", True), ("opt", False)])
 def test_stages_read_only_their_tensors_and_match_hf_logits(tmp_path: Path, arch: str, shard: bool) -> None:
-    """Each stage of each pipeline reads only its layers' tensors, and chained they give HF's logits and loss."""
+    """Each stage reads only its layers' tensors, and chained the stages give HF's logits and loss."""
     from transformers import AutoModelForCausalLM
 
     save_tiny(arch, tmp_path, shard=shard)
@@ -90,7 +90,7 @@ def test_stages_read_only_their_tensors_and_match_hf_logits(tmp_path: Path, arch
                 for layer in layers:
                     hidden = layer(hidden)
         torch.testing.assert_close(hidden, expected, rtol=1e-5, atol=1e-5)
-        loss = F.cross_entropy(hidden.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+        loss = functional.cross_entropy(hidden.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
         with torch.no_grad():  # NOTE: causal: HF's loss on all 17 ids scores the same 16 predictions.
             hf_loss = hf(input_ids=ids, labels=ids).loss
         torch.testing.assert_close(loss, hf_loss, rtol=1e-5, atol=1e-6)
@@ -130,7 +130,7 @@ def test_missing_weights_and_bin_only_folder_are_config_errors(tmp_path: Path) -
     """A folder with only pickled weights is refused by name, before any tensor is read."""
     save_tiny("opt", tmp_path)
     (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
-    with pytest.raises(ConfigError, match="no model.safetensors"):
+    with pytest.raises(ConfigError, match=r"no model\.safetensors"):
         build_adapter(ModelConfig(name="m", arch="opt", pretrained=str(tmp_path)))
 
 
