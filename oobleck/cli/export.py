@@ -71,21 +71,26 @@ def _run(args: argparse.Namespace) -> int:
             f"{folder}: no complete, verified checkpoint; train with checkpoint.every_steps > 0 first"
         )
     export_hf(adapter, checkpoint.load(), args.to)
-    tokenizer_dir = _tokenizer_dir(job.data.tokenizer, job.model.pretrained)
-    for name in _TOKENIZER_FILES if tokenizer_dir is not None else ():
-        if (tokenizer_dir / name).is_file():
-            shutil.copyfile(tokenizer_dir / name, args.to / name)
+    for source, name in _tokenizer_files(job.data.tokenizer, job.model.pretrained):
+        shutil.copyfile(source, args.to / name)
     sys.stdout.write(f"exported {args.run_dir} (checkpoint at step {checkpoint.step}) to {args.to}\n")
     return 0
 
 
-def _tokenizer_dir(tokenizer: str | None, pretrained: str | None) -> Path | None:
-    """Where the job's tokenizer files are: ``data.tokenizer``'s folder, else the pretrained folder."""
-    if tokenizer is not None:
-        from oobleck.data.tokenizer import tokenizer_file
+def _tokenizer_files(tokenizer: str | None, pretrained: str | None) -> list[tuple[Path, str]]:
+    """The job's tokenizer files to copy beside the model (source, name): so the folder is self-contained.
 
-        return tokenizer_file(tokenizer).parent if Path(tokenizer).name != "pydoc-bpe" else None
-    return Path(pretrained) if pretrained is not None else None
+    ``data.tokenizer`` wins (its ``tokenizer.json`` and the HF files beside it); else the pretrained
+    folder's tokenizer files, if it has any.
+    """
+    if tokenizer is not None:
+        from oobleck.data.tokenizer import PYDOC_BPE, tokenizer_file
+
+        file = tokenizer_file(tokenizer)
+        siblings = [] if tokenizer == PYDOC_BPE else [file.with_name(n) for n in _TOKENIZER_FILES[1:]]
+        return [(file, "tokenizer.json")] + [(f, f.name) for f in siblings if f.is_file()]
+    folder = Path(pretrained) if pretrained is not None else None
+    return [(folder / n, n) for n in _TOKENIZER_FILES if folder is not None and (folder / n).is_file()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

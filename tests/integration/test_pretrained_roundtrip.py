@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from oobleck.cli import main as oobleck_main
+from oobleck.data.tokenizer import PYDOC_BPE_FILE
 from oobleck.runtime.config import load_job_config
 from oobleck.runtime.control.checkpoint import latest_complete
 from oobleck.runtime.engine import job_planner, job_profile
@@ -97,6 +98,7 @@ def test_pretrained_kill_export_round_trip(tmp_path: Path) -> None:
 
     assert oobleck_main(["export", str(tmp_path / "run"), "--to", str(tmp_path / "hf_out")]) == 0
     hf_out = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf_out")).eval()
+    assert (tmp_path / "hf_out" / "tokenizer.json").read_bytes() == PYDOC_BPE_FILE.read_bytes()
     checkpoint = latest_complete(tmp_path / "run" / "checkpoints", adapter.num_layers)
     assert checkpoint is not None and checkpoint.step == STEPS
     tensors = checkpoint.load()
