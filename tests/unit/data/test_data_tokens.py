@@ -178,6 +178,15 @@ def test_cli_prepare_and_bad_input(tmp_path: Path, texts: Path, capsys) -> None:
         == 0
     )
     assert "uint16 tokens, vocab 1024, eos 0" in capsys.readouterr().out
+    from oobleck.cli import main as oobleck_main
+
+    assert (
+        oobleck_main(
+            ["data", "prepare", "--tokenizer", PYDOC_BPE, "--input", str(texts), "--output", str(out)]
+        )
+        == 0
+    )
+    assert np.array_equal(np.fromfile(out, dtype=np.uint16), encode_documents(PYDOC_BPE, DOCS))
     assert (
         data_main(
             ["prepare", "--tokenizer", PYDOC_BPE, "--input", str(tmp_path / "nope"), "--output", str(out)]
