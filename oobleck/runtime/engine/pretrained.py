@@ -14,6 +14,9 @@ Assumptions:
     * A tied head (``tie_word_embeddings``) has no ``lm_head.weight`` of its own in the file
       (``save_pretrained`` drops the duplicate): it is read from the embedding's tensor.
     * Only safetensors files are read (never pickled ``pytorch_model.bin``): loading runs no code.
+    * The folder is readable at the same path on every node (a shared file system or a copy): a rank
+      reads it when it builds a layer, at job start and when recovery gives it a layer it lacked
+      (the transferred state then overwrites what was read).
 """
 
 from __future__ import annotations
