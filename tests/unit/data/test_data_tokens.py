@@ -202,3 +202,15 @@ def test_shipped_tokenizer_is_what_training_gives() -> None:
     from oobleck.data.tokenizer import PYDOC_BPE_FILE, train_pydoc_tokenizer
 
     assert train_pydoc_tokenizer() == PYDOC_BPE_FILE.read_text()
+
+
+def test_hf_tokenizer_folder_gives_its_configured_eos(tmp_path: Path) -> None:
+    """An HF tokenizer folder (save_pretrained) is read offline, with the EOS its tokenizer_config names."""
+    from transformers import PreTrainedTokenizerFast
+
+    from oobleck.data.tokenizer import PYDOC_BPE_FILE
+
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(PYDOC_BPE_FILE), eos_token="Ġthe")
+    hf.save_pretrained(str(tmp_path / "tok"))
+    assert vocab_size_of(tmp_path / "tok") == 1024
+    assert eos_id_of(tmp_path / "tok") == load_tokenizer(PYDOC_BPE).token_to_id("Ġthe") != 0
