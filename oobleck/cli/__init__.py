@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "master": "run the control-plane master of a real training job",
     "submit": "submit a training job to a running master",
     "run": "launch a training job on local, ssh or slurm nodes",
+    "export": "write a run's newest checkpoint as a HuggingFace model folder",
+    "data": "tokenize text into a token file (data prepare --tokenizer ... --input ... --output ...)",
 }
 
 _USAGE = "usage: oobleck [--version] <command> [flags] (oobleck <command> --help for its flags)"

@@ -99,7 +99,7 @@ def _token(args: argparse.Namespace, run_dir: Path) -> bytes:
 def _run(args: argparse.Namespace) -> int:
     from oobleck.runtime.control.hostfile import hosts_from_slurm, parse_hostfile
     from oobleck.runtime.control.jobspec import JobSpec
-    from oobleck.runtime.control.preflight import check_checkpoint_dir, check_run_dir
+    from oobleck.runtime.control.preflight import check_checkpoint_dir, check_data_inputs, check_run_dir
 
     logging.getLogger("oobleck").setLevel(logging.DEBUG if args.debug else logging.INFO)
     at_least("--missed-heartbeats", args.missed_heartbeats, 1)
@@ -115,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
     check_run_dir(run_dir)
     if job is not None:
         check_checkpoint_dir(job.config, run_dir, source=job.config_path)
+        check_data_inputs(job.config, source=job.config_path)
     token = _token(args, run_dir)
 
     from oobleck.runtime.control.job import check_reachable, run_job

@@ -20,6 +20,7 @@ Assumptions:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -33,7 +34,7 @@ from oobleck.planning.hardware import HARDWARE, HardwareSpec
 from oobleck.runtime.control.preflight import load_yaml_text, read_text_file
 
 ARCHITECTURES: tuple[str, ...] = ("gpt2", "llama", "opt")
-DATA_KINDS: tuple[str, ...] = ("pydoc", "tokens", "hf")
+DATA_KINDS: tuple[str, ...] = ("pydoc", "tokens", "hf", "text")
 
 # NOTE: the maxima below refuse typos and runaway values (``global_batch: 1e12`` was accepted and
 # never finished step 0); each is far above any real job and keeps sample ids below 2**63.
@@ -81,6 +82,11 @@ class ModelConfig:
     """Adapter architecture: one of ``gpt2``, ``llama``, ``opt``."""
     hf_config: dict[str, Any] = field(default_factory=dict)
     """Fields passed to the HF config class; empty for presets (the adapter fills them in)."""
+    pretrained: str | None = None
+    """A local HF model folder (``config.json`` + ``model.safetensors`` or a sharded index) to start
+    from: its config gives the architecture and every layer's initial weights are read from it
+    (each rank reads only the layers it holds). ``hf_config`` fields override its config (dropout
+    stays off unless set). Relative paths are relative to the job file."""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -93,7 +99,8 @@ class DataConfig:
 
     source: str = "pydoc"
     """``pydoc`` (CPython's bundled docs, byte-level tokens, offline), ``tokens`` (a ``.npy``/``.bin``
-    file of token ids) or ``hf`` (a locally saved HF ``datasets`` dataset, if installed)."""
+    file of token ids) or ``hf`` (a locally saved HF ``datasets`` dataset, if installed), or ``text``
+    (UTF-8 text files, one document each, or a folder of ``*.txt``; tokenized with ``tokenizer``)."""
     path: str | None = None
     """File or directory for ``tokens`` and ``hf`` sources; relative paths are relative to the config."""
     token_dtype: str = "uint16"
@@ -102,6 +109,11 @@ class DataConfig:
     """Tokens per sample fed to the model (each sample reads ``sequence_length + 1`` tokens)."""
     ledger: bool = False
     """Record which sample ids each pipeline consumed at each step (``<run_dir>/ledger/``)."""
+    tokenizer: str | None = None
+    """A local ``tokenizer.json``, HF tokenizer folder, or ``pydoc-bpe`` (the built-in BPE trained on
+    the pydoc corpus): tokenizes ``text`` sources, ``hf`` text columns and ``pydoc``, with the
+    tokenizer's EOS between documents. Unset: byte tokens (vocab 258). Its vocabulary must fit the
+    model's (``model.vocab_size``). Relative paths are relative to the job file."""
 
     def __post_init__(self) -> None:
         if self.source not in DATA_KINDS:
@@ -113,6 +125,10 @@ class DataConfig:
                 f"data.token_dtype: expected uint16, uint32, int32 or int64, got {self.token_dtype!r}"
             )
         _positive_int("data.sequence_length", self.sequence_length, maximum=MAX_SEQUENCE_LENGTH)
+        if self.source == "text" and self.tokenizer is None:
+            raise ConfigError(
+                "data.tokenizer: required when data.source is 'text' (a tokenizer.json or pydoc-bpe)"
+            )
 
 
 @dataclass(kw_only=True, slots=True)
@@ -279,10 +295,49 @@ def job_config_from_text(text: str, *, source: str, base_dir: Path | None = None
     Raises:
         ConfigError: not YAML, a YAML bomb, or an unknown, missing or invalid key.
     """
-    config = job_config_from_dict(load_yaml_text(text, source), source=source)
+    raw = load_yaml_text(text, source)
+    if base_dir is not None:
+        _resolve_pretrained(raw, base_dir)
+    config = job_config_from_dict(raw, source=source)
     if base_dir is not None and config.data.path is not None and not Path(config.data.path).is_absolute():
         config.data.path = str(base_dir / config.data.path)
+    tokenizer = config.data.tokenizer
+    if (
+        base_dir is not None
+        and tokenizer not in (None, "pydoc-bpe")
+        and not Path(str(tokenizer)).is_absolute()
+    ):
+        config.data.tokenizer = str(base_dir / str(tokenizer))
     return config
+
+
+def _resolve_pretrained(raw: Any, base_dir: Path) -> None:
+    """Make a relative ``model.pretrained`` relative to the job file (before its config.json is read)."""
+    model = raw.get("model") if isinstance(raw, Mapping) else None
+    pretrained = model.get("pretrained") if isinstance(model, dict) else None
+    if isinstance(model, dict) and isinstance(pretrained, str) and not Path(pretrained).is_absolute():
+        model["pretrained"] = str(base_dir / model["pretrained"])
+
+
+_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "opt": "opt"}
+"""HF ``model_type`` -> adapter architecture."""
+
+
+def _pretrained_arch(path: Any, source: str) -> str:
+    """The adapter architecture of a pretrained folder, from the ``model_type`` of its config.json."""
+    config = Path(str(path)) / "config.json"
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8"))["model_type"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(
+            f"{source}: model.pretrained: {config} unreadable ({error!r}); give a local HF model folder "
+            "(save_pretrained output: config.json + model.safetensors)"
+        ) from None
+    if model_type not in _MODEL_TYPES:
+        raise ConfigError(
+            f"{source}: model.pretrained: {path} is a {model_type!r} model; supported: {sorted(_MODEL_TYPES)}"
+        )
+    return _MODEL_TYPES[model_type]
 
 
 def job_config_from_dict(raw: Any, *, source: str = "job config") -> JobConfig:
@@ -325,12 +380,20 @@ def _model_from_raw(raw: Any, source: str) -> ModelConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: model: expected a preset name or a mapping, got {raw!r}")
     fields_ = dict(raw)
+    if "pretrained" in fields_ and "arch" not in fields_:
+        fields_["arch"] = _pretrained_arch(fields_["pretrained"], source)
     if "arch" not in fields_:
         raise ConfigError(f"{source}: model.arch: missing required key (one of {list(ARCHITECTURES)})")
     arch = fields_.pop("arch")
-    name = fields_.pop("name", f"{arch}-custom")
+    pretrained = fields_.pop("pretrained", None)
+    name = fields_.pop("name", f"{arch}-custom" if pretrained is None else Path(str(pretrained)).name)
     try:
-        return ModelConfig(name=str(name), arch=str(arch), hf_config=fields_)
+        return ModelConfig(
+            name=str(name),
+            arch=str(arch),
+            hf_config=fields_,
+            pretrained=None if pretrained is None else str(pretrained),
+        )
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
 

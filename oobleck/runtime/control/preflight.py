@@ -260,6 +260,28 @@ def check_checkpoint_dir(job: JobConfig, run_dir: Path, *, source: str = "job co
         check_writable_dir(run_dir / "checkpoints", "checkpoint folder")
 
 
+def check_data_inputs(job: JobConfig, *, source: str = "job config") -> None:
+    """Check the job's data and tokenizer against its model's vocabulary before any worker starts.
+
+    Runs :func:`oobleck.data.check_data` (pure: no torch, no model build; token files are checked
+    from their sidecar), so a missing file, a 2-D or float ``.npy`` or a vocabulary mismatch is one
+    line and exit 2 on the master instead of an error on every worker.
+
+    Args:
+        job: the validated job.
+        source: the config file's name, for messages.
+
+    Raises:
+        ConfigError: the first problem, naming the file and the fix.
+    """
+    from oobleck.data.validate import check_data, model_vocab_size
+
+    try:
+        check_data(job.data, model_vocab_size(job.model))
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
 def check_writable_dir(path: Path, label: str) -> None:
     """Create ``path`` if needed and prove it writable with a probe file (works as root too).
 

@@ -100,6 +100,8 @@ class ModelAdapter:
     config_dict: dict[str, Any]
     """The full HF config as plain data (its hash keys profiles)."""
     tied: tuple[TiedWeight, ...] = ()
+    weights: Any = None
+    """``PretrainedWeights`` of ``model.pretrained`` (layers are read from it), or None (seeded init)."""
     _factories: dict[str, Callable[[int], nn.Module]] = field(default_factory=dict)
 
     def layer_kind(self, index: int) -> str:
@@ -143,6 +145,9 @@ class ModelAdapter:
         if not 0 <= index < self.num_layers:
             raise IndexError(f"layer {index} is outside 0..{self.num_layers - 1}")
         module = self._factories[self.layer_kind(index)](index)
+        if self.weights is not None:
+            self.weights.load_layer(self, index, module)  # NOTE: pretrained.py; replicas read one file.
+            return module.to(device).train()
         sources = {(t.layer, t.name): (t.source_layer, t.source_name) for t in self.tied}
         with torch.no_grad():
             for name, param in sorted(module.named_parameters()):
@@ -237,7 +242,11 @@ def build_adapter(model: ModelConfig) -> ModelAdapter:
         ConfigError: an unknown preset or an HF config field the config class rejects.
     """
     fields_ = dict(_DEFAULTS[model.arch])
-    if model.name in _PRESETS:
+    if model.pretrained is not None:
+        from oobleck.runtime.engine.pretrained import pretrained_fields
+
+        fields_ = pretrained_fields(model.arch, model.pretrained, fields_)
+    elif model.name in _PRESETS:
         fields_.update(_PRESETS[model.name])
     elif not model.hf_config:
         raise ConfigError(f"model: unknown preset {model.name!r}; presets: {', '.join(sorted(_PRESETS))}")
@@ -248,11 +257,16 @@ def build_adapter(model: ModelConfig) -> ModelAdapter:
     fields_.setdefault("pad_token_id", fields_["eos_token_id"])
     builder = {"gpt2": _gpt2, "llama": _llama, "opt": _opt}[model.arch]
     try:
-        return builder(model.name, fields_)
+        adapter = builder(model.name, fields_)
     except (TypeError, ValueError) as error:
         raise ConfigError(
             f"model: invalid {model.arch} config fields {sorted(model.hf_config)}: {error}"
         ) from None
+    if model.pretrained is not None:
+        from oobleck.runtime.engine.pretrained import PretrainedWeights
+
+        adapter.weights = PretrainedWeights(model.pretrained)
+    return adapter
 
 
 def _config(cls: type, fields_: dict[str, Any]) -> Any:

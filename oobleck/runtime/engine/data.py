@@ -10,18 +10,25 @@ Assumptions:
     * A sample is ``sequence_length + 1`` consecutive tokens (inputs and shifted labels); samples
       do not overlap. The tail of the token stream shorter than one sample is unused.
     * The bundled corpus is CPython's ``pydoc_data.topics`` prose, tokenised byte by byte (vocab
-      256 + BOS/EOS); it needs no download and nothing ships with the repo.
+      256 + BOS/EOS) by default, or with ``data.tokenizer`` (e.g. the shipped ``pydoc-bpe``); it needs
+      no download.
+    * Checks that need no model live in :mod:`oobleck.data` (pure, also run by the master's preflight);
+      this module opens the data once they pass.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from oobleck.data.prepare import encode_documents, read_document, text_files
+from oobleck.data.tokenizer import eos_id_of, pydoc_documents
+from oobleck.data.tokens import open_token_file
+from oobleck.data.validate import BYTE_VOCAB_SIZE, check_tokenizer_fits
 from oobleck.errors import ConfigError
 from oobleck.runtime.config import DataConfig
 
@@ -38,9 +45,7 @@ def byte_tokenize(text: str) -> np.ndarray:
 @functools.cache
 def pydoc_tokens() -> np.ndarray:
     """The offline corpus: every ``pydoc_data.topics`` entry in sorted key order, byte tokens."""
-    from pydoc_data.topics import topics
-
-    return np.concatenate([byte_tokenize(topics[key]) for key in sorted(topics)])
+    return np.concatenate([byte_tokenize(text) for text in pydoc_documents()])
 
 
 class TokenDataset:
@@ -69,6 +74,10 @@ class TokenDataset:
 def load_dataset(config: DataConfig, vocab_size: int) -> TokenDataset:
     """Open the job's token source.
 
+    Token files are memory-mapped and checked from their sidecar (see
+    :func:`oobleck.data.tokens.open_token_file`); text is tokenized in memory with ``data.tokenizer``
+    (byte tokens without one), an EOS after each document.
+
     Args:
         config: the job's data section.
         vocab_size: the model's vocabulary; every token id must be below it.
@@ -77,50 +86,73 @@ def load_dataset(config: DataConfig, vocab_size: int) -> TokenDataset:
         The dataset.
 
     Raises:
-        ConfigError: a missing file, an unsupported extension, ``datasets`` not installed for an
-            ``hf`` source, or token ids outside the vocabulary.
+        ConfigError: a missing file, an unsupported extension or shape, ``datasets`` not installed
+            for an ``hf`` source, or a tokenizer or token ids outside the vocabulary.
     """
+    tokenizer = config.tokenizer
+    if tokenizer is not None:
+        check_tokenizer_fits(tokenizer, vocab_size)
+    if config.source == "tokens":
+        return TokenDataset(
+            open_token_file(Path(str(config.path)), config.token_dtype, vocab_size), config.sequence_length
+        )
     if config.source == "pydoc":
-        tokens = pydoc_tokens()
-    elif config.source == "tokens":
-        tokens = _token_file(Path(str(config.path)), config.token_dtype)
+        tokens = pydoc_tokens() if tokenizer is None else encode_documents(tokenizer, pydoc_documents())
+    elif config.source == "text":
+        files = text_files([str(config.path)])
+        tokens = encode_documents(str(tokenizer), (read_document(f) for f in files))
     else:
-        tokens = _hf_dataset(Path(str(config.path)))
+        tokens = _hf_dataset(Path(str(config.path)), tokenizer, vocab_size)
     top = int(tokens.max()) if len(tokens) else 0
     if top >= vocab_size:
         raise ConfigError(
-            f"data: token id {top} is outside the model's vocabulary of {vocab_size}; "
-            "set model.vocab_size to at least that id + 1"
+            f"data.path {config.path or config.source}: token id {top} is outside the model's vocabulary "
+            f"of {vocab_size}; set model vocab_size: {top + 1} (or more)"
         )
     return TokenDataset(tokens, config.sequence_length)
 
 
-def _token_file(path: Path, dtype: str) -> np.ndarray:
-    if not path.exists():
-        raise ConfigError(f"data.path: token file {path} not found")
-    if path.suffix == ".npy":
-        return np.load(path, mmap_mode="r")
-    if path.suffix == ".bin":
-        return np.memmap(path, dtype=np.dtype(dtype), mode="r")
-    raise ConfigError(f"data.path: expected a .npy or .bin token file, got {path.name!r}")
-
-
-def _hf_dataset(path: Path) -> np.ndarray:
+def _hf_dataset(path: Path, tokenizer: str | None, vocab_size: int) -> np.ndarray:
     try:
         import datasets  # NOTE: optional (`pip install datasets`); untyped, see pyproject [tool.mypy]
     except ImportError:
         raise ConfigError(
             "data.source: 'hf' needs the `datasets` package, which is not installed; "
-            "export token ids to a .npy file and use source: tokens"
+            "pip install datasets, or write a token file with python -m oobleck.data prepare"
         ) from None
     if not path.exists():
         raise ConfigError(f"data.path: dataset directory {path} not found (save it with save_to_disk)")
     dataset = datasets.load_from_disk(str(path))
     if "input_ids" in dataset.column_names:
-        return np.concatenate([np.asarray(row, dtype=np.int64) for row in dataset["input_ids"]])
+        return join_rows(dataset["input_ids"], _rows_eos(path, tokenizer, vocab_size))
     if "text" in dataset.column_names:
-        return np.concatenate([byte_tokenize(text) for text in dataset["text"]])
+        if tokenizer is None:
+            return np.concatenate([byte_tokenize(text) for text in dataset["text"]])
+        return encode_documents(tokenizer, dataset["text"])
     raise ConfigError(f"data.path: dataset {path} needs an 'input_ids' or a 'text' column")
+
+
+def _rows_eos(path: Path, tokenizer: str | None, vocab_size: int) -> int:
+    """The id that separates ``input_ids`` rows: the tokenizer's EOS, or the byte EOS for byte models."""
+    if tokenizer is not None:
+        return eos_id_of(tokenizer)
+    if vocab_size != BYTE_VOCAB_SIZE:
+        raise ConfigError(
+            f"data.tokenizer: dataset {path} has input_ids for a {vocab_size}-token model; set "
+            "data.tokenizer to the tokenizer that made them (its EOS is put between rows)"
+        )
+    return EOS_ID
+
+
+def join_rows(rows: Iterable[Sequence[int]], eos_id: int) -> np.ndarray:
+    """One token stream of ``input_ids`` rows (documents), each followed by ``eos_id`` (unless it ends so)."""
+    parts: list[np.ndarray] = []
+    for row in rows:
+        ids = np.asarray(row, dtype=np.int64)
+        if ids.ndim != 1:
+            raise ConfigError(f"data: an input_ids row has shape {ids.shape}; expected a list of token ids")
+        parts.append(ids if len(ids) and ids[-1] == eos_id else np.append(ids, eos_id))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 class GlobalSampler:
