@@ -52,10 +52,10 @@ def write_job(folder: Path, *, steps: int = 20, f: int = 1, every: int = 0) -> P
     return path
 
 
-def write_hosts(folder: Path, agents: int) -> Path:
-    """Write a hostfile of ``agents`` one-slot localhost agents."""
-    path = folder / f"hosts{agents}"
-    path.write_text("localhost slots=1\n" * agents)
+def write_hosts(folder: Path, agents: int, slots: int = 1) -> Path:
+    """Write a hostfile of ``agents`` localhost agents of ``slots`` workers each."""
+    path = folder / (f"hosts{agents}" if slots == 1 else f"hosts{agents}x{slots}")
+    path.write_text(f"localhost slots={slots}\n" * agents)
     return path
 
 
