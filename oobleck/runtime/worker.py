@@ -92,7 +92,7 @@ def run_standalone(args: argparse.Namespace) -> None:
 
     rank, local_rank, world_size = (_env_int(name, default) for name, default in _ENV)
     local_world_size = _env_int("LOCAL_WORLD_SIZE", 1) or 1
-    devices = node_devices(local_world_size, job.hardware, job.gpus_per_node)
+    devices = node_devices(local_world_size, job.hardware, job.gpus_per_node, launcher="torchrun")
     if local_rank >= local_world_size or (world_size > 1 and world_size % local_world_size):
         raise ConfigError(
             f"environment LOCAL_RANK={local_rank}, LOCAL_WORLD_SIZE={local_world_size}, "

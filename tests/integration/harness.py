@@ -112,8 +112,13 @@ def run_master(
     action: Callable[[Path], None] | None = None,
     timeout_s: float = 240.0,
     extra_env: dict[str, str] | None = None,
+    register_timeout_s: float = 120.0,
 ) -> Run:
-    """Run a one-shot master; call ``action(run_dir)`` after step ``at_step``; clean up every process."""
+    """Run a one-shot master; call ``action(run_dir)`` after step ``at_step``; clean up every process.
+
+    ``register_timeout_s`` bounds agent start-up until every worker is ready (raise it for runs of
+    many workers: each imports torch, which takes minutes of wall time on a loaded 2-core machine).
+    """
     env = {**os.environ, **(extra_env or {})}
     env.pop("OOBLECK_TOKEN", None)
     log = run_dir.parent / f"{run_dir.name}.master.log"
@@ -130,7 +135,7 @@ def run_master(
                 "--run-dir",
                 str(run_dir),
                 "--register-timeout-s",
-                "120",
+                str(register_timeout_s),
             ],
             env=env,
             stdout=err,

@@ -12,8 +12,13 @@ Assumptions:
 
 from __future__ import annotations
 
+from typing import Literal
+
 from oobleck.errors import ConfigError
 from oobleck.planning.hardware import HARDWARE
+
+Launch = Literal["agent", "torchrun"]
+"""Who started a node's workers: an oobleck agent (hostfile slots) or torchrun (``--nproc-per-node``)."""
 
 CPU_HARDWARE = "cpu"
 """The hardware entry whose devices per node follow the agents' slots."""
@@ -36,13 +41,16 @@ def required_slots(hardware: str, gpus_per_node: int | None) -> int | None:
     return HARDWARE[hardware].gpus_per_node
 
 
-def slots_refusal(slots: int, hardware: str, gpus_per_node: int | None) -> str | None:
-    """Why an agent of ``slots`` workers cannot join this job, or None when it can.
+def slots_refusal(
+    slots: int, hardware: str, gpus_per_node: int | None, *, launcher: Launch = "agent"
+) -> str | None:
+    """Why a node of ``slots`` workers cannot join this job, or None when it can.
 
     Args:
-        slots: The registering agent's slots.
+        slots: The registering agent's slots (or torchrun's ``LOCAL_WORLD_SIZE``).
         hardware: The job's hardware entry name.
         gpus_per_node: The job's ``gpus_per_node`` override, or None.
+        launcher: Who started the workers, for the fix the message names.
 
     Returns:
         One line naming the mismatch and both fixes, or None.
@@ -55,19 +63,25 @@ def slots_refusal(slots: int, hardware: str, gpus_per_node: int | None) -> str |
         if gpus_per_node is not None
         else f"hardware {hardware!r} has gpus_per_node={required}"
     )
+    if launcher == "torchrun":
+        return (
+            f"environment LOCAL_WORLD_SIZE={slots} but {source}; launch {required} processes per node "
+            f"(torchrun --nproc-per-node {required}) or set gpus_per_node: {slots} in the job"
+        )
     return (
         f"agent has slots={slots} but {source}; start agents with slots={required} "
         f"(hostfile 'HOST slots={required}') or set gpus_per_node: {slots} in the job"
     )
 
 
-def node_devices(slots: int, hardware: str, gpus_per_node: int | None) -> int:
-    """The plan's ``gpus_per_node`` for agents of ``slots`` workers.
+def node_devices(slots: int, hardware: str, gpus_per_node: int | None, *, launcher: Launch = "agent") -> int:
+    """The plan's ``gpus_per_node`` for nodes of ``slots`` workers.
 
     Args:
-        slots: Workers per node (the membership's ``slots``).
+        slots: Workers per node (the membership's ``slots``, or torchrun's ``LOCAL_WORLD_SIZE``).
         hardware: The job's hardware entry name.
         gpus_per_node: The job's ``gpus_per_node`` override, or None.
+        launcher: Who started the workers, for the fix an error names.
 
     Returns:
         ``slots`` (checked against the entry or override).
@@ -75,7 +89,7 @@ def node_devices(slots: int, hardware: str, gpus_per_node: int | None) -> int:
     Raises:
         ConfigError: the slots do not match the hardware entry or the override.
     """
-    refusal = slots_refusal(slots, hardware, gpus_per_node)
+    refusal = slots_refusal(slots, hardware, gpus_per_node, launcher=launcher)
     if refusal is not None:
         raise ConfigError(refusal)
     return slots
