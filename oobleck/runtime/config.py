@@ -215,6 +215,9 @@ class JobConfig:
     """Checkpoint settings."""
     hardware: str = "cpu"
     """Planning-core hardware name (``oobleck.planning.hardware.HARDWARE``)."""
+    gpus_per_node: int | None = None
+    """Devices per node, overriding the hardware entry's (e.g. 4-GPU nodes priced as ``h100``); the
+    agents' slots must equal it. None: the entry's value, except on ``cpu`` where the slots decide."""
     device_memory_bytes: int | None = None
     """Plan for this much memory per device instead of the hardware entry's: leaves room for other
     work on the device, or forces deeper pipelines (a larger n0) for a small model in tests."""
@@ -238,6 +241,8 @@ class JobConfig:
         if self.hardware not in HARDWARE:
             choices = ", ".join(HARDWARE)
             raise ConfigError(f"hardware: unknown entry {self.hardware!r}; choose one of: {choices}")
+        if self.gpus_per_node is not None:
+            _positive_int("gpus_per_node", self.gpus_per_node, maximum=1024)
         if self.device_memory_bytes is not None:
             _positive_int("device_memory_bytes", self.device_memory_bytes, maximum=MAX_DEVICE_MEMORY_BYTES)
 

@@ -54,6 +54,7 @@ from oobleck.runtime.control.checkpoint import (
     prune,
     write_shard,
 )
+from oobleck.runtime.control.devices import node_devices
 from oobleck.runtime.control.generation_sync import (
     BARRIER_TIMEOUT_S,
     BarrierTimeoutError,
@@ -63,7 +64,7 @@ from oobleck.runtime.control.generation_sync import (
 from oobleck.runtime.control.link import WorkerLink
 from oobleck.runtime.control.membership import Membership
 from oobleck.runtime.control.server import is_loopback
-from oobleck.runtime.control.sever import sever_tcp_connections
+from oobleck.runtime.control.sever import GroupSockets, abort_communicators
 from oobleck.runtime.control.store import STORE_KEY_ENV, StoreClient
 from oobleck.runtime.control.store_records import INPUTS_KEY, inputs_record, state_record
 from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_planner, job_profile
@@ -105,6 +106,8 @@ class ElasticLoop:
         """This generation's store client (a fresh one per regroup; abandoned by an abort)."""
         self.engine = Engine(job, node=node, local_rank=local_rank, timeout=timedelta(seconds=timeout_s))
         self._timeout = timedelta(seconds=timeout_s)
+        self._sockets = GroupSockets()
+        """The sockets each generation's build created (store client, groups): what an abort cuts."""
         self.link = WorkerLink.from_env(on_failure=self._on_failure)
         self.log = RunLog(run_dir, node=node, ledger=job.data.ledger)
         self.ckpt_dir = Path(job.checkpoint.dir) if job.checkpoint.dir else run_dir / "checkpoints"
@@ -137,13 +140,14 @@ class ElasticLoop:
         instead of after the collective timeout.
         """
         self._fault_epoch += 1
+        abort_communicators(self.engine.comm.backend)  # NOTE: NCCL only, and before the destroy.
         self.engine.abort(reason)
         # NOTE: the store client is abandoned too: a rank blocked in a rendezvous read (waiting for a
         # peer that died) wakes up at once; every generation then starts on a fresh store client.
         store = self.store
         if isinstance(store, StoreClient):
             store.abandon()
-        sever_tcp_connections(())
+        self._sockets.sever()
 
     def _connect_store(self) -> dist.Store:
         """A fresh client of the master's store (``MASTER_ADDR``/``MASTER_PORT``, key from the agent)."""
@@ -241,8 +245,9 @@ class ElasticLoop:
             # NOTE: the store is inside the try: a notice arriving meanwhile abandons it.
             if isinstance(self.store, StoreClient):
                 self.store.abandon()
-            self.store = store = self._connect_store()
-            adopted = self._adopt(store, target)
+            with self._sockets.building():
+                self.store = store = self._connect_store()
+                adopted = self._adopt(store, target)
         except Exception as exc:
             if not self._aborted(exc, epoch):
                 raise
@@ -415,7 +420,8 @@ class ElasticLoop:
             if inputs is None:
                 return None
             profile = ModelProfile.from_dict(inputs["profile"])
-            self._planner = job_planner(self.job, profile, inputs["max_nodes"])
+            devices = node_devices(target.slots, self.job.hardware, self.job.gpus_per_node)
+            self._planner = job_planner(self.job, profile, inputs["max_nodes"], devices)
             self._planner_inputs = inputs_record(
                 inputs["profile"], inputs["max_nodes"], inputs["node"], inputs["generation"]
             )

@@ -1,10 +1,11 @@
 """Worker entry point: ``python -m oobleck.runtime.worker --config job.yaml --run-dir DIR``.
 
 Standalone mode (no fault tolerance) for users who already have a launcher: it reads the torchrun
-environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), treats each
-process as one node (node id = rank), plans heterogeneous pipelines with the planning core and
-trains. ``torchrun --standalone --nproc-per-node 4 -m oobleck.runtime.worker ...`` and the same
-with ``--nproc-per-node 1`` produce the same losses. Rank 0 appends one JSON line per step to
+environment (``RANK``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``WORLD_SIZE``, ``MASTER_ADDR``,
+``MASTER_PORT``), treats each ``LOCAL_WORLD_SIZE`` consecutive ranks as one node of that many devices
+(node id = rank // LOCAL_WORLD_SIZE, device ``cuda:LOCAL_RANK``), plans heterogeneous pipelines with
+the planning core and trains. ``torchrun --standalone --nproc-per-node 4 -m oobleck.runtime.worker ...``
+and the same with ``--nproc-per-node 1`` produce the same losses. Rank 0 appends one JSON line per step to
 ``<run_dir>/metrics.jsonl``.
 
 When ``OOBLECK_CONTROL`` is set (the elastic agent sets it), the worker hands over to
@@ -73,13 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_standalone(args: argparse.Namespace) -> None:
-    """Train ``args.config`` on the torchrun world; one process per node.
+    """Train ``args.config`` on the torchrun world; ``LOCAL_WORLD_SIZE`` processes (devices) per node.
 
     Raises:
         ConfigError: a bad config, plan file or environment variable.
         PlanningError: the model fits on no plan for this many processes.
     """
     from oobleck.runtime.config import load_job_config
+    from oobleck.runtime.control.devices import node_devices
 
     job = load_job_config(args.config)  # NOTE: before the heavy imports, so config errors are instant.
 
@@ -89,25 +91,36 @@ def run_standalone(args: argparse.Namespace) -> None:
     from oobleck.runtime.engine import Engine, default_device, plan_for_world, rendezvous_store
 
     rank, local_rank, world_size = (_env_int(name, default) for name, default in _ENV)
+    local_world_size = _env_int("LOCAL_WORLD_SIZE", 1) or 1
+    devices = node_devices(local_world_size, job.hardware, job.gpus_per_node, launcher="torchrun")
+    if local_rank >= local_world_size or (world_size > 1 and world_size % local_world_size):
+        raise ConfigError(
+            f"environment LOCAL_RANK={local_rank}, LOCAL_WORLD_SIZE={local_world_size}, "
+            f"WORLD_SIZE={world_size}: expected LOCAL_RANK < LOCAL_WORLD_SIZE dividing WORLD_SIZE"
+        )
     if "OMP_NUM_THREADS" not in os.environ:
         # NOTE: like torchrun, do not let every process of a node spin on every core: intra-op
         # threads of co-located CPU workers contend and slow small kernels down by 10-100x.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // _env_int("LOCAL_WORLD_SIZE", world_size)))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         logger.info("effective config: %s", json.dumps(job.to_dict(), sort_keys=True))
     store = rendezvous_store(rank, world_size, timedelta(seconds=args.timeout_s))
+    node = rank // devices
     engine = Engine(
         job,
-        node=rank,
+        node=node,
+        local_rank=local_rank,
         device=default_device(local_rank),
         timeout=timedelta(seconds=args.timeout_s),
     )
-    plan = plan_for_world(job, engine.adapter, world_size, store=store, rank=rank, plan_file=args.plan)
+    plan = plan_for_world(
+        job, engine.adapter, world_size, store=store, rank=rank, plan_file=args.plan, gpus_per_node=devices
+    )
     if rank == 0:
         (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
-    engine.configure(plan, 0, {node: node for node in range(world_size)}, store)
+    engine.configure(plan, 0, {n: n * devices for n in range(world_size // devices)}, store)
     ledger = _ledger_file(run_dir, rank) if job.data.ledger else None
     try:
         for step in range(job.steps):

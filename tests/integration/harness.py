@@ -52,10 +52,10 @@ def write_job(folder: Path, *, steps: int = 20, f: int = 1, every: int = 0) -> P
     return path
 
 
-def write_hosts(folder: Path, agents: int) -> Path:
-    """Write a hostfile of ``agents`` one-slot localhost agents."""
-    path = folder / f"hosts{agents}"
-    path.write_text("localhost slots=1\n" * agents)
+def write_hosts(folder: Path, agents: int, slots: int = 1) -> Path:
+    """Write a hostfile of ``agents`` localhost agents of ``slots`` workers each."""
+    path = folder / (f"hosts{agents}" if slots == 1 else f"hosts{agents}x{slots}")
+    path.write_text(f"localhost slots={slots}\n" * agents)
     return path
 
 
@@ -112,8 +112,13 @@ def run_master(
     action: Callable[[Path], None] | None = None,
     timeout_s: float = 240.0,
     extra_env: dict[str, str] | None = None,
+    register_timeout_s: float = 120.0,
 ) -> Run:
-    """Run a one-shot master; call ``action(run_dir)`` after step ``at_step``; clean up every process."""
+    """Run a one-shot master; call ``action(run_dir)`` after step ``at_step``; clean up every process.
+
+    ``register_timeout_s`` bounds agent start-up until every worker is ready (raise it for runs of
+    many workers: each imports torch, which takes minutes of wall time on a loaded 2-core machine).
+    """
     env = {**os.environ, **(extra_env or {})}
     env.pop("OOBLECK_TOKEN", None)
     log = run_dir.parent / f"{run_dir.name}.master.log"
@@ -130,7 +135,7 @@ def run_master(
                 "--run-dir",
                 str(run_dir),
                 "--register-timeout-s",
-                "120",
+                str(register_timeout_s),
             ],
             env=env,
             stdout=err,

@@ -3,7 +3,9 @@
 Assumptions:
 - The node is the failure unit: a worker that exits non-zero, or an eviction notice from the master,
   ends the whole agent (its other workers are killed), and the master turns that into a membership
-  change.
+  change of one node, however many slots (workers, devices) it has.
+- One worker per slot, numbered like torchrun: ``LOCAL_RANK`` 0..slots-1, ``LOCAL_WORLD_SIZE`` =
+  slots, every GPU visible (``CUDA_VISIBLE_DEVICES`` inherited), device ``cuda:LOCAL_RANK``.
 - Losing the master does not: steps need no master, so the workers keep training while the agent
   reconnects with backoff (up to ``reconnect_timeout_s``) and re-registers under its node id with the
   generation its workers run; what workers ask meanwhile (a regroup) is sent once it is back.
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from oobleck.runtime.control.protocol import Channel, ConnectionClosedError, ProtocolError, connect
+from oobleck.runtime.control.sever import nccl_environment
 from oobleck.runtime.control.store import STORE_KEY_ENV, store_key
 from oobleck.runtime.run_log import ERROR_FILE_ENV
 
@@ -268,6 +271,9 @@ class Agent:
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
                 }
             )
+            # NOTE: torchrun's convention: CUDA_VISIBLE_DEVICES is left as inherited (every GPU of
+            # the node visible) and a worker uses cuda:LOCAL_RANK.
+            env.update(nccl_environment(env))
             argv = [
                 sys.executable,
                 "-m",

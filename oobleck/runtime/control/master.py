@@ -157,7 +157,15 @@ class Master:
                 raise RuntimeError("a job is already running on this master")
             self.first_error = None
             self._write(lambda: master_files.write_job(self.config.run_dir, message, expected_agents))
-            self._feed(Submit(message, expected_agents, self.config.register_timeout_s))
+            self._feed(
+                Submit(
+                    message,
+                    expected_agents,
+                    self.config.register_timeout_s,
+                    hardware=job.config.hardware,
+                    gpus_per_node=job.config.gpus_per_node,
+                )
+            )
 
     def wait(self, timeout_s: float | None = None) -> str:
         """Block until the job completes or fails (or ``timeout_s`` passes).

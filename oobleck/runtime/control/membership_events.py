@@ -109,6 +109,10 @@ class Submit:
     """The ``job`` control message (opaque here)."""
     expected_agents: int
     register_timeout_s: float
+    hardware: str = "cpu"
+    """The job's hardware entry: with ``gpus_per_node`` it fixes the slots agents must have."""
+    gpus_per_node: int | None = None
+    """The job's ``gpus_per_node`` override, or None (``control.devices.required_slots``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from oobleck.runtime.control.devices import slots_refusal
 from oobleck.runtime.control.membership import Membership
 from oobleck.runtime.control.membership_events import (
     AgentsChanged,
@@ -86,6 +87,8 @@ class MembershipMachine:
     _register_deadline: float | None = None
     _resume_deadline: float | None = None
     _pending_regroup: str = ""
+    _hardware: str = "cpu"
+    _gpus_per_node: int | None = None
 
     @property
     def silence_limit_s(self) -> float:
@@ -185,7 +188,21 @@ class MembershipMachine:
         alive = [s for s in self.nodes.values() if s.alive]
         job_slots = alive[0].slots if alive else (self.membership.slots if self.membership else event.slots)
         if event.slots != job_slots:
-            out.append(Reject(event.conn, f"slots={event.slots} but the job's nodes have {job_slots}"))
+            out.append(
+                Reject(
+                    event.conn,
+                    f"slots={event.slots} but the job's nodes have slots={job_slots}: nodes must be "
+                    f"homogeneous (the planner prices one node type); give every agent slots={job_slots}",
+                )
+            )
+            return
+        refusal = self._slots_refusal(event.slots)
+        if refusal is not None:
+            out.append(Reject(event.conn, refusal))
+            if self.membership is None:
+                # NOTE: every agent of the hostfile has these slots: waiting for them would hang
+                # until the registration deadline, so the job fails now with the reason.
+                self._finish("failed", refusal, out)
             return
         if event.resumed is not None:
             self._reregister(event, out)
@@ -201,6 +218,12 @@ class MembershipMachine:
         out += [Welcome(event.conn, node), AgentsChanged()]
         if self.job is not None and self.outcome is None:
             out.append(Send(node, self.job))
+
+    def _slots_refusal(self, slots: int) -> str | None:
+        """Why ``slots`` does not fit the submitted job's devices per node (None: it does, or no job)."""
+        if self.job is None:
+            return None
+        return slots_refusal(slots, self._hardware, self._gpus_per_node)
 
     def _reregister(self, event: Register, out: list[Decision]) -> None:
         """An agent whose workers kept running while the master was away comes back."""
@@ -238,9 +261,14 @@ class MembershipMachine:
         if self.job is not None and self.outcome is None:
             raise ValueError("a job is already running on this master")
         self.job, self.expected_agents, self.outcome = event.job, event.expected_agents, None
+        self._hardware, self._gpus_per_node = event.hardware, event.gpus_per_node
         self.membership, self.lost = None, set()
         assert self._now is not None
         self._register_deadline = self._now + event.register_timeout_s
+        wrong = [s for s in self.nodes.values() if s.alive and self._slots_refusal(s.slots)]
+        if wrong:
+            self._finish("failed", str(self._slots_refusal(wrong[0].slots)), out)
+            return
         for n, state in sorted(self.nodes.items()):
             if state.alive:
                 out.append(Send(n, event.job))

@@ -1,13 +1,15 @@
 """Standalone launch helpers: the torchrun rendezvous store and one plan agreed by every rank.
 
 Assumptions:
-    * Each process is one node (node id = rank), as in ``torchrun --standalone``.
+    * A node is ``LOCAL_WORLD_SIZE`` consecutive ranks (node id = rank // it), as torchrun numbers
+      ranks; one process = one node when it is 1.
     * Rank 0 alone computes the plan (profiling may be measured, hence not bit-reproducible on
       other ranks) and publishes it as JSON in the store; every rank then uses the same plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from datetime import timedelta
@@ -72,16 +74,18 @@ def plan_for_world(
     store: dist.Store,
     rank: int,
     plan_file: str | None = None,
+    gpus_per_node: int = 1,
 ) -> Plan:
-    """One plan for nodes ``0 .. world_size-1``, computed by rank 0 and shared through ``store``.
+    """One plan for nodes ``0 .. world_size/gpus_per_node - 1``, computed by rank 0, shared through ``store``.
 
     Args:
         job: the job config.
         adapter: the model.
-        world_size: processes (= nodes).
+        world_size: processes (= nodes x ``gpus_per_node``).
         store: the rendezvous store.
         rank: this process.
         plan_file: a plan JSON (``Plan.to_dict``) to use instead of planning.
+        gpus_per_node: processes per node (torchrun's ``LOCAL_WORLD_SIZE``); node id = rank // it.
 
     Returns:
         The plan; every rank returns an equal object.
@@ -90,11 +94,19 @@ def plan_for_world(
         ConfigError: an unreadable plan file, or one that does not use exactly the world's nodes.
         PlanningError: no plan exists for this many nodes.
     """
+    if world_size % gpus_per_node:
+        raise ConfigError(
+            f"environment WORLD_SIZE={world_size} is not a multiple of LOCAL_WORLD_SIZE={gpus_per_node}; "
+            "launch the same number of processes on every node"
+        )
+    nodes = world_size // gpus_per_node
     if rank == 0:
-        plan = _load_plan(plan_file) if plan_file else _plan(job, adapter, world_size)
-        if plan.nodes != tuple(range(world_size)):
+        plan = (
+            _load_plan(plan_file, gpus_per_node) if plan_file else _plan(job, adapter, nodes, gpus_per_node)
+        )
+        if plan.nodes != tuple(range(nodes)):
             raise ConfigError(
-                f"{plan_file or 'plan'}: uses nodes {list(plan.nodes)}, expected 0..{world_size - 1}"
+                f"{plan_file or 'plan'}: uses nodes {list(plan.nodes)}, expected 0..{nodes - 1}"
             )
         if plan.global_microbatches != job.global_microbatches or plan.microbatch_size != job.microbatch_size:
             raise ConfigError(
@@ -104,23 +116,33 @@ def plan_for_world(
             )
         store.set(PLAN_KEY, json.dumps(plan.to_dict()))
     data = json.loads(store.get(PLAN_KEY).decode())
-    return Plan.from_dict(data, gpus_per_node=1)
+    return Plan.from_dict(data, gpus_per_node=gpus_per_node)
 
 
-def _load_plan(path: str) -> Plan:
+def _load_plan(path: str, gpus_per_node: int) -> Plan:
     try:
-        return Plan.from_dict(json.loads(Path(path).read_text()), gpus_per_node=1)
+        return Plan.from_dict(json.loads(Path(path).read_text()), gpus_per_node=gpus_per_node)
     except FileNotFoundError:
         raise ConfigError(f"--plan {path}: file not found") from None
     except (ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"--plan {path}: not a valid plan ({error})") from None
 
 
-def job_planner(job: JobConfig, profile: ModelProfile, max_nodes: int) -> Planner:
-    """The planner every worker of ``job`` plans with: one device per stage (one worker per slot)."""
+def job_planner(job: JobConfig, profile: ModelProfile, max_nodes: int, gpus_per_node: int = 1) -> Planner:
+    """The planner every worker of ``job`` plans with: one device per stage (one worker per slot).
+
+    Args:
+        job: The job.
+        profile: The layer profile every worker agreed on.
+        max_nodes: Most nodes a plan may use.
+        gpus_per_node: Devices (workers) per node, from :func:`~oobleck.runtime.control.devices.node_devices`.
+
+    Returns:
+        A planner pricing the job's hardware entry with ``gpus_per_node`` devices per node.
+    """
     return Planner(
         profile,
-        job.hardware_spec(),
+        dataclasses.replace(job.hardware_spec(), gpus_per_node=gpus_per_node),
         fault_tolerance=job.fault_tolerance,
         global_microbatches=job.global_microbatches,
         microbatch_size=job.microbatch_size,
@@ -129,5 +151,6 @@ def job_planner(job: JobConfig, profile: ModelProfile, max_nodes: int) -> Planne
     )
 
 
-def _plan(job: JobConfig, adapter: ModelAdapter, world_size: int) -> Plan:
-    return job_planner(job, job_profile(job, adapter), world_size).plan(tuple(range(world_size)))
+def _plan(job: JobConfig, adapter: ModelAdapter, nodes: int, gpus_per_node: int) -> Plan:
+    planner = job_planner(job, job_profile(job, adapter), nodes, gpus_per_node)
+    return planner.plan(tuple(range(nodes)))

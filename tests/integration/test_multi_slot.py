@@ -1,0 +1,132 @@
+"""Multi-device nodes end to end: agents of ``localhost slots=2`` (one worker per slot), a node lost whole.
+
+Issue #11 item 1. A 2-slot node is a 2-device node on the ``cpu`` hardware entry; the planner
+(``max_gpus_per_stage=1``) gives each device one stage, so a node hosts two stages or two replicas.
+SIGKILLing an agent's process group kills both its workers at once; the master must count one node
+lost and the survivors recover in place with the fault-free losses (exact accumulation) and ledger.
+
+Issue #11 item 3 rides on the same run: every worker holds a user TCP socket of its own
+(``user_socket_worker``), and the survivors' sockets must stay open through the recovery, since an
+abort cuts only the sockets of the generation's process groups and store client.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.harness import (
+    assert_ledger_exact,
+    assert_losses_match,
+    kill_group,
+    run_master,
+    run_standalone,
+    write_hosts,
+    write_job,
+)
+from tests.integration.user_socket_worker import USER_SOCKET_ENV
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("multi_slot")
+
+
+@pytest.fixture(scope="module")
+def job(folder):
+    return write_job(folder, steps=8)
+
+
+@pytest.fixture(scope="module")
+def reference(folder, job):
+    """The fault-free losses and ledger of the job (one process; exact accumulation)."""
+    return run_standalone(folder / "ref", write_job(folder, steps=8, f=0))
+
+
+class LineCollector:
+    """Accepts the workers' user sockets and keeps, per connection, its sender and when it ended."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.connections: list[dict[str, object]] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        host, port = self.listener.getsockname()
+        return f"{host}:{port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            record: dict[str, object] = {"ident": None, "lines": 0, "eof_t": None}
+            with self._lock:
+                self.connections.append(record)
+            threading.Thread(target=self._read, args=(conn, record), daemon=True).start()
+
+    @staticmethod
+    def _read(conn: socket.socket, record: dict[str, object]) -> None:
+        with conn, conn.makefile("r") as lines:
+            for count, line in enumerate(lines, 1):
+                node, local_rank, _ = line.split()
+                record["ident"], record["lines"] = (int(node), int(local_rank)), count
+        record["eof_t"] = time.time()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def collector() -> Iterator[LineCollector]:
+    lines = LineCollector()
+    yield lines
+    lines.close()
+
+
+@pytest.mark.timeout(600)
+def test_two_slot_node_killed_recovers_in_place(folder, job, reference, collector):
+    """Three 2-slot agents, one SIGKILLed: one node lost, losses and ledger exact, user sockets kept."""
+    run = run_master(
+        folder / "kill",
+        write_hosts(folder, 3, slots=2),
+        job,
+        at_step=2,
+        action=lambda run_dir: kill_group(run_dir, 1),
+        extra_env={
+            "OOBLECK_WORKER_MODULE": "tests.integration.user_socket_worker",
+            USER_SOCKET_ENV: collector.address,
+        },
+        register_timeout_s=300.0,  # NOTE: six workers importing torch on a loaded 2-core machine
+        timeout_s=420.0,
+    )
+    assert run.rc == 0, run.master_log[-4000:]
+    recoveries = run.events("recovery")
+    assert len(recoveries) == 1, run.events("recovery")
+    assert recoveries[0]["lost"] == [1], recoveries
+    for pipeline in recoveries[0]["pipelines"]:  # a 2-device node runs two 1-device stages
+        for node in pipeline["nodes"]:
+            assert sum(stage["node"] == node for stage in pipeline["stages"]) == 2, pipeline
+    assert_losses_match(run, reference, rel=0.0)
+    assert_ledger_exact(run, reference, in_flight=(2, 3))
+    # Each survivor worker kept its one user connection through the recovery: it ended only when
+    # the process exited, after the last step (an abort cutting it would end it before that step).
+    time.sleep(0.5)  # NOTE: let the collector see the ends of the connections.
+    survivors = sorted((node, local) for node in (0, 2) for local in (0, 1))
+    kept = [c for c in collector.connections if c["ident"] in survivors]
+    assert sorted(c["ident"] for c in kept) == survivors, collector.connections  # type: ignore[type-var]
+    last_step_t = max(r["t"] for r in run.records if "loss" in r and "event" not in r)
+    for connection in kept:
+        assert connection["eof_t"] is not None and connection["eof_t"] > last_step_t, (
+            connection,
+            last_step_t,
+        )
