@@ -67,6 +67,8 @@ from oobleck.runtime.control.sever import sever_tcp_connections
 from oobleck.runtime.control.store import STORE_KEY_ENV, StoreClient
 from oobleck.runtime.control.store_records import INPUTS_KEY, inputs_record, state_record
 from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_planner, job_profile
+from oobleck.runtime.recovery_cache import ReconfigureCache
+from oobleck.runtime.recovery_timing import RegroupClock, phases_ms
 from oobleck.runtime.run_log import RunLog, transfer_fields, write_error_file
 
 logger = logging.getLogger(__name__)
@@ -117,6 +119,12 @@ class ElasticLoop:
         """The validated planner inputs this worker plans with, re-published into a store that lost
         them (a resumed master starts empty), so a node joining later plans alike."""
         self._last: dict[str, Any] | None = None
+        self.clock = RegroupClock()
+        self._unblocked_at: float | None = None
+        """When the training thread last left a step on a failure (recovery timing)."""
+        self._standby: StoreClient | None = None
+        """A store client connected during steady state, so a regroup need not connect first."""
+        self._cache: ReconfigureCache | None = None
 
     # ------------------------------------------------------------------ main loop
     def _on_failure(self, membership: Membership) -> None:
@@ -145,13 +153,17 @@ class ElasticLoop:
             store.abandon()
         sever_tcp_connections(())
 
-    def _connect_store(self) -> dist.Store:
-        """A fresh client of the master's store (``MASTER_ADDR``/``MASTER_PORT``, key from the agent)."""
+    def _store_address(self) -> tuple[str, int, bytes]:
+        """The master's store (``MASTER_ADDR``/``MASTER_PORT``) and its key (from the agent)."""
         host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
         key = os.environ.get(STORE_KEY_ENV, "")
         if not key:
             raise RuntimeError(f"{STORE_KEY_ENV} is not set: a worker must be started by an oobleck agent")
-        return StoreClient(host, port, bytes.fromhex(key), timeout=self._timeout)
+        return host, port, bytes.fromhex(key)
+
+    def _connect_store(self) -> dist.Store:
+        """A fresh client of the master's store."""
+        return StoreClient(*self._store_address(), timeout=self._timeout)
 
     def run(self) -> None:
         """Train every step of the job, recovering from failures and applying joins.
@@ -179,11 +191,13 @@ class ElasticLoop:
             except Exception as exc:
                 if not self._aborted(exc, epoch):
                     raise
+                self._unblocked_at = time.time()
                 logger.warning("[node %d step=%d] %s", self.node, self.next_step, exc)
                 self._abort(str(exc))
                 self._await_change(self.generation)
                 continue
             self._record_step(metrics)
+            self._prepare_next_regroup()
             self.next_step += 1
             self._maybe_checkpoint()
             latest = self.link.latest
@@ -236,12 +250,18 @@ class ElasticLoop:
     def _regroup(self, target: Membership) -> bool:
         """Move to generation ``target``; False when it failed or was superseded (try the newest)."""
         noticed = self.link.received_at.get(target.generation, time.time())
+        self.clock.reset(noticed)
+        if self._unblocked_at is not None and self._unblocked_at >= noticed:
+            self.clock.mark("unblocked", self._unblocked_at)
+        self.clock.mark("regroup")
         epoch = self._fault_epoch
         try:
             # NOTE: the store is inside the try: a notice arriving meanwhile abandons it.
             if isinstance(self.store, StoreClient):
                 self.store.abandon()
-            self.store = store = self._connect_store()
+            standby, self._standby = self._standby, None
+            self.store = store = standby if standby is not None else self._connect_store()
+            self.clock.mark("store")
             adopted = self._adopt(store, target)
         except Exception as exc:
             if not self._aborted(exc, epoch):
@@ -299,6 +319,7 @@ class ElasticLoop:
         )
         if states is None:
             return None
+        self.clock.mark("barrier")
         rank_of_node = target.rank_of_node()
         planner = self._get_planner(store, target)
         if planner is None or self._superseded(target):
@@ -336,19 +357,31 @@ class ElasticLoop:
     ) -> tuple[float, dict[str, Any]]:
         lost = tuple(n for n in committed.nodes if n not in target.members)
         joined = tuple(n for n in target.members if n not in committed.nodes)
+        cache = self._cache or ReconfigureCache(planner)
+        hits = cache.hits
         try:
-            change = planner.reconfigure(committed, lost_nodes=lost, joined_nodes=joined)
+            change = cache.reconfigure(committed, lost_nodes=lost, joined_nodes=joined)
         except ReconfigurationError as exc:
             return self._restart_from_checkpoint(store, planner, target, rank_of_node, exc)
         self.plan = change.plan
         plan_ready = time.time()
+        self.clock.mark("plan", plan_ready)
         measured = self.engine.reconfigure(
             change.plan, change.transfers, target.generation, rank_of_node, store, source_plan=committed
         )
+        done = time.time()
+        comm = self.engine.comm
+        for name, at in (("init_group", comm.init_done_at), ("subgroups", comm.groups_done_at)):
+            if at is not None and at >= plan_ready:
+                self.clock.mark(name, at)
+        self.clock.mark("groups", done - measured.transfer_state_s)
+        self.clock.mark("transfer", done)
         return plan_ready, {
             "restart": False,
             "rebuild_groups_s": measured.rebuild_groups_s,
             "transfer_state_s": measured.transfer_state_s,
+            "plan_cached": cache.hits > hits,
+            "regroup_ms": phases_ms(self.clock.marks),
             **transfer_fields(change.plan, change.transfers, measured.copies),
         }
 
@@ -432,6 +465,25 @@ class ElasticLoop:
         store.set(
             INPUTS_KEY, inputs_record(profile.to_dict(), len(target.members), self.node, target.generation)
         )
+
+    def _prepare_next_regroup(self) -> None:
+        """After a committed step: make the next regroup cheap, off any step's critical path.
+
+        Connects a standby store client once per generation (a regroup then starts without a
+        connect and handshake) and starts planning every single-node loss of the committed plan
+        (:class:`ReconfigureCache`), from the same serialised plan a regroup would adopt.
+        """
+        if self._standby is None:
+            try:
+                self._standby = StoreClient(*self._store_address(), timeout=self._timeout, connect_s=0.0)
+            except (OSError, dist.DistStoreError) as exc:  # NOTE: the regroup connects then.
+                logger.warning("[node %d] no standby store client: %s", self.node, exc)
+        if self._planner is None or self.committed is None:
+            return
+        if self._cache is None:
+            self._cache = ReconfigureCache(self._planner)
+        slots = self.committed.pipelines[0].template.gpus_per_node if self.committed.pipelines else 1
+        self._cache.prepare(Plan.from_dict(self.committed.to_dict(), gpus_per_node=slots))
 
     # ------------------------------------------------------------------ records
     def _record_step(self, metrics: StepMetrics) -> None:
