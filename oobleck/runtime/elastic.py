@@ -151,7 +151,10 @@ class ElasticLoop:
         store = self.store
         if isinstance(store, StoreClient):
             store.abandon()
-        sever_tcp_connections(())
+        # NOTE: the abandoned client is closed already; keeping the store's port keeps the standby
+        # client (the next regroup's) connected. A pair socket to a peer listening on that same
+        # port number of another host would be kept too and fail at its collective timeout.
+        sever_tcp_connections((int(os.environ.get("MASTER_PORT", "0")),))
 
     def _store_address(self) -> tuple[str, int, bytes]:
         """The master's store (``MASTER_ADDR``/``MASTER_PORT``) and its key (from the agent)."""

@@ -160,7 +160,16 @@ class Comm:
             CommunicationError: a member died or timed out while a group was created.
         """
         rank = dist.get_rank()
+        world = tuple(range(dist.get_world_size()))
         for round_ in creation_rounds(rank_sets):
+            if not self._splits and all(tuple(rank_sets[index]) == world for index in round_):
+                # NOTE: a group of every rank is the default group: reuse it instead of building
+                # (and connecting) the same mesh again, which is the whole subgroup phase of a
+                # data-parallel recovery. Every rank decides alike (same sets, same world). gloo
+                # keeps collective and point-to-point slots apart, and every member issues the
+                # world group's collectives in the same (topology) order, so sharing is safe.
+                self._groups[world] = dist.group.WORLD
+                continue
             if self._splits:
                 self._split_round([tuple(rank_sets[index]) for index in round_], rank)
                 continue
