@@ -126,7 +126,8 @@ def oobleck_run(out: Path, job: Path, nodes: int, kill_after: int | None, node: 
     hosts = out.with_suffix(".hosts")
     hosts.write_text("localhost slots=1\n" * nodes)
     argv = [sys.executable, "-m", "oobleck.runtime.master", "--hostfile", str(hosts)]
-    argv += ["--config", str(job), "--run-dir", str(out)]
+    argv += ["--config", str(job), "--run-dir", str(out), "--register-timeout-s", "600"]
+    # NOTE: 600 s: on a loaded shared machine four workers importing torch can take minutes.
 
     def kill() -> None:
         row = next(a for a in json.loads((out / "agents.json").read_text()) if a["node"] == node)
