@@ -67,8 +67,8 @@ from oobleck.runtime.control.sever import sever_tcp_connections
 from oobleck.runtime.control.store import STORE_KEY_ENV, StoreClient
 from oobleck.runtime.control.store_records import INPUTS_KEY, inputs_record, state_record
 from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_planner, job_profile
-from oobleck.runtime.recovery_cache import ReconfigureCache
-from oobleck.runtime.recovery_timing import RegroupClock, phases_ms
+from oobleck.runtime.recovery_cache import RegroupPrep
+from oobleck.runtime.recovery_timing import RegroupClock, mark_engine_phases, phases_ms
 from oobleck.runtime.run_log import RunLog, transfer_fields, write_error_file
 
 logger = logging.getLogger(__name__)
@@ -122,9 +122,9 @@ class ElasticLoop:
         self.clock = RegroupClock()
         self._unblocked_at: float | None = None
         """When the training thread last left a step on a failure (recovery timing)."""
-        self._standby: StoreClient | None = None
-        """A store client connected during steady state, so a regroup need not connect first."""
-        self._cache: ReconfigureCache | None = None
+        self.prep = RegroupPrep(
+            lambda: StoreClient(*self._store_address(), timeout=self._timeout, connect_s=0.0)
+        )
 
     # ------------------------------------------------------------------ main loop
     def _on_failure(self, membership: Membership) -> None:
@@ -200,7 +200,7 @@ class ElasticLoop:
                 self._await_change(self.generation)
                 continue
             self._record_step(metrics)
-            self._prepare_next_regroup()
+            self.prep.after_step(self._planner, self.committed)
             self.next_step += 1
             self._maybe_checkpoint()
             latest = self.link.latest
@@ -262,8 +262,7 @@ class ElasticLoop:
             # NOTE: the store is inside the try: a notice arriving meanwhile abandons it.
             if isinstance(self.store, StoreClient):
                 self.store.abandon()
-            standby, self._standby = self._standby, None
-            self.store = store = standby if standby is not None else self._connect_store()
+            self.store = store = self.prep.take_store() or self._connect_store()
             self.clock.mark("store")
             adopted = self._adopt(store, target)
         except Exception as exc:
@@ -360,10 +359,8 @@ class ElasticLoop:
     ) -> tuple[float, dict[str, Any]]:
         lost = tuple(n for n in committed.nodes if n not in target.members)
         joined = tuple(n for n in target.members if n not in committed.nodes)
-        cache = self._cache or ReconfigureCache(planner)
-        hits = cache.hits
         try:
-            change = cache.reconfigure(committed, lost_nodes=lost, joined_nodes=joined)
+            change, cached = self.prep.reconfigure(planner, committed, lost, joined)
         except ReconfigurationError as exc:
             return self._restart_from_checkpoint(store, planner, target, rank_of_node, exc)
         self.plan = change.plan
@@ -372,18 +369,19 @@ class ElasticLoop:
         measured = self.engine.reconfigure(
             change.plan, change.transfers, target.generation, rank_of_node, store, source_plan=committed
         )
-        done = time.time()
         comm = self.engine.comm
-        for name, at in (("init_group", comm.init_done_at), ("subgroups", comm.groups_done_at)):
-            if at is not None and at >= plan_ready:
-                self.clock.mark(name, at)
-        self.clock.mark("groups", done - measured.transfer_state_s)
-        self.clock.mark("transfer", done)
+        mark_engine_phases(
+            self.clock,
+            plan_ready=plan_ready,
+            init_done_at=comm.init_done_at,
+            groups_done_at=comm.groups_done_at,
+            transfer_s=measured.transfer_state_s,
+        )
         return plan_ready, {
             "restart": False,
             "rebuild_groups_s": measured.rebuild_groups_s,
             "transfer_state_s": measured.transfer_state_s,
-            "plan_cached": cache.hits > hits,
+            "plan_cached": cached,
             "regroup_ms": phases_ms(self.clock.marks),
             **transfer_fields(change.plan, change.transfers, measured.copies),
         }
@@ -468,25 +466,6 @@ class ElasticLoop:
         store.set(
             INPUTS_KEY, inputs_record(profile.to_dict(), len(target.members), self.node, target.generation)
         )
-
-    def _prepare_next_regroup(self) -> None:
-        """After a committed step: make the next regroup cheap, off any step's critical path.
-
-        Connects a standby store client once per generation (a regroup then starts without a
-        connect and handshake) and starts planning every single-node loss of the committed plan
-        (:class:`ReconfigureCache`), from the same serialised plan a regroup would adopt.
-        """
-        if self._standby is None:
-            try:
-                self._standby = StoreClient(*self._store_address(), timeout=self._timeout, connect_s=0.0)
-            except (OSError, dist.DistStoreError) as exc:  # NOTE: the regroup connects then.
-                logger.warning("[node %d] no standby store client: %s", self.node, exc)
-        if self._planner is None or self.committed is None:
-            return
-        if self._cache is None:
-            self._cache = ReconfigureCache(self._planner)
-        slots = self.committed.pipelines[0].template.gpus_per_node if self.committed.pipelines else 1
-        self._cache.prepare(Plan.from_dict(self.committed.to_dict(), gpus_per_node=slots))
 
     # ------------------------------------------------------------------ records
     def _record_step(self, metrics: StepMetrics) -> None:

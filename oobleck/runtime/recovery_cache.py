@@ -1,4 +1,4 @@
-"""Speculative re-planning: every single-node loss of the committed plan, planned ahead.
+"""Readying the next regroup: every single-node loss of the committed plan planned ahead, a store client.
 
 Oobleck's point is that a failure needs no search: the reconfigured plan follows from the
 committed plan and the lost node. So while a generation trains, each worker plans, on a daemon
@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import torch.distributed as dist
 
 from oobleck.errors import ReconfigurationError
 from oobleck.planning.plan import Plan
 from oobleck.planning.planner import Planner
 from oobleck.planning.reconfigure import Reconfiguration
+from oobleck.runtime.control.store import StoreClient
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +101,62 @@ class ReconfigureCache:
                     self.hits += 1
                     return cached
             return self._planner.reconfigure(committed, lost_nodes=lost_nodes, joined_nodes=joined_nodes)
+
+
+class RegroupPrep:
+    """What a worker readies during steady state for its next regroup, off any step's critical path.
+
+    A standby store client (a regroup then starts without a connect and handshake), and the
+    re-plans of every single-node loss of the committed plan (:class:`ReconfigureCache`).
+    """
+
+    def __init__(self, connect: Callable[[], StoreClient]) -> None:
+        """Nothing prepared yet.
+
+        Args:
+            connect: Opens a store client, trying once (a master that is down must not stall a step).
+        """
+        self._connect = connect
+        self._standby: StoreClient | None = None
+        self._cache: ReconfigureCache | None = None
+        self._prepared_for: Plan | None = None
+
+    def after_step(self, planner: Planner | None, committed: Plan | None) -> None:
+        """Ready the next regroup after a committed step (cheap when already ready).
+
+        Args:
+            planner: The job's planner, once built.
+            committed: The plan the step ran under.
+        """
+        if self._standby is None:
+            try:
+                self._standby = self._connect()
+            except (OSError, dist.DistStoreError) as exc:  # NOTE: the regroup connects then.
+                logger.warning("no standby store client: %s", exc)
+        if planner is None or committed is None or committed is self._prepared_for:
+            return
+        if self._cache is None:
+            self._cache = ReconfigureCache(planner)
+        self._prepared_for = committed
+        slots = committed.pipelines[0].template.gpus_per_node if committed.pipelines else 1
+        # NOTE: from the serialised plan, exactly what a regroup adopts from the state records.
+        self._cache.prepare(Plan.from_dict(committed.to_dict(), gpus_per_node=slots))
+
+    def take_store(self) -> StoreClient | None:
+        """The standby store client, handed over once (None when there is none)."""
+        standby, self._standby = self._standby, None
+        return standby
+
+    def reconfigure(
+        self, planner: Planner, committed: Plan, lost_nodes: Sequence[int], joined_nodes: Sequence[int]
+    ) -> tuple[Reconfiguration, bool]:
+        """The reconfiguration (see :meth:`ReconfigureCache.reconfigure`) and whether it was prepared.
+
+        Raises:
+            ConfigError: an unknown or repeated node.
+            ReconfigurationError: no valid plan exists on the remaining nodes.
+        """
+        cache = self._cache or ReconfigureCache(planner)
+        hits = cache.hits
+        change = cache.reconfigure(committed, lost_nodes=lost_nodes, joined_nodes=joined_nodes)
+        return change, cache.hits > hits

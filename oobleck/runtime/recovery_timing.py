@@ -64,3 +64,28 @@ def phases_ms(marks: dict[str, float]) -> dict[str, float]:
         if start in marks and end in marks:
             out[phase] = round(max(0.0, marks[end] - marks[start]) * 1e3, 2)
     return out
+
+
+def mark_engine_phases(
+    clock: RegroupClock,
+    *,
+    plan_ready: float,
+    init_done_at: float | None,
+    groups_done_at: float | None,
+    transfer_s: float,
+) -> None:
+    """Mark the engine's phases of a reconfigure that just returned (now).
+
+    Args:
+        clock: The regroup's marks.
+        plan_ready: When the plan was ready (the reconfigure started).
+        init_done_at: When the default group was up (``Comm.init_done_at``).
+        groups_done_at: When the subgroups were up (``Comm.groups_done_at``).
+        transfer_s: How long the state transfer, the reconfigure's last phase, took.
+    """
+    done = time.time()
+    for name, at in (("init_group", init_done_at), ("subgroups", groups_done_at)):
+        if at is not None and at >= plan_ready:  # NOTE: an older value is an earlier generation's.
+            clock.mark(name, at)
+    clock.mark("groups", done - transfer_s)
+    clock.mark("transfer", done)

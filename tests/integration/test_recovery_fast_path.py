@@ -17,7 +17,7 @@ PHASES = {"notice_to_regroup", "store", "barrier", "plan", "init_group", "subgro
 
 @pytest.mark.timeout(240)
 def test_a_single_loss_is_a_lookup_and_every_phase_is_timed(tmp_path):
-    """After a SIGKILL the survivor's plan comes from its prepared re-plans and the record times every phase."""
+    """After a SIGKILL the survivor's plan comes from its prepared re-plans and every phase is timed."""
     run = run_master(
         tmp_path / "kill",
         write_hosts(tmp_path, 2),
@@ -30,5 +30,5 @@ def test_a_single_loss_is_a_lookup_and_every_phase_is_timed(tmp_path):
     (record,) = run.events("recovery")
     assert record["lost"] == [1] and record["restart"] is False
     assert record["plan_cached"] is True
-    assert PHASES <= set(record["regroup_ms"]), record["regroup_ms"]
+    assert set(record["regroup_ms"]) >= PHASES, record["regroup_ms"]
     assert all(ms >= 0.0 for ms in record["regroup_ms"].values())

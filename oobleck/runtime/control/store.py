@@ -286,8 +286,7 @@ class StoreClient(dist.Store):
             except OSError as exc:
                 if time.monotonic() + delay > deadline:
                     raise StoreClosedError(
-                        f"store at {self._addr[0]}:{self._addr[1]} unreachable "
-                        f"for {within_s} s: {exc}"
+                        f"store at {self._addr[0]}:{self._addr[1]} unreachable for {within_s} s: {exc}"
                     ) from exc
                 logger.warning("store unreachable (%s); retrying in %.2f s", exc, delay)
                 time.sleep(delay)

@@ -21,7 +21,7 @@ from oobleck.runtime.control.store_records import state_key, state_record
 from oobleck.runtime.control.store_state import StoreState
 from oobleck.runtime.engine import comm as comm_module
 from oobleck.runtime.engine.comm import Comm, CommunicationError
-from oobleck.runtime.recovery_cache import ReconfigureCache
+from oobleck.runtime.recovery_cache import ReconfigureCache, RegroupPrep
 from oobleck.runtime.recovery_timing import RegroupClock, phases_ms
 
 TOKEN = b"f" * 32
@@ -194,3 +194,23 @@ def test_phases_are_the_gaps_between_marks():
         {"unblock": 2.0, "await": 8.0, "notice_to_regroup": 10.0, "store": 1.0, "barrier": 20.0}
     )
     assert "plan" not in phases
+
+
+# ---------------------------------------------------------------------- readying the next regroup
+def test_prep_hands_over_one_standby_client_and_survives_a_master_that_is_down(service, tiny_planner):
+    """The standby client is handed over once; a failed connect leaves none and training goes on."""
+    prep = RegroupPrep(lambda: client(service))
+    committed = tiny_planner.plan(range(4))
+    prep.after_step(tiny_planner, committed)
+    standby = prep.take_store()
+    assert isinstance(standby, StoreClient) and prep.take_store() is None
+    standby.set("alive", b"1")
+
+    def refused() -> StoreClient:
+        raise ConnectionRefusedError("master down")
+
+    down = RegroupPrep(refused)
+    down.after_step(tiny_planner, committed)
+    assert down.take_store() is None
+    change, _ = down.reconfigure(tiny_planner, committed, (0,), ())
+    assert change.plan == tiny_planner.reconfigure(committed, lost_nodes=(0,)).plan
