@@ -31,6 +31,16 @@ from oobleck.runtime.control.store import StoreClient
 
 logger = logging.getLogger(__name__)
 
+_REPLAN_THREAD = "oobleck-replan"
+
+
+def _not_speculative(record: logging.LogRecord) -> bool:
+    """Drop the planner's "reconfigured: lost ..." lines of speculative re-plans: no node was lost."""
+    return record.threadName != _REPLAN_THREAD
+
+
+logging.getLogger("oobleck.planning.reconfigure").addFilter(_not_speculative)
+
 
 class ReconfigureCache:
     """Reconfigurations of one committed plan, keyed by the single node lost."""
@@ -64,7 +74,7 @@ class ReconfigureCache:
             self._plan, self._entries = committed, {}
         nodes = tuple(committed.nodes)
         self._thread = threading.Thread(
-            target=self._fill, args=(committed, nodes), name="oobleck-replan", daemon=True
+            target=self._fill, args=(committed, nodes), name=_REPLAN_THREAD, daemon=True
         )
         self._thread.start()
 

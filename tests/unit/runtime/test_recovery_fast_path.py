@@ -214,3 +214,15 @@ def test_prep_hands_over_one_standby_client_and_survives_a_master_that_is_down(s
     assert down.take_store() is None
     change, _ = down.reconfigure(tiny_planner, committed, (0,), ())
     assert change.plan == tiny_planner.reconfigure(committed, lost_nodes=(0,)).plan
+
+
+def test_speculative_replans_do_not_log_losses(tiny_planner, caplog):
+    """Planning ahead logs no "reconfigured: lost" line (no node was lost); a real re-plan still does."""
+    committed = tiny_planner.plan(range(4))
+    cache = ReconfigureCache(tiny_planner)
+    with caplog.at_level("INFO", logger="oobleck.planning.reconfigure"):
+        cache.prepare(committed)
+        _wait_filled(cache)
+        assert "reconfigured" not in caplog.text
+        cache.reconfigure(committed, lost_nodes=(0, 1), joined_nodes=())
+    assert "reconfigured: lost [0, 1]" in caplog.text
