@@ -27,6 +27,10 @@ Assumptions:
   misplaced record is logged and treated as absent, never adopted.
 - Steps need no master: the store is used only at a regroup, and its client reconnects (bounded,
   with backoff) to a master resumed on the same address; the planner is built once and cached.
+- After each committed step the next regroup is readied off the critical path
+  (:class:`~oobleck.runtime.recovery_cache.RegroupPrep`): a standby store client, and the re-plan
+  of every single-node loss of the committed plan, so a single loss plans by lookup. The recovery
+  record's ``regroup_ms`` times each phase (:mod:`oobleck.runtime.recovery_timing`).
 """
 
 from __future__ import annotations
