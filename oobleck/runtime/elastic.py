@@ -27,6 +27,10 @@ Assumptions:
   misplaced record is logged and treated as absent, never adopted.
 - Steps need no master: the store is used only at a regroup, and its client reconnects (bounded,
   with backoff) to a master resumed on the same address; the planner is built once and cached.
+- After each committed step the next regroup is readied off the critical path
+  (:class:`~oobleck.runtime.recovery_cache.RegroupPrep`): a standby store client, and the re-plan
+  of every single-node loss of the committed plan, so a single loss plans by lookup. The recovery
+  record's ``regroup_ms`` times each phase (:mod:`oobleck.runtime.recovery_timing`).
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ from oobleck.runtime.control.sever import GroupSockets, abort_communicators
 from oobleck.runtime.control.store import STORE_KEY_ENV, StoreClient
 from oobleck.runtime.control.store_records import INPUTS_KEY, inputs_record, state_record
 from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_planner, job_profile
+from oobleck.runtime.recovery_cache import RegroupPrep
+from oobleck.runtime.recovery_timing import RegroupClock, mark_engine_phases, phases_ms
 from oobleck.runtime.run_log import RunLog, transfer_fields, write_error_file
 
 logger = logging.getLogger(__name__)
@@ -120,6 +126,12 @@ class ElasticLoop:
         """The validated planner inputs this worker plans with, re-published into a store that lost
         them (a resumed master starts empty), so a node joining later plans alike."""
         self._last: dict[str, Any] | None = None
+        self.clock = RegroupClock()
+        self._unblocked_at: float | None = None
+        """When the training thread last left a step on a failure (recovery timing)."""
+        self.prep = RegroupPrep(
+            lambda: StoreClient(*self._store_address(), timeout=self._timeout, connect_s=0.0)
+        )
 
     # ------------------------------------------------------------------ main loop
     def _on_failure(self, membership: Membership) -> None:
@@ -147,15 +159,21 @@ class ElasticLoop:
         store = self.store
         if isinstance(store, StoreClient):
             store.abandon()
+        # NOTE: only what this generation's build opened is cut; the standby store client (the next
+        # regroup's, connected during steady state) and the user's own sockets stay open.
         self._sockets.sever()
 
-    def _connect_store(self) -> dist.Store:
-        """A fresh client of the master's store (``MASTER_ADDR``/``MASTER_PORT``, key from the agent)."""
+    def _store_address(self) -> tuple[str, int, bytes]:
+        """The master's store (``MASTER_ADDR``/``MASTER_PORT``) and its key (from the agent)."""
         host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
         key = os.environ.get(STORE_KEY_ENV, "")
         if not key:
             raise RuntimeError(f"{STORE_KEY_ENV} is not set: a worker must be started by an oobleck agent")
-        return StoreClient(host, port, bytes.fromhex(key), timeout=self._timeout)
+        return host, port, bytes.fromhex(key)
+
+    def _connect_store(self) -> dist.Store:
+        """A fresh client of the master's store."""
+        return StoreClient(*self._store_address(), timeout=self._timeout)
 
     def run(self) -> None:
         """Train every step of the job, recovering from failures and applying joins.
@@ -183,11 +201,13 @@ class ElasticLoop:
             except Exception as exc:
                 if not self._aborted(exc, epoch):
                     raise
+                self._unblocked_at = time.time()
                 logger.warning("[node %d step=%d] %s", self.node, self.next_step, exc)
                 self._abort(str(exc))
                 self._await_change(self.generation)
                 continue
             self._record_step(metrics)
+            self.prep.after_step(self._planner, self.committed)
             self.next_step += 1
             self._maybe_checkpoint()
             latest = self.link.latest
@@ -240,13 +260,18 @@ class ElasticLoop:
     def _regroup(self, target: Membership) -> bool:
         """Move to generation ``target``; False when it failed or was superseded (try the newest)."""
         noticed = self.link.received_at.get(target.generation, time.time())
+        self.clock.reset(noticed)
+        if self._unblocked_at is not None and self._unblocked_at >= noticed:
+            self.clock.mark("unblocked", self._unblocked_at)
+        self.clock.mark("regroup")
         epoch = self._fault_epoch
         try:
             # NOTE: the store is inside the try: a notice arriving meanwhile abandons it.
             if isinstance(self.store, StoreClient):
                 self.store.abandon()
             with self._sockets.building():
-                self.store = store = self._connect_store()
+                self.store = store = self.prep.take_store() or self._connect_store()
+                self.clock.mark("store")
                 adopted = self._adopt(store, target)
         except Exception as exc:
             if not self._aborted(exc, epoch):
@@ -304,6 +329,7 @@ class ElasticLoop:
         )
         if states is None:
             return None
+        self.clock.mark("barrier")
         rank_of_node = target.rank_of_node()
         planner = self._get_planner(store, target)
         if planner is None or self._superseded(target):
@@ -342,18 +368,29 @@ class ElasticLoop:
         lost = tuple(n for n in committed.nodes if n not in target.members)
         joined = tuple(n for n in target.members if n not in committed.nodes)
         try:
-            change = planner.reconfigure(committed, lost_nodes=lost, joined_nodes=joined)
+            change, cached = self.prep.reconfigure(planner, committed, lost, joined)
         except ReconfigurationError as exc:
             return self._restart_from_checkpoint(store, planner, target, rank_of_node, exc)
         self.plan = change.plan
         plan_ready = time.time()
+        self.clock.mark("plan", plan_ready)
         measured = self.engine.reconfigure(
             change.plan, change.transfers, target.generation, rank_of_node, store, source_plan=committed
+        )
+        comm = self.engine.comm
+        mark_engine_phases(
+            self.clock,
+            plan_ready=plan_ready,
+            init_done_at=comm.init_done_at,
+            groups_done_at=comm.groups_done_at,
+            transfer_s=measured.transfer_state_s,
         )
         return plan_ready, {
             "restart": False,
             "rebuild_groups_s": measured.rebuild_groups_s,
             "transfer_state_s": measured.transfer_state_s,
+            "plan_cached": cached,
+            "regroup_ms": phases_ms(self.clock.marks),
             **transfer_fields(change.plan, change.transfers, measured.copies),
         }
 

@@ -40,6 +40,35 @@ master still believes alive; then the worker asks the master to drop the members
 delivered. ``OOBLECK_BARRIER_TIMEOUT_S`` overrides it (tests)."""
 
 _POLL_S = 0.01
+"""Pause of a wait that cannot block in the store (a fallback store, a rejected record present)."""
+
+_WAIT_SLICE_S = 0.05
+"""Longest one blocking read of the barrier waits before re-checking ``superseded()``; the read
+returns as soon as the last record is set (a server-side wait), so this is not a poll interval."""
+
+
+def read_present(store: dist.Store, keys: list[str], wait_s: float) -> dict[str, bytes]:
+    """The values of those of ``keys`` that are set, once all are or after about ``wait_s``.
+
+    One round trip on oobleck's :class:`~oobleck.runtime.control.store.StoreClient`
+    (``get_present``); any other ``dist.Store`` is polled with ``check`` and ``get`` per key.
+
+    Args:
+        store: The generation's store.
+        keys: The keys to read.
+        wait_s: Longest wait for the missing ones.
+
+    Returns:
+        Key -> value of the keys that are set.
+    """
+    get_present = getattr(store, "get_present", None)
+    if callable(get_present):
+        found: dict[str, bytes] = get_present(keys, wait_s)
+        return found
+    found = {key: store.get(key) for key in keys if store.check([key])}
+    if len(found) < len(keys):
+        time.sleep(min(_POLL_S, wait_s))
+    return found
 
 
 class BarrierTimeoutError(RuntimeError):
@@ -80,18 +109,21 @@ def exchange_states(
     """
     generation = target.generation
     store.set(state_key(generation, node, local_rank), record)
-    pending = [(n, r) for n in target.members for r in range(target.slots)]
+    pending = {state_key(generation, n, r): (n, r) for n in target.members for r in range(target.slots)}
     records: dict[tuple[int, int], dict[str, Any]] = {}
     rejected: dict[str, bytes] = {}
     deadline = time.monotonic() + BARRIER_TIMEOUT_S
     while pending:
         if superseded():
             return None
-        if time.monotonic() > deadline:
-            raise BarrierTimeoutError(generation, sorted({n for n, _ in pending}), "valid state record")
-        for n, r in [(n, r) for n, r in pending if store.check([state_key(generation, n, r)])]:
-            key = state_key(generation, n, r)
-            raw = store.get(key)
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0:
+            missing = sorted({n for n, _ in pending.values()})
+            raise BarrierTimeoutError(generation, missing, "valid state record")
+        found = read_present(store, list(pending), min(_WAIT_SLICE_S, remaining_s))
+        accepted = 0
+        for key, raw in found.items():
+            n, r = pending[key]
             try:
                 records[(n, r)] = parse_state(raw, generation=generation, node=n, local_rank=r)
             except RecordError as exc:
@@ -101,9 +133,10 @@ def exchange_states(
                     logger.error("[node %d] rejected store record %s: %s", node, key, exc)
                     rejected[key] = raw
                 continue
-            pending.remove((n, r))
-        if pending:
-            time.sleep(_POLL_S)
+            del pending[key]
+            accepted += 1
+        if pending and not accepted and len(found) == len(pending):
+            time.sleep(_POLL_S)  # NOTE: only rejected records are present: do not spin on them.
     return [records[(n, r)] for n in target.members for r in range(target.slots)]
 
 

@@ -141,6 +141,9 @@ def execute(state: StoreState, request: dict[str, Any]) -> dict[str, Any]:
         if op == "wait":
             state.wait(_keys(request.get("keys")), _timeout(request.get("timeout_s")))
             return {"ok": True}
+        if op == "get_present":
+            found = state.get_present(_keys(request.get("keys")), _timeout(request.get("timeout_s")))
+            return {"ok": True, "value": {k: _b64(v) for k, v in found.items()}}
         if op == "check":
             return {"ok": True, "value": state.check(_keys(request.get("keys")))}
         if op == "delete_key":
@@ -237,6 +240,7 @@ class StoreClient(dist.Store):
         *,
         timeout: timedelta = timedelta(seconds=300),
         reconnect_s: float = RECONNECT_S,
+        connect_s: float | None = None,
     ) -> None:
         """Connect and authenticate at once.
 
@@ -246,6 +250,9 @@ class StoreClient(dist.Store):
             key: :func:`store_key` of the job token.
             timeout: Default timeout of blocking operations (``get``, ``wait``).
             reconnect_s: Longest to keep reconnecting after the connection breaks.
+            connect_s: Longest to keep trying the first connection (default ``reconnect_s``); a
+                standby client made at a step boundary tries briefly, so a master that is down
+                cannot stall training.
 
         Raises:
             StoreClosedError: The service cannot be reached within ``reconnect_s``.
@@ -263,11 +270,12 @@ class StoreClient(dist.Store):
         self._abandoned = threading.Event()
         self._channel: Channel | None = None
         with self._lock:
-            self._channel = self._reconnect()
+            self._channel = self._reconnect(reconnect_s if connect_s is None else connect_s)
 
     # ------------------------------------------------------------------ transport
-    def _reconnect(self) -> Channel:
-        deadline, delay = time.monotonic() + self._reconnect_s, 0.05
+    def _reconnect(self, within_s: float | None = None) -> Channel:
+        within_s = self._reconnect_s if within_s is None else within_s
+        deadline, delay = time.monotonic() + within_s, 0.05
         while True:
             if self._abandoned.is_set():
                 raise StoreClosedError("store client abandoned")
@@ -278,8 +286,7 @@ class StoreClient(dist.Store):
             except OSError as exc:
                 if time.monotonic() + delay > deadline:
                     raise StoreClosedError(
-                        f"store at {self._addr[0]}:{self._addr[1]} unreachable "
-                        f"for {self._reconnect_s} s: {exc}"
+                        f"store at {self._addr[0]}:{self._addr[1]} unreachable for {within_s} s: {exc}"
                     ) from exc
                 logger.warning("store unreachable (%s); retrying in %.2f s", exc, delay)
                 time.sleep(delay)
@@ -367,6 +374,21 @@ class StoreClient(dist.Store):
         """Wait until every key is set (up to ``timeout`` or the store's timeout)."""
         wait_s = self._wait_s(timeout)
         self._request("wait", wait_s, keys=list(keys), timeout_s=wait_s)
+
+    def get_present(self, keys: list[str], timeout_s: float) -> dict[str, bytes]:
+        """The values of those of ``keys`` that are set, once all are or after ``timeout_s``.
+
+        One round trip, woken by the last ``set`` on the server, instead of a client-side poll of
+        ``check`` and ``get`` per key (the state barrier of a regroup reads every member's record).
+
+        Returns:
+            Key -> value for the keys that are set (all of them unless the wait timed out).
+        """
+        wait_s = min(MAX_WAIT_S, max(0.0, timeout_s))
+        found = self._request("get_present", wait_s, keys=list(keys), timeout_s=wait_s)
+        if not isinstance(found, dict):
+            raise ProtocolError("store get_present: the reply is not a mapping")
+        return {str(k): _unb64(v) for k, v in found.items()}
 
     def check(self, keys: list[str]) -> bool:
         """Whether every key is set (no wait)."""

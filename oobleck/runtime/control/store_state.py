@@ -12,6 +12,7 @@ Assumptions:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -133,6 +134,17 @@ class StoreState:
                 missing = [k for k in keys if k not in self._data]
                 raise TimeoutError(f"keys {missing[:4]} not set within {timeout_s:.1f} s")
             self._cond.wait(remaining)
+
+    def get_present(self, keys: list[str], timeout_s: float) -> dict[str, bytes]:
+        """The values of those of ``keys`` that are set, once all are or after ``timeout_s``.
+
+        One call replaces a poll of ``check`` + ``get`` per key (a barrier reading every member's
+        record): it returns as soon as the last key is set, or with what is there at the timeout.
+        """
+        with self._cond:
+            with contextlib.suppress(TimeoutError):
+                self._wait_locked(keys, timeout_s)
+            return {k: self._data[k] for k in keys if k in self._data}
 
     def check(self, keys: list[str]) -> bool:
         """Whether every key is set."""

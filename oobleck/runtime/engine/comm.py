@@ -22,6 +22,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -36,7 +37,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _ABORT_CHECK_S = 0.05
-"""How often a waiting training thread checks whether another thread aborted (reaction time)."""
+"""Backstop of how often a waiting training thread re-checks the latch; an abort from another
+thread wakes it at once (:meth:`Comm._latch` sets the wait's event), so this is not its reaction time."""
 
 
 class _Waiter:
@@ -108,6 +110,12 @@ class Comm:
         self._waiter: _Waiter | None = None
         # Subgroups by splitting the world (NCCL, device bound at init) instead of member-only.
         self._splits = False
+        self._wake: threading.Event | None = None
+        """The event the training thread is waiting on, set by a latch so an abort wakes it at once."""
+        self.init_done_at: float | None = None
+        """``time.time()`` when the last default group was up (recovery timing)."""
+        self.groups_done_at: float | None = None
+        """``time.time()`` when the last :meth:`new_groups` finished (recovery timing)."""
 
     def init(self, store: dist.Store, *, rank: int, world_size: int, device: torch.device) -> None:
         """Initialise the default process group of a generation on ``store`` (already prefixed).
@@ -129,6 +137,7 @@ class Comm:
         except Exception as error:
             raise self._latch("init_process_group", error) from error
         self._splits = self.backend == "nccl"
+        self.init_done_at = time.time()
 
     def new_groups(self, rank_sets: Sequence[tuple[int, ...]]) -> None:
         """Create the groups of ``rank_sets`` in rounds of disjoint groups; keep this rank's own.
@@ -151,7 +160,16 @@ class Comm:
             CommunicationError: a member died or timed out while a group was created.
         """
         rank = dist.get_rank()
+        world = tuple(range(dist.get_world_size()))
         for round_ in creation_rounds(rank_sets):
+            if not self._splits and all(tuple(rank_sets[index]) == world for index in round_):
+                # NOTE: a group of every rank is the default group: reuse it instead of building
+                # (and connecting) the same mesh again, which is the whole subgroup phase of a
+                # data-parallel recovery. Every rank decides alike (same sets, same world). gloo
+                # keeps collective and point-to-point slots apart, and every member issues the
+                # world group's collectives in the same (topology) order, so sharing is safe.
+                self._groups[world] = dist.group.WORLD
+                continue
             if self._splits:
                 self._split_round([tuple(rank_sets[index]) for index in round_], rank)
                 continue
@@ -160,6 +178,7 @@ class Comm:
                 group = self.call("new_group", dist.new_group, list(ranks), timeout=self.timeout)
                 if rank in ranks:
                     self._groups[ranks] = group
+        self.groups_done_at = time.time()
 
     def _split_round(self, disjoint: list[tuple[int, ...]], rank: int) -> None:
         """NCCL with a bound device: one ``split_group`` of the world per round.
@@ -219,9 +238,14 @@ class Comm:
         if self._waiter is None:
             self._waiter = _Waiter()
         done, errors = self._waiter.submit(works)
-        while not done.wait(_ABORT_CHECK_S):
-            if self.error is not None:
-                raise self.error
+        self._wake = done
+        # NOTE: re-check after publishing the event: a latch between the check above and here
+        # would otherwise have had no event to set.
+        while self.error is None and not done.wait(_ABORT_CHECK_S):
+            pass
+        self._wake = None
+        if self.error is not None:
+            raise self.error
         if errors:
             raise self._latch(what, errors[0])
 
@@ -230,6 +254,9 @@ class Comm:
             if self.error is None:
                 self.error = CommunicationError(f"{what} failed on rank {self._rank()}: {error}")
                 logger.warning("[rank %s] communication error latched: %s", self._rank(), self.error)
+            wake = self._wake
+            if wake is not None:
+                wake.set()  # NOTE: the waiting training thread sees the error now, not a poll later.
             return self.error
 
     def abort(self, reason: str = "aborted") -> None:

@@ -1,0 +1,228 @@
+"""The recovery fast path: one-round-trip barrier reads, prepared re-plans, prompt aborts, phase timing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from oobleck.planning.plan import Plan
+from oobleck.planning.planner import Planner
+from oobleck.runtime.control import store as store_module
+from oobleck.runtime.control.generation_sync import exchange_states, read_present
+from oobleck.runtime.control.membership import Membership
+from oobleck.runtime.control.store import StoreClient, start_store_service, store_key
+from oobleck.runtime.control.store_records import state_key, state_record
+from oobleck.runtime.control.store_state import StoreState
+from oobleck.runtime.engine import comm as comm_module
+from oobleck.runtime.engine.comm import Comm, CommunicationError
+from oobleck.runtime.recovery_cache import ReconfigureCache, RegroupPrep
+from oobleck.runtime.recovery_timing import RegroupClock, phases_ms
+
+TOKEN = b"f" * 32
+
+
+@pytest.fixture
+def service():
+    svc = start_store_service(TOKEN, "127.0.0.1")
+    yield svc
+    svc.close()
+
+
+def client(svc) -> StoreClient:
+    return StoreClient("127.0.0.1", svc.port, store_key(TOKEN), timeout=timedelta(seconds=5))
+
+
+def _record(generation: int, node: int) -> str:
+    return state_record(generation=generation, node=node, local_rank=0, plan=None, step=3, last=None)
+
+
+# ---------------------------------------------------------------------- store: get_present
+def test_get_present_returns_once_the_last_key_is_set():
+    """get_present wakes when the last key is set, long before its timeout, with every value."""
+    state = StoreState()
+    state.set("a", b"1")
+    threading.Timer(0.05, state.set, args=("b", b"2")).start()
+    start = time.monotonic()
+    assert state.get_present(["a", "b"], 5.0) == {"a": b"1", "b": b"2"}
+    assert time.monotonic() - start < 2.0
+
+
+def test_get_present_returns_what_is_there_at_the_timeout():
+    """A missing key is no error: the reply holds the keys that are set."""
+    state = StoreState()
+    state.set("a", b"1")
+    assert state.get_present(["a", "missing"], 0.01) == {"a": b"1"}
+
+
+def test_client_get_present_round_trips_bytes(service):
+    """Values of any bytes come back through the authenticated service unchanged."""
+    store = client(service)
+    store.set("k", b"\x00\xffraw")
+    assert store.get_present(["k", "absent"], 0.01) == {"k": b"\x00\xffraw"}
+
+
+def test_read_present_falls_back_to_check_and_get_on_other_stores():
+    """A torch store without get_present is read key by key."""
+    store = dist.HashStore()
+    store.set("x", b"v")
+    assert read_present(store, ["x", "y"], 0.01) == {"x": b"v"}
+
+
+def test_the_state_barrier_waits_in_the_store_instead_of_polling(service, monkeypatch):
+    """A barrier whose peers publish 0.3 s late costs a handful of store requests, not a 10 ms poll."""
+    ops: list[str] = []
+    real_execute = store_module.execute
+
+    def counting(state: StoreState, request: dict[str, Any]) -> dict[str, Any]:
+        ops.append(str(request.get("op")))
+        return real_execute(state, request)
+
+    monkeypatch.setattr(store_module, "execute", counting)
+    target = Membership(4, (0, 1, 2))
+    late = client(service)
+
+    def publish_late() -> None:
+        time.sleep(0.3)
+        for node in (1, 2):
+            late.set(state_key(4, node, 0), _record(4, node))
+
+    threading.Thread(target=publish_late, daemon=True).start()
+    records = exchange_states(
+        client(service), target, node=0, local_rank=0, record=_record(4, 0), superseded=lambda: False
+    )
+    assert records is not None and [r["node"] for r in records] == [0, 1, 2]
+    barrier_ops = len(ops) - 2  # NOTE: the late publisher's two sets
+    # NOTE: 0.3 s in 50 ms server-side waits is ~7 reads; a 10 ms client poll of check per key is > 30.
+    assert barrier_ops <= 12, ops
+
+
+# ---------------------------------------------------------------------- speculative re-plans
+def _wait_filled(cache: ReconfigureCache) -> None:
+    thread = cache._thread
+    assert thread is not None
+    thread.join(10)
+
+
+def test_prepared_single_losses_are_the_planners_own_answers(tiny_planner: Planner):
+    """Every single-node loss of the committed plan is answered from the cache, equal to planning now."""
+    committed = tiny_planner.plan(range(4))
+    cache = ReconfigureCache(tiny_planner)
+    cache.prepare(Plan.from_dict(committed.to_dict(), gpus_per_node=1))
+    _wait_filled(cache)
+    for node in committed.nodes:
+        cached = cache.reconfigure(committed, lost_nodes=(node,), joined_nodes=())
+        fresh = tiny_planner.reconfigure(committed, lost_nodes=(node,))
+        assert cached.plan == fresh.plan and cached.transfers == fresh.transfers
+    assert cache.hits == len(committed.nodes)
+
+
+def test_a_join_or_another_plan_is_planned_on_the_spot(tiny_planner: Planner):
+    """Changes the cache was not prepared for miss it and still get the planner's answer."""
+    committed = tiny_planner.plan(range(3))
+    cache = ReconfigureCache(tiny_planner)
+    cache.prepare(committed)
+    _wait_filled(cache)
+    joined = cache.reconfigure(committed, lost_nodes=(), joined_nodes=(3,))
+    assert joined.plan == tiny_planner.reconfigure(committed, joined_nodes=(3,)).plan
+    other = tiny_planner.plan(range(4))
+    assert cache.reconfigure(other, lost_nodes=(0,), joined_nodes=()).plan == (
+        tiny_planner.reconfigure(other, lost_nodes=(0,)).plan
+    )
+    assert cache.hits == 0
+
+
+# ---------------------------------------------------------------------- prompt aborts
+class _HangingWork:
+    """A work handle whose wait blocks until released (a peer that never answers)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def wait(self) -> bool:
+        self.release.wait(30)
+        return True
+
+
+def test_an_abort_wakes_a_waiting_collective_at_once(monkeypatch):
+    """An abort from another thread ends a gloo wait at once, not at the next latch check."""
+    monkeypatch.setattr(comm_module, "_ABORT_CHECK_S", 20.0)
+    comm = Comm(backend="gloo")
+    work = _HangingWork()
+    threading.Timer(0.05, comm.abort, args=("notice",)).start()
+    start = time.monotonic()
+    with pytest.raises(CommunicationError, match="notice"):
+        comm.wait("all_reduce", [work])
+    assert time.monotonic() - start < 10.0
+    work.release.set()
+
+
+def test_a_group_of_every_rank_is_the_default_group(monkeypatch, tmp_path):
+    """No second mesh is built for a group spanning the whole world: it is the default group."""
+    comm = Comm(backend="gloo")
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    comm.init(store, rank=0, world_size=1, device=torch.device("cpu"))
+    try:
+
+        def refuse(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError("new_group called for the world")
+
+        monkeypatch.setattr(dist, "new_group", refuse)
+        comm.new_groups([(0,)])
+        assert comm.group((0,)) is dist.group.WORLD
+        probe = torch.ones(1)
+        comm.run("all_reduce", dist.all_reduce, probe, group=comm.group((0,)))
+        assert probe.item() == 1.0
+    finally:
+        comm.destroy()
+
+
+# ---------------------------------------------------------------------- phase timing
+def test_phases_are_the_gaps_between_marks():
+    """Each phase is its end mark minus its start mark, in ms; phases without both marks are absent."""
+    clock = RegroupClock()
+    clock.reset(100.0)
+    for name, at in (("unblocked", 100.002), ("regroup", 100.010), ("store", 100.011), ("barrier", 100.031)):
+        clock.mark(name, at)
+    phases = phases_ms(clock.marks)
+    assert phases == pytest.approx(
+        {"unblock": 2.0, "await": 8.0, "notice_to_regroup": 10.0, "store": 1.0, "barrier": 20.0}
+    )
+    assert "plan" not in phases
+
+
+# ---------------------------------------------------------------------- readying the next regroup
+def test_prep_hands_over_one_standby_client_and_survives_a_master_that_is_down(service, tiny_planner):
+    """The standby client is handed over once; a failed connect leaves none and training goes on."""
+    prep = RegroupPrep(lambda: client(service))
+    committed = tiny_planner.plan(range(4))
+    prep.after_step(tiny_planner, committed)
+    standby = prep.take_store()
+    assert isinstance(standby, StoreClient) and prep.take_store() is None
+    standby.set("alive", b"1")
+
+    def refused() -> StoreClient:
+        raise ConnectionRefusedError("master down")
+
+    down = RegroupPrep(refused)
+    down.after_step(tiny_planner, committed)
+    assert down.take_store() is None
+    change, _ = down.reconfigure(tiny_planner, committed, (0,), ())
+    assert change.plan == tiny_planner.reconfigure(committed, lost_nodes=(0,)).plan
+
+
+def test_speculative_replans_do_not_log_losses(tiny_planner, caplog):
+    """Planning ahead logs no "reconfigured: lost" line (no node was lost); a real re-plan still does."""
+    committed = tiny_planner.plan(range(4))
+    cache = ReconfigureCache(tiny_planner)
+    with caplog.at_level("INFO", logger="oobleck.planning.reconfigure"):
+        cache.prepare(committed)
+        _wait_filled(cache)
+        assert "reconfigured" not in caplog.text
+        cache.reconfigure(committed, lost_nodes=(0, 1), joined_nodes=())
+    assert "reconfigured: lost [0, 1]" in caplog.text
