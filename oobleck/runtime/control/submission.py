@@ -20,6 +20,7 @@ from typing import Any
 from oobleck.errors import ConfigError, OobleckError
 from oobleck.runtime.control.hostfile import parse_hostfile_text
 from oobleck.runtime.control.job import launch_agents
+from oobleck.runtime.control.job_preflight import check_job
 from oobleck.runtime.control.job_table import DEFAULT_JOB_TIMEOUT_S
 from oobleck.runtime.control.jobspec import JobSpec
 from oobleck.runtime.control.master import Master
@@ -66,6 +67,7 @@ def serve_submission(master: Master, channel: Channel) -> None:
         raise ProtocolError(f"expected 'submit', 'jobs' or 'cancel', got {kind!r}")
     try:
         job = JobSpec.from_message(message)
+        check_job(job.config, job.config_path)
         hosts = (
             parse_hostfile_text(message["hostfile_text"], str(message.get("hostfile", "hostfile")))
             if message.get("hostfile_text")
