@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from oobleck.cli import jobs as jobs_cli
+from oobleck.cli import status as status_cli
 from oobleck.cli import submit as submit_cli
 from tests.integration.harness import (
     Run,
@@ -91,3 +92,8 @@ def test_daemon_runs_three_jobs_each_equal_to_a_one_shot_run(tmp_path, capsys, m
         assert_losses_match(Run(0, job_dir, None, records), reference)
         assert [r["generation"] for r in records if r.get("event") == "membership"] == [0]
         assert (job_dir / "agent0.log").is_file() and (job_dir / "agents.json").is_file()
+        assert status_cli.main([str(job_dir)]) == 0
+        status = capsys.readouterr().out
+        assert "job      completed" in status and "plan     generation 0: 2 pipelines" in status
+        assert f"step {STEPS}/{STEPS}" in status and "steps/s" in status
+    assert f"job3: step {STEPS}/{STEPS}  loss" in (tmp_path / "daemon.log").read_text()

@@ -57,6 +57,7 @@ from oobleck.runtime.control.membership_events import (
 from oobleck.runtime.control.membership_machine import MembershipMachine
 from oobleck.runtime.control.messages import MessageError, parse_agent_message, parse_register
 from oobleck.runtime.control.outbox import Outbox
+from oobleck.runtime.control.progress import ProgressTail
 from oobleck.runtime.control.protocol import (
     HANDSHAKE_TIMEOUT_S,
     Channel,
@@ -68,6 +69,9 @@ from oobleck.runtime.control.server import ControlServer
 from oobleck.runtime.control.store import start_store_service
 
 logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 2.0
+"""How often the master reads the job's metrics for its progress and recovery lines."""
 
 SubmitHandler = Callable[["Master", Channel], None]
 """Serves one ``submit`` connection (``submission.serve_submission``; injected to keep imports one-way)."""
@@ -141,6 +145,8 @@ class Master:
             self._feed(Resumed(job, expected, adopted, config.resume_grace_s))
         self._monitor = threading.Thread(target=self._watch, name="master-monitor", daemon=True)
         self._monitor.start()
+        self._progress: tuple[ProgressTail, int] | None = None
+        threading.Thread(target=self._report_progress, name="master-progress", daemon=True).start()
 
     @property
     def outcome(self) -> str | None:
@@ -193,6 +199,7 @@ class Master:
                 "job_id": self.job_id,
             }
             self._write(lambda: master_files.write_job(self.job_dir, message, expected_agents))
+            self._progress = (ProgressTail(self.job_dir / "metrics.jsonl"), job.config.steps)
             self._feed(Submit(message, expected_agents, self.config.register_timeout_s))
             return self.job_id
 
@@ -287,6 +294,16 @@ class Master:
                                 f"before the job started; see {agent.log_path}"
                             )
                         )
+
+    def _report_progress(self) -> None:
+        """Log a progress line every ~5% of the steps and one line per recovery (own thread: file reads)."""
+        while not self._closed.wait(PROGRESS_EVERY_S):
+            current = self._progress
+            if current is None:
+                continue
+            tail, total_steps = current
+            for line in tail.report(total_steps, max(1, total_steps // 20)):
+                logger.info("%s%s", f"{self.job_id}: " if self.job_id else "", line)
 
     def _handle(self, channel: Channel, role: str) -> None:
         if role == "submit" and self._submit_handler is not None:

@@ -144,3 +144,77 @@ def recovery_line(row: dict[str, Any]) -> str:
         f"recovery gen {row.get('generation')}: lost {row.get('lost', [])} joined {row.get('joined', [])}: "
         f"{total:.2f} s ({detail}){moved}"
     )
+
+
+class ProgressTail:
+    """Follows a growing ``metrics.jsonl`` by offset, keeping only what :func:`summarize` needs.
+
+    Memory stays bounded for any job length: the membership rows (one per generation), the last
+    ``2 * RATE_WINDOW`` step rows and the recovery rows not yet handed out.
+    """
+
+    def __init__(self, path: Path) -> None:
+        """Args:
+        path: The job's ``metrics.jsonl`` (may not exist yet).
+        """
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+        self.memberships: list[dict[str, Any]] = []
+        self.steps: list[dict[str, Any]] = []
+        self.recoveries: list[dict[str, Any]] = []
+        self._new_recoveries: list[dict[str, Any]] = []
+        self._reported_step = -1
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Read what was appended since the last call; returns the recovery rows among it."""
+        try:
+            with self.path.open("rb") as file:
+                file.seek(self._offset)
+                data = file.read()
+        except OSError:
+            return []
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(row, dict):
+                continue
+            if row.get("event") == "membership":
+                self.memberships.append(row)
+            elif row.get("event") == "recovery":
+                self.recoveries = [*self.recoveries[-2:], row]
+                self._new_recoveries.append(row)
+            elif "event" not in row and "loss" in row:
+                self.steps = [*self.steps[-2 * RATE_WINDOW + 1 :], row]
+        new, self._new_recoveries = self._new_recoveries, []
+        return new
+
+    def summary(self, total_steps: int) -> Progress:
+        """:func:`summarize` of the rows kept."""
+        return summarize([*self.memberships, *self.recoveries, *self.steps], total_steps)
+
+    def report(self, total_steps: int, every_steps: int) -> list[str]:
+        """The lines to print now: one per new recovery, and a progress line every ``every_steps`` steps.
+
+        Args:
+            total_steps: The job's ``steps``.
+            every_steps: Steps between two progress lines (the last step always gets one).
+
+        Returns:
+            Lines (maybe none) since the last call.
+        """
+        lines = [recovery_line(row) for row in self.poll()]
+        progress = self.summary(total_steps)
+        last = self._reported_step
+        due = progress.step >= 0 and (
+            progress.step - last >= every_steps
+            or (progress.step == total_steps - 1 and last != progress.step)
+        )
+        if due:
+            self._reported_step = progress.step
+            lines.append(progress_line(progress))
+        return lines
