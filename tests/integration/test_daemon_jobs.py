@@ -39,7 +39,7 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(900)
 def test_daemon_runs_three_jobs_each_equal_to_a_one_shot_run(tmp_path, capsys, monkeypatch):
     """Three jobs submitted in turn to one daemon (the second while the first's agents still run) each
     complete in their own run dir with the losses of the fault-free reference run."""

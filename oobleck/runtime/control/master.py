@@ -16,9 +16,10 @@ Assumptions:
 - The rendezvous store is the authenticated store service (``control/store.py``) on the control
   server's address; workers get only a key derived from the token (set by their agent).
 - A daemon runs many jobs, one at a time, each in its own run dir (``jobs/<id>/``) and with its own
-  store service: a job after the first gets a fresh store on a new port (master.json rewritten), so
-  no key of an earlier job (gloo pair addresses, ``ctl/gen0/...`` records) can be read by it, and a
-  straggling worker of an earlier job can only reach the closed old store. The job message carries
+  store service: when a job ends the store is replaced by an empty one on a new port (master.json
+  rewritten; agents welcomed from then on get it), so no key of an earlier job (gloo pair
+  addresses, ``ctl/gen0/...`` records) can be read by the next, and a straggling worker of an
+  earlier job can only reach the closed old store. The job message carries
   the store and run dir; agents of an ended job were told to shut down and take no part in the next.
 """
 
@@ -179,8 +180,6 @@ class Master:
         with self._lock:
             if self.machine.job is not None and self.machine.outcome is None:
                 raise RuntimeError(f"job {self.job_id or '(one-shot)'} is still running on this master")
-            if self.machine.job is not None:
-                self._new_store()
             self._retired += self.launched
             self.launched = []
             self.first_error, self._disk_failed = None, False
@@ -219,9 +218,14 @@ class Master:
 
     def _new_store(self) -> None:
         """Replace the store service with an empty one on a fresh port (a new job's namespace)."""
-        old, self.store = self.store, start_store_service(self.token, self.config.host, 0)
+        try:
+            fresh = start_store_service(self.token, self.config.host, 0)
+        except OSError as exc:
+            logger.error("cannot start a fresh store (%s); the next job shares this one", exc)
+            return
+        old, self.store = self.store, fresh
         old.close()
-        self._write_master_info()
+        self._write(self._write_master_info)
         logger.info("fresh store for the next job on port %d", self.store.port)
 
     def _write_master_info(self) -> None:
@@ -434,6 +438,9 @@ class Master:
                 if self.job_id is not None:
                     self.jobs.end(self.job_id, outcome, reason)
                     self._write(self._write_jobs)
+                    # NOTE: at the end, not at the next submit: an agent started by hand between two
+                    # jobs is welcomed with the store its job will use.
+                    self._new_store()
             case AgentsChanged():
                 return self._write(self._write_agents)
         return None
