@@ -181,7 +181,8 @@ def test_oobleck_top_level(capsys: pytest.CaptureFixture[str], argv: list[str], 
     captured = capsys.readouterr()
     if argv == ["frobnicate"]:
         assert captured.err.strip() == (
-            "oobleck: error: unknown command 'frobnicate'; choose one of: plan, sim, master, submit, run"
+            "oobleck: error: unknown command 'frobnicate'; choose one of: "
+            "plan, sim, master, agent, submit, jobs, cancel, status, demo"
         )
     if argv == ["--help"]:
         assert "plan" in captured.out and "example:" in captured.out
