@@ -194,8 +194,9 @@ class ProgressTail:
         return new
 
     def summary(self, total_steps: int) -> Progress:
-        """:func:`summarize` of the rows kept."""
-        return summarize([*self.memberships, *self.recoveries, *self.steps], total_steps)
+        """:func:`summarize` of the rows kept (pipelines from the newest ``plan.json`` beside them)."""
+        rows = [*self.memberships, *self.recoveries, *self.steps]
+        return summarize(rows, total_steps, plan_pipelines(self.path.parent))
 
     def report(self, total_steps: int, every_steps: int) -> list[str]:
         """The lines to print now: one per new recovery, and a progress line every ``every_steps`` steps.
@@ -218,3 +219,14 @@ class ProgressTail:
             self._reported_step = progress.step
             lines.append(progress_line(progress))
         return lines
+
+
+def plan_pipelines(run_dir: Path) -> int | None:
+    """Pipelines of the plan the reporter wrote last (``plan.json`` with a generation), or None."""
+    try:
+        plan = json.loads((run_dir / "plan.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(plan, dict) or "generation" not in plan or not isinstance(plan.get("pipelines"), list):
+        return None
+    return len(plan["pipelines"])

@@ -101,6 +101,8 @@ def test_tail_reports_every_n_steps_and_each_recovery_once(tmp_path: Path) -> No
             + "\n"
             + "".join(json.dumps(r) + "\n" for r in _steps(6, 7, 1, 9.0))
         )
+    (tmp_path / "plan.json").write_text(json.dumps({"generation": 1, "pipelines": [{}, {}]}))
     lines = tail.report(8, 4)
     assert lines[0].startswith("recovery gen 1: lost [2]") and lines[1].startswith("step 8/8")
+    assert "2 pipelines" in lines[1]
     assert tail.report(8, 4) == []
