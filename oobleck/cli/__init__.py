@@ -18,9 +18,13 @@ from oobleck.cli._common import EXIT_USAGE
 COMMANDS: dict[str, str] = {
     "plan": "show pipeline templates, a plan and a reconfiguration for a model and cluster",
     "sim": "simulate training with failures on a cluster of any size (SimPy)",
-    "master": "run the control-plane master of a real training job",
-    "submit": "submit a training job to a running master",
-    "run": "launch a training job on local, ssh or slurm nodes",
+    "master": "run a training job on local, ssh or slurm nodes (or serve many jobs as a daemon)",
+    "agent": "register this node with a master and run its workers (started by hand)",
+    "submit": "submit a training job to a running daemon master",
+    "jobs": "list the jobs of a daemon master",
+    "cancel": "cancel a job of a daemon master",
+    "status": "show a run's nodes, plan, step rate and last recoveries",
+    "demo": "run a small real job, kill nodes and show the recovery live",
     "export": "write a run's newest checkpoint as a HuggingFace model folder",
     "data": "tokenize text into a token file (data prepare --tokenizer ... --input ... --output ...)",
 }

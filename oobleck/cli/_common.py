@@ -25,7 +25,15 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows each flag's default and keeps the line breaks of the description and example epilog."""
+    """Shows each flag's default once and keeps the line breaks of the description and example epilog."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # NOTE: a help text that already says its default ("default: $OOBLECK_TOKEN ...") would get a
+        # second "(default: None)" from argparse; None/False defaults say nothing either.
+        text = action.help or ""
+        if "default" in text or action.default in (None, False):
+            return text
+        return super()._get_help_string(action)
 
 
 class ArgumentParser(argparse.ArgumentParser):

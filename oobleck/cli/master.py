@@ -114,6 +114,9 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}").resolve()
     check_run_dir(run_dir)
     if job is not None:
+        from oobleck.runtime.control.job_preflight import check_job
+
+        check_job(job.config, job.config_path)
         check_checkpoint_dir(job.config, run_dir, source=job.config_path)
         check_data_inputs(job.config, source=job.config_path)
     token = _token(args, run_dir)

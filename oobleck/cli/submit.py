@@ -1,20 +1,26 @@
-"""``oobleck submit`` / ``python -m oobleck.runtime.submit``: hand a job to a running daemon master."""
+"""``oobleck submit`` / ``python -m oobleck.runtime.submit``: hand a job to a running daemon master.
+
+Prints the job id and its run dir (``<daemon run dir>/jobs/<id>/``); with ``--wait`` it streams the
+job's progress lines and recovery summaries until the job ends, and exits 0 only if it completed.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from oobleck.cli._common import at_least, new_parser, run_command
+from oobleck.cli._daemon import add_daemon_flags, daemon_address, daemon_token
 from oobleck.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 EXIT_FAILED = 1
+
+DEFAULT_TIMEOUT_S = 24 * 3600.0
+"""Same as ``control.job_table.DEFAULT_JOB_TIMEOUT_S`` (not imported: --help stays import-free)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,59 +32,59 @@ def build_parser() -> argparse.ArgumentParser:
         "--hostfile examples/hosts.local4 --wait",
     )
     parser.add_argument("--config", required=True, help="job YAML")
-    parser.add_argument("--master", help="HOST:PORT of the master (default: from <run-dir>/master.json)")
-    parser.add_argument(
-        "--run-dir", help="the daemon's run directory (master.json, and token when generated)"
-    )
+    add_daemon_flags(parser)
     parser.add_argument("--hostfile", help="agents for the master to launch, one per line")
     parser.add_argument(
         "--nodes", type=int, default=0, help="without --hostfile: hand-started agents to wait for"
     )
     parser.add_argument(
-        "--token-file", help="0600 token file (default: $OOBLECK_TOKEN, else <run-dir>/token)"
+        "--timeout-s",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="the master fails the job after this long (s)",
     )
     parser.add_argument(
-        "--wait", action="store_true", help="stay until the job ends; exit 0 only if it completed"
+        "--wait",
+        action="store_true",
+        help="stream progress until the job ends; exit 0 only if it completed",
     )
     return parser
-
-
-def _address(args: argparse.Namespace) -> tuple[str, int]:
-    if args.master:
-        host, sep, port = args.master.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ConfigError(f"--master {args.master!r}: expected HOST:PORT")
-        return host, int(port)
-    if not args.run_dir:
-        raise ConfigError("give --master HOST:PORT or --run-dir of the daemon master")
-    info = Path(args.run_dir) / "master.json"
-    if not info.is_file():
-        raise ConfigError(f"--run-dir {args.run_dir}: no master.json; is a master running there?")
-    data = json.loads(info.read_text(encoding="utf-8"))
-    return str(data["address"]), int(data["port"])
 
 
 def _run(args: argparse.Namespace) -> int:
     from oobleck.runtime.control.jobspec import JobSpec
     from oobleck.runtime.control.submission import submit_job
-    from oobleck.runtime.control.token import load_token
 
     at_least("--nodes", args.nodes, 0)
+    if args.timeout_s <= 0:
+        raise ConfigError(f"--timeout-s must be > 0, got {args.timeout_s}")
     job = JobSpec.from_path(args.config)
-    host, port = _address(args)
-    token_file = args.token_file
-    if token_file is None and args.run_dir and (Path(args.run_dir) / "token").is_file():
-        token_file = str(Path(args.run_dir) / "token")
-    token = load_token(token_file)
-    if token is None:
-        raise ConfigError("no token: set OOBLECK_TOKEN or pass --token-file")
-    reply = submit_job(host, port, token, job, hostfile=args.hostfile, nodes=args.nodes, wait=args.wait)
+    host, port = daemon_address(args)
+    token = daemon_token(args)
+
+    def show(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    reply = submit_job(
+        host,
+        port,
+        token,
+        job,
+        hostfile=args.hostfile,
+        nodes=args.nodes,
+        wait=args.wait,
+        timeout_s=args.timeout_s,
+        on_progress=show,
+    )
     if reply["type"] == "rejected":
         raise ConfigError(f"master rejected the job: {reply.get('message')}")
     if reply["type"] == "finished":
-        sys.stdout.write(f"job {reply['outcome']}\n")
+        error = reply.get("error") or {}
+        detail = f"; first worker error (node {error.get('node')}): {error.get('message')}" if error else ""
+        show(f"{reply.get('job')} {reply['outcome']}{detail}")
         return 0 if reply["outcome"] == "completed" else EXIT_FAILED
-    sys.stdout.write(f"job accepted; run dir {reply.get('run_dir')}\n")
+    show(f"{reply.get('job')} accepted; run dir {reply.get('run_dir')}")
     return 0
 
 

@@ -286,6 +286,8 @@ class ElasticLoop:
             return False
         plan_ready, timing = adopted
         self.generation = target.generation
+        if self.engine.rank == 0 and self.plan is not None:
+            self.log.plan_adopted(target, self.plan)  # NOTE: plan.json per generation, for `oobleck status`.
         if target.generation > 0:
             self.log.recovery_started(target, noticed=noticed, plan_ready=plan_ready, timing=timing)
         logger.info(

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from oobleck.planning.plan import Plan, Transfer
 from oobleck.runtime.control.membership import Membership
-from oobleck.runtime.control.records import append_jsonl
+from oobleck.runtime.control.records import append_jsonl, write_json_atomic
 
 if TYPE_CHECKING:
     # NOTE: only for the annotation: the agent imports this module and must not pull in torch.
@@ -89,6 +89,25 @@ class RunLog:
             "t_plan_ready": plan_ready,
             **timing,
         }
+
+    def plan_adopted(self, target: Membership, plan: Plan) -> None:
+        """Write the plan generation ``target`` runs: ``plans/gen<G>.json`` and ``plan.json`` (the newest).
+
+        Written by the reporter once per generation (``oobleck status`` shows it); each file is
+        replaced atomically, so a reader never sees half of one.
+        """
+        record = {
+            "generation": target.generation,
+            "members": list(target.members),
+            "reason": target.reason,
+            "t": time.time(),
+            "pipelines": pipeline_layouts(plan),
+            "plan": plan.to_dict(),
+        }
+        folder = self.run_dir / "plans"
+        folder.mkdir(exist_ok=True)
+        write_json_atomic(folder / f"gen{target.generation}.json", record)
+        write_json_atomic(self.run_dir / "plan.json", record)
 
     def step_done(
         self,

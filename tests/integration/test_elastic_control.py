@@ -205,7 +205,7 @@ def test_daemon_accepts_a_submitted_job(tmp_path, env, capsys, monkeypatch):
             ["--run-dir", str(run_dir), "--config", str(job), "--hostfile", str(hosts), "--wait"]
         )
         assert code == 0, (tmp_path / "daemon.log").read_text()
-        assert "job completed" in capsys.readouterr().out
+        assert "job1 completed" in capsys.readouterr().out
         bad = submit_cli.main(["--run-dir", str(run_dir), "--config", str(job)])
         assert bad == 2
         assert "--nodes N" in capsys.readouterr().err

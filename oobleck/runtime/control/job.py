@@ -52,8 +52,9 @@ def launch_agents(master: Master, hosts: Sequence[HostEntry], *, slurm: bool = F
     address = f"{master.address}:{master.server.port}"
     env = dict(os.environ)
     for index, entry in enumerate(hosts):
-        argv = agent_command(address, index, entry.slots, master.config.run_dir)
-        log_path = master.config.run_dir / f"agent{index}.log"
+        # NOTE: the job's run dir (a daemon's jobs/<id>/): its agents, logs and workers write there.
+        argv = agent_command(address, index, entry.slots, master.job_dir)
+        log_path = master.job_dir / f"agent{index}.log"
         agent = launcher_for(entry, slurm=slurm).start(index, entry, argv, env, master.token, log_path)
         master.launched.append(agent)
 

@@ -15,6 +15,12 @@ Assumptions:
   (job.json), and the generation last announced (metrics.jsonl) is adopted as agents re-register.
 - The rendezvous store is the authenticated store service (``control/store.py``) on the control
   server's address; workers get only a key derived from the token (set by their agent).
+- A daemon runs many jobs, one at a time, each in its own run dir (``jobs/<id>/``) and with its own
+  store service: when a job ends the store is replaced by an empty one on a new port (master.json
+  rewritten; agents welcomed from then on get it), so no key of an earlier job (gloo pair
+  addresses, ``ctl/gen0/...`` records) can be read by the next, and a straggling worker of an
+  earlier job can only reach the closed old store. The job message carries
+  the store and run dir; agents of an ended job were told to shut down and take no part in the next.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from oobleck.runtime.control import master_files
+from oobleck.runtime.control.job_table import JobTable
 from oobleck.runtime.control.jobspec import JobSpec
 from oobleck.runtime.control.launchers import LaunchedAgent
 from oobleck.runtime.control.master_config import MasterConfig
@@ -51,17 +58,21 @@ from oobleck.runtime.control.membership_events import (
 from oobleck.runtime.control.membership_machine import MembershipMachine
 from oobleck.runtime.control.messages import MessageError, parse_agent_message, parse_register
 from oobleck.runtime.control.outbox import Outbox
+from oobleck.runtime.control.progress import ProgressTail
 from oobleck.runtime.control.protocol import (
     HANDSHAKE_TIMEOUT_S,
     Channel,
     ConnectionClosedError,
     ProtocolError,
 )
-from oobleck.runtime.control.records import append_jsonl
+from oobleck.runtime.control.records import append_jsonl, write_json_atomic
 from oobleck.runtime.control.server import ControlServer
 from oobleck.runtime.control.store import start_store_service
 
 logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 2.0
+"""How often the master reads the job's metrics for its progress and recovery lines."""
 
 SubmitHandler = Callable[["Master", Channel], None]
 """Serves one ``submit`` connection (``submission.serve_submission``; injected to keep imports one-way)."""
@@ -108,6 +119,13 @@ class Master:
         self._disk_failed = False
         self._submit_handler = submit_handler
         self._closed = threading.Event()
+        self.job_dir = config.run_dir
+        """The current job's run dir: ``config.run_dir`` for a one-shot job, ``jobs/<id>/`` in a daemon."""
+        self.jobs = JobTable(config.run_dir)
+        self.job_id: str | None = None
+        self._job_deadline: float | None = None
+        self._job_timeout_s = 0.0
+        self._retired: list[LaunchedAgent] = []
         previous = master_files.read_master_info(config.run_dir) if resume else None
         self.store = start_store_service(token, config.host, previous.store_port if previous else 0)
         port = config.port or (previous.port if previous else 0)
@@ -115,8 +133,7 @@ class Master:
         self.address = advertise_host or (
             config.host if config.host not in ("0.0.0.0", "::") else os.uname()[1]
         )
-        info = master_files.MasterInfo(self.address, self.server.port, self.store.port, os.getpid())
-        master_files.write_master_info(config.run_dir, info)
+        self._write_master_info()
         if resume:
             job, expected = master_files.read_job(config.run_dir)
             adopted = master_files.last_membership(config.run_dir) if job is not None else None
@@ -129,6 +146,8 @@ class Master:
             self._feed(Resumed(job, expected, adopted, config.resume_grace_s))
         self._monitor = threading.Thread(target=self._watch, name="master-monitor", daemon=True)
         self._monitor.start()
+        self._progress: tuple[ProgressTail, int] | None = None
+        threading.Thread(target=self._report_progress, name="master-progress", daemon=True).start()
 
     @property
     def outcome(self) -> str | None:
@@ -141,22 +160,45 @@ class Master:
         return self.machine.membership
 
     # ----------------------------------------------------------------- job lifecycle
-    def submit(self, job: JobSpec, expected_agents: int) -> None:
+    def submit(
+        self, job: JobSpec, expected_agents: int, *, timeout_s: float | None = None, daemon: bool = False
+    ) -> str | None:
         """Accept a job; it starts once ``expected_agents`` agents are registered and ready.
 
         Args:
             job: The validated job.
             expected_agents: Agents to wait for before generation 0.
+            timeout_s: Fail the job after this long (None: no limit).
+            daemon: Give the job an id and its own run dir ``jobs/<id>/`` (a daemon's submission).
+
+        Returns:
+            The job id (daemon), else None.
 
         Raises:
             RuntimeError: A job is already running.
         """
-        message = job.to_message()
         with self._lock:
             if self.machine.job is not None and self.machine.outcome is None:
-                raise RuntimeError("a job is already running on this master")
-            self.first_error = None
-            self._write(lambda: master_files.write_job(self.config.run_dir, message, expected_agents))
+                raise RuntimeError(f"job {self.job_id or '(one-shot)'} is still running on this master")
+            self._retired += self.launched
+            self.launched = []
+            self.first_error, self._disk_failed = None, False
+            if daemon:
+                entry = self.jobs.add(expected_agents, timeout_s or 0.0)
+                self.job_id, self.job_dir = entry.job_id, self.config.run_dir / "jobs" / entry.job_id
+                self.job_dir.mkdir(parents=True, exist_ok=True)
+                self._write(self._write_jobs)
+            self._job_timeout_s = timeout_s or 0.0
+            self._job_deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            store = {"host": self.address, "port": self.store.port}
+            message = {
+                **job.to_message(),
+                "run_dir": str(self.job_dir),
+                "store": store,
+                "job_id": self.job_id,
+            }
+            self._write(lambda: master_files.write_job(self.job_dir, message, expected_agents))
+            self._progress = (ProgressTail(self.job_dir / "metrics.jsonl"), job.config.steps)
             self._feed(
                 Submit(
                     message,
@@ -166,6 +208,40 @@ class Master:
                     gpus_per_node=job.config.gpus_per_node,
                 )
             )
+            return self.job_id
+
+    def cancel(self, job_id: str, reason: str = "cancelled by the user") -> bool:
+        """Fail the running job ``job_id`` (its agents are told to shut down).
+
+        Returns:
+            Whether ``job_id`` was running.
+        """
+        with self._lock:
+            entry = self.jobs.find(job_id)
+            if entry is None or entry.state != "running" or self.machine.outcome is not None:
+                return False
+            entry.state = "cancelling"
+            self._feed(JobError(f"{job_id} {reason}"))
+            return True
+
+    def _new_store(self) -> None:
+        """Replace the store service with an empty one on a fresh port (a new job's namespace)."""
+        try:
+            fresh = start_store_service(self.token, self.config.host, 0)
+        except OSError as exc:
+            logger.error("cannot start a fresh store (%s); the next job shares this one", exc)
+            return
+        old, self.store = self.store, fresh
+        old.close()
+        self._write(self._write_master_info)
+        logger.info("fresh store for the next job on port %d", self.store.port)
+
+    def _write_master_info(self) -> None:
+        info = master_files.MasterInfo(self.address, self.server.port, self.store.port, os.getpid())
+        master_files.write_master_info(self.config.run_dir, info)
+
+    def _write_jobs(self) -> None:
+        write_json_atomic(self.config.run_dir / "jobs.json", self.jobs.rows())
 
     def wait(self, timeout_s: float | None = None) -> str:
         """Block until the job completes or fails (or ``timeout_s`` passes).
@@ -190,7 +266,7 @@ class Master:
             for outbox in self._outboxes.values():
                 outbox.put({"type": "shutdown"})
         deadline = time.monotonic() + 5
-        for agent in self.launched:
+        for agent in [*self._retired, *self.launched]:
             while agent.process.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             agent.stop()
@@ -217,6 +293,9 @@ class Master:
     def _watch(self) -> None:
         while not self._closed.wait(self.config.heartbeat_interval_s / 4):
             self._feed(Tick())
+            deadline = self._job_deadline
+            if deadline is not None and self.machine.outcome is None and time.monotonic() >= deadline:
+                self._feed(JobError(f"timed out after {self._job_timeout_s:.0f} s (submit --timeout-s)"))
             if self.machine.membership is None and self.machine.outcome is None:
                 for agent in self.launched:
                     code = agent.process.poll()
@@ -227,6 +306,16 @@ class Master:
                                 f"before the job started; see {agent.log_path}"
                             )
                         )
+
+    def _report_progress(self) -> None:
+        """Log a progress line every ~5% of the steps and one line per recovery (own thread: file reads)."""
+        while not self._closed.wait(PROGRESS_EVERY_S):
+            current = self._progress
+            if current is None:
+                continue
+            tail, total_steps = current
+            for line in tail.report(total_steps, max(1, total_steps // 20)):
+                logger.info("%s%s", f"{self.job_id}: " if self.job_id else "", line)
 
     def _handle(self, channel: Channel, role: str) -> None:
         if role == "submit" and self._submit_handler is not None:
@@ -299,7 +388,7 @@ class Master:
     # ----------------------------------------------------------------- decisions out
     def _apply(self, decision: Decision) -> str | None:
         """Carry out one decision (queue sends, write files); returns a job error's cause, if any."""
-        run_dir = self.config.run_dir
+        run_dir = self.job_dir
         match decision:
             case Welcome(conn=conn, node=node):
                 outbox = self._pending.pop(conn)
@@ -318,7 +407,7 @@ class Master:
                         "node": node,
                         "heartbeat_interval_s": self.config.heartbeat_interval_s,
                         "store": {"host": self.address, "port": self.store.port},
-                        "run_dir": str(run_dir),
+                        "run_dir": str(self.job_dir),
                     }
                 )
             case Reject(conn=conn, reason=reason):
@@ -353,6 +442,13 @@ class Master:
                     )
                 record = {"event": "job_" + outcome, "source": "master", "t": time.time(), "reason": reason}
                 self._write(lambda: append_jsonl(run_dir / "metrics.jsonl", record))
+                self._job_deadline = None
+                if self.job_id is not None:
+                    self.jobs.end(self.job_id, outcome, reason)
+                    self._write(self._write_jobs)
+                    # NOTE: at the end, not at the next submit: an agent started by hand between two
+                    # jobs is welcomed with the store its job will use.
+                    self._new_store()
             case AgentsChanged():
                 return self._write(self._write_agents)
         return None
@@ -366,9 +462,9 @@ class Master:
         except OSError as exc:
             self._disk_failed = True
             # NOTE: logged once, by the job's failure line that carries this cause; no node is to blame.
-            return f"cannot write the run dir {self.config.run_dir}: {exc}"
+            return f"cannot write the run dir {self.job_dir}: {exc}"
         return None
 
     def _write_agents(self) -> None:
         launched = {a.index: a.pid for a in self.launched}
-        master_files.write_agents(self.config.run_dir, self.machine.nodes.values(), launched)
+        master_files.write_agents(self.job_dir, self.machine.nodes.values(), launched)

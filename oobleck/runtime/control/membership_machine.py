@@ -398,3 +398,6 @@ class MembershipMachine:
         for n, state in sorted(self.nodes.items()):
             if state.alive:
                 out.append(Send(n, {"type": "shutdown"}))
+                # NOTE: told to shut down, the node takes no part in a daemon's next job (it would
+                # count as ready with the old job's workers); its later messages change nothing.
+                state.alive = False

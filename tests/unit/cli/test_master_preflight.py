@@ -100,3 +100,31 @@ def test_unwritable_checkpoint_dir(tmp_path: Path, capsys: pytest.CaptureFixture
     (tmp_path / "file").write_text("x")
     (tmp_path / "job.yaml").write_text(JOB + f"checkpoint: {{every_steps: 1, dir: {tmp_path}/file/ck}}\n")
     assert "job.yaml: checkpoint.dir" in run_master(tmp_path, capsys)
+
+
+CUSTOM_GPT2 = "model:\n  arch: gpt2\n  n_embd: 64\n  n_head: 4\n  n_positions: 128\n"
+
+
+def test_misspelt_hf_field_suggests_the_right_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`num_hiden_layers: 4` is refused before any agent starts, suggesting num_hidden_layers."""
+    body = JOB.replace("model: tiny-gpt2\n", CUSTOM_GPT2 + "  num_hiden_layers: 4\n")
+    (tmp_path / "job.yaml").write_text(body)
+    line = run_master(tmp_path, capsys)
+    assert "model.num_hiden_layers: not a field of the gpt2 config class" in line
+    assert "did you mean num_hidden_layers?" in line
+
+
+def test_kv_heads_not_dividing_heads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`num_key_value_heads: 3` with 4 attention heads is one line, not a worker's RuntimeError."""
+    model = "model:\n  arch: llama\n  hidden_size: 64\n  num_attention_heads: 4\n  num_key_value_heads: 3\n"
+    (tmp_path / "job.yaml").write_text(JOB.replace("model: tiny-gpt2\n", model))
+    assert "model.num_key_value_heads: 3 does not divide num_attention_heads=4" in run_master(
+        tmp_path, capsys
+    )
+
+
+def test_missing_token_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A `tokens` data path that does not exist is named before any worker tries to load it."""
+    data = "data:\n  source: tokens\n  path: missing.npy\n"
+    (tmp_path / "job.yaml").write_text(JOB + data)
+    assert f"data.path: {tmp_path}/missing.npy is not a file" in run_master(tmp_path, capsys)

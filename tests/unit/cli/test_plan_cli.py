@@ -182,7 +182,7 @@ def test_oobleck_top_level(capsys: pytest.CaptureFixture[str], argv: list[str], 
     captured = capsys.readouterr()
     if argv == ["frobnicate"]:
         # NOTE: other branches add commands (export, data, ...): the message lists COMMANDS in order.
-        assert {"plan", "sim", "master", "submit", "run"} <= set(COMMANDS)
+        assert {"plan", "sim", "master", "agent", "submit", "status"} <= set(COMMANDS)
         assert captured.err.strip() == (
             f"oobleck: error: unknown command 'frobnicate'; choose one of: {', '.join(COMMANDS)}"
         )
