@@ -30,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; 0 on success, 2 (one line on stderr) for bad input."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        # NOTE: argparse exits on --help (0) and usage errors (2); `oobleck data` wants a status.
+        return exit_.code if isinstance(exit_.code, int) else 2
     from oobleck.data.prepare import prepare
     from oobleck.data.tokenizer import PYDOC_BPE_FILE
 
