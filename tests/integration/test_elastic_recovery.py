@@ -17,7 +17,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from tests.integration.harness import (
     agents,
     assert_ledger_exact,
     assert_losses_match,
+    join_held,
     kill_group,
     run_master,
     write_hosts,
@@ -64,14 +64,6 @@ def long_reference(folder, fault_free):
 
 JOIN_STEPS = 60
 """Steps of the join job: its workers are held at step 1 until the joiner is admitted."""
-JOIN_HOLD_S = 45.0
-"""Longest hold of the workers: under gloo's 60 s timeout, so a collective in flight survives it."""
-
-
-def _admitted(run_dir: Path, node: int) -> bool:
-    text = (run_dir / "metrics.jsonl").read_text()
-    rows = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
-    return any(r.get("event") == "membership" and node in r["joined"] and r["generation"] > 0 for r in rows)
 
 
 class _Recorder:
@@ -189,40 +181,20 @@ def test_second_loss_during_reconfiguration(folder, reference):
 @pytest.mark.timeout(300)
 def test_late_agent_joins_at_a_step_boundary(folder, fault_free):
     """An agent started by hand mid-run joins at a step boundary, is used, and losses stay unchanged."""
-
-    def join(run_dir: Path) -> None:
-        # NOTE: a new worker needs seconds to import torch and build its engine (~10 s on a busy
-        # 2-core machine), more than a short job lasts; the running workers (not their agents, which
-        # keep heartbeating) are held meanwhile, so the join lands mid-run however loaded the machine.
-        held = [pid for row in agents(run_dir) for pid in row["worker_pids"]]
-        for pid in held:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            master = json.loads((run_dir / "master.json").read_text())
-            env = {**os.environ, "OOBLECK_TOKEN": (run_dir / "token").read_text().strip()}
-            with (run_dir / "joiner.log").open("w") as out:
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "oobleck.runtime.agent",
-                        "--master",
-                        f"{master['address']}:{master['port']}",
-                    ],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            deadline = time.monotonic() + JOIN_HOLD_S
-            while not _admitted(run_dir, 4) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        finally:
-            for pid in held:
-                os.kill(pid, signal.SIGCONT)
-
-    config = write_job(folder, steps=JOIN_STEPS)
-    run = run_master(folder / "join", write_hosts(folder, 4), config, at_step=1, action=join)
+    joiner: list[subprocess.Popen[bytes]] = []
+    try:
+        run = run_master(
+            folder / "join",
+            write_hosts(folder, 4),
+            write_job(folder, steps=JOIN_STEPS),
+            at_step=1,
+            action=lambda d: join_held(d, 4, joiner),
+        )
+    finally:
+        for process in joiner:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
     twin = fault_free(write_job(folder, steps=JOIN_STEPS, f=0))
     assert run.rc == 0, run.master_log[-3000:]
     joins = [m for m in run.events("membership") if m["joined"] and m["generation"] > 0]
