@@ -178,7 +178,7 @@ def test_second_loss_during_reconfiguration(folder, reference):
     _recovered(run, reference, lost=2)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(500)
 def test_late_agent_joins_at_a_step_boundary(folder, fault_free):
     """An agent started by hand mid-run joins at a step boundary, is used, and losses stay unchanged."""
     joiner: list[subprocess.Popen[bytes]] = []
