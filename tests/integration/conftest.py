@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import free_port
+from tests.integration.harness import Run, free_port, run_standalone
 
 ArgvOfRank = Callable[[int, int], list[str]]
 """``(rank, port) -> argv`` of one rank's process."""
@@ -65,3 +66,31 @@ def run_ranks(
 def launch_ranks() -> Callable[..., None]:
     """:func:`run_ranks`, for tests and module-scoped fixtures."""
     return run_ranks
+
+
+FaultFree = Callable[[Path], Run]
+"""``config -> Run``: the fault-free standalone run of a job (see :func:`fault_free`)."""
+
+
+@pytest.fixture(scope="session")
+def fault_free(tmp_path_factory: pytest.TempPathFactory) -> FaultFree:
+    """The fault-free reference of a job, run once per session per distinct job text.
+
+    Every elastic test compares a faulty run with the fault-free run of the same job. With exact
+    accumulation that reference is one standalone worker process (:func:`run_standalone`) instead
+    of a master, its agents and their workers, and modules that run the same job text share it: the
+    cache is keyed by the YAML text, so two jobs that differ in anything get two runs.
+    """
+    folder = tmp_path_factory.mktemp("fault_free")
+    runs: dict[str, Run] = {}
+
+    def reference(config: Path) -> Run:
+        text = config.read_text()
+        if text not in runs:
+            key = hashlib.sha256(text.encode()).hexdigest()[:16]
+            job = folder / f"{key}.yaml"
+            job.write_text(text)
+            runs[text] = run_standalone(folder / key, job)
+        return runs[text]
+
+    return reference

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,3 +235,67 @@ def assert_ledger_exact(run: Run, reference: Run, in_flight: tuple[int, ...] = (
             assert set(got[step]) <= set(ids), f"step {step} used samples of another step"
         else:
             assert sorted(got[step]) == sorted(ids), f"step {step} used different samples"
+
+
+HOLD_LIMIT_S = 45.0
+"""Longest hold of a run's workers: under gloo's 60 s timeout, so a collective in flight survives it."""
+RELEASE_S = 2.0
+"""Pause between two holds: the held workers finish any collective that was in flight."""
+
+
+def admitted(run_dir: Path, node: int) -> bool:
+    """Whether the master has announced a generation (after the first) that ``node`` joined."""
+    path = run_dir / "metrics.jsonl"
+    text = path.read_text() if path.exists() else ""
+    # NOTE: complete lines only: a worker may be half-way through appending the last one.
+    rows = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+    return any(r.get("event") == "membership" and node in r["joined"] and r["generation"] > 0 for r in rows)
+
+
+@contextlib.contextmanager
+def workers_held(pids: list[int]) -> Iterator[None]:
+    """Stop the workers ``pids`` (SIGSTOP; not their agents) for the block, and continue them after it."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def start_joiner(run_dir: Path) -> subprocess.Popen[bytes]:
+    """Start an agent by hand against the run's master (with its token), in its own session."""
+    master = json.loads((run_dir / "master.json").read_text())
+    env = {**os.environ, "OOBLECK_TOKEN": (run_dir / "token").read_text().strip()}
+    address = f"{master['address']}:{master['port']}"
+    argv = [sys.executable, "-m", "oobleck.runtime.agent", "--master", address]
+    with (run_dir / "joiner.log").open("w") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def join_held(
+    run_dir: Path, node: int, joiner: list[subprocess.Popen[bytes]], timeout_s: float = 240.0
+) -> None:
+    """Start a late agent (appended to ``joiner``) while the running workers are held, until ``node``
+    is admitted or ``timeout_s`` passes.
+
+    A late agent's worker needs seconds to import torch and build its engine (tens of seconds on a
+    loaded 2-core machine), longer than a short job lasts. Holding the running workers meanwhile
+    makes the join land mid-run however loaded the machine is; their agents keep heartbeating, so no
+    node is declared dead. Each hold lasts at most :data:`HOLD_LIMIT_S`, then the workers run for
+    :data:`RELEASE_S` (finishing any collective in flight, a step or so) before the next hold.
+    """
+    held = [pid for row in agents(run_dir) for pid in row["worker_pids"]]
+    deadline, started = time.monotonic() + timeout_s, False
+    while not started or (not admitted(run_dir, node) and time.monotonic() < deadline):
+        with workers_held(held):
+            if not started:
+                joiner.append(start_joiner(run_dir))
+                started = True
+            end = min(deadline, time.monotonic() + HOLD_LIMIT_S)
+            while not admitted(run_dir, node) and time.monotonic() < end:
+                time.sleep(0.05)
+        if not admitted(run_dir, node):
+            time.sleep(RELEASE_S)

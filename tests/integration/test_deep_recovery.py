@@ -24,7 +24,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +41,7 @@ from tests.integration.harness import (
     Run,
     agents,
     assert_ledger_exact,
+    join_held,
     kill_group,
     run_master,
     run_standalone,
@@ -52,8 +52,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DEEP_JOB = Path(__file__).resolve().parents[2] / "examples" / "tiny_gpt2_deep.yaml"
 STEPS = 12
-JOIN_STEPS = 400
-"""Long enough for a late agent's worker to import torch and join while the others train."""
+JOIN_STEPS = 30
+"""Steps of the join job: its workers are held after step 0 until the late agent is admitted, so the
+join lands mid-run however long that agent's worker takes to start (see :func:`join_held`)."""
 
 
 def _job(folder: Path, name: str, **overrides: Any) -> Path:
@@ -261,19 +262,7 @@ def test_middle_stage_lost_right_after_a_join_into_a_deep_plan(folder: Path) -> 
     joiner: list[subprocess.Popen[bytes]] = []
 
     def join_then_kill(run_dir: Path) -> None:
-        master = json.loads((run_dir / "master.json").read_text())
-        env = {**os.environ, "OOBLECK_TOKEN": (run_dir / "token").read_text().strip()}
-        with (run_dir / "joiner.log").open("w") as out:
-            argv = [sys.executable, "-m", "oobleck.runtime.agent", "--master"]
-            joiner.append(
-                subprocess.Popen(
-                    [*argv, f"{master['address']}:{master['port']}"],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
+        join_held(run_dir, 4, joiner)
         _wait(lambda: _generation_steps(run_dir, 1) >= 1, "a step after the join", timeout_s=300)
         kill_group(run_dir, 0)
 

@@ -17,7 +17,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from tests.integration.harness import (
     agents,
     assert_ledger_exact,
     assert_losses_match,
+    join_held,
     kill_group,
     run_master,
     write_hosts,
@@ -47,20 +47,23 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(folder):
-    """The fault-free 20-step run on 4 agents."""
-    run = run_master(folder / "ref", write_hosts(folder, 4), write_job(folder))
-    assert run.rc == 0, run.master_log[-3000:]
+def reference(folder, fault_free):
+    """The fault-free 20-step run (standalone: with exact accumulation every fault-free plan's bits)."""
+    run = fault_free(write_job(folder, f=0))
     assert len(run.losses) == 20
     return run
 
 
 @pytest.fixture(scope="module")
-def long_reference(folder):
-    """The fault-free 300-step run on 4 agents (long enough for a late agent to start)."""
-    run = run_master(folder / "ref300", write_hosts(folder, 4), write_job(folder, steps=300))
-    assert run.rc == 0, run.master_log[-3000:]
+def long_reference(folder, fault_free):
+    """The fault-free 300-step run (long enough for the attacks to be made while it trains)."""
+    run = fault_free(write_job(folder, steps=300, f=0))
+    assert len(run.losses) == 300
     return run
+
+
+JOIN_STEPS = 60
+"""Steps of the join job: its workers are held at step 1 until the joiner is admitted."""
 
 
 class _Recorder:
@@ -176,39 +179,28 @@ def test_second_loss_during_reconfiguration(folder, reference):
 
 
 @pytest.mark.timeout(500)
-def test_late_agent_joins_at_a_step_boundary(folder):
+def test_late_agent_joins_at_a_step_boundary(folder, fault_free):
     """An agent started by hand mid-run joins at a step boundary, is used, and losses stay unchanged."""
-
-    def join(run_dir: Path) -> None:
-        master = json.loads((run_dir / "master.json").read_text())
-        env = {**os.environ, "OOBLECK_TOKEN": (run_dir / "token").read_text().strip()}
-        with (run_dir / "joiner.log").open("w") as out:
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "oobleck.runtime.agent",
-                    "--master",
-                    f"{master['address']}:{master['port']}",
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    # NOTE: a new worker needs ~10 s to import torch and build its engine on a busy 2-core machine,
-    # so the job must outlast that; its fault-free twin runs first for the loss comparison.
-    long_reference = run_master(folder / "ref800", write_hosts(folder, 4), write_job(folder, steps=800))
-    assert long_reference.rc == 0, long_reference.master_log[-3000:]
-    run = run_master(
-        folder / "join", write_hosts(folder, 4), write_job(folder, steps=800), at_step=1, action=join
-    )
+    joiner: list[subprocess.Popen[bytes]] = []
+    try:
+        run = run_master(
+            folder / "join",
+            write_hosts(folder, 4),
+            write_job(folder, steps=JOIN_STEPS),
+            at_step=1,
+            action=lambda d: join_held(d, 4, joiner),
+        )
+    finally:
+        for process in joiner:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+    twin = fault_free(write_job(folder, steps=JOIN_STEPS, f=0))
     assert run.rc == 0, run.master_log[-3000:]
     joins = [m for m in run.events("membership") if m["joined"] and m["generation"] > 0]
     assert joins and joins[0]["joined"] == [4]
-    assert_losses_match(run, long_reference)
-    assert_ledger_exact(run, long_reference)
+    assert_losses_match(run, twin)
+    assert_ledger_exact(run, twin)
     later = [r for r in run.records if "loss" in r and r.get("generation", 0) >= joins[0]["generation"]]
     assert later, "the joined generation never ran a step"
     assert (run.run_dir / "ledger" / "node4.jsonl").exists()
