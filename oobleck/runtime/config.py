@@ -190,6 +190,23 @@ class TensorParallelConfig:
     def __post_init__(self) -> None:
         _positive_int("tensor_parallel.max_degree", self.max_degree, maximum=MAX_TP_DEGREE)
 
+    def check_fits(self, devices_per_node: int) -> None:
+        """Refuse a degree larger than a node's devices, before any worker plans with it.
+
+        Args:
+            devices_per_node: devices (agent slots) of every node of the job.
+
+        Raises:
+            ConfigError: ``max_degree > devices_per_node`` (a stage cannot span nodes).
+        """
+        if self.max_degree > devices_per_node:
+            raise ConfigError(
+                f"tensor_parallel.max_degree: {self.max_degree} but nodes have {devices_per_node} "
+                "device(s) each, and a stage cannot span nodes; lower tensor_parallel.max_degree to "
+                f"{devices_per_node} or give every node {self.max_degree} devices "
+                f"(agent slots={self.max_degree})"
+            )
+
 
 @dataclass(kw_only=True, slots=True)
 class JobConfig:

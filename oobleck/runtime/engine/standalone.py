@@ -117,15 +117,21 @@ def _load_plan(path: str) -> Plan:
 
 
 def job_planner(job: JobConfig, profile: ModelProfile, max_nodes: int) -> Planner:
-    """The planner every worker of ``job`` plans with: one device per stage (one worker per slot)."""
+    """The planner every worker of ``job`` plans with: up to ``tensor_parallel.max_degree`` devices per stage.
+
+    Raises:
+        ConfigError: the TP degree exceeds the hardware's devices per node.
+    """
+    hardware = job.hardware_spec()
+    job.tensor_parallel.check_fits(hardware.gpus_per_node)
     return Planner(
         profile,
-        job.hardware_spec(),
+        hardware,
         fault_tolerance=job.fault_tolerance,
         global_microbatches=job.global_microbatches,
         microbatch_size=job.microbatch_size,
         max_nodes=max_nodes,
-        max_gpus_per_stage=1,
+        max_gpus_per_stage=job.tensor_parallel.max_degree,
     )
 
 

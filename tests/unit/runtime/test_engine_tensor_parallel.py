@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+import yaml
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.testing._internal.distributed.fake_pg import FakeStore
@@ -24,6 +26,7 @@ from oobleck.runtime.engine.tensor_parallel import (
     shard_specs,
 )
 from oobleck.runtime.engine.topology import build_topology
+from oobleck.runtime.worker import main as worker_main
 
 
 @pytest.fixture
@@ -160,3 +163,16 @@ def test_mixed_tp_degrees_of_a_block_are_refused() -> None:
     plan = tp_plan([[(0, 4, 2)], [(0, 2, 1), (2, 4, 1)]])
     with pytest.raises(PlanningError, match=r"layer 1 is tensor-parallel at degrees \[1, 2\]"):
         build_topology(plan, {0: 0, 1: 2, 2: 4}, num_layers=4, replicated_layers=(0, 3))
+
+
+def test_worker_asking_tp2_on_one_device_nodes_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job asking tensor_parallel.max_degree 2 on 1-device nodes exits 2 with one line naming the key."""
+    config = tmp_path / "job.yaml"
+    job = {"model": "tiny-gpt2", "global_batch": 4, "steps": 1, "tensor_parallel": {"max_degree": 2}}
+    config.write_text(yaml.safe_dump(job))
+    assert worker_main(["--config", str(config), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: tensor_parallel.max_degree: 2 but nodes have 1 device(s) each")
+    assert "a stage cannot span nodes" in err and "\n" not in err
