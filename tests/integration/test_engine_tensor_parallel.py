@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 
 from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Stage
 from oobleck.runtime.config import ModelConfig, load_job_config
+from oobleck.runtime.engine import Engine
 from oobleck.runtime.engine.adapters import build_adapter
 from oobleck.runtime.engine.tensor_parallel import full_tensor, shard_specs
 from tests.integration.test_engine_equivalence import (
@@ -22,7 +24,6 @@ from tests.integration.test_engine_equivalence import (
     losses,
     make_plan,
     relative_diff,
-    run_workers,
     write_job,
 )
 
@@ -57,11 +58,44 @@ def tp_plan(pipelines: list[tuple[list[tuple[int, int, int]], int]]) -> Plan:
     )
 
 
-def run_tp(launch_ranks: Callable[..., None], config: Path, plan: Plan, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True)
-    plan_file = run_dir / "plan.json"
-    plan_file.write_text(json.dumps(plan.to_dict()))
-    argv = [sys.executable, "-m", "tests.integration.tp_ranks", str(config), str(plan_file), str(run_dir)]
+MODELS = {
+    # pipeline B: embedding on one device feeding a TP-2 stage (fan-out 1 -> 2, gradients 2 -> 1)
+    "tiny-gpt2": [(0, 1, 1), (1, 4, 2)],
+    # pipeline B: two TP-2 stages, TP rank to TP rank
+    "tiny-llama": [(0, 2, 2), (2, 4, 2)],
+}
+"""Pipeline B of each model's plan; pipeline A is the whole model on one TP-2 stage (3 microbatches)."""
+
+
+def one_process(config: Path, run_dir: Path) -> None:
+    """The reference: the whole model on one rank, in this process (no extra interpreter to start)."""
+    job = load_job_config(config)
+    engine = Engine(job, node=0)
+    engine.configure(make_plan([([(0, 4)], GLOBAL_MICROBATCHES)]), 0, {0: 0}, dist.HashStore())
+    try:
+        records = [{"step": step, "loss": engine.train_step(step).loss} for step in range(job.steps)]
+        (run_dir / "state").mkdir(parents=True)
+        save_file(engine.state_tensors(), str(run_dir / "state" / "node0.safetensors"))
+    finally:
+        engine.close()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, launch_ranks: Callable[..., None]) -> Path:
+    """Both models' TP runs, trained one after the other by one launch of 6 ranks, and their references."""
+    root = tmp_path_factory.mktemp("tp")
+    listed = []
+    for model, stages_b in MODELS.items():
+        folder = root / model
+        (folder / "tp").mkdir(parents=True)
+        config = write_job(folder, model, steps=STEPS)
+        plan_file = folder / "plan.json"
+        plan_file.write_text(json.dumps(tp_plan([([(0, 4, 2)], 3), (stages_b, 5)]).to_dict()))
+        listed.append({"config": str(config), "plan": str(plan_file), "run_dir": str(folder / "tp")})
+        one_process(config, folder / "ref")
+    (root / "runs.json").write_text(json.dumps(listed))
+    argv = [sys.executable, "-m", "tests.integration.tp_ranks", str(root / "runs.json")]
     world = NODES * SLOTS
 
     def env(rank: int, port: int) -> dict[str, str]:
@@ -73,15 +107,16 @@ def run_tp(launch_ranks: Callable[..., None], config: Path, plan: Plan, run_dir:
             "MASTER_PORT": str(port),
         }
 
-    launch_ranks(world, run_dir, lambda rank, port: argv, env, timeout_s=280.0)
+    launch_ranks(world, root / "logs", lambda rank, port: argv, env, timeout_s=560.0)
+    return root
 
 
-def gathered_params(run_dir: Path, plan: Plan, config: Path) -> dict[str, dict[str, object]]:
+def gathered_params(run_dir: Path, plan: Plan, config: Path) -> dict[str, torch.Tensor]:
     """Full parameters of pipeline 0, rebuilt from its TP ranks' shards with the shard specs."""
     job = load_job_config(config)
     adapter = build_adapter(ModelConfig(name=job.model.name, arch=job.model.arch))
     template = plan.pipelines[0].template
-    full: dict[str, object] = {}
+    full: dict[str, torch.Tensor] = {}
     for (_, devices), stage in zip(template.stage_devices(), template.stages, strict=True):
         shards = [load_file(str(run_dir / "state" / f"rank{d}.safetensors")) for d in devices]
         for layer in stage.layers:
@@ -91,37 +126,24 @@ def gathered_params(run_dir: Path, plan: Plan, config: Path) -> dict[str, dict[s
             specs = shard_specs(adapter.arch, names, degree)
             for name in names:
                 full[prefix + name] = full_tensor([s[prefix + name] for s in shards[:degree]], specs[name])
-    return {"params": full}
+    return full
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize(
-    ("model", "stages_b"),
-    [
-        # pipeline B: embedding on one device feeding a TP-2 stage (fan-out 1 -> 2, gradients 2 -> 1)
-        ("tiny-gpt2", [(0, 1, 1), (1, 4, 2)]),
-        # pipeline B: two TP-2 stages, TP rank to TP rank
-        ("tiny-llama", [(0, 2, 2), (2, 4, 2)]),
-    ],
-)
-def test_tp2_pipelines_equal_one_process(
-    tmp_path: Path, model: str, stages_b: list[tuple[int, int, int]], launch_ranks: Callable[..., None]
-) -> None:
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("model", list(MODELS))
+def test_tp2_pipelines_equal_one_process(runs: Path, model: str) -> None:
     """A whole-model TP-2 pipeline and a 2-stage one (3 + 5 microbatches) on 6 ranks match one process."""
-    config = write_job(tmp_path, model, steps=STEPS)
-    reference = tmp_path / "ref"
-    run_workers(launch_ranks, config, make_plan([([(0, 4)], GLOBAL_MICROBATCHES)]), reference, 1)
-    plan = tp_plan([([(0, 4, 2)], 3), (stages_b, 5)])
-    run_tp(launch_ranks, config, plan, tmp_path / "tp")
-    expected, got = losses(reference), losses(tmp_path / "tp")
+    folder = runs / model
+    expected, got = losses(folder / "ref"), losses(folder / "tp")
     assert len(got) == len(expected) == STEPS
     for step, (a, b) in enumerate(zip(got, expected, strict=True)):
         assert abs(a - b) <= TOLERANCE * abs(b), f"step {step}: loss {a} vs reference {b}"
-    ref_state = load_file(str(reference / "state" / "node0.safetensors"))
-    params = gathered_params(tmp_path / "tp", plan, config)["params"]
+    ref_state = load_file(str(folder / "ref" / "state" / "node0.safetensors"))
+    plan = Plan.from_dict(json.loads((folder / "plan.json").read_text()), gpus_per_node=SLOTS)
+    params = gathered_params(folder / "tp", plan, folder / f"{model}.yaml")
     assert set(params) == {k for k in ref_state if ".param." in k}
     for key, tensor in params.items():
-        got_t, ref_t = _without_key_bias(key, tensor), _without_key_bias(key, ref_state[key])  # type: ignore[arg-type]
+        got_t, ref_t = _without_key_bias(key, tensor), _without_key_bias(key, ref_state[key])
         assert relative_diff(got_t, ref_t) <= TOLERANCE, key
 
 

@@ -35,7 +35,7 @@ from oobleck.runtime.engine.data import GlobalSampler, load_dataset
 from oobleck.runtime.engine.executor import StageContext, run_1f1b
 from oobleck.runtime.engine.optim import LayerState, adamw_update, clip_coefficient, learning_rate
 from oobleck.runtime.engine.records import ReconfigureTiming, StepMetrics
-from oobleck.runtime.engine.tensor_parallel import local_tensor, shard_block
+from oobleck.runtime.engine.tensor_parallel import local_tensor, refuse_tensor_parallel_recovery, shard_block
 from oobleck.runtime.engine.topology import StageInfo, Topology, build_topology
 from oobleck.runtime.engine.transfer import (
     TRANSFER_HOLD_ENV,
@@ -240,13 +240,15 @@ class Engine:
             Measured durations of the group rebuild and the state transfer, and bytes moved.
 
         Raises:
-            ReconfigurationError: after the transfers this rank still lacks a layer it must hold.
+            ReconfigurationError: after the transfers this rank still lacks a layer it must hold,
+                or either plan has a tensor-parallel stage (not recoverable yet).
             CommunicationError: the rendezvous or a transfer failed.
         """
         # NOTE: the sources refer to the last committed plan, not to ``self.plan``, so a
         # reconfigure that failed half-way (or completed without a step after it) can be redone
         # from the same plan: layers dropped since that commit are kept in ``_retired``.
         old_plan = source_plan or self._committed_plan
+        refuse_tensor_parallel_recovery(old_plan, new_plan)
         pool = {**self._retired, **self.layers}
         start = time.perf_counter()
         self._start_generation(new_plan, generation, rank_of_node, store)

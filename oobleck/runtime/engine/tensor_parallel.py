@@ -41,7 +41,8 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-from oobleck.errors import ConfigError
+from oobleck.errors import ConfigError, ReconfigurationError
+from oobleck.planning.plan import Plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +167,7 @@ def check_degree(arch: str, hf_config: object, degree: int) -> None:
 
 def _conv1d_to_linear(conv: nn.Module) -> nn.Linear:
     """A ``Linear`` computing what a HF ``Conv1D`` computes (its weight transposed)."""
-    weight, bias = conv.weight, conv.bias
+    weight, bias = conv.get_parameter("weight"), getattr(conv, "bias", None)
     linear = nn.Linear(weight.shape[0], weight.shape[1], bias=bias is not None, device=weight.device)
     with torch.no_grad():
         linear.weight.copy_(weight.t())
@@ -177,13 +178,12 @@ def _conv1d_to_linear(conv: nn.Module) -> nn.Linear:
 
 def _set_local_heads(block: nn.Module, arch: str, degree: int) -> None:
     """Attention attributes HF reads in ``forward``, set to this rank's share."""
-    if arch == "gpt2":
-        attn = block.get_submodule("block.attn")
-        attn.split_size //= degree
-        attn.num_heads //= degree
-    elif arch == "opt":
-        attn = block.get_submodule("block.self_attn")
-        attn.num_heads //= degree
+    attrs = {"gpt2": ("block.attn", ("split_size", "num_heads")), "opt": ("block.self_attn", ("num_heads",))}
+    if arch in attrs:
+        path, names = attrs[arch]
+        attn = block.get_submodule(path)
+        for name in names:
+            setattr(attn, name, int(getattr(attn, name)) // degree)
     # NOTE: LLaMA's attention views with ``-1`` heads and keeps ``num_key_value_groups`` (the
     # q-per-kv ratio), which sharding q and kv heads by the same degree does not change.
 
@@ -211,6 +211,8 @@ def shard_block(block: nn.Module, arch: str, hf_config: object, mesh: DeviceMesh
         parent, _, name = path.rpartition(".")
         module = block.get_submodule(path)
         linear = _conv1d_to_linear(module) if plan.conv1d else module
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"tensor_parallel: {arch} {path} is a {type(linear).__name__}, expected Linear")
         if path in plan.fused:
             # NOTE: rows permuted per rank so the contiguous colwise chunk r is [q_r; k_r; v_r].
             linear = _permuted(linear, plan.fused[path], degree)
@@ -274,3 +276,26 @@ def _permuted(linear: nn.Linear, fused: int, degree: int) -> nn.Linear:
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The local shard of a DTensor (a view of its storage), or the tensor itself."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def refuse_tensor_parallel_recovery(old_plan: Plan | None, new_plan: Plan) -> None:
+    """Refuse a reconfiguration from or to a plan with a multi-device (tensor-parallel) stage.
+
+    NOTE: sharded layer state lives in DTensors bound to one generation's TP group, and the
+    transfer code moves whole layers between single ranks; re-binding shards to a new group and
+    resharding between TP degrees are not implemented yet, so the caller falls back to a
+    checkpoint (every rank raises alike, before any group is built).
+
+    Raises:
+        ReconfigurationError: a stage of ``old_plan`` or ``new_plan`` spans several devices.
+    """
+    for name, plan in (("committed", old_plan), ("new", new_plan)):
+        if plan is None:
+            continue
+        degrees = sorted({stage.gpus for p in plan.pipelines for stage in p.template.stages})
+        if degrees[-1:] and degrees[-1] > 1:
+            raise ReconfigurationError(
+                f"the {name} plan has tensor-parallel stages (degrees {degrees}); recovery across "
+                "tensor-parallel plans is not supported yet: restart from a checkpoint, or run with "
+                "tensor_parallel.max_degree=1 to recover in place"
+            )
