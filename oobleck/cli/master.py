@@ -119,6 +119,13 @@ def _run(args: argparse.Namespace) -> int:
         check_job(job.config, job.config_path)
         check_checkpoint_dir(job.config, run_dir, source=job.config_path)
         check_data_inputs(job.config, source=job.config_path)
+    if job is not None and hosts is not None:
+        # NOTE: a stage spans devices of one node only; refuse a TP degree above the slots now,
+        # not when the workers plan (hostfile slots are homogeneous, parse_hostfile checks it).
+        try:
+            job.config.tensor_parallel.check_fits(min(host.slots for host in hosts))
+        except ConfigError as error:
+            raise ConfigError(f"{job.config_path}: {error}") from None
     token = _token(args, run_dir)
 
     from oobleck.runtime.control.job import check_reachable, run_job

@@ -190,6 +190,42 @@ class CheckpointConfig:
             _positive_int("checkpoint.keep", self.keep, maximum=MAX_STEPS)
 
 
+MAX_TP_DEGREE = 64
+"""Largest ``tensor_parallel.max_degree``: a stage spans devices of one node, and no node has more."""
+
+
+@dataclass(kw_only=True, slots=True)
+class TensorParallelConfig:
+    """Tensor parallelism inside a stage (the original Oobleck's ``tp_size``)."""
+
+    max_degree: int = 1
+    """Most devices of one node a stage may span, its layers tensor-parallel over them; the runtime
+    plans with it as the planner's ``max_gpus_per_stage``, as the simulator does, so both see the
+    same plan. 1 (the default): one device per stage. Must divide the model's attention heads
+    (checked when a stage is built) and be at most the devices (slots) of a node: a stage cannot
+    span nodes. At most ``MAX_TP_DEGREE``."""
+
+    def __post_init__(self) -> None:
+        _positive_int("tensor_parallel.max_degree", self.max_degree, maximum=MAX_TP_DEGREE)
+
+    def check_fits(self, devices_per_node: int) -> None:
+        """Refuse a degree larger than a node's devices, before any worker plans with it.
+
+        Args:
+            devices_per_node: devices (agent slots) of every node of the job.
+
+        Raises:
+            ConfigError: ``max_degree > devices_per_node`` (a stage cannot span nodes).
+        """
+        if self.max_degree > devices_per_node:
+            raise ConfigError(
+                f"tensor_parallel.max_degree: {self.max_degree} but nodes have {devices_per_node} "
+                "device(s) each, and a stage cannot span nodes; lower tensor_parallel.max_degree to "
+                f"{devices_per_node} or give every node {self.max_degree} devices "
+                f"(agent slots={self.max_degree})"
+            )
+
+
 @dataclass(kw_only=True, slots=True)
 class JobConfig:
     """One training job: model, data, batch, schedule, fault tolerance."""
@@ -223,6 +259,8 @@ class JobConfig:
     work on the device, or forces deeper pipelines (a larger n0) for a small model in tests."""
     profile: Literal["analytic", "measured"] = "analytic"
     """``analytic``: estimate layer costs from parameter counts; ``measured``: run the profiler."""
+    tensor_parallel: TensorParallelConfig = field(default_factory=TensorParallelConfig)
+    """Tensor parallelism inside a stage (default: none)."""
 
     def __post_init__(self) -> None:
         _positive_int("global_batch", self.global_batch, maximum=MAX_GLOBAL_BATCH)

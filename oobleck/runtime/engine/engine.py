@@ -4,6 +4,10 @@ Assumptions:
     * Every rank of a generation calls :meth:`Engine.configure` / :meth:`Engine.reconfigure` with
       the same plan, generation, rank map and transfer list, then :meth:`Engine.train_step` with the
       same step numbers.
+    * A stage on G devices is G ranks (its TP group): blocks are tensor-parallel over a
+      ``DeviceMesh`` of that group (:mod:`~oobleck.runtime.engine.tensor_parallel`), embedding and
+      head are computed in full by every TP rank; only TP rank 0 reports losses and sample ids.
+      Sharded layers cannot yet move between nodes on recovery (refused, see :meth:`reconfigure`).
     * The caller owns the rendezvous store (torchrun's, or the master's TCPStore); the engine only
       namespaces it per generation (``PrefixStore("gen<g>", store)``).
 """
@@ -19,6 +23,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Shard
 
 from oobleck.errors import PlanningError, ReconfigurationError
 from oobleck.planning.plan import Plan, Transfer
@@ -29,6 +35,7 @@ from oobleck.runtime.engine.data import GlobalSampler, load_dataset
 from oobleck.runtime.engine.executor import StageContext, run_1f1b
 from oobleck.runtime.engine.optim import LayerState, adamw_update, clip_coefficient, learning_rate
 from oobleck.runtime.engine.records import ReconfigureTiming, StepMetrics
+from oobleck.runtime.engine.tensor_parallel import local_tensor, refuse_tensor_parallel_recovery, shard_block
 from oobleck.runtime.engine.topology import StageInfo, Topology, build_topology
 from oobleck.runtime.engine.transfer import (
     TRANSFER_HOLD_ENV,
@@ -124,6 +131,8 @@ class Engine:
         self._committed_plan: Plan | None = None
         self._retired: dict[int, LayerState] = {}
         self._tied_pairs = tuple((t.source_layer, t.layer) for t in self.adapter.tied)
+        self._mesh: DeviceMesh | None = None
+        """The device mesh of this rank's TP group (None: a one-device stage)."""
 
     def configure(
         self, plan: Plan, generation: int, rank_of_node: Mapping[int, int], store: dist.Store
@@ -164,7 +173,10 @@ class Engine:
             batches = [ids[i * size : (i + 1) * size] for i in range(info.microbatches)]
             after = self._accumulate if job.optim.exact_accumulation else None
             loss_sum = run_1f1b(self._stage_context(info), batches, 1.0 / plan.global_microbatches, after)
-            sample_ids = tuple(ids) if info.is_first else ()
+            if info.tp_rank > 0:
+                # NOTE: every TP rank of a last stage computed the same losses; count them once.
+                loss_sum = torch.zeros((), dtype=torch.float64)
+            sample_ids = tuple(ids) if info.is_first and info.tp_rank == 0 else ()
             self._sync_gradients(self.topology)
         totals = torch.stack([loss_sum, self._local_square_norm()]).to(self.device)
         self.comm.run("loss/norm all_reduce", dist.all_reduce, totals)
@@ -228,13 +240,15 @@ class Engine:
             Measured durations of the group rebuild and the state transfer, and bytes moved.
 
         Raises:
-            ReconfigurationError: after the transfers this rank still lacks a layer it must hold.
+            ReconfigurationError: after the transfers this rank still lacks a layer it must hold,
+                or either plan has a tensor-parallel stage (not recoverable yet).
             CommunicationError: the rendezvous or a transfer failed.
         """
         # NOTE: the sources refer to the last committed plan, not to ``self.plan``, so a
         # reconfigure that failed half-way (or completed without a step after it) can be redone
         # from the same plan: layers dropped since that commit are kept in ``_retired``.
         old_plan = source_plan or self._committed_plan
+        refuse_tensor_parallel_recovery(old_plan, new_plan)
         pool = {**self._retired, **self.layers}
         start = time.perf_counter()
         self._start_generation(new_plan, generation, rank_of_node, store)
@@ -280,7 +294,7 @@ class Engine:
             state = self.layers[index]
             state.ensure_moments()
             for name, param in state.params():
-                out[f"layers.{index}.param.{name}"] = param.detach().cpu().clone()
+                out[f"layers.{index}.param.{name}"] = local_tensor(param.detach()).cpu().clone()
                 out[f"layers.{index}.exp_avg.{name}"] = state.exp_avg[name].cpu().clone()
                 out[f"layers.{index}.exp_avg_sq.{name}"] = state.exp_avg_sq[name].cpu().clone()
             out[f"layers.{index}.step"] = torch.tensor(state.step, dtype=torch.int64)
@@ -296,7 +310,7 @@ class Engine:
             for index, state in self.layers.items():
                 state.ensure_moments()
                 for name, param in state.params():
-                    param.copy_(tensors[f"layers.{index}.param.{name}"])
+                    local_tensor(param.detach()).copy_(tensors[f"layers.{index}.param.{name}"])
                     state.exp_avg[name].copy_(tensors[f"layers.{index}.exp_avg.{name}"])
                     state.exp_avg_sq[name].copy_(tensors[f"layers.{index}.exp_avg_sq.{name}"])
                 state.step = int(tensors[f"layers.{index}.step"])
@@ -310,8 +324,13 @@ class Engine:
     ) -> None:
         if self.node not in rank_of_node:
             raise PlanningError(f"node {self.node} is not in rank_of_node={dict(rank_of_node)}")
+        last = self.adapter.num_layers - 1
         topology = build_topology(
-            plan, rank_of_node, num_layers=self.adapter.num_layers, tied_pairs=self._tied_pairs
+            plan,
+            rank_of_node,
+            num_layers=self.adapter.num_layers,
+            tied_pairs=self._tied_pairs,
+            replicated_layers=(0, last),
         )
         slots = plan.pipelines[0].template.gpus_per_node if plan.pipelines else 1
         world_size = max(topology.world_size, len(rank_of_node) * slots)
@@ -324,6 +343,10 @@ class Engine:
             self.info = topology.stage_of_rank(self.rank)
         except KeyError:
             self.info = None
+        self._mesh = None
+        if self.info is not None and self.info.tp_degree > 1:
+            group = self.comm.group(self.info.tp_ranks)
+            self._mesh = DeviceMesh.from_group(group, self.device.type)
         logger.info(
             "[node %d/rank %d gen=%d] stage %s layers %s",
             self.node,
@@ -338,7 +361,10 @@ class Engine:
 
     def _new_layer(self, index: int) -> LayerState:
         module = self.adapter.build_layer(index, self.job.seed, self.device)
-        state = LayerState(index=index, module=module)
+        specs = {}
+        if self._mesh is not None and self.info is not None and index in self.info.sharded_layers:
+            specs = shard_block(module, self.adapter.arch, self.adapter.hf_config, self._mesh)
+        state = LayerState(index=index, module=module, shard_specs=specs)
         state.ensure_moments()
         return state
 
@@ -377,6 +403,15 @@ class Engine:
         split, and Adam (which amplifies noise in near-zero gradients) sees the same bits as in a
         one-process run.
         """
+        info = self.info
+        if info is None:
+            return
+
+        def contribution(state: LayerState, name: str) -> torch.Tensor:
+            # NOTE: a TP copy of a replicated layer adds zeros, so the bucket counts it once.
+            grad = state.gradient(name)
+            return grad if info.contributes(state.index) else torch.zeros_like(grad)
+
         for bucket in topology.buckets_of_rank(self.rank):
             grads: list[torch.Tensor] = []
             targets: list[list[tuple[LayerState, str]]] = []
@@ -385,11 +420,11 @@ class Engine:
                 tied = set(self.adapter.tied_names(layer))
                 for name, _ in state.params():
                     if name not in tied:
-                        grads.append(state.gradient(name))
+                        grads.append(contribution(state, name))
                         targets.append([(state, name)])
             for pair in bucket.tied:
                 sides = self._tied_sides(pair)
-                values = [state.gradient(name) for state, name in sides]
+                values = [contribution(state, name) for state, name in sides]
                 grads.append(values[0] + values[1] if len(values) > 1 else values[0])
                 targets.append(sides)
             if not grads:
@@ -407,14 +442,24 @@ class Engine:
                     state.set_gradient(name, value)
 
     def _local_square_norm(self) -> torch.Tensor:
-        """Squared gradient norm of the layers this rank counts (their pipeline-0 holder)."""
+        """Squared gradient norm of the layers this rank counts (their pipeline-0 holder).
+
+        Under TP each shard is counted once: a rank counts the local shards of its sharded
+        parameters, and replicated parameters only on TP rank 0.
+        """
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         if self.info is None:
             return total.cpu()
+        first = self.info.tp_rank == 0
         grads = []
         for layer in self.info.norm_layers:
             skip = {tie.name for tie in self.adapter.tied if tie.layer == layer}
-            grads += [p.grad for n, p in self.layers[layer].params() if n not in skip and p.grad is not None]
+            for name, param in self.layers[layer].params():
+                if name in skip or param.grad is None:
+                    continue
+                sharded = isinstance(param, DTensor) and isinstance(param.placements[0], Shard)
+                if sharded or first:
+                    grads.append(local_tensor(param.grad))
         if grads:
             norms = torch._foreach_norm(grads)
             total = torch.stack(norms).double().pow(2).sum()

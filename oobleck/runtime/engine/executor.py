@@ -65,20 +65,20 @@ class _P2P:
         self._run("recv activation", [dist.P2POp(dist.irecv, buffer, prev)])
         return buffer.requires_grad_()
 
+    def _sends(self, tensor: torch.Tensor, ranks: Sequence[int]) -> list[dist.P2POp]:
+        # NOTE: under TP a sender may feed several ranks of a wider next/previous stage.
+        return [dist.P2POp(dist.isend, tensor, rank) for rank in ranks]
+
     def send_forward(self, output: torch.Tensor) -> None:
-        nxt = self.ctx.info.next_rank
-        if nxt is not None:
-            self._run("send activation", [dist.P2POp(dist.isend, output.detach().contiguous(), nxt)])
+        self._run("send activation", self._sends(output.detach().contiguous(), self.ctx.info.next_targets))
 
     def send_forward_recv_backward(self, output: torch.Tensor) -> torch.Tensor | None:
         nxt = self.ctx.info.next_rank
         if nxt is None:
             return None
         grad = self._empty()
-        ops = [
-            dist.P2POp(dist.isend, output.detach().contiguous(), nxt),
-            dist.P2POp(dist.irecv, grad, nxt),
-        ]
+        ops = self._sends(output.detach().contiguous(), self.ctx.info.next_targets)
+        ops.append(dist.P2POp(dist.irecv, grad, nxt))
         self._run("send activation / recv gradient", ops)
         return grad
 
@@ -91,16 +91,15 @@ class _P2P:
         return grad
 
     def send_backward(self, grad: torch.Tensor | None) -> None:
-        prev = self.ctx.info.prev_rank
-        if prev is not None and grad is not None:
-            self._run("send gradient", [dist.P2POp(dist.isend, grad.contiguous(), prev)])
+        if grad is not None:
+            self._run("send gradient", self._sends(grad.contiguous(), self.ctx.info.prev_targets))
 
     def send_backward_recv_forward(self, grad: torch.Tensor | None) -> torch.Tensor | None:
         prev = self.ctx.info.prev_rank
         if prev is None:
             return None
         buffer = self._empty()
-        ops = [dist.P2POp(dist.isend, grad.contiguous(), prev)] if grad is not None else []
+        ops = self._sends(grad.contiguous(), self.ctx.info.prev_targets) if grad is not None else []
         ops.append(dist.P2POp(dist.irecv, buffer, prev))
         self._run("send gradient / recv activation", ops)
         return buffer.requires_grad_()

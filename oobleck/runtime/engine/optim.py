@@ -8,6 +8,9 @@ correction) so that every rank, one-process or split, performs exactly the same 
 Assumptions:
     * fp32 parameters and moments; weight decay applies to matrices (>= 2 dimensions) only.
     * The learning rate is a pure function of the step, so it needs no state to survive recovery.
+    * Under tensor parallelism a parameter (and its gradient) may be a DTensor: moments, gradient
+      sums and the update work on its local shard only (``local_tensor``), so optimizer state is
+      per shard and the arithmetic is the one-process arithmetic on that slice.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from oobleck.runtime.config import OptimConfig
+from oobleck.runtime.engine.tensor_parallel import ShardSpec, local_tensor
 
 
 def learning_rate(step: int, total_steps: int, config: OptimConfig) -> float:
@@ -58,6 +63,8 @@ class LayerState:
     """AdamW updates applied so far (drives bias correction); travels with the layer."""
     grad_sum: dict[str, torch.Tensor] = field(default_factory=dict)
     """Float64 sums of microbatch gradients (only with ``optim.exact_accumulation``)."""
+    shard_specs: dict[str, ShardSpec] = field(default_factory=dict)
+    """Tensor-parallel layers: how each parameter's local shard maps to the full one (else empty)."""
 
     _params: list[tuple[str, nn.Parameter]] = field(default_factory=list, repr=False)
     _by_name: dict[str, nn.Parameter] = field(default_factory=dict, repr=False)
@@ -74,15 +81,16 @@ class LayerState:
         """Create zero moments for parameters that have none yet."""
         for name, param in self.params():
             if name not in self.exp_avg:
-                self.exp_avg[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                self.exp_avg_sq[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                local = local_tensor(param.detach())
+                self.exp_avg[name] = torch.zeros_like(local, memory_format=torch.preserve_format)
+                self.exp_avg_sq[name] = torch.zeros_like(local, memory_format=torch.preserve_format)
 
     def state_tensors(self) -> list[torch.Tensor]:
         """Parameters, first moments, second moments, each in parameter order: what a transfer moves."""
         self.ensure_moments()
         names = [name for name, _ in self.params()]
         return (
-            [param.data for _, param in self.params()]
+            [local_tensor(param.detach()) for _, param in self.params()]
             + [self.exp_avg[name] for name in names]
             + [self.exp_avg_sq[name] for name in names]
         )
@@ -99,10 +107,11 @@ class LayerState:
         for name, param in self.params():
             if param.grad is None:
                 continue
+            grad = local_tensor(param.grad)
             if name in self.grad_sum:
-                self.grad_sum[name].add_(param.grad)
+                self.grad_sum[name].add_(grad)
             else:
-                self.grad_sum[name] = param.grad.to(torch.float64)
+                self.grad_sum[name] = grad.to(torch.float64)
             param.grad = None
 
     def gradient(self, name: str) -> torch.Tensor:
@@ -110,12 +119,15 @@ class LayerState:
         if name in self.grad_sum:
             return self.grad_sum[name]
         param = self._by_name[name]
-        return param.grad if param.grad is not None else torch.zeros_like(param)
+        return local_tensor(param.grad if param.grad is not None else torch.zeros_like(param))
 
     def set_gradient(self, name: str, value: torch.Tensor) -> None:
         """Install the synchronised gradient of ``name`` (cast to the parameter's dtype)."""
         param = self._by_name[name]
-        param.grad = value.to(param.dtype, copy=True)
+        grad = value.to(param.dtype, copy=True)
+        if isinstance(param, DTensor):
+            grad = DTensor.from_local(grad, param.device_mesh, param.placements, run_check=False)
+        param.grad = grad
         self.grad_sum.pop(name, None)
 
 
@@ -143,8 +155,8 @@ def adamw_update(states: list[LayerState], lr: float, config: OptimConfig, grad_
             state.step = step + 1
         if not chosen:
             continue
-        params: list[torch.Tensor] = [p for _, _, p in chosen]
-        grads: list[torch.Tensor] = [p.grad for _, _, p in chosen if p.grad is not None]
+        params: list[torch.Tensor] = [local_tensor(p.detach()) for _, _, p in chosen]
+        grads: list[torch.Tensor] = [local_tensor(p.grad) for _, _, p in chosen if p.grad is not None]
         exp_avgs = [s.exp_avg[n] for s, n, _ in chosen]
         exp_avg_sqs = [s.exp_avg_sq[n] for s, n, _ in chosen]
         if grad_scale != 1.0:

@@ -129,7 +129,7 @@ def _load_plan(path: str, gpus_per_node: int) -> Plan:
 
 
 def job_planner(job: JobConfig, profile: ModelProfile, max_nodes: int, gpus_per_node: int = 1) -> Planner:
-    """The planner every worker of ``job`` plans with: one device per stage (one worker per slot).
+    """The planner every worker of ``job`` plans with: up to ``tensor_parallel.max_degree`` devices per stage.
 
     Args:
         job: The job.
@@ -139,15 +139,20 @@ def job_planner(job: JobConfig, profile: ModelProfile, max_nodes: int, gpus_per_
 
     Returns:
         A planner pricing the job's hardware entry with ``gpus_per_node`` devices per node.
+
+    Raises:
+        ConfigError: the TP degree exceeds the devices per node (a stage cannot span nodes).
     """
+    hardware = dataclasses.replace(job.hardware_spec(), gpus_per_node=gpus_per_node)
+    job.tensor_parallel.check_fits(hardware.gpus_per_node)
     return Planner(
         profile,
-        dataclasses.replace(job.hardware_spec(), gpus_per_node=gpus_per_node),
+        hardware,
         fault_tolerance=job.fault_tolerance,
         global_microbatches=job.global_microbatches,
         microbatch_size=job.microbatch_size,
         max_nodes=max_nodes,
-        max_gpus_per_stage=1,
+        max_gpus_per_stage=job.tensor_parallel.max_degree,
     )
 
 

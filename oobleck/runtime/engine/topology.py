@@ -5,9 +5,18 @@ topology, which is what makes group creation (a collective that every rank must 
 order) safe.
 
 Assumptions:
-    * One stage per rank, one device per stage (no tensor parallelism): a stage with ``gpus > 1``
-      is rejected. Ranks of a node are consecutive: the rank of a stage is the node's first rank
-      plus the stage's device index on that node.
+    * One stage per rank. A stage on G devices of one node is G ranks, its TP group (ranks of a
+      node are consecutive: the node's first rank plus the device index on that node). Its blocks
+      are tensor-parallel over the group; its ``replicated_layers`` (embedding, head) are computed
+      in full by every TP rank (``tensor_parallel``).
+    * Pipeline transfers go TP rank to TP rank: activations between stages are replicated, so
+      TP rank i of a stage receives from TP rank ``i mod G_prev`` of the stage before and gets its
+      output gradient from rank ``i mod G_next`` of the stage after (equal degrees: peer to peer,
+      no extra collective, every link carries one copy; unequal: the senders fan out).
+    * Gradient sync is per (layer, TP shard): shard t of a sharded layer is all-reduced over the
+      TP-rank-t holders of every pipeline, so every pipeline must hold a sharded layer at the same
+      TP degree. A replicated layer on a multi-device stage is reduced over all its TP ranks, with
+      only TP rank 0 contributing (``StageInfo.contributes``), so it is counted once.
     * Gradient-sync buckets are deduplicated by rank set: layers with the same holders share one
       flattened all-reduce; a tied weight (GPT-2 ``wte``/``lm_head``) is reduced once over the union
       of the holders of both sides, so every copy receives the very same bits.
@@ -47,9 +56,44 @@ class StageInfo:
     first_microbatch: int
     """Index in the step's global batch of the pipeline's first microbatch."""
     prev_rank: int | None
+    """Rank of the stage before that this rank receives its input activation from."""
     next_rank: int | None
+    """Rank of the stage after that this rank receives its output gradient from."""
     norm_layers: tuple[int, ...]
     """Held layers whose gradient norm this rank counts (it is their pipeline-0 holder)."""
+    tp_ranks: tuple[int, ...] = ()
+    """The stage's ranks (its TP group), ascending; ``(rank,)`` for a one-device stage."""
+    send_next: tuple[int, ...] | None = None
+    """Ranks of the stage after that receive this rank's output activation (None: ``next_rank``)."""
+    send_prev: tuple[int, ...] | None = None
+    """Ranks of the stage before that receive this rank's input gradient (None: ``prev_rank``)."""
+    sharded_layers: tuple[int, ...] = ()
+    """Held layers that are tensor-parallel on this stage (blocks of a multi-device stage)."""
+
+    @property
+    def tp_degree(self) -> int:
+        return max(1, len(self.tp_ranks))
+
+    @property
+    def tp_rank(self) -> int:
+        """Index of this rank in its TP group."""
+        return self.tp_ranks.index(self.rank) if self.tp_ranks else 0
+
+    def contributes(self, layer: int) -> bool:
+        """Whether this rank's gradient of a held ``layer`` counts (not a TP copy of a replicated one)."""
+        return self.tp_rank == 0 or layer in self.sharded_layers
+
+    @property
+    def next_targets(self) -> tuple[int, ...]:
+        if self.send_next is not None:
+            return self.send_next
+        return () if self.next_rank is None else (self.next_rank,)
+
+    @property
+    def prev_targets(self) -> tuple[int, ...]:
+        if self.send_prev is not None:
+            return self.send_prev
+        return () if self.prev_rank is None else (self.prev_rank,)
 
     @property
     def is_first(self) -> bool:
@@ -78,11 +122,15 @@ class Topology:
         return tuple(bucket for bucket in self.buckets if rank in bucket.ranks)
 
     def group_rank_sets(self) -> tuple[tuple[int, ...], ...]:
-        """Distinct rank sets (size > 1) needing a process group, in the order all ranks create them."""
+        """Distinct rank sets (size > 1) needing a process group, in the order all ranks create them.
+
+        The gradient buckets' sets, then the TP groups of multi-device stages.
+        """
         seen: list[tuple[int, ...]] = []
-        for bucket in self.buckets:
-            if len(bucket.ranks) > 1 and bucket.ranks not in seen:
-                seen.append(bucket.ranks)
+        sets = [bucket.ranks for bucket in self.buckets] + [info.tp_ranks for info in self.stages]
+        for ranks in sets:
+            if len(ranks) > 1 and ranks not in seen:
+                seen.append(ranks)
         return tuple(seen)
 
 
@@ -92,6 +140,7 @@ def build_topology(
     *,
     num_layers: int,
     tied_pairs: tuple[tuple[int, int], ...] = (),
+    replicated_layers: tuple[int, ...] = (),
 ) -> Topology:
     """Compute every rank's stage and the gradient buckets.
 
@@ -100,67 +149,96 @@ def build_topology(
         rank_of_node: first rank of each node id in the plan (ranks of a node are consecutive).
         num_layers: layers of the model; the plan's templates must cover exactly these.
         tied_pairs: (source layer, tied layer) per tied weight, e.g. ``((0, L-1),)`` for GPT-2.
+        replicated_layers: layers never sharded, even on a multi-device stage (embedding, head).
 
     Returns:
         The topology.
 
     Raises:
-        PlanningError: the plan does not fit the model, a node has no rank, or a stage needs
-            tensor parallelism.
+        PlanningError: the plan does not fit the model, a node has no rank, or pipelines hold a
+            sharded layer at different TP degrees.
     """
     missing = [node for node in plan.nodes if node not in rank_of_node]
     if missing:
         raise PlanningError(f"plan nodes {missing} have no rank in rank_of_node={dict(rank_of_node)}")
-    stage_ranks: list[list[int]] = []
+    stage_ranks: list[list[tuple[int, ...]]] = []
     for index, pipeline in enumerate(plan.pipelines):
         template = pipeline.template
         if template.num_layers != num_layers:
             raise PlanningError(
                 f"pipeline {index} covers {template.num_layers} layers but the model has {num_layers}"
             )
-        ranks = []
-        for stage, (node, devices) in zip(template.stages, template.stage_devices(), strict=True):
-            if stage.gpus != 1:
-                raise PlanningError(
-                    f"pipeline {index}: a stage on {stage.gpus} GPUs needs tensor parallelism, which the "
-                    "engine does not support; plan with max_gpus_per_stage=1"
-                )
-            ranks.append(rank_of_node[pipeline.nodes[node]] + devices[0])
-        stage_ranks.append(ranks)
-    all_ranks = [rank for ranks in stage_ranks for rank in ranks]
+        first = [rank_of_node[pipeline.nodes[node]] for node, _ in template.stage_devices()]
+        stage_ranks.append(
+            [
+                tuple(f + d for d in devices)
+                for f, (_, devices) in zip(first, template.stage_devices(), strict=True)
+            ]
+        )
+    all_ranks = [rank for ranks in stage_ranks for stage in ranks for rank in stage]
     if len(all_ranks) != len(set(all_ranks)):
         raise PlanningError(f"two stages map to one rank: {stage_ranks}")
 
-    def holder(pipeline: int, layer: int) -> int:
+    def holder(pipeline: int, layer: int) -> tuple[int, ...]:
         return stage_ranks[pipeline][plan.pipelines[pipeline].template.stage_of_layer(layer)]
+
+    def degree(pipeline: int, layer: int) -> int:
+        return 1 if layer in replicated_layers else len(holder(pipeline, layer))
 
     stages = []
     for p, pipeline in enumerate(plan.pipelines):
+        ranks = stage_ranks[p]
         for s, stage in enumerate(pipeline.template.stages):
-            ranks = stage_ranks[p]
-            stages.append(
-                StageInfo(
-                    rank=ranks[s],
-                    pipeline=p,
-                    stage=s,
-                    num_stages=len(ranks),
-                    layers=tuple(stage.layers),
-                    microbatches=pipeline.microbatches,
-                    first_microbatch=plan.first_microbatch(p),
-                    prev_rank=ranks[s - 1] if s > 0 else None,
-                    next_rank=ranks[s + 1] if s + 1 < len(ranks) else None,
-                    norm_layers=tuple(layer for layer in stage.layers if holder(0, layer) == ranks[s])
-                    if p == 0
-                    else (),
-                )
+            group = ranks[s]
+            sharded = tuple(
+                layer for layer in stage.layers if len(group) > 1 and layer not in replicated_layers
             )
+            for t, rank in enumerate(group):
+                prev = ranks[s - 1] if s > 0 else ()
+                nxt = ranks[s + 1] if s + 1 < len(ranks) else ()
+                stages.append(
+                    StageInfo(
+                        rank=rank,
+                        pipeline=p,
+                        stage=s,
+                        num_stages=len(ranks),
+                        layers=tuple(stage.layers),
+                        microbatches=pipeline.microbatches,
+                        first_microbatch=plan.first_microbatch(p),
+                        prev_rank=prev[t % len(prev)] if prev else None,
+                        next_rank=nxt[t % len(nxt)] if nxt else None,
+                        norm_layers=tuple(layer for layer in stage.layers if holder(0, layer) == group)
+                        if p == 0
+                        else (),
+                        tp_ranks=group,
+                        send_next=tuple(r for i, r in enumerate(nxt) if i % len(group) == t),
+                        send_prev=tuple(r for j, r in enumerate(prev) if j % len(group) == t),
+                        sharded_layers=sharded,
+                    )
+                )
     layer_sets: dict[tuple[int, ...], list[int]] = {}
     for layer in range(num_layers):
-        holders = tuple(sorted(holder(p, layer) for p in range(len(plan.pipelines))))
-        layer_sets.setdefault(holders, []).append(layer)
+        degrees = sorted({degree(p, layer) for p in range(len(plan.pipelines))})
+        if len(degrees) > 1:
+            raise PlanningError(
+                f"layer {layer} is tensor-parallel at degrees {degrees} in different pipelines; the engine "
+                "syncs gradients per (layer, TP shard), so every pipeline must shard it alike; plan with "
+                "tensor_parallel.max_degree=1 or with templates of one TP degree"
+            )
+        if degrees and degrees[0] > 1:
+            shard_sets = [
+                tuple(sorted(holder(p, layer)[t] for p in range(len(plan.pipelines))))
+                for t in range(degrees[0])
+            ]
+        else:
+            shard_sets = [tuple(sorted(r for p in range(len(plan.pipelines)) for r in holder(p, layer)))]
+        for holders in shard_sets:
+            layer_sets.setdefault(holders, []).append(layer)
     tied_sets: dict[tuple[int, ...], list[int]] = {}
     for index, (source, tied) in enumerate(tied_pairs):
-        tied_holders = {holder(p, lay) for p in range(len(plan.pipelines)) for lay in (source, tied)}
+        tied_holders = {
+            r for p in range(len(plan.pipelines)) for lay in (source, tied) for r in holder(p, lay)
+        }
         holders = tuple(sorted(tied_holders))
         tied_sets.setdefault(holders, []).append(index)
     buckets = [
