@@ -198,7 +198,9 @@ def build_report(args: argparse.Namespace) -> dict[str, Any]:
             f"(n0={planner.min_nodes} {hardware.name} nodes hold {profile.model}); "
             "lower --fault-tolerance or add nodes"
         )
-    planning = _plan_job.JobPlanning(profile, hardware, planner, fault_tolerance, global_batch, microbatch_size)
+    planning = _plan_job.JobPlanning(
+        profile, hardware, planner, fault_tolerance, global_batch, microbatch_size
+    )
     return _report(args, nodes, join, planning)
 
 
@@ -208,7 +210,9 @@ def _job_planning(args: argparse.Namespace, nodes: int, join: int) -> _plan_job.
     return _plan_job.job_planning(args.config, nodes, join, args.gpus_per_node)
 
 
-def _report(args: argparse.Namespace, nodes: int, join: int, planning: _plan_job.JobPlanning) -> dict[str, Any]:
+def _report(
+    args: argparse.Namespace, nodes: int, join: int, planning: _plan_job.JobPlanning
+) -> dict[str, Any]:
     """The ``--json`` object of a checked planning setup (from flags or a job file)."""
     profile, hardware, planner = planning.profile, planning.hardware, planning.planner
     fault_tolerance, global_batch = planning.fault_tolerance, planning.global_batch

@@ -92,7 +92,9 @@ def _with_memory(job: JobConfig, device_memory_bytes: int) -> JobConfig:
     return dataclasses.replace(job, device_memory_bytes=device_memory_bytes)
 
 
-def smallest_memory_bytes(job: JobConfig, profile: ModelProfile, nodes: int, gpus_per_node: int) -> int | None:
+def smallest_memory_bytes(
+    job: JobConfig, profile: ModelProfile, nodes: int, gpus_per_node: int
+) -> int | None:
     """Smallest ``device_memory_bytes`` (whole KiB) with which a worker's plan exists on ``nodes`` nodes.
 
     Args:
