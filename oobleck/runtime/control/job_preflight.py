@@ -23,6 +23,7 @@ import ast
 import difflib
 import functools
 import importlib.util
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,13 +211,37 @@ def check_data_files(job: JobConfig, source: str) -> None:
         raise ConfigError(f"{source}: data.path: {path} does not exist; give a saved HF dataset folder")
 
 
-def check_plan(job: JobConfig, source: str, hosts: Sequence[HostEntry]) -> None:
+#: A checkpoint folder's step directories (``runtime/control/checkpoint.py``, which imports torch).
+_STEP_DIR = re.compile(r"^step\d{8}$")
+
+
+def has_checkpoints(job: JobConfig, run_dir: Path | None) -> bool:
+    """Whether the job's checkpoint folder holds a step directory, so its workers resume (restart plan).
+
+    Args:
+        job: The job (``checkpoint.dir``, else ``<run_dir>/checkpoints``).
+        run_dir: The run directory, or None when it is new (a daemon's per-job folder).
+
+    Returns:
+        True when some ``stepNNNNNNNN`` folder exists; its completeness is the workers' to judge,
+        so a partial one makes the plan check lenient, never wrongly strict.
+    """
+    folder = Path(job.checkpoint.dir) if job.checkpoint.dir else None
+    if folder is None and run_dir is not None:
+        folder = run_dir / "checkpoints"
+    if folder is None or not folder.is_dir():
+        return False
+    return any(_STEP_DIR.match(entry.name) and entry.is_dir() for entry in folder.iterdir())
+
+
+def check_plan(job: JobConfig, source: str, hosts: Sequence[HostEntry], run_dir: Path | None = None) -> None:
     """Refuse a job whose plan does not fit, or whose f is not guaranteed, on the hostfile's nodes.
 
     Plans with the torch-free analytic profile (:mod:`oobleck.runtime.job_plan`) exactly as the
     workers' first generation will. Skipped when the model cannot be resolved without torch
     (pretrained weights) or the hosts' slots differ or do not match the job (the membership
-    check refuses those with its own message).
+    check refuses those with its own message). A run that resumes from a checkpoint is planned
+    as its workers then plan it (``restart_plan``: f lowered to what the nodes allow).
 
     Raises:
         ConfigError: One line with the reason and a node count / ``device_memory_bytes`` that fits.
@@ -234,16 +259,19 @@ def check_plan(job: JobConfig, source: str, hosts: Sequence[HostEntry]) -> None:
         return
     profile = job_profile(job)
     if profile is not None:
-        check_fit(job, profile, len(hosts), gpus_per_node, source)
+        check_fit(job, profile, len(hosts), gpus_per_node, source, restart=has_checkpoints(job, run_dir))
 
 
-def check_job(job: JobConfig, source: str, hosts: Sequence[HostEntry] = ()) -> None:
+def check_job(
+    job: JobConfig, source: str, hosts: Sequence[HostEntry] = (), run_dir: Path | None = None
+) -> None:
     """Every job check the master runs before starting agents (the one place they are called from).
 
     Args:
         job: The job.
         source: The job file (for messages).
         hosts: The agents it will run on (hostfile or Slurm); empty: the plan is not checked.
+        run_dir: The run directory (its checkpoints make a resumed run), or None when new.
 
     Raises:
         ConfigError: The first problem, in one line.
@@ -251,4 +279,4 @@ def check_job(job: JobConfig, source: str, hosts: Sequence[HostEntry] = ()) -> N
     check_model_fields(job.model, source)
     check_data_files(job, source)
     if hosts:
-        check_plan(job, source, hosts)
+        check_plan(job, source, hosts, run_dir)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from oobleck.cli import main as oobleck_main
-from oobleck.runtime.config import JobConfig, ModelConfig
+from oobleck.errors import ConfigError
+from oobleck.runtime.config import JobConfig, ModelConfig, load_job_config
 from oobleck.runtime.control.hostfile import HostEntry
 from oobleck.runtime.control.job_preflight import check_job
 
@@ -59,3 +60,15 @@ def test_check_job_leaves_mismatched_slots_to_the_membership_check() -> None:
         device_memory_bytes=2_000_000,
     )
     check_job(job, "job.yaml", (HostEntry("a", slots=1), HostEntry("b", slots=2)))
+
+
+def test_resumed_run_needs_only_n0_nodes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With a checkpoint in the run dir the workers restart-plan (f lowered), so 2 nodes pass, 1 does not."""
+    job = load_job_config(DEEP)
+    (tmp_path / "run" / "checkpoints" / "step00000005").mkdir(parents=True)
+    two = (HostEntry("a"), HostEntry("b"))
+    with pytest.raises(ConfigError, match="fault_tolerance=1 needs"):
+        check_job(job, "job.yaml", two)
+    check_job(job, "job.yaml", two, tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"resuming from a checkpoint needs n0 = 2 nodes .*, got 1"):
+        check_job(job, "job.yaml", two[:1], tmp_path / "run")
