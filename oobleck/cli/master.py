@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
     if job is not None:
         from oobleck.runtime.control.job_preflight import check_job
 
-        check_job(job.config, job.config_path)
+        check_job(job.config, job.config_path, hosts or (), run_dir)
         check_checkpoint_dir(job.config, run_dir, source=job.config_path)
         check_data_inputs(job.config, source=job.config_path)
     if job is not None and hosts is not None:

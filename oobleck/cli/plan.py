@@ -8,6 +8,7 @@ and ``--join``. It prints readable tables, or with ``--json`` one JSON object wh
 Assumptions:
     * Node ids are ``0 .. nodes-1``; joined nodes get ``nodes .. nodes+join-1``.
     * Templates are generated up to ``nodes + join`` nodes so that a grow after a join finds one ready.
+    * With ``--config`` the job file replaces the model/hardware/f/batch flags (:mod:`._plan_job`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from oobleck.cli import _plan_job
 from oobleck.cli._common import at_least, new_parser, run_command
 from oobleck.errors import ConfigError
 from oobleck.planning.catalogue import resolve_profile
@@ -91,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="G",
         help="cap on GPUs (tensor-parallel degree) per stage; default: up to a whole node",
     )
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="JOB.yaml",
+        help="plan this training job as its workers would (model, hardware, f, batch from the file)",
+    )
+    parser.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=None,
+        metavar="G",
+        help="with --config: devices (agent slots) per node; default: the job's, 1 on cpu",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     return parser
 
@@ -149,10 +164,14 @@ def build_report(args: argparse.Namespace) -> dict[str, Any]:
         PlanningError: no plan exists (the model fits no pipeline, or too few nodes survive).
     """
     nodes = at_least("--nodes", args.nodes, 1)
+    join = at_least("--join", args.join, 0)
+    if args.config is not None:
+        return _report(args, nodes, join, _job_planning(args, nodes, join))
+    if args.gpus_per_node is not None:
+        raise ConfigError("--gpus-per-node: only used with --config; give the node type with --hardware")
     fault_tolerance = at_least("--fault-tolerance", args.fault_tolerance, 0)
     global_batch = at_least("--global-batch", args.global_batch, 1)
     microbatch_size = at_least("--microbatch-size", args.microbatch_size, 1)
-    join = at_least("--join", args.join, 0)
     if args.max_gpus_per_stage is not None:
         at_least("--max-gpus-per-stage", args.max_gpus_per_stage, 1)
     if global_batch % microbatch_size:
@@ -160,7 +179,7 @@ def build_report(args: argparse.Namespace) -> dict[str, Any]:
             f"--global-batch {global_batch} is not divisible by --microbatch-size {microbatch_size}; "
             f"use a multiple such as {global_batch - global_batch % microbatch_size or microbatch_size}"
         )
-    failed = parse_node_ids(args.fail, nodes)
+    parse_node_ids(args.fail, nodes)  # NOTE: bad ids are reported before the model is resolved.
     hardware = get_hardware(args.hardware)
     profile = resolve_profile(args.model, hardware, microbatch_size=microbatch_size)
     planner = Planner(
@@ -172,13 +191,34 @@ def build_report(args: argparse.Namespace) -> dict[str, Any]:
         max_nodes=nodes + join,
         max_gpus_per_stage=args.max_gpus_per_stage,
     )
-    low, high = guaranteed_range(planner.templates, fault_tolerance, nodes)
+    low, _ = guaranteed_range(planner.templates, fault_tolerance, nodes)
     if nodes < low:
         raise ConfigError(
             f"fault_tolerance={fault_tolerance} needs >= (f+1)*n0 = {low} nodes, got {nodes} "
             f"(n0={planner.min_nodes} {hardware.name} nodes hold {profile.model}); "
             "lower --fault-tolerance or add nodes"
         )
+    planning = _plan_job.JobPlanning(
+        profile, hardware, planner, fault_tolerance, global_batch, microbatch_size
+    )
+    return _report(args, nodes, join, planning)
+
+
+def _job_planning(args: argparse.Namespace, nodes: int, join: int) -> _plan_job.JobPlanning:
+    _plan_job.refuse_job_flags(args, build_parser())
+    parse_node_ids(args.fail, nodes)
+    return _plan_job.job_planning(args.config, nodes, join, args.gpus_per_node)
+
+
+def _report(
+    args: argparse.Namespace, nodes: int, join: int, planning: _plan_job.JobPlanning
+) -> dict[str, Any]:
+    """The ``--json`` object of a checked planning setup (from flags or a job file)."""
+    profile, hardware, planner = planning.profile, planning.hardware, planning.planner
+    fault_tolerance, global_batch = planning.fault_tolerance, planning.global_batch
+    microbatch_size = planning.microbatch_size
+    failed = parse_node_ids(args.fail, nodes)
+    low, high = guaranteed_range(planner.templates, fault_tolerance, nodes)
     plan = planner.plan(tuple(range(nodes)))
     report: dict[str, Any] = {
         "model": profile.model,
@@ -194,6 +234,8 @@ def build_report(args: argparse.Namespace) -> dict[str, Any]:
         "templates": [template.to_dict() for template in planner.templates],
         "plan": _plan_dict(plan, profile),
     }
+    if args.config is not None:
+        report["config"] = args.config
     if failed or join:
         joined = tuple(range(nodes, nodes + join))
         change = planner.reconfigure(plan, lost_nodes=failed, joined_nodes=joined)
@@ -287,6 +329,7 @@ def _print_tables(report: dict[str, Any], console: Console) -> None:
         )
     console.print(templates)
     _print_plan(console, "Plan", report["plan"])
+    _plan_job.print_stage_memory(console, report["plan"], report["memory_limit_bytes"])
     low, high = report["guaranteed_range"]
     console.print(
         f"n0 = {report['min_nodes_per_pipeline']} nodes per pipeline; "

@@ -1,4 +1,4 @@
-"""Preflight of a job on the master, before any agent starts a worker: model fields and data files.
+"""Preflight of a job on the master, before any agent starts a worker: model fields, data files, plan.
 
 A typo in a model field (``num_hiden_layers: 4``) used to train the default-size model silently, and
 a bad head count or a missing data file surfaced only after every agent had imported torch, as
@@ -23,12 +23,16 @@ import ast
 import difflib
 import functools
 import importlib.util
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from oobleck.errors import ConfigError
 from oobleck.runtime.config import JobConfig, ModelConfig
+from oobleck.runtime.control.devices import slots_refusal
+from oobleck.runtime.control.hostfile import HostEntry
 
 #: arch -> (file under transformers/, class name) of the HF config class the adapter builds.
 CONFIG_CLASSES: dict[str, tuple[str, str]] = {
@@ -207,11 +211,72 @@ def check_data_files(job: JobConfig, source: str) -> None:
         raise ConfigError(f"{source}: data.path: {path} does not exist; give a saved HF dataset folder")
 
 
-def check_job(job: JobConfig, source: str) -> None:
+#: A checkpoint folder's step directories (``runtime/control/checkpoint.py``, which imports torch).
+_STEP_DIR = re.compile(r"^step\d{8}$")
+
+
+def has_checkpoints(job: JobConfig, run_dir: Path | None) -> bool:
+    """Whether the job's checkpoint folder holds a step directory, so its workers resume (restart plan).
+
+    Args:
+        job: The job (``checkpoint.dir``, else ``<run_dir>/checkpoints``).
+        run_dir: The run directory, or None when it is new (a daemon's per-job folder).
+
+    Returns:
+        True when some ``stepNNNNNNNN`` folder exists; its completeness is the workers' to judge,
+        so a partial one makes the plan check lenient, never wrongly strict.
+    """
+    folder = Path(job.checkpoint.dir) if job.checkpoint.dir else None
+    if folder is None and run_dir is not None:
+        folder = run_dir / "checkpoints"
+    if folder is None or not folder.is_dir():
+        return False
+    return any(_STEP_DIR.match(entry.name) and entry.is_dir() for entry in folder.iterdir())
+
+
+def check_plan(job: JobConfig, source: str, hosts: Sequence[HostEntry], run_dir: Path | None = None) -> None:
+    """Refuse a job whose plan does not fit, or whose f is not guaranteed, on the hostfile's nodes.
+
+    Plans with the torch-free analytic profile (:mod:`oobleck.runtime.job_plan`) exactly as the
+    workers' first generation will. Skipped when the model cannot be resolved without torch
+    (pretrained weights) or the hosts' slots differ or do not match the job (the membership
+    check refuses those with its own message). A run that resumes from a checkpoint is planned
+    as its workers then plan it (``restart_plan``: f lowered to what the nodes allow).
+
+    Raises:
+        ConfigError: One line with the reason and a node count / ``device_memory_bytes`` that fits.
+    """
+    # NOTE: imported here: job_plan reads config_fields from this module (an import cycle at the
+    # top), and a job submitted without hosts never needs the planner's numpy.
+    from oobleck.runtime.job_plan import job_profile
+    from oobleck.runtime.plan_fit import check_fit
+
+    slots = {entry.slots for entry in hosts}
+    if len(slots) != 1:
+        return
+    (gpus_per_node,) = slots
+    if slots_refusal(gpus_per_node, job.hardware, job.gpus_per_node) is not None:
+        return
+    profile = job_profile(job)
+    if profile is not None:
+        check_fit(job, profile, len(hosts), gpus_per_node, source, restart=has_checkpoints(job, run_dir))
+
+
+def check_job(
+    job: JobConfig, source: str, hosts: Sequence[HostEntry] = (), run_dir: Path | None = None
+) -> None:
     """Every job check the master runs before starting agents (the one place they are called from).
+
+    Args:
+        job: The job.
+        source: The job file (for messages).
+        hosts: The agents it will run on (hostfile or Slurm); empty: the plan is not checked.
+        run_dir: The run directory (its checkpoints make a resumed run), or None when new.
 
     Raises:
         ConfigError: The first problem, in one line.
     """
     check_model_fields(job.model, source)
     check_data_files(job, source)
+    if hosts:
+        check_plan(job, source, hosts, run_dir)

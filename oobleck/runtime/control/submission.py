@@ -67,12 +67,12 @@ def serve_submission(master: Master, channel: Channel) -> None:
         raise ProtocolError(f"expected 'submit', 'jobs' or 'cancel', got {kind!r}")
     try:
         job = JobSpec.from_message(message)
-        check_job(job.config, job.config_path)
         hosts = (
             parse_hostfile_text(message["hostfile_text"], str(message.get("hostfile", "hostfile")))
             if message.get("hostfile_text")
             else ()
         )
+        check_job(job.config, job.config_path, hosts)
         nodes = message.get("nodes", 0)
         if not isinstance(nodes, int) or isinstance(nodes, bool):
             raise ConfigError(f"submit: nodes={nodes!r} must be an integer")

@@ -1,0 +1,222 @@
+"""A job's analytic profile and plan without torch: ``oobleck plan --config`` and the master's preflight.
+
+Workers price a job with ``profile: analytic`` from each layer's parameter count
+(``engine.profiler.estimate_profile``). The same numbers follow from the HF config fields alone
+(:mod:`oobleck.planning.param_counts`), so the master can plan the job in well under a second
+and refuse one whose plan does not fit, or whose f cannot be guaranteed on the hostfile's node
+count, before any agent starts a worker (which imports torch for ~15 s).
+
+Assumptions:
+    * The fields a worker builds the model from are: the config class's literal defaults (read
+      from its source by :func:`~oobleck.runtime.control.job_preflight.config_fields`), then the
+      adapter's arch defaults, the preset, the job's ``hf_config`` and the byte vocabulary.
+      ``ARCH_DEFAULTS``/``PRESETS`` copy the adapter's (a unit test asserts they are equal: the
+      adapter module imports torch at import time, so it cannot be imported here).
+    * ``profile: measured`` jobs are checked with the analytic profile too: it is the only one the
+      master can compute, and a measured one is not more optimistic by a wide margin.
+    * Pretrained models, or a transformers whose config sources cannot be read, are not checked
+      here (None); the workers' own planning still refuses them.
+    * The profile's ``config_fingerprint`` hashes the resolved fields, not the HF ``to_dict()``
+      the workers hash: it identifies the job's model but is not a worker profile's cache key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from oobleck.planning.hardware import HardwareSpec
+from oobleck.planning.param_counts import layer_parameter_counts
+from oobleck.planning.planner import Planner
+from oobleck.planning.profile import LayerProfile, ModelProfile, config_fingerprint
+from oobleck.runtime.config import JobConfig, ModelConfig
+from oobleck.runtime.control.job_preflight import config_fields
+
+VOCAB_SIZE = 258
+"""The adapters' byte-level vocabulary (256 bytes, BOS, EOS)."""
+_BYTES = 4
+"""fp32."""
+_DTYPE = "float32"
+
+#: The adapter's ``_DEFAULTS`` (``runtime/engine/adapters.py``).
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True},
+    "llama": {"tie_word_embeddings": False},
+    "opt": {"dropout": 0.0, "attention_dropout": 0.0, "tie_word_embeddings": True},
+}
+
+#: The adapter's ``_PRESETS``.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-gpt2": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 128, "tie_word_embeddings": False},
+    "tiny-gpt2-tied": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 128},
+    "tiny-llama": {
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+    },
+    "tiny-opt": {
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "ffn_dim": 128,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 128,
+        "word_embed_proj_dim": 64,
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelShape:
+    """What the analytic profile needs of a model."""
+
+    name: str
+    parameter_counts: tuple[int, ...]
+    """Per layer: embedding, blocks, head."""
+    hidden_size: int
+    vocab_size: int
+    tied: bool
+    """The head's ``lm_head`` is tied to the embedding (GPT-2/OPT ``tie_word_embeddings``)."""
+    fingerprint: str
+
+
+def resolved_fields(model: ModelConfig) -> dict[str, Any] | None:
+    """The HF config values a worker's adapter builds ``model`` from, under canonical names.
+
+    Returns:
+        The fields with derived defaults filled in, or None for a pretrained model or when the
+        config class's source cannot be read (see the module's assumptions).
+    """
+    if model.pretrained is not None:
+        return None
+    fields = config_fields(model.arch)
+    if fields is None:
+        return None
+    stated = dict(ARCH_DEFAULTS[model.arch])
+    stated.update(PRESETS.get(model.name, {}))
+    stated.update(model.hf_config)
+    stated.setdefault("vocab_size", VOCAB_SIZE)
+    values = dict(fields.defaults)
+    for name, value in stated.items():
+        values[fields.aliases.get(name, name)] = value
+    if model.arch == "llama":
+        if values.get("head_dim") is None:
+            values["head_dim"] = values["hidden_size"] // values["num_attention_heads"]
+        if values.get("num_key_value_heads") is None:
+            values["num_key_value_heads"] = values["num_attention_heads"]
+    if model.arch == "opt" and values.get("word_embed_proj_dim") is None:
+        values["word_embed_proj_dim"] = values["hidden_size"]
+    return values
+
+
+def model_shape(model: ModelConfig) -> ModelShape | None:
+    """Parameter counts and sizes of ``model`` computed from its fields, without torch.
+
+    Returns:
+        The shape, or None when :func:`resolved_fields` cannot resolve the model.
+
+    Raises:
+        ConfigError: A size field is missing or not a positive integer.
+    """
+    values = resolved_fields(model)
+    if values is None:
+        return None
+    hidden_key = "n_embd" if model.arch == "gpt2" else "hidden_size"
+    return ModelShape(
+        name=model.name,
+        parameter_counts=layer_parameter_counts(model.arch, values),
+        hidden_size=int(values[hidden_key]),
+        vocab_size=int(values["vocab_size"]),
+        tied=bool(values.get("tie_word_embeddings", True)),
+        fingerprint=config_fingerprint(values),
+    )
+
+
+def analytic_profile(
+    shape: ModelShape, *, microbatch_size: int, sequence_length: int, hardware: HardwareSpec
+) -> ModelProfile:
+    """The profile ``estimate_profile`` gives for this model (same formulas, same numbers).
+
+    Args:
+        shape: The model's parameter counts and sizes.
+        microbatch_size: Samples per microbatch.
+        sequence_length: Tokens per sample.
+        hardware: Whose achieved FLOP/s turn FLOPs into seconds.
+
+    Returns:
+        The profile (device = the hardware's name).
+    """
+    tokens = microbatch_size * sequence_length
+    hidden = shape.hidden_size
+    last = len(shape.parameter_counts) - 1
+    layers = []
+    for index, params in enumerate(shape.parameter_counts):
+        kind = "embedding" if index == 0 else "head" if index == last else "block"
+        flops = 2.0 * params * tokens if kind != "embedding" else 2.0 * tokens * hidden
+        activation = tokens * hidden * _BYTES * 2
+        if kind == "block":
+            flops += 4.0 * microbatch_size * sequence_length**2 * hidden
+            activation = tokens * hidden * _BYTES * 16
+        elif kind == "head":
+            activation = tokens * shape.vocab_size * _BYTES * 2
+        forward = flops / hardware.achieved_flops
+        layers.append(
+            LayerProfile(
+                name=f"block.{index - 1}" if kind == "block" else kind,
+                kind=kind,  # type: ignore[arg-type]  # one of the three kinds
+                forward_s=forward,
+                backward_s=2 * forward,
+                param_bytes=params * _BYTES,
+                grad_bytes=params * _BYTES,
+                optimizer_bytes=2 * params * _BYTES,
+                activation_bytes=activation,
+                output_bytes=0 if kind == "head" else tokens * hidden * _BYTES,
+                tied_to=0 if kind == "head" and shape.tied else None,
+            )
+        )
+    return ModelProfile(
+        model=shape.name,
+        config_fingerprint=shape.fingerprint,
+        device=hardware.name,
+        dtype=_DTYPE,
+        microbatch_size=microbatch_size,
+        sequence_length=sequence_length,
+        layers=tuple(layers),
+    )
+
+
+def job_profile(job: JobConfig) -> ModelProfile | None:
+    """The job's analytic profile, computed without torch; None when the model cannot be resolved."""
+    shape = model_shape(job.model)
+    if shape is None:
+        return None
+    return analytic_profile(
+        shape,
+        microbatch_size=job.microbatch_size,
+        sequence_length=job.data.sequence_length,
+        hardware=job.hardware_spec(),
+    )
+
+
+def job_hardware(job: JobConfig, gpus_per_node: int) -> HardwareSpec:
+    """The hardware entry workers plan with: the job's, with ``gpus_per_node`` devices per node."""
+    return dataclasses.replace(job.hardware_spec(), gpus_per_node=gpus_per_node)
+
+
+def job_planner(job: JobConfig, profile: ModelProfile, max_nodes: int, gpus_per_node: int) -> Planner:
+    """The planner a worker builds (``engine.standalone.job_planner``): one device per stage.
+
+    Raises:
+        PlanningError: The model fits on no pipeline of up to ``max_nodes`` nodes.
+    """
+    return Planner(
+        profile,
+        job_hardware(job, gpus_per_node),
+        fault_tolerance=job.fault_tolerance,
+        global_microbatches=job.global_microbatches,
+        microbatch_size=job.microbatch_size,
+        max_nodes=max_nodes,
+        max_gpus_per_stage=1,
+    )
