@@ -160,7 +160,7 @@ REDUCE_DTYPES: tuple[str, ...] = ("fp32", "bf16")
 
 @dataclass(kw_only=True, slots=True)
 class PrecisionOptions:
-    """Knobs of mixed precision (``precision_options:``); the engine's meaning is in ``engine/precision.py``."""
+    """Knobs of mixed precision (``precision_options:``); their engine side is ``engine/precision.py``."""
 
     grad_reduce_dtype: str = "fp32"
     """Element type of the gradient all-reduce between replicas: ``fp32`` (default, exact sums of

@@ -2,8 +2,9 @@
 
 A transfer plan is a list of :class:`~oobleck.planning.plan.Transfer` (layer, src node, dst node).
 Each copied layer travels as one flat buffer, and each (source rank, destination rank) pair adds
-one int64 buffer of step counts (and, in fp16, the loss scaler's state), sent with ``torch.distributed`` point-to-point operations: tensors
-never go through pickle. The receiving rank times each layer's arrival (:class:`LayerCopy`).
+one int64 buffer of step counts (and, in fp16, the loss scaler's state), sent with
+``torch.distributed`` point-to-point operations: tensors never go through pickle. The receiving
+rank times each layer's arrival (:class:`LayerCopy`).
 
 Assumptions:
     * Every rank of the new generation calls :func:`execute_transfers` with the same transfer list;
