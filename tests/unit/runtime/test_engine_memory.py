@@ -31,7 +31,7 @@ def _nbytes(tensors: list[torch.Tensor]) -> int:
 def test_every_stage_of_a_plan_holds_the_modelled_state_bytes(
     model: str, precision: str, exact: bool, memory: int
 ) -> None:
-    """Each stage of a multi-stage plan: built layers' params, grads (+float64 sums), moments equal the model."""
+    """Each stage of a multi-stage plan: its params, grads (+float64 sums) and moments equal the model."""
     text = JOB.format(model=model, memory=memory, precision=precision, exact=str(exact).lower())
     job = job_config_from_text(text, source="job.yaml")
     adapter = build_adapter(job.model)
@@ -68,7 +68,7 @@ def test_exact_accumulation_adds_eight_bytes_per_parameter() -> None:
 
 
 def test_checkpointing_and_precision_change_only_activations() -> None:
-    """Activation checkpointing shrinks the saved bytes per microbatch, and so lowers n0 under a tight budget."""
+    """Activation checkpointing shrinks saved bytes per microbatch, so it lowers n0 under a tight budget."""
     text = JOB.format(model="tiny-llama", memory=2_000_000, precision="fp16", exact="false")
     job = job_config_from_text(text, source="job.yaml")
     adapter = build_adapter(job.model)
