@@ -34,18 +34,20 @@ def _block(hidden: int) -> nn.Module:
     )  # fmt: skip
 
 
-def _time(update: Callable[[], None], device: torch.device, repeats: int) -> float:
-    update()  # warm-up: allocations, lazy state
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        update()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _time(peers: dict[str, Callable[[], None]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median seconds of one update per peer; peers alternate within each round (load hits all alike)."""
+    times: dict[str, list[float]] = {name: [] for name in peers}
+    for round_ in range(repeats + 1):
+        for name, update in peers.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            update()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_:  # round 0 is the warm-up: allocations, lazy state
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -78,7 +80,7 @@ def main() -> None:
         )
         peers[f"torch AdamW({kind}=True)"] = optimizer.step
     print(f"{count / 1e6:.1f} M parameters in {len(params)} tensors on {device}, median of {args.repeats}")
-    results = {name: _time(update, device, args.repeats) for name, update in peers.items()}
+    results = _time(peers, device, args.repeats)
     ours = results["oobleck adamw_update"]
     for name, seconds in results.items():
         print(f"{name:<26} {seconds * 1e9 / count:8.2f} ns/param   ours/this {ours / seconds:5.2f}x time")

@@ -161,7 +161,7 @@ def adamw_update(states: list[LayerState], lr: float, config: OptimConfig, grad_
             picked = [i for i, (_, _, p) in enumerate(chosen) if (p.dim() >= 2) == decay]
             if not picked:
                 continue
-            params = [chosen[i][2] for i in picked]
+            params: list[torch.Tensor] = [chosen[i][2] for i in picked]
             fused = kernel_for(params[0].device) == "fused"
             # NOTE: torch's kernel increments the step tensors it is given; ours are throwaway
             # copies of the layer's integer count (the count that travels is LayerState.step).
