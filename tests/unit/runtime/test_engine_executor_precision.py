@@ -1,4 +1,4 @@
-"""One-stage 1F1B steps under autocast and activation checkpointing: real layers, fp32 gradients, same math."""
+"""One-stage 1F1B steps under autocast and activation checkpointing: real layers, fp32 gradients."""
 
 from __future__ import annotations
 
