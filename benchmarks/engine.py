@@ -5,12 +5,18 @@ same microbatches, same data, gloo on CPU (NCCL on GPU), AdamW after each step o
 Rounds alternate the two systems so machine noise hits both alike; the median step time of each
 is reported with the throughput ratio (goal: ours >= 0.9x).
 
-Run: ``python benchmarks/engine.py [--stages 2] [--layers 4] [--width 256] [--microbatches 8]``.
+Both run in ``--precision`` (fp32 default; bf16/fp16: autocast over fp32 parameters, ours through the
+job key, torch's schedule inside ``torch.autocast``). ``--model gpt2-124m`` takes GPT-2 124M's shape
+(12 blocks, width 768, 12 heads) instead of ``--layers/--width/--heads``.
+
+Run: ``python benchmarks/engine.py [--stages 2] [--layers 4] [--width 256] [--microbatches 8]
+[--precision bf16] [--model gpt2-124m]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -27,6 +33,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 SEED = 0
+PRESETS = {"gpt2-124m": {"layers": 12, "width": 768, "heads": 12}}
+"""Model shapes ``--model`` selects (they override ``--layers``, ``--width`` and ``--heads``)."""
 
 
 def job_config(args: argparse.Namespace):
@@ -34,13 +42,14 @@ def job_config(args: argparse.Namespace):
 
     return job_config_from_dict(
         {
-            "model": {"arch": "gpt2", "n_layer": args.layers, "n_embd": args.width, "n_head": 4},
+            "model": {"arch": "gpt2", "n_layer": args.layers, "n_embd": args.width, "n_head": args.heads},
             "data": {"sequence_length": args.seq},
             "global_batch": args.microbatches * args.mbs,
             "microbatch_size": args.mbs,
             "steps": 1000,
             "optim": {"lr": 1e-4, "grad_clip": 0.0, "exact_accumulation": False},
             "seed": SEED,
+            "precision": args.precision,
         },
         source="benchmark",
     )
@@ -89,16 +98,27 @@ def worker(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     schedule = Schedule1F1B(stage, args.microbatches, loss_fn=microbatch_loss)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=0.0, foreach=True)
 
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
     def torch_step(step: int) -> None:
         tokens = engine.dataset.batch(engine.sampler.step_samples(step), engine.device)
         optimizer.zero_grad(set_to_none=True)
+        autocast = (
+            torch.autocast(engine.device.type, dtype=dtypes[args.precision])
+            if args.precision in dtypes
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            _schedule_step(tokens)
+        optimizer.step()
+
+    def _schedule_step(tokens: torch.Tensor) -> None:
         if rank == 0:
             schedule.step(tokens[:, :-1])
         elif rank == args.stages - 1:
             schedule.step(target=tokens[:, 1:])
         else:
             schedule.step()
-        optimizer.step()
 
     times: dict[str, list[float]] = {"oobleck": [], "torch": []}
     step = 0
@@ -133,7 +153,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round (default: 5)")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds (default: 4)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process (default: 1)")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads (default: 4)")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="both systems (default: fp32)"
+    )
+    parser.add_argument("--model", choices=tuple(PRESETS), help="a preset shape, e.g. gpt2-124m (2 stages)")
     args = parser.parse_args()
+    for key, value in PRESETS.get(args.model or "", {}).items():
+        setattr(args, key, value)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -146,7 +173,7 @@ def main() -> None:
     ours, theirs = statistics.median(times["oobleck"]), statistics.median(times["torch"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(
-        f"GPT-2 {args.layers}x{args.width}, seq {args.seq}, {args.stages} stages, "
+        f"GPT-2 {args.layers}x{args.width}, seq {args.seq}, {args.stages} stages, {args.precision}, "
         f"{args.microbatches} microbatches x {args.mbs}, {device}, {len(times['oobleck'])} steps each"
     )
     print(f"{'system':<32}{'median step s':>14}{'samples/s':>12}")

@@ -149,11 +149,13 @@ class OptimConfig:
     """AdamW moment decay rates."""
     eps: float = 1e-8
     """AdamW denominator epsilon."""
-    exact_accumulation: bool = True
-    """Sum microbatch gradients and all-reduce them in float64, so any split of the batch over
-    pipelines gives the bits of one-process training (Adam amplifies rounding noise in near-zero
-    gradients otherwise). Costs 8 bytes per parameter and doubles gradient traffic; turn it off
-    for throughput runs."""
+    exact_accumulation: bool = False
+    """Verification mode: sum microbatch gradients and all-reduce them in float64, so any split of
+    the batch over pipelines gives the bits of one-process training (Adam amplifies rounding noise
+    in near-zero gradients otherwise). Costs 8 bytes per parameter and doubles gradient traffic,
+    so it is off by default: then losses of different splits agree within
+    ``LOSS_TOLERANCE_REL`` (``oobleck/runtime/engine/precision.py``, measured); the bitwise tests
+    turn it on explicitly."""
 
     def __post_init__(self) -> None:
         _positive_number("optim.lr", self.lr)
@@ -168,6 +170,40 @@ class OptimConfig:
         if len(betas) != 2 or not all(isinstance(b, int | float) and 0 <= b < 1 for b in betas):
             raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {self.betas!r}")
         self.betas = (float(betas[0]), float(betas[1]))
+
+
+PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp32")
+REDUCE_DTYPES: tuple[str, ...] = ("fp32", "bf16")
+
+
+@dataclass(kw_only=True, slots=True)
+class PrecisionOptions:
+    """Knobs of mixed precision (``precision_options:``); their engine side is ``engine/precision.py``."""
+
+    grad_reduce_dtype: str = "fp32"
+    """Element type of the gradient all-reduce between replicas: ``fp32`` (default, exact sums of
+    fp32 gradients up to order) or ``bf16`` (half the traffic, ~3 significant digits per bucket).
+    Ignored with ``optim.exact_accumulation`` (float64)."""
+    initial_loss_scale: float = 65536.0
+    """fp16 only: the dynamic loss scaler's starting scale (2**16, as ``torch.amp.GradScaler``)."""
+    growth_interval: int = 2000
+    """fp16 only: steps without inf/nan gradients after which the scale doubles."""
+    backoff_factor: float = 0.5
+    """fp16 only: factor applied to the scale after a step with inf/nan gradients (that step is skipped)."""
+
+    def __post_init__(self) -> None:
+        if self.grad_reduce_dtype not in REDUCE_DTYPES:
+            raise ConfigError(
+                f"precision_options.grad_reduce_dtype: expected one of {list(REDUCE_DTYPES)}, "
+                f"got {self.grad_reduce_dtype!r}"
+            )
+        _positive_number("precision_options.initial_loss_scale", self.initial_loss_scale)
+        _positive_int("precision_options.growth_interval", self.growth_interval, maximum=MAX_STEPS)
+        _positive_number("precision_options.backoff_factor", self.backoff_factor)
+        if not self.backoff_factor < 1:
+            raise ConfigError(
+                f"precision_options.backoff_factor: expected a number in (0, 1), got {self.backoff_factor!r}"
+            )
 
 
 @dataclass(kw_only=True, slots=True)
@@ -261,6 +297,16 @@ class JobConfig:
     """``analytic``: estimate layer costs from parameter counts; ``measured``: run the profiler."""
     tensor_parallel: TensorParallelConfig = field(default_factory=TensorParallelConfig)
     """Tensor parallelism inside a stage (default: none)."""
+    precision: str | None = None
+    """Compute precision: ``bf16`` | ``fp16`` | ``fp32``. Absent: ``bf16`` on CUDA, ``fp32`` on CPU
+    (resolved by the engine for its device, ``engine/precision.py``). bf16/fp16 run forward and
+    backward under autocast over fp32 parameters (the master weights) and fp32 AdamW moments;
+    fp16 adds a dynamic loss scaler whose state travels with recovery and checkpoints."""
+    precision_options: PrecisionOptions = field(default_factory=PrecisionOptions)
+    """Mixed-precision knobs (gradient all-reduce dtype, loss-scaler settings)."""
+    activation_checkpointing: bool = False
+    """Recompute each layer's activations in backward (``torch.utils.checkpoint``) instead of keeping
+    them: a stage then holds only each in-flight microbatch's layer inputs, so more fit (smaller n0)."""
 
     def __post_init__(self) -> None:
         _positive_int("global_batch", self.global_batch, maximum=MAX_GLOBAL_BATCH)
@@ -283,6 +329,11 @@ class JobConfig:
             _positive_int("gpus_per_node", self.gpus_per_node, maximum=1024)
         if self.device_memory_bytes is not None:
             _positive_int("device_memory_bytes", self.device_memory_bytes, maximum=MAX_DEVICE_MEMORY_BYTES)
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision: expected one of {list(PRECISIONS)} (or leave it out: bf16 on CUDA, "
+                f"fp32 on CPU), got {self.precision!r}"
+            )
 
     def hardware_spec(self) -> HardwareSpec:
         """The hardware entry the planner prices this job with, ``device_memory_bytes`` applied."""

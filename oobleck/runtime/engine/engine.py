@@ -34,6 +34,7 @@ from oobleck.runtime.engine.comm import Comm, default_device
 from oobleck.runtime.engine.data import GlobalSampler, load_dataset
 from oobleck.runtime.engine.executor import StageContext, run_1f1b
 from oobleck.runtime.engine.optim import LayerState, adamw_update, clip_coefficient, learning_rate
+from oobleck.runtime.engine.precision import LossScaler, reduce_dtype, resolve_precision
 from oobleck.runtime.engine.records import ReconfigureTiming, StepMetrics
 from oobleck.runtime.engine.tensor_parallel import local_tensor, refuse_tensor_parallel_recovery, shard_block
 from oobleck.runtime.engine.topology import StageInfo, Topology, build_topology
@@ -120,6 +121,10 @@ class Engine:
         self.comm = Comm(backend, timeout)
         self.transfer_hold = transfer_hold or parse_transfer_hold(os.environ.get(TRANSFER_HOLD_ENV))
         self.layers: dict[int, LayerState] = {}
+        self.precision = resolve_precision(job.precision, self.device)
+        # NOTE: fp16 only; replicated state (every rank takes the same decision from the same
+        # all-reduced norm), carried by transfers and checkpoints like the optimizer's.
+        self.scaler = LossScaler.from_options(job.precision_options) if self.precision == "fp16" else None
         self.plan: Plan | None = None
         self.topology: Topology | None = None
         self.info: StageInfo | None = None
@@ -130,6 +135,7 @@ class Engine:
         # one transfers are planned from again, so its holders must still be able to send.
         self._committed_plan: Plan | None = None
         self._retired: dict[int, LayerState] = {}
+        self._reduce_dtype = reduce_dtype(job)
         self._tied_pairs = tuple((t.source_layer, t.layer) for t in self.adapter.tied)
         self._mesh: DeviceMesh | None = None
         """The device mesh of this rank's TP group (None: a one-device stage)."""
@@ -172,7 +178,8 @@ class Engine:
             ids = self.sampler.step_samples(step, info.first_microbatch * size, info.microbatches * size)
             batches = [ids[i * size : (i + 1) * size] for i in range(info.microbatches)]
             after = self._accumulate if job.optim.exact_accumulation else None
-            loss_sum = run_1f1b(self._stage_context(info), batches, 1.0 / plan.global_microbatches, after)
+            loss_scale = self.loss_scale / plan.global_microbatches
+            loss_sum = run_1f1b(self._stage_context(info), batches, loss_scale, after)
             if info.tp_rank > 0:
                 # NOTE: every TP rank of a last stage computed the same losses; count them once.
                 loss_sum = torch.zeros((), dtype=torch.float64)
@@ -181,7 +188,7 @@ class Engine:
         totals = torch.stack([loss_sum, self._local_square_norm()]).to(self.device)
         self.comm.run("loss/norm all_reduce", dist.all_reduce, totals)
         loss_total, square_norm = totals.tolist()
-        grad_norm = math.sqrt(square_norm)
+        grad_norm = math.sqrt(square_norm) / self.loss_scale
         lr = learning_rate(step, job.steps, job.optim)
         self.apply_update(lr, grad_norm)
         return StepMetrics(
@@ -203,10 +210,29 @@ class Engine:
         The last part of :meth:`train_step`; public so the elastic runtime can roll a step forward
         on a rank whose final loss/norm all-reduce failed after another rank completed it (the
         gradients here are then final; ``lr`` and ``grad_norm`` come from that rank's metrics).
+        In fp16 ``grad_norm`` is the unscaled norm: not finite means an overflow, and the step is
+        skipped (no update, no step count) while the loss scaler backs off, on every rank alike.
         """
-        scale = clip_coefficient(grad_norm, self.job.optim.grad_clip)
-        adamw_update([self.layers[i] for i in sorted(self.layers)], lr, self.job.optim, scale)
+        scale = self.loss_scale
+        if self.scaler is None or self.scaler.update(grad_norm):
+            factor = clip_coefficient(grad_norm, self.job.optim.grad_clip) / scale
+            adamw_update([self.layers[i] for i in sorted(self.layers)], lr, self.job.optim, factor)
+        else:
+            logger.warning(
+                "[node %d/rank %d] fp16 gradients overflowed: step skipped, loss scale %g -> %g",
+                self.node,
+                self.rank,
+                scale,
+                self.loss_scale,
+            )
+            for state in self.layers.values():
+                state.zero_grad()
         self._committed_plan, self._retired = self.plan, {}
+
+    @property
+    def loss_scale(self) -> float:
+        """Factor the loss is multiplied by before backward: the fp16 scaler's scale, else 1."""
+        return 1.0 if self.scaler is None else self.scaler.scale
 
     def abort(self, reason: str = "aborted") -> None:
         """Destroy all process groups now; peers blocked on this rank fail and raise. Never raises."""
@@ -269,6 +295,7 @@ class Engine:
             held=pool,
             make_layer=self._new_layer,
             comm=self.comm,
+            scaler=self.scaler,
         )
         held = self._held_layers()
         missing = [i for i in held if i not in pool and i not in received]
@@ -288,7 +315,11 @@ class Engine:
         )
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Held state as flat named CPU tensors (safetensors-ready): params, moments, step counts."""
+        """Held state as flat named CPU tensors (safetensors-ready): params, moments, step counts.
+
+        The fp32 parameters are the master weights (``precision.py``); fp16 jobs add the loss
+        scaler's state as ``scaler.state`` (identical on every rank).
+        """
         out: dict[str, torch.Tensor] = {}
         for index in sorted(self.layers):
             state = self.layers[index]
@@ -298,6 +329,8 @@ class Engine:
                 out[f"layers.{index}.exp_avg.{name}"] = state.exp_avg[name].cpu().clone()
                 out[f"layers.{index}.exp_avg_sq.{name}"] = state.exp_avg_sq[name].cpu().clone()
             out[f"layers.{index}.step"] = torch.tensor(state.step, dtype=torch.int64)
+        if self.scaler is not None:
+            out["scaler.state"] = self.scaler.to_tensor()
         return out
 
     def load_state_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -314,6 +347,8 @@ class Engine:
                     state.exp_avg[name].copy_(tensors[f"layers.{index}.exp_avg.{name}"])
                     state.exp_avg_sq[name].copy_(tensors[f"layers.{index}.exp_avg_sq.{name}"])
                 state.step = int(tensors[f"layers.{index}.step"])
+        if self.scaler is not None:
+            self.scaler.load_tensor(tensors["scaler.state"])
 
     def close(self) -> None:
         """Destroy the process groups (end of job); safe to call twice, never raises."""
@@ -384,6 +419,8 @@ class Engine:
                 self.job.data.sequence_length,
                 self.adapter.hidden_size,
             ),
+            precision=self.precision,
+            checkpoint_layers=self.job.activation_checkpointing,
         )
 
     def _tied_sides(self, pair: int) -> list[tuple[LayerState, str]]:
@@ -431,9 +468,12 @@ class Engine:
                 continue
             flat = torch.cat([g.reshape(-1) for g in grads])
             if len(bucket.ranks) > 1:
+                # NOTE: float64 sums stay float64; else the wire dtype is precision_options'.
+                wire = flat if flat.dtype == torch.float64 else flat.to(self._reduce_dtype)
                 self.comm.run(
-                    "gradient all_reduce", dist.all_reduce, flat, group=self.comm.group(bucket.ranks)
+                    "gradient all_reduce", dist.all_reduce, wire, group=self.comm.group(bucket.ranks)
                 )
+                flat = wire if wire is flat else wire.to(flat.dtype)
             offset = 0
             for grad, sides in zip(grads, targets, strict=True):
                 value = flat[offset : offset + grad.numel()].view_as(grad)

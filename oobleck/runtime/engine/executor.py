@@ -7,8 +7,12 @@ send gradient / receive next activation) the two operations are issued as one
 ``batch_isend_irecv``: with NCCL two blocking sends facing each other would deadlock.
 
 Assumptions:
-    * Activations between stages are ``[microbatch_size, sequence_length, hidden]`` in the compute
-      dtype, the same on every boundary, so no shape metadata is exchanged.
+    * Activations between stages are ``[microbatch_size, sequence_length, hidden]`` in
+      ``StageContext.dtype`` (fp32: under bf16/fp16 autocast the residual stream stays fp32, so the
+      cast before a send rounds nothing), the same on every boundary, so no shape metadata is
+      exchanged.
+    * Forward runs under the job's autocast (``precision.py``); backward and the loss run outside
+      it, the loss in fp32.
     * Every stage reads its own inputs (first stage: token ids) and labels (last stage) from the
       global sampler; labels never travel through the pipeline.
     * The loss of a microbatch is its token-mean cross-entropy; backward uses it scaled by
@@ -24,9 +28,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from oobleck.runtime.engine.comm import Comm
 from oobleck.runtime.engine.data import TokenDataset
+from oobleck.runtime.engine.precision import autocast
 from oobleck.runtime.engine.topology import StageInfo
 
 
@@ -41,6 +47,11 @@ class StageContext:
     device: torch.device
     activation_shape: tuple[int, ...]
     dtype: torch.dtype = torch.float32
+    """Element type of activations and their gradients between stages."""
+    precision: str = "fp32"
+    """Autocast precision of the forward: ``bf16``, ``fp16`` or ``fp32`` (none)."""
+    checkpoint_layers: bool = False
+    """Recompute each layer's activations in backward (``torch.utils.checkpoint``, non-reentrant)."""
 
 
 class _P2P:
@@ -51,6 +62,9 @@ class _P2P:
 
     def _empty(self) -> torch.Tensor:
         return torch.empty(self.ctx.activation_shape, dtype=self.ctx.dtype, device=self.ctx.device)
+
+    def _wire(self, output: torch.Tensor) -> torch.Tensor:
+        return output.detach().to(self.ctx.dtype).contiguous()
 
     def _run(self, what: str, ops: list[dist.P2POp]) -> None:
         if ops:
@@ -70,14 +84,14 @@ class _P2P:
         return [dist.P2POp(dist.isend, tensor, rank) for rank in ranks]
 
     def send_forward(self, output: torch.Tensor) -> None:
-        self._run("send activation", self._sends(output.detach().contiguous(), self.ctx.info.next_targets))
+        self._run("send activation", self._sends(self._wire(output), self.ctx.info.next_targets))
 
     def send_forward_recv_backward(self, output: torch.Tensor) -> torch.Tensor | None:
         nxt = self.ctx.info.next_rank
         if nxt is None:
             return None
         grad = self._empty()
-        ops = self._sends(output.detach().contiguous(), self.ctx.info.next_targets)
+        ops = self._sends(self._wire(output), self.ctx.info.next_targets)
         ops.append(dist.P2POp(dist.irecv, grad, nxt))
         self._run("send activation / recv gradient", ops)
         return grad
@@ -92,14 +106,14 @@ class _P2P:
 
     def send_backward(self, grad: torch.Tensor | None) -> None:
         if grad is not None:
-            self._run("send gradient", self._sends(grad.contiguous(), self.ctx.info.prev_targets))
+            self._run("send gradient", self._sends(self._wire(grad), self.ctx.info.prev_targets))
 
     def send_backward_recv_forward(self, grad: torch.Tensor | None) -> torch.Tensor | None:
         prev = self.ctx.info.prev_rank
         if prev is None:
             return None
         buffer = self._empty()
-        ops = self._sends(grad.contiguous(), self.ctx.info.prev_targets) if grad is not None else []
+        ops = self._sends(self._wire(grad), self.ctx.info.prev_targets) if grad is not None else []
         ops.append(dist.P2POp(dist.irecv, buffer, prev))
         self._run("send gradient / recv activation", ops)
         return buffer.requires_grad_()
@@ -126,7 +140,8 @@ def run_1f1b(
     Args:
         ctx: the stage.
         microbatches: sample ids of each microbatch of this pipeline, in order.
-        loss_scale: factor applied to each microbatch loss before backward (``1 / B``).
+        loss_scale: factor applied to each microbatch loss before backward (``1 / B``, times the
+            loss scale in fp16).
         after_backward: called after each microbatch's backward (e.g. to accumulate in float64).
 
     Returns:
@@ -147,8 +162,12 @@ def run_1f1b(
         hidden = tokens[:, :-1] if tokens is not None and info.is_first else received
         if hidden is None:
             raise RuntimeError(f"stage {info.stage}: microbatch {index} has no input activation")
-        for layer in ctx.layers:
-            hidden = layer(hidden)
+        with autocast(ctx.device, ctx.precision):
+            for layer in ctx.layers:
+                if ctx.checkpoint_layers:
+                    hidden = checkpoint(layer, hidden, use_reentrant=False)
+                else:
+                    hidden = layer(hidden)
         if tokens is not None and info.is_last:
             loss = microbatch_loss(hidden, tokens[:, 1:])
             losses.append(loss.detach())

@@ -2,11 +2,15 @@
 
 Optimizer state lives with its layer (:class:`LayerState`), not in a ``torch.optim`` object over a
 fixed parameter list: recovery adds and drops whole layers, and a layer's moments and step count
-must travel with its parameters. The update is written out (decoupled weight decay, bias
-correction) so that every rank, one-process or split, performs exactly the same arithmetic.
+must travel with its parameters. The update itself is torch's own AdamW kernel, called through its
+functional form over the held layers' tensors (``torch.optim.adam.adam`` with decoupled weight
+decay): fused on CUDA, foreach (one launch per operation for all tensors) on CPU. So an update is
+bit-identical to ``torch.optim.AdamW(foreach=True)`` (CPU) or ``(fused=True)`` (CUDA) over the
+same tensors, and every rank, one-process or split, performs exactly the same arithmetic.
 
 Assumptions:
-    * fp32 parameters and moments; weight decay applies to matrices (>= 2 dimensions) only.
+    * fp32 parameters and moments (also under bf16/fp16 autocast: they are the master weights,
+      ``precision.py``); weight decay applies to matrices (>= 2 dimensions) only.
     * The learning rate is a pure function of the step, so it needs no state to survive recovery.
     * Under tensor parallelism a parameter (and its gradient) may be a DTensor: moments, gradient
       sums and the update work on its local shard only (``local_tensor``), so optimizer state is
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
+from torch.optim.adam import adam
 
 from oobleck.runtime.config import OptimConfig
 from oobleck.runtime.engine.tensor_parallel import ShardSpec, local_tensor
@@ -131,18 +136,24 @@ class LayerState:
         self.grad_sum.pop(name, None)
 
 
+def kernel_for(device: torch.device) -> str:
+    """AdamW implementation used on ``device``: ``fused`` on CUDA, ``foreach`` elsewhere."""
+    return "fused" if device.type == "cuda" else "foreach"
+
+
 @torch.no_grad()
 def adamw_update(states: list[LayerState], lr: float, config: OptimConfig, grad_scale: float = 1.0) -> None:
     """One AdamW update of every given layer, gradients multiplied by ``grad_scale`` (clipping).
 
-    Layers are grouped by their update count (normally all equal) and each group is updated with
-    ``torch._foreach_*`` kernels: one launch per operation instead of one per parameter.
+    Layers are grouped by their update count (normally all equal); each group makes at most two
+    calls of torch's AdamW kernel (matrices with weight decay, the rest without), fused on CUDA,
+    foreach on CPU (:func:`kernel_for`).
 
     Args:
         states: the layers to update (each gets ``step += 1``).
         lr: learning rate of this step.
         config: betas, eps and weight decay.
-        grad_scale: factor applied to every gradient before the update.
+        grad_scale: factor applied to every gradient before the update (clipping, loss unscaling).
     """
     beta1, beta2 = config.betas
     groups: dict[int, list[LayerState]] = {}
@@ -155,21 +166,34 @@ def adamw_update(states: list[LayerState], lr: float, config: OptimConfig, grad_
             state.step = step + 1
         if not chosen:
             continue
-        params: list[torch.Tensor] = [local_tensor(p.detach()) for _, _, p in chosen]
+        # NOTE: a tensor-parallel parameter is a DTensor: the kernel updates its local shard in place.
         grads: list[torch.Tensor] = [local_tensor(p.grad) for _, _, p in chosen if p.grad is not None]
-        exp_avgs = [s.exp_avg[n] for s, n, _ in chosen]
-        exp_avg_sqs = [s.exp_avg_sq[n] for s, n, _ in chosen]
         if grad_scale != 1.0:
             grads = list(torch._foreach_mul(grads, grad_scale))
-        decayed = [p for p in params if p.dim() >= 2]
-        if config.weight_decay and decayed:
-            torch._foreach_mul_(decayed, 1.0 - lr * config.weight_decay)
-        bias1 = 1.0 - beta1 ** (step + 1)
-        bias2 = 1.0 - beta2 ** (step + 1)
-        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-        denom = torch._foreach_div(exp_avg_sqs, bias2)
-        torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, config.eps)
-        torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr / bias1)
+        for decay in (True, False):
+            picked = [i for i, (_, _, p) in enumerate(chosen) if (p.dim() >= 2) == decay]
+            if not picked:
+                continue
+            params: list[torch.Tensor] = [local_tensor(chosen[i][2].detach()) for i in picked]
+            fused = kernel_for(params[0].device) == "fused"
+            # NOTE: torch's kernel increments the step tensors it is given; ours are throwaway
+            # copies of the layer's integer count (the count that travels is LayerState.step).
+            steps = [torch.tensor(float(step), device=p.device if fused else "cpu") for p in params]
+            adam(
+                params,
+                [grads[i] for i in picked],
+                [chosen[i][0].exp_avg[chosen[i][1]] for i in picked],
+                [chosen[i][0].exp_avg_sq[chosen[i][1]] for i in picked],
+                [],
+                steps,
+                foreach=not fused,
+                fused=fused,
+                decoupled_weight_decay=True,
+                amsgrad=False,
+                beta1=beta1,
+                beta2=beta2,
+                lr=lr,
+                weight_decay=config.weight_decay if decay else 0.0,
+                eps=config.eps,
+                maximize=False,
+            )

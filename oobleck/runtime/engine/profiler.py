@@ -7,10 +7,16 @@ config hash, device, dtype, microbatch size, sequence length, format version) an
 the file is missing, unreadable or does not match that key exactly: a stale profile is never used.
 ``estimate_profile`` is the cheap analytic alternative (FLOPs from parameter counts).
 
+State bytes (parameters, gradients, AdamW moments, float64 sums in exact mode) come from the
+planning core's memory model (:mod:`oobleck.planning.memory`), which counts what the engine
+allocates; the unit tests check it against the tensors of built stages.
+
 Assumptions:
-    * fp32 training with AdamW (two moments per parameter, no master copy).
+    * fp32 parameters (the master weights) and AdamW moments in every precision; bf16/fp16 are
+      the autocast dtype of the forward, which the profiler measures under (``precision.py``).
     * Saved activations are counted with ``torch.autograd.graph.saved_tensors_hooks``: what
-      autograd keeps for backward, per microbatch in flight.
+      autograd keeps for backward, per microbatch in flight (under autocast that includes the
+      16-bit weight copies). With activation checkpointing a layer keeps only its input.
 """
 
 from __future__ import annotations
@@ -25,14 +31,23 @@ import torch
 
 from oobleck.errors import ConfigError
 from oobleck.planning.hardware import HardwareSpec
+from oobleck.planning.memory import (
+    PRECISION_BYTES,
+    checkpointed_activation_bytes,
+    layer_state_bytes,
+    weight_copy_bytes,
+)
 from oobleck.planning.profile import PROFILE_FORMAT_VERSION, LayerProfile, ModelProfile, config_fingerprint
 from oobleck.runtime.engine.adapters import ModelAdapter
 from oobleck.runtime.engine.executor import microbatch_loss
+from oobleck.runtime.engine.precision import autocast
 
 logger = logging.getLogger(__name__)
 
-_DTYPE = "float32"
 _BYTES = 4
+"""Bytes per element of the fp32 residual stream (activations between layers and stages)."""
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""Profile ``dtype`` label of each precision."""
 
 
 def device_label(device: torch.device) -> str:
@@ -42,22 +57,64 @@ def device_label(device: torch.device) -> str:
     return device.type
 
 
-def profile_key(adapter: ModelAdapter, device: str, microbatch_size: int, sequence_length: int) -> str:
-    """Cache key of a measured profile; any difference in the inputs gives a different key."""
-    parts = (
+def profile_key(
+    adapter: ModelAdapter,
+    device: str,
+    microbatch_size: int,
+    sequence_length: int,
+    memory: tuple[str, bool, bool] = ("fp32", False, False),
+) -> str:
+    """Cache key of a measured profile; any difference in the inputs gives a different key.
+
+    ``memory`` is (precision, exact accumulation, activation checkpointing); the fp32 default
+    keeps the keys of profiles cached before precision existed.
+    """
+    parts: tuple[object, ...] = (
         config_fingerprint(adapter.config_dict),
         device,
-        _DTYPE,
+        _DTYPE_NAMES[memory[0]],
         microbatch_size,
         sequence_length,
         PROFILE_FORMAT_VERSION,
     )
+    if memory != ("fp32", False, False):
+        parts += memory
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:20]
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _input_bytes(adapter: ModelAdapter, index: int, tokens: int) -> int:
+    """Bytes of one microbatch's input to layer ``index``: int64 token ids, or fp32 hidden states."""
+    return tokens * 8 if index == 0 else tokens * adapter.hidden_size * _BYTES
+
+
+def _layer_profile(
+    adapter: ModelAdapter,
+    index: int,
+    *,
+    times: tuple[float, float],
+    activation_bytes: int,
+    tokens: int,
+    exact_accumulation: bool,
+) -> LayerProfile:
+    state = layer_state_bytes(adapter.parameter_count(index), exact_accumulation=exact_accumulation)
+    kind = adapter.layer_kind(index)
+    return LayerProfile(
+        name=adapter.layer_name(index),
+        kind=kind,  # type: ignore[arg-type]  # one of the three kinds
+        forward_s=times[0],
+        backward_s=times[1],
+        param_bytes=state.param_bytes,
+        grad_bytes=state.grad_bytes,
+        optimizer_bytes=state.optimizer_bytes,
+        activation_bytes=activation_bytes,
+        output_bytes=0 if kind == "head" else tokens * adapter.hidden_size * _BYTES,
+        tied_to=next((t.source_layer for t in adapter.tied if t.layer == index), None),
+    )
 
 
 def _layer_input(
@@ -77,8 +134,11 @@ def measure_profile(
     device: torch.device,
     warmup: int = 2,
     repeats: int = 5,
+    precision: str = "fp32",
+    exact_accumulation: bool = False,
+    activation_checkpointing: bool = False,
 ) -> ModelProfile:
-    """Measure every layer on ``device``.
+    """Measure every layer on ``device``, forward under the job's autocast precision.
 
     Args:
         adapter: the model.
@@ -87,6 +147,9 @@ def measure_profile(
         device: where to run.
         warmup: untimed runs per layer (allocator and kernel warm-up).
         repeats: timed runs per layer; the median is kept.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (the autocast dtype).
+        exact_accumulation: count the float64 gradient sums in the gradient bytes.
+        activation_checkpointing: the layer keeps only its input per in-flight microbatch.
 
     Returns:
         The profile, keyed by the model's config fingerprint.
@@ -95,7 +158,6 @@ def measure_profile(
     layers = []
     for index in range(adapter.num_layers):
         module = adapter.build_layer(index, seed=0, device=device)
-        params = sum(p.numel() for p in module.parameters())
         forward_times, backward_times, saved = [], [], 0
         for run in range(warmup + repeats):
             inputs = _layer_input(adapter, index, shape, device)
@@ -108,7 +170,10 @@ def measure_profile(
 
             _sync(device)
             start = time.perf_counter()
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            with (
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+                autocast(device, precision),
+            ):
                 output = module(inputs)
                 if adapter.layer_kind(index) == "head":
                     labels = torch.zeros(shape, dtype=torch.int64, device=device)
@@ -124,29 +189,24 @@ def measure_profile(
                 forward_times.append(middle - start)
                 backward_times.append(end - middle)
                 saved = max(saved, saved_now)
-        is_head = adapter.layer_kind(index) == "head"
-        tied = next((t.source_layer for t in adapter.tied if t.layer == index), None)
+        tokens = microbatch_size * sequence_length
+        if activation_checkpointing:
+            saved = checkpointed_activation_bytes(_input_bytes(adapter, index, tokens))
         layers.append(
-            LayerProfile(
-                name=adapter.layer_name(index),
-                kind=adapter.layer_kind(index),  # type: ignore[arg-type]  # one of the three kinds
-                forward_s=statistics.median(forward_times),
-                backward_s=statistics.median(backward_times),
-                param_bytes=params * _BYTES,
-                grad_bytes=params * _BYTES,
-                optimizer_bytes=2 * params * _BYTES,
+            _layer_profile(
+                adapter,
+                index,
+                times=(statistics.median(forward_times), statistics.median(backward_times)),
                 activation_bytes=saved,
-                output_bytes=0
-                if is_head
-                else microbatch_size * sequence_length * adapter.hidden_size * _BYTES,
-                tied_to=tied,
+                tokens=tokens,
+                exact_accumulation=exact_accumulation,
             )
         )
     return ModelProfile(
         model=adapter.name,
         config_fingerprint=config_fingerprint(adapter.config_dict),
         device=device_label(device),
-        dtype=_DTYPE,
+        dtype=_DTYPE_NAMES[precision],
         microbatch_size=microbatch_size,
         sequence_length=sequence_length,
         layers=tuple(layers),
@@ -160,6 +220,9 @@ def cached_profile(
     sequence_length: int,
     device: torch.device,
     cache_dir: str | Path,
+    precision: str = "fp32",
+    exact_accumulation: bool = False,
+    activation_checkpointing: bool = False,
 ) -> ModelProfile:
     """A measured profile from ``cache_dir`` if one matches the exact key, else measure and store it.
 
@@ -169,15 +232,20 @@ def cached_profile(
         sequence_length: tokens per sample.
         device: where to measure.
         cache_dir: folder of cached profiles (``<model>-<key>.json``).
+        precision: see :func:`measure_profile`.
+        exact_accumulation: see :func:`measure_profile`.
+        activation_checkpointing: see :func:`measure_profile`.
 
     Returns:
         The profile; its fingerprint, device, dtype, microbatch size and sequence length equal the
         request.
     """
     label = device_label(device)
-    key = profile_key(adapter, label, microbatch_size, sequence_length)
+    memory = (precision, exact_accumulation, activation_checkpointing)
+    key = profile_key(adapter, label, microbatch_size, sequence_length, memory)
     path = Path(cache_dir) / f"{adapter.name}-{key}.json"
-    expected = (config_fingerprint(adapter.config_dict), label, _DTYPE, microbatch_size, sequence_length)
+    dtype = _DTYPE_NAMES[precision]
+    expected = (config_fingerprint(adapter.config_dict), label, dtype, microbatch_size, sequence_length)
     if path.exists():
         try:
             profile = ModelProfile.load(path)
@@ -198,14 +266,27 @@ def cached_profile(
                 "cached profile %s does not match %s (has %s); re-measuring", path, expected, found
             )
     profile = measure_profile(
-        adapter, microbatch_size=microbatch_size, sequence_length=sequence_length, device=device
+        adapter,
+        microbatch_size=microbatch_size,
+        sequence_length=sequence_length,
+        device=device,
+        precision=precision,
+        exact_accumulation=exact_accumulation,
+        activation_checkpointing=activation_checkpointing,
     )
     profile.save(path)
     return profile
 
 
 def estimate_profile(
-    adapter: ModelAdapter, *, microbatch_size: int, sequence_length: int, hardware: HardwareSpec
+    adapter: ModelAdapter,
+    *,
+    microbatch_size: int,
+    sequence_length: int,
+    hardware: HardwareSpec,
+    precision: str = "fp32",
+    exact_accumulation: bool = False,
+    activation_checkpointing: bool = False,
 ) -> ModelProfile:
     """Analytic profile: 2 FLOPs per parameter per token forward (plus attention), backward twice that.
 
@@ -214,10 +295,15 @@ def estimate_profile(
         microbatch_size: samples per microbatch.
         sequence_length: tokens per sample.
         hardware: whose achieved FLOP/s turn FLOPs into seconds.
+        precision: autocast precision: activations saved in its element size (fp32 residual
+            stream aside), plus the 16-bit weight copies each in-flight microbatch keeps.
+        exact_accumulation: count the float64 gradient sums in the gradient bytes.
+        activation_checkpointing: a layer keeps only its input per in-flight microbatch.
 
     Returns:
         The profile (device = the hardware's name).
     """
+    element = PRECISION_BYTES[precision]
     tokens = microbatch_size * sequence_length
     hidden = adapter.hidden_size
     layers = []
@@ -232,25 +318,27 @@ def estimate_profile(
         elif kind == "head":
             activation = tokens * adapter.vocab_size * _BYTES * 2
         forward = flops / hardware.achieved_flops
+        if precision != "fp32":
+            activation = activation * element // _BYTES
+            if kind != "embedding":
+                activation += weight_copy_bytes(params, precision)
+        if activation_checkpointing:
+            activation = checkpointed_activation_bytes(_input_bytes(adapter, index, tokens))
         layers.append(
-            LayerProfile(
-                name=adapter.layer_name(index),
-                kind=kind,  # type: ignore[arg-type]  # one of the three kinds
-                forward_s=forward,
-                backward_s=2 * forward,
-                param_bytes=params * _BYTES,
-                grad_bytes=params * _BYTES,
-                optimizer_bytes=2 * params * _BYTES,
+            _layer_profile(
+                adapter,
+                index,
+                times=(forward, 2 * forward),
                 activation_bytes=activation,
-                output_bytes=0 if kind == "head" else tokens * hidden * _BYTES,
-                tied_to=next((t.source_layer for t in adapter.tied if t.layer == index), None),
+                tokens=tokens,
+                exact_accumulation=exact_accumulation,
             )
         )
     return ModelProfile(
         model=adapter.name,
         config_fingerprint=config_fingerprint(adapter.config_dict),
         device=hardware.name,
-        dtype=_DTYPE,
+        dtype=_DTYPE_NAMES[precision],
         microbatch_size=microbatch_size,
         sequence_length=sequence_length,
         layers=tuple(layers),

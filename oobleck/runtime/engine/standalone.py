@@ -24,6 +24,7 @@ from oobleck.planning.profile import ModelProfile
 from oobleck.runtime.config import JobConfig
 from oobleck.runtime.engine.adapters import ModelAdapter
 from oobleck.runtime.engine.comm import default_device
+from oobleck.runtime.engine.precision import resolve_precision
 from oobleck.runtime.engine.profiler import cached_profile, estimate_profile
 
 PLAN_KEY = "oobleck/standalone/plan"
@@ -48,21 +49,34 @@ def rendezvous_store(rank: int, world_size: int, timeout: timedelta) -> dist.Sto
 
 
 def job_profile(job: JobConfig, adapter: ModelAdapter) -> ModelProfile:
-    """The job's profile: analytic from parameter counts, or measured on this rank's device (cached)."""
+    """The job's profile: analytic from parameter counts, or measured on this rank's device (cached).
+
+    Both count memory as the engine holds it for the job's precision (resolved for this rank's
+    device, as the engine resolves it), exact accumulation and activation checkpointing.
+    """
+    device = default_device(int(os.environ.get("LOCAL_RANK", "0")))
+    precision = resolve_precision(job.precision, device)
+    exact, recompute = job.optim.exact_accumulation, job.activation_checkpointing
     if job.profile == "measured":
         cache = os.environ.get(PROFILE_CACHE_ENV, str(Path.home() / ".cache" / "oobleck" / "profiles"))
         return cached_profile(
             adapter,
             microbatch_size=job.microbatch_size,
             sequence_length=job.data.sequence_length,
-            device=default_device(int(os.environ.get("LOCAL_RANK", "0"))),
+            device=device,
             cache_dir=cache,
+            precision=precision,
+            exact_accumulation=exact,
+            activation_checkpointing=recompute,
         )
     return estimate_profile(
         adapter,
         microbatch_size=job.microbatch_size,
         sequence_length=job.data.sequence_length,
         hardware=job.hardware_spec(),
+        precision=precision,
+        exact_accumulation=exact,
+        activation_checkpointing=recompute,
     )
 
 

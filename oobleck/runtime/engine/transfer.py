@@ -2,8 +2,9 @@
 
 A transfer plan is a list of :class:`~oobleck.planning.plan.Transfer` (layer, src node, dst node).
 Each copied layer travels as one flat buffer, and each (source rank, destination rank) pair adds
-one int64 buffer of step counts, sent with ``torch.distributed`` point-to-point operations: tensors
-never go through pickle. The receiving rank times each layer's arrival (:class:`LayerCopy`).
+one int64 buffer of step counts (and, in fp16, the loss scaler's state), sent with
+``torch.distributed`` point-to-point operations: tensors never go through pickle. The receiving
+rank times each layer's arrival (:class:`LayerCopy`).
 
 Assumptions:
     * Every rank of the new generation calls :func:`execute_transfers` with the same transfer list;
@@ -29,6 +30,7 @@ from oobleck.errors import ConfigError, ReconfigurationError
 from oobleck.planning.plan import Plan, Transfer
 from oobleck.runtime.engine.comm import Comm
 from oobleck.runtime.engine.optim import LayerState
+from oobleck.runtime.engine.precision import LossScaler
 from oobleck.runtime.engine.records import LayerCopy
 
 logger = logging.getLogger(__name__)
@@ -84,12 +86,15 @@ def execute_transfers(
     held: Mapping[int, LayerState],
     make_layer: Callable[[int], LayerState],
     comm: Comm,
+    scaler: LossScaler | None = None,
 ) -> tuple[dict[int, LayerState], TransferStats]:
     """Send the layers this rank is a source of and receive those it is a destination of.
 
     Each layer travels as its own flat buffer (parameters, then both moments) so its arrival can
-    be timed; each (source rank, destination rank) pair adds one int64 buffer of step counts.
-    Receives are posted before sends, and waited for in (pair, layer) order.
+    be timed; each (source rank, destination rank) pair adds one int64 buffer of step counts,
+    followed in fp16 by the sender's loss-scaler state (replicated state: every sender holds the
+    same, so a receiver simply takes it). Receives are posted before sends, and waited for in
+    (pair, layer) order.
 
     Args:
         transfers: the whole transfer plan (identical on every rank).
@@ -99,6 +104,8 @@ def execute_transfers(
         held: layers this rank holds now.
         make_layer: builds an empty-state layer with the right shapes (values are overwritten).
         comm: the new generation's communicator.
+        scaler: the fp16 loss scaler (None otherwise); sent with the step counts, and overwritten
+            on a receiving rank with the state it receives.
 
     Returns:
         The received layers by index, and the byte counts with one :class:`LayerCopy` per
@@ -128,7 +135,8 @@ def execute_transfers(
             flat = torch.empty(size, dtype=tensors[0].dtype, device=tensors[0].device)
             layers.append((transfer, state, flat, comm.call("state transfer", dist.irecv, flat, src)))
             got += flat.numel() * flat.element_size()
-        steps = torch.empty(len(group), dtype=torch.int64, device=layers[0][2].device)
+        extra = 0 if scaler is None else 2
+        steps = torch.empty(len(group) + extra, dtype=torch.int64, device=layers[0][2].device)
         pending.append((layers, steps, comm.call("state transfer", dist.irecv, steps, src)))
     sends: list[Any] = []
     sent = 0
@@ -141,7 +149,10 @@ def execute_transfers(
             flat = torch.cat([t.reshape(-1) for t in state.state_tensors()])
             sends.append(comm.call("state transfer", dist.isend, flat, dst))
             sent += flat.numel() * flat.element_size()
-        steps = torch.tensor([state.step for state in states], dtype=torch.int64, device=flat.device)
+        steps = torch.tensor([state.step for state in states], dtype=torch.int64)
+        if scaler is not None:
+            steps = torch.cat([steps, scaler.to_tensor()])
+        steps = steps.to(flat.device)
         sends.append(comm.call("state transfer", dist.isend, steps, dst))
     received: dict[int, LayerState] = {}
     copies: list[LayerCopy] = []
@@ -158,8 +169,10 @@ def execute_transfers(
                 )
             )
         comm.wait("state transfer", [steps_work])
+        if scaler is not None:
+            scaler.load_tensor(steps[len(layers) :])
         with torch.no_grad():
-            for (_, state, flat, _), step in zip(layers, steps.tolist(), strict=True):
+            for (_, state, flat, _), step in zip(layers, steps[: len(layers)].tolist(), strict=True):
                 offset = 0
                 for tensor in state.state_tensors():
                     tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
