@@ -67,7 +67,8 @@ DEEP = Example(
     text="""
 The planner uses the fewest nodes per pipeline that hold the model (`n0`), so a small model gets
 one-node pipelines. `device_memory_bytes` plans for less memory per device than the hardware entry
-has: here 2 MB for the 0.14 M-parameter `tiny-gpt2`, which needs two nodes per pipeline (n0 = 2).
+has: here 2.8 MB for the 0.14 M-parameter `tiny-gpt2` (its state includes the float64 gradient sums
+of `exact_accumulation`, the bitwise verification mode), which needs two nodes per pipeline (n0 = 2).
 On four one-slot agents the plan is two 2-node pipelines; with `fault_tolerance: 1` it survives any
 one node lost (the three survivors run one 3-node pipeline and a layer is copied to the node that
 needs it). This is the job of `examples/tiny_gpt2_deep.yaml` with its defaults left out.
@@ -86,9 +87,10 @@ optim:
   warmup_steps: 2
   min_lr: 0.0003
   weight_decay: 0.01
+  exact_accumulation: true
 seed: 1234
 fault_tolerance: 1
-device_memory_bytes: 2000000
+device_memory_bytes: 2800000
 hardware: cpu
 """,
     after="""

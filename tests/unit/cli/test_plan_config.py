@@ -26,7 +26,7 @@ def test_prints_the_jobs_plan_with_stage_memory(capsys: pytest.CaptureFixture[st
     assert oobleck_main(["plan", "--config", str(DEEP), "--nodes", "4"]) == 0
     out = capsys.readouterr().out
     assert "tiny-gpt2 on 4 x cpu" in out and "f=1" in out
-    assert "Memory per stage (limit 1.72 MiB usable per device)" in out
+    assert "Memory per stage (limit 2.40 MiB usable per device)" in out
     assert "Plan: 2 pipelines" in out
 
 
@@ -35,7 +35,7 @@ def test_json_is_the_workers_plan(capsys: pytest.CaptureFixture[str]) -> None:
     assert oobleck_main(["plan", "--json", "--config", str(DEEP), "--nodes", "4"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["config"] == str(DEEP)
-    assert report["memory_limit_bytes"] == int(2_000_000 * 0.9)
+    assert report["memory_limit_bytes"] == int(2_800_000 * 0.9)
     assert report["min_nodes_per_pipeline"] == 2 and report["guaranteed_range"] == [4, 4]
     assert sum(p["microbatches"] for p in report["plan"]["pipelines"]) == 8
     for pipeline in report["plan"]["pipelines"]:
