@@ -13,6 +13,7 @@ from oobleck.runtime.control.agent import Agent, AgentConfig
 from oobleck.runtime.control.jobspec import JobSpec
 from oobleck.runtime.control.master import Master
 from oobleck.runtime.control.master_config import MasterConfig
+from oobleck.runtime.control.protocol import connect
 
 TOKEN = b"0123456789abcdef0123456789abcdef"
 JOB = "model: tiny-gpt2\nglobal_batch: 4\nmicrobatch_size: 1\nsteps: 2\n"
@@ -93,3 +94,26 @@ def test_keep_flag_reaches_the_agent_config():
     parser = build_parser()
     assert parser.parse_args(["--master", "h:1", "--keep"]).keep is True
     assert parser.parse_args(["--master", "h:1"]).keep is False
+
+
+def test_closing_the_ended_jobs_connection_does_not_lose_the_fresh_registration(tmp_path, job):
+    """A kept node's old connection closing after it re-registered does not declare the new one lost."""
+    config = MasterConfig(run_dir=tmp_path / "run", heartbeat_interval_s=5.0, missed_heartbeats=100)
+    master = Master(config, TOKEN)
+    try:
+        master.submit(job, 1, daemon=True)
+        old = connect("127.0.0.1", master.server.port, TOKEN, "agent")
+        old.send({"type": "register", "index": 0, "slots": 1, "host": "h", "pid": 1})
+        assert old.recv(3)["type"] == "welcome" and old.recv(3)["type"] == "job"
+        master.cancel("job1")
+        master.wait(3)
+        assert old.recv(3)["type"] == "shutdown"
+        fresh = connect("127.0.0.1", master.server.port, TOKEN, "agent")
+        fresh.send({"type": "register", "index": 0, "slots": 1, "host": "h", "pid": 1})
+        assert fresh.recv(3)["type"] == "welcome"
+        old.close()  # NOTE: the master's reader of `old` is still in its 5 s recv: it sees the close.
+        time.sleep(0.5)
+        assert master.machine.nodes[0].alive and not master.machine.lost
+        fresh.close()
+    finally:
+        master.close()
