@@ -24,7 +24,6 @@ Assumptions:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -41,6 +40,7 @@ from typing import Any
 from oobleck.runtime.control.protocol import Channel, ConnectionClosedError, ProtocolError, connect
 from oobleck.runtime.control.sever import nccl_environment
 from oobleck.runtime.control.store import STORE_KEY_ENV, store_key
+from oobleck.runtime.control.worker_errors import read_error_file
 from oobleck.runtime.run_log import ERROR_FILE_ENV
 
 logger = logging.getLogger(__name__)
@@ -413,35 +413,3 @@ class Agent:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.process.wait(5)
             worker.channel.close()
-
-
-def read_error_file(path: Path, code: int) -> dict[str, Any] | None:
-    """Summarise a worker's error file (``TORCHELASTIC_ERROR_FILE`` layout or ours).
-
-    Args:
-        path: The error file the worker was told to write.
-        code: Its exit status (negative: killed by that signal).
-
-    Returns:
-        ``{"message", "timestamp"}``, or None for a clean exit without a file.
-    """
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            data = {}
-        message = data.get("message", "")
-        if isinstance(message, dict):  # torch's @record layout
-            extra = message.get("extraInfo", {})
-            return {
-                "message": str(message.get("message", ""))[:2000],
-                "timestamp": float(extra.get("timestamp", path.stat().st_mtime)),
-            }
-        return {
-            "message": str(message)[:2000],
-            "timestamp": float(data.get("timestamp", path.stat().st_mtime)),
-        }
-    if code == 0:
-        return None
-    what = f"killed by signal {-code}" if code < 0 else f"exited with code {code} (no error file)"
-    return {"message": f"worker {what}", "timestamp": time.time()}
