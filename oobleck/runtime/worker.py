@@ -29,6 +29,8 @@ from oobleck.errors import ConfigError, OobleckError
 logger = logging.getLogger(__name__)
 
 CONTROL_ENV = "OOBLECK_CONTROL"
+ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+"""torchrun's per-worker error file (``@record`` layout), written by :func:`record_error`."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,11 +68,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_standalone(args)
     except OobleckError as error:
+        record_error(error)
         if args.debug:
             raise
         sys.stderr.write(f"error: {error}\n")
         return 2
+    except Exception as error:
+        record_error(error)
+        raise
     return 0
+
+
+def record_error(error: BaseException) -> None:
+    """Write ``error`` to ``TORCHELASTIC_ERROR_FILE`` in torch's ``@record`` layout (torchrun reads it).
+
+    Torch's own error handler writes it, so torchrun's summary names the error instead of
+    ``error_file: <N/A>``; without the variable (not under torchrun) nothing is written.
+
+    Args:
+        error: The exception being handled.
+    """
+    if not os.environ.get(ERROR_FILE_ENV):
+        return
+    from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+    get_error_handler().record_exception(error)
 
 
 def run_standalone(args: argparse.Namespace) -> None:

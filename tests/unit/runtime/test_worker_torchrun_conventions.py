@@ -1,0 +1,62 @@
+"""The standalone (torchrun) worker follows torchrun's conventions: error file, fault_tolerance ignored."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch.distributed as dist
+import yaml
+
+from oobleck.runtime import worker
+from oobleck.runtime.config import job_config_from_dict
+from oobleck.runtime.control.worker_errors import read_error_file
+from oobleck.runtime.engine.adapters import build_adapter
+from oobleck.runtime.engine.standalone import plan_for_world
+
+pytest.importorskip("transformers.models.gpt2.modeling_gpt2")
+
+JOB = """\
+model: tiny-gpt2
+data:
+  source: pydoc
+  sequence_length: 32
+global_batch: 16
+microbatch_size: 2
+steps: 1
+fault_tolerance: 1
+hardware: cpu
+profile: analytic
+"""
+
+
+@pytest.fixture
+def standalone_env(monkeypatch, tmp_path):
+    for name in ("OOBLECK_CONTROL", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    return error_file
+
+
+def test_a_failing_standalone_worker_writes_torchruns_error_file(tmp_path, standalone_env):
+    """A config error exits 2 and leaves TORCHELASTIC_ERROR_FILE in torch's @record layout with the error."""
+    config = tmp_path / "job.yaml"
+    config.write_text(JOB.replace("steps: 1", "steps: -1"))
+    assert worker.main(["--config", str(config), "--run-dir", str(tmp_path / "run")]) == 2
+    data = json.loads(standalone_env.read_text())
+    assert data["message"]["message"].startswith("ConfigError: ") and "steps" in data["message"]["message"]
+    assert int(data["message"]["extraInfo"]["timestamp"]) > 0
+    summary = read_error_file(standalone_env, 2)
+    assert summary is not None and "steps" in summary["message"]
+
+
+def test_fault_tolerance_is_ignored_with_one_notice_under_torchrun(caplog):
+    """fault_tolerance: 1 on a one-process world plans (as f=0) and says so in one line, instead of failing."""
+    job = job_config_from_dict(yaml.safe_load(JOB))
+    caplog.set_level(logging.WARNING, logger="oobleck.runtime.engine.standalone")
+    plan = plan_for_world(job, build_adapter(job.model), 1, store=dist.HashStore(), rank=0)
+    assert plan.nodes == (0,) and plan.fault_tolerance == 0
+    notices = [r.getMessage() for r in caplog.records if "fault_tolerance=1 ignored" in r.getMessage()]
+    assert len(notices) == 1 and "\n" not in notices[0]
