@@ -53,7 +53,7 @@ def test_a_failing_standalone_worker_writes_torchruns_error_file(tmp_path, stand
 
 
 def test_fault_tolerance_is_ignored_with_one_notice_under_torchrun(caplog):
-    """fault_tolerance: 1 on a one-process world plans (as f=0) and says so in one line, instead of failing."""
+    """fault_tolerance: 1 on a one-process world plans as f=0 and says so in one line, instead of failing."""
     job = job_config_from_dict(yaml.safe_load(JOB))
     caplog.set_level(logging.WARNING, logger="oobleck.runtime.engine.standalone")
     plan = plan_for_world(job, build_adapter(job.model), 1, store=dist.HashStore(), rank=0)
