@@ -6,7 +6,8 @@ environment (``RANK``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``WORLD_SIZE``, ``M
 (node id = rank // LOCAL_WORLD_SIZE, device ``cuda:LOCAL_RANK``), plans heterogeneous pipelines with
 the planning core and trains. ``torchrun --standalone --nproc-per-node 4 -m oobleck.runtime.worker ...``
 and the same with ``--nproc-per-node 1`` produce the same losses. Rank 0 appends one JSON line per step to
-``<run_dir>/metrics.jsonl``.
+``<run_dir>/metrics.jsonl``. Every line is prefixed ``[rank R]`` and also written to the worker's own
+``<run_dir>/logs/node<N>/rank<LOCAL_RANK>.log`` (``oobleck.runtime.worker_logging``).
 
 When ``OOBLECK_CONTROL`` is set (the elastic agent sets it), the worker hands over to
 ``oobleck.runtime.elastic.main(args)`` instead.
@@ -25,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from oobleck.errors import ConfigError, OobleckError
+from oobleck.runtime.worker_logging import configure_worker_logging, log_setup
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, then train (standalone) or hand over to the elastic runtime; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format=f"%(asctime)s [rank {os.environ.get('RANK', '0')}] %(name)s: %(message)s",
-    )
+    label, log_file = log_setup(os.environ, Path(args.run_dir))
+    configure_worker_logging(label=label, log_file=log_file, debug=args.debug)
     if os.environ.get(CONTROL_ENV):
         from oobleck.runtime import elastic
 

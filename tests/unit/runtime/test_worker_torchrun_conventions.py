@@ -14,6 +14,7 @@ from oobleck.runtime.config import job_config_from_dict
 from oobleck.runtime.control.worker_errors import read_error_file
 from oobleck.runtime.engine.adapters import build_adapter
 from oobleck.runtime.engine.standalone import plan_for_world
+from oobleck.runtime.worker_logging import configure_worker_logging, log_setup, set_rank, worker_log_file
 
 pytest.importorskip("transformers.models.gpt2.modeling_gpt2")
 
@@ -60,3 +61,31 @@ def test_fault_tolerance_is_ignored_with_one_notice_under_torchrun(caplog):
     assert plan.nodes == (0,) and plan.fault_tolerance == 0
     notices = [r.getMessage() for r in caplog.records if "fault_tolerance=1 ignored" in r.getMessage()]
     assert len(notices) == 1 and "\n" not in notices[0]
+
+
+def test_log_setup_names_the_real_rank_and_a_file_per_worker(tmp_path):
+    """Elastic workers are labelled by node and local rank, torchrun ones by RANK; each has its own file."""
+    elastic = {"OOBLECK_CONTROL": "fd:5", "OOBLECK_NODE": "2", "LOCAL_RANK": "1"}
+    assert log_setup(elastic, tmp_path) == ("node 2 local 1", tmp_path / "logs/node2/rank1.log")
+    torchrun = {"RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    assert log_setup(torchrun, tmp_path) == ("3", tmp_path / "logs/node1/rank1.log")
+    assert log_setup({"RANK": "x"}, tmp_path) == ("x", None)
+
+
+def test_worker_lines_carry_the_rank_prefix_in_the_workers_own_file(tmp_path):
+    """Each line goes to logs/node<N>/rank<L>.log prefixed [rank R], and set_rank relabels later lines."""
+    path, root = worker_log_file(tmp_path, 1, 0), logging.getLogger()
+    level = root.level
+    handler = configure_worker_logging(label="node 1 local 0", log_file=path)
+    try:
+        logging.getLogger("oobleck.test").info("before")
+        set_rank(5)
+        logging.getLogger("oobleck.test").info("after")
+    finally:
+        assert handler is not None
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(level)
+    lines = path.read_text().splitlines()
+    assert "[rank node 1 local 0] oobleck.test: before" in lines[0]
+    assert "[rank 5] oobleck.test: after" in lines[1]
