@@ -37,6 +37,11 @@ def set_rank(rank: int | str) -> None:
     _LABEL["rank"] = str(rank)
 
 
+def current_rank_label() -> str:
+    """The label the next log line of this process is prefixed with."""
+    return _LABEL["rank"]
+
+
 def worker_log_file(run_dir: Path, node: int, local_rank: int) -> Path:
     """Where one worker's log file goes.
 

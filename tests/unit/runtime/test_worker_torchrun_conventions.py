@@ -6,15 +6,23 @@ import json
 import logging
 
 import pytest
+import torch
 import torch.distributed as dist
 import yaml
 
 from oobleck.runtime import worker
 from oobleck.runtime.config import job_config_from_dict
 from oobleck.runtime.control.worker_errors import read_error_file
+from oobleck.runtime.engine import Engine
 from oobleck.runtime.engine.adapters import build_adapter
 from oobleck.runtime.engine.standalone import plan_for_world
-from oobleck.runtime.worker_logging import configure_worker_logging, log_setup, set_rank, worker_log_file
+from oobleck.runtime.worker_logging import (
+    configure_worker_logging,
+    current_rank_label,
+    log_setup,
+    set_rank,
+    worker_log_file,
+)
 
 pytest.importorskip("transformers.models.gpt2.modeling_gpt2")
 
@@ -89,3 +97,17 @@ def test_worker_lines_carry_the_rank_prefix_in_the_workers_own_file(tmp_path):
     lines = path.read_text().splitlines()
     assert "[rank node 1 local 0] oobleck.test: before" in lines[0]
     assert "[rank 5] oobleck.test: after" in lines[1]
+
+
+def test_each_generation_relabels_log_lines_with_its_rank():
+    """Starting a generation makes later log lines name the engine's rank in it (not a fixed [rank 0])."""
+    job = job_config_from_dict(yaml.safe_load(JOB.replace("fault_tolerance: 1", "fault_tolerance: 0")))
+    store = dist.HashStore()
+    engine = Engine(job, node=0, local_rank=0, device=torch.device("cpu"))
+    try:
+        plan = plan_for_world(job, engine.adapter, 1, store=store, rank=0)
+        set_rank("node 0 local 0")
+        engine.configure(plan, 0, {0: 0}, store)
+        assert current_rank_label() == str(engine.rank) == "0"
+    finally:
+        engine.close()
