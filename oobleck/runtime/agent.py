@@ -3,6 +3,7 @@
 The token comes from ``OOBLECK_TOKEN`` or ``--token-file`` / ``OOBLECK_TOKEN_FILE`` (never a flag value).
 Started by hand (xargs+ssh+tmux, mpirun, srun, a Kubernetes pod) it registers with the running
 master: before the job starts it counts towards the expected nodes, afterwards it is a join.
+With ``--keep`` it stays attached when a job ends and registers afresh for the daemon's next job.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=120.0,
         help="after losing the master, keep the workers training and retry this long (s)",
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="stay attached after a job ends and serve the master's next job (a daemon's)",
+    )
     return parser
 
 
@@ -72,6 +78,7 @@ def _run(args: argparse.Namespace) -> int:
         worker_module=args.worker_module,
         connect_timeout_s=args.connect_timeout_s,
         reconnect_timeout_s=args.reconnect_timeout_s,
+        keep=args.keep,
     )
     agent = Agent(config, token)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

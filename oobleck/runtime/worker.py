@@ -6,7 +6,8 @@ environment (``RANK``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``WORLD_SIZE``, ``M
 (node id = rank // LOCAL_WORLD_SIZE, device ``cuda:LOCAL_RANK``), plans heterogeneous pipelines with
 the planning core and trains. ``torchrun --standalone --nproc-per-node 4 -m oobleck.runtime.worker ...``
 and the same with ``--nproc-per-node 1`` produce the same losses. Rank 0 appends one JSON line per step to
-``<run_dir>/metrics.jsonl``.
+``<run_dir>/metrics.jsonl``. Every line is prefixed ``[rank R]`` and also written to the worker's own
+``<run_dir>/logs/node<N>/rank<LOCAL_RANK>.log`` (``oobleck.runtime.worker_logging``).
 
 When ``OOBLECK_CONTROL`` is set (the elastic agent sets it), the worker hands over to
 ``oobleck.runtime.elastic.main(args)`` instead.
@@ -25,10 +26,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from oobleck.errors import ConfigError, OobleckError
+from oobleck.runtime.worker_logging import configure_worker_logging, log_setup
 
 logger = logging.getLogger(__name__)
 
 CONTROL_ENV = "OOBLECK_CONTROL"
+ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+"""torchrun's per-worker error file (``@record`` layout), written by :func:`record_error`."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,10 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, then train (standalone) or hand over to the elastic runtime; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format=f"%(asctime)s [rank {os.environ.get('RANK', '0')}] %(name)s: %(message)s",
-    )
+    label, log_file = log_setup(os.environ, Path(args.run_dir))
+    configure_worker_logging(label=label, log_file=log_file, debug=args.debug)
     if os.environ.get(CONTROL_ENV):
         from oobleck.runtime import elastic
 
@@ -66,11 +68,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_standalone(args)
     except OobleckError as error:
+        record_error(error)
         if args.debug:
             raise
         sys.stderr.write(f"error: {error}\n")
         return 2
+    except Exception as error:
+        record_error(error)
+        raise
     return 0
+
+
+def record_error(error: BaseException) -> None:
+    """Write ``error`` to ``TORCHELASTIC_ERROR_FILE`` in torch's ``@record`` layout (torchrun reads it).
+
+    Torch's own error handler writes it, so torchrun's summary names the error instead of
+    ``error_file: <N/A>``; without the variable (not under torchrun) nothing is written.
+
+    Args:
+        error: The exception being handled.
+    """
+    if not os.environ.get(ERROR_FILE_ENV):
+        return
+    from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+    get_error_handler().record_exception(error)
 
 
 def run_standalone(args: argparse.Namespace) -> None:

@@ -7,7 +7,8 @@ Modules (imported where used; importing this package imports nothing, so no torc
 - ``master``, ``master_config``, ``master_files``, ``outbox``, ``messages``: the master's shell, its
   settings and files, per-connection sends, field-checked messages.
 - ``membership_machine``, ``membership_events``: the pure membership state machine and its inputs.
-- ``agent``, ``devices``: one node's agent; devices per node from its slots and the hardware entry.
+- ``agent``, ``devices``, ``worker_errors``: one node's agent; devices per node from its slots and the
+  hardware entry; reading a worker's error file.
 - ``job``, ``jobspec``, ``submission``, ``job_table``, ``progress``: running, submitting and listing
   jobs (a daemon runs many); the master's progress lines.
 - ``preflight``, ``job_preflight``: input checks on the master before any worker starts.

@@ -12,6 +12,11 @@ Assumptions:
 - Workers run in the agent's process group, so killing the group kills the node.
 - Everything heavy (torch, via the store module) is imported before the agent registers: loading
   torch's libraries holds the GIL for seconds, which would silence the heartbeat thread mid-job.
+- A kept agent (``keep``) serves one job after another: told to shut down at a job's end, it stops
+  its workers, closes that connection and registers again under its node id as a *fresh* member
+  (no resume: the master never counts an ended job's workers towards the next job). Only the end
+  of a job keeps it: a failed worker, an eviction, a refusal or the master closing for good
+  (``final`` shutdown) still end the agent, and so does a master that is gone between two jobs.
 - Agent and workers talk over an inherited socketpair (``OOBLECK_CONTROL=fd:N``) using the same
   MAC'd frames as the network, keyed by a per-worker random key; the job token never reaches a worker.
 """
@@ -19,7 +24,6 @@ Assumptions:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -36,6 +40,7 @@ from typing import Any
 from oobleck.runtime.control.protocol import Channel, ConnectionClosedError, ProtocolError, connect
 from oobleck.runtime.control.sever import nccl_environment
 from oobleck.runtime.control.store import STORE_KEY_ENV, store_key
+from oobleck.runtime.control.worker_errors import read_error_file
 from oobleck.runtime.run_log import ERROR_FILE_ENV
 
 logger = logging.getLogger(__name__)
@@ -69,6 +74,8 @@ class AgentConfig:
     reconnect_timeout_s: float = 120.0
     """After losing the master, keep retrying this long (a master resumed with ``--resume``) before
     stopping the workers; matches the workers' 120 s barrier bound."""
+    keep: bool = False
+    """Stay attached after a job ends and serve the master's next job (a daemon's)."""
 
 
 @dataclass(slots=True)
@@ -80,7 +87,7 @@ class _Worker:
 
 
 class Agent:
-    """Drives one node for the life of a job; :meth:`run` returns the process exit status."""
+    """Drives one node for the life of a job (or of many, ``keep``); :meth:`run` returns the exit status."""
 
     def __init__(self, config: AgentConfig, token: bytes) -> None:
         """Args:
@@ -102,6 +109,10 @@ class Agent:
         self._send_lock = threading.Lock()
         self._backlog: list[dict[str, Any]] = []
         self._all_done = False
+        self._final = False
+        """The master closed for good (or the job ended and the agent is not kept)."""
+        self.jobs_served = 0
+        """Job messages that started workers on this agent (more than one only when kept)."""
 
     def _connect(self, timeout_s: float) -> Channel:
         deadline = time.monotonic() + timeout_s
@@ -132,25 +143,47 @@ class Agent:
     def run(self) -> int:
         """Register, then serve until shutdown (0), a local failure or eviction (1), or bad input (2).
 
+        A kept agent (``config.keep``) registers again after each job's shutdown and serves the next.
+
         Returns:
             The exit status for the agent process.
         """
-        channel = self._connect(self.config.connect_timeout_s)
+        code = self._serve_one_job(self.config.connect_timeout_s)
+        while self.config.keep and code == 0 and not self._final:
+            self._reset_for_next_job()
+            logger.info("[node %d] job over; staying attached for the next job (--keep)", self.node)
+            try:
+                code = self._serve_one_job(self.config.connect_timeout_s)
+            except (OSError, ProtocolError, ConnectionError, TimeoutError) as exc:
+                logger.info("[node %d] the master is gone between jobs (%s); exiting", self.node, exc)
+                return 0
+        return code
+
+    def _reset_for_next_job(self) -> None:
+        """Forget the ended job's workers, readiness, generation and store (the next job brings its own)."""
+        self.workers, self._ready, self.membership, self._all_done = [], set(), None, False
+        self.job, self._exit_code, self._backlog = None, None, []
+        self._stop = threading.Event()
+
+    def _serve_one_job(self, connect_timeout_s: float) -> int:
+        """Connect, register and serve one job's life (a fresh registration, keeping a known node id)."""
+        channel = self._connect(connect_timeout_s)
         welcome = self._register(channel)
         if welcome["type"] != "welcome":
             logger.error("master refused this agent: %s", welcome.get("message", welcome))
             channel.close()
             return 2
         self.node, self.store = int(welcome["node"]), dict(welcome["store"])
-        self.run_dir = self.run_dir or Path(welcome["run_dir"])
+        self.run_dir = self.config.run_dir or Path(welcome["run_dir"])
         interval = float(welcome["heartbeat_interval_s"])
         with self._send_lock:
             self._channel = channel
         logger.info(
             "[node %d] registered with %s:%d", self.node, self.config.master_host, self.config.master_port
         )
-        threading.Thread(target=self._heartbeat, args=(interval,), name="heartbeat", daemon=True).start()
-        threading.Thread(target=self._watch_workers, name="worker-watch", daemon=True).start()
+        stop = self._stop
+        threading.Thread(target=self._heartbeat, args=(interval, stop), name="heartbeat", daemon=True).start()
+        threading.Thread(target=self._watch_workers, args=(stop,), name="worker-watch", daemon=True).start()
         try:
             while self._exit_code is None:
                 try:
@@ -169,8 +202,10 @@ class Agent:
                         break
                     channel = reconnected
         finally:
-            self._stop.set()
+            stop.set()
             self.kill_workers()
+            with self._send_lock:
+                self._channel = None
             channel.close()
         return 1 if self._exit_code is None else self._exit_code
 
@@ -213,9 +248,16 @@ class Agent:
     def _on_message(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "job":
-            self.job = message
             if not self.workers:
+                # NOTE: a kept agent's next job: its own store, run dir and generations.
+                self.job, self._ready, self.membership, self._all_done = message, set(), None, False
+                self.store = dict(message.get("store", self.store))
+                if self.config.run_dir is None and isinstance(message.get("run_dir"), str):
+                    self.run_dir = Path(message["run_dir"])
+                self.jobs_served += 1
                 self._start_workers()
+            else:
+                self.job = message
         elif kind == "membership":
             self.membership = message
             for worker in self.workers:
@@ -223,6 +265,7 @@ class Agent:
                     worker.channel.send(message)
         elif kind == "shutdown":
             logger.info("[node %d] shutdown requested", self.node)
+            self._final = self._final or bool(message.get("final", False))
             self._exit_code = 0
         elif kind == "evicted":
             logger.error("[node %d] the master removed this node: %s", self.node, message.get("reason"))
@@ -233,8 +276,8 @@ class Agent:
         elif kind == "rejected":
             logger.error("[node %d] the master rejected a message: %s", self.node, message.get("message"))
 
-    def _heartbeat(self, interval: float) -> None:
-        while not self._stop.wait(interval):
+    def _heartbeat(self, interval: float, stop: threading.Event) -> None:
+        while not stop.wait(interval):
             self._send({"type": "heartbeat", "t": time.time()}, keep=False)
 
     def _config_path(self) -> str:
@@ -288,13 +331,13 @@ class Agent:
             channel = Channel(ours, key, is_server=True, peer=f"worker{local_rank}")
             worker = _Worker(local_rank, process, channel, error_file)
             self.workers.append(worker)
-            threading.Thread(target=self._relay_worker, args=(worker,), daemon=True).start()
+            threading.Thread(target=self._relay_worker, args=(worker, self._stop), daemon=True).start()
         self._send({"type": "workers", "pids": [w.process.pid for w in self.workers]})
         logger.info("[node %d] started workers %s", self.node, [w.process.pid for w in self.workers])
 
-    def _relay_worker(self, worker: _Worker) -> None:
+    def _relay_worker(self, worker: _Worker, stop: threading.Event) -> None:
         """Forward requests a worker makes of the master (``regroup``, ``job_error``, ``ready``)."""
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 message = worker.channel.recv(1.0)
             except TimeoutError:
@@ -332,10 +375,10 @@ class Agent:
             if keep:
                 self._backlog.append(message)
 
-    def _watch_workers(self) -> None:
+    def _watch_workers(self, stop: threading.Event) -> None:
         finished: set[int] = set()
-        while not self._stop.wait(0.05):
-            for worker in self.workers:
+        while not stop.wait(0.05):
+            for worker in list(self.workers):
                 code = worker.process.poll()
                 if code is None or worker.local_rank in finished:
                     continue
@@ -370,35 +413,3 @@ class Agent:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.process.wait(5)
             worker.channel.close()
-
-
-def read_error_file(path: Path, code: int) -> dict[str, Any] | None:
-    """Summarise a worker's error file (``TORCHELASTIC_ERROR_FILE`` layout or ours).
-
-    Args:
-        path: The error file the worker was told to write.
-        code: Its exit status (negative: killed by that signal).
-
-    Returns:
-        ``{"message", "timestamp"}``, or None for a clean exit without a file.
-    """
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            data = {}
-        message = data.get("message", "")
-        if isinstance(message, dict):  # torch's @record layout
-            extra = message.get("extraInfo", {})
-            return {
-                "message": str(message.get("message", ""))[:2000],
-                "timestamp": float(extra.get("timestamp", path.stat().st_mtime)),
-            }
-        return {
-            "message": str(message)[:2000],
-            "timestamp": float(data.get("timestamp", path.stat().st_mtime)),
-        }
-    if code == 0:
-        return None
-    what = f"killed by signal {-code}" if code < 0 else f"exited with code {code} (no error file)"
-    return {"message": f"worker {what}", "timestamp": time.time()}

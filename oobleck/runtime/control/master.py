@@ -264,7 +264,8 @@ class Master:
         self._closed.set()
         with self._lock:
             for outbox in self._outboxes.values():
-                outbox.put({"type": "shutdown"})
+                # NOTE: ``final``: a kept agent (``--keep``) exits instead of waiting for a next job.
+                outbox.put({"type": "shutdown", "final": True})
         deadline = time.monotonic() + 5
         for agent in [*self._retired, *self.launched]:
             while agent.process.poll() is None and time.monotonic() < deadline:
@@ -352,7 +353,7 @@ class Master:
 
     def _serve_agent(self, node: int, channel: Channel, outbox: Outbox) -> None:
         try:
-            while self._alive(node):
+            while self._alive(node, outbox):
                 try:
                     message = channel.recv(self.config.heartbeat_interval_s)
                 except TimeoutError:
@@ -367,14 +368,16 @@ class Master:
                     self._record_error(node, message["error"])
                 self._feed(event)
         except (ConnectionClosedError, ProtocolError, OSError) as exc:
-            self._feed(Disconnect(node, f"{exc.__class__.__name__}: {exc}"))
+            if self._alive(node, outbox):  # NOTE: not when a kept agent already re-registered anew.
+                self._feed(Disconnect(node, f"{exc.__class__.__name__}: {exc}"))
             if isinstance(exc, ProtocolError):
                 raise
 
-    def _alive(self, node: int) -> bool:
+    def _alive(self, node: int, outbox: Outbox) -> bool:
+        """Whether ``node`` is alive and still served over ``outbox`` (not a later registration's)."""
         with self._lock:
             state = self.machine.nodes.get(node)
-            return state is not None and state.alive and self._outboxes.get(node) is not None
+            return state is not None and state.alive and self._outboxes.get(node) is outbox
 
     def _record_error(self, node: int, error: dict[str, Any]) -> None:
         with self._lock:

@@ -45,6 +45,7 @@ from oobleck.runtime.engine.transfer import (
     hold_sends,
     parse_transfer_hold,
 )
+from oobleck.runtime.worker_logging import set_rank
 
 logger = logging.getLogger(__name__)
 
@@ -370,6 +371,7 @@ class Engine:
         slots = plan.pipelines[0].template.gpus_per_node if plan.pipelines else 1
         world_size = max(topology.world_size, len(rank_of_node) * slots)
         self.rank = rank_of_node[self.node] + self.local_rank
+        set_rank(self.rank)  # NOTE: log lines name this generation's rank (elastic ranks move).
         prefixed = dist.PrefixStore(f"gen{generation}", store)
         self.comm.init(prefixed, rank=self.rank, world_size=world_size, device=self.device)
         self.comm.new_groups(topology.group_rank_sets())

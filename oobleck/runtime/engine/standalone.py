@@ -3,6 +3,7 @@
 Assumptions:
     * A node is ``LOCAL_WORLD_SIZE`` consecutive ranks (node id = rank // it), as torchrun numbers
       ranks; one process = one node when it is 1.
+    * ``fault_tolerance`` is ignored (planned as 0, with a notice): nothing regroups a torchrun world.
     * Rank 0 alone computes the plan (profiling may be measured, hence not bit-reproducible on
       other ranks) and publishes it as JSON in the store; every rank then uses the same plan.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +28,8 @@ from oobleck.runtime.engine.adapters import ModelAdapter
 from oobleck.runtime.engine.comm import default_device
 from oobleck.runtime.engine.precision import resolve_precision
 from oobleck.runtime.engine.profiler import cached_profile, estimate_profile
+
+logger = logging.getLogger(__name__)
 
 PLAN_KEY = "oobleck/standalone/plan"
 PROFILE_CACHE_ENV = "OOBLECK_PROFILE_CACHE"
@@ -170,6 +174,29 @@ def job_planner(job: JobConfig, profile: ModelProfile, max_nodes: int, gpus_per_
     )
 
 
+def standalone_job(job: JobConfig) -> JobConfig:
+    """``job`` as the standalone worker plans it: ``fault_tolerance`` dropped, with a one-line notice.
+
+    A torchrun launch has no agent to regroup the survivors, so the planner's ``f + 1`` spare
+    templates would only cost throughput (and refuse worlds too small for them) for no protection.
+
+    Args:
+        job: The job as configured.
+
+    Returns:
+        ``job`` itself when ``fault_tolerance`` is 0, else a copy with 0.
+    """
+    if job.fault_tolerance == 0:
+        return job
+    logger.warning(
+        "fault_tolerance=%d ignored: a torchrun (standalone) launch cannot survive a failure; "
+        "run under `oobleck master` for fault tolerance",
+        job.fault_tolerance,
+    )
+    return dataclasses.replace(job, fault_tolerance=0)
+
+
 def _plan(job: JobConfig, adapter: ModelAdapter, nodes: int, gpus_per_node: int) -> Plan:
+    job = standalone_job(job)
     planner = job_planner(job, job_profile(job, adapter), nodes, gpus_per_node)
     return planner.plan(tuple(range(nodes)))
