@@ -22,7 +22,7 @@ demo: venv
 test: venv
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m mypy
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 lint: venv
 	$(BIN)/python -m ruff check .
