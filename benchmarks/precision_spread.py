@@ -81,7 +81,9 @@ def run(folder: Path, model: str, precision: str, steps: int, plan: Plan) -> lis
     argv += ["--run-dir", str(folder / "run"), "--plan", str(folder / "plan.json")]
     port, procs = _port(), []
     for rank in range(world):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": "0"}
+        # NOTE: one-device nodes, as under `torchrun --nnodes N --nproc-per-node 1`.
+        env["LOCAL_WORLD_SIZE"] = "1"
         env.update(WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:

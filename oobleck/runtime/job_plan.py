@@ -10,8 +10,7 @@ Assumptions:
     * The fields a worker builds the model from are: the config class's literal defaults (read
       from its source by :func:`~oobleck.runtime.control.job_preflight.config_fields`), then the
       adapter's arch defaults, the preset, the job's ``hf_config`` and the byte vocabulary.
-      ``ARCH_DEFAULTS``/``PRESETS`` copy the adapter's (a unit test asserts they are equal: the
-      adapter module imports torch at import time, so it cannot be imported here).
+      ``ARCH_DEFAULTS``/``PRESETS`` are the adapters' own table (``runtime/model_presets.py``).
     * ``profile: measured`` jobs are checked with the analytic profile too: it is the only one the
       master can compute, and a measured one is not more optimistic by a wide margin.
     * Pretrained models, or a transformers whose config sources cannot be read, are not checked
@@ -25,47 +24,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from oobleck.planning.analytic import AnalyticModel, profile_from_counts, tied_layers
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.param_counts import layer_parameter_counts
 from oobleck.planning.planner import Planner
-from oobleck.planning.profile import LayerProfile, ModelProfile, config_fingerprint
+from oobleck.planning.profile import ModelProfile, config_fingerprint
 from oobleck.runtime.config import JobConfig, ModelConfig
 from oobleck.runtime.control.job_preflight import config_fields
+from oobleck.runtime.model_presets import ARCH_DEFAULTS, PRESETS
 
 VOCAB_SIZE = 258
 """The adapters' byte-level vocabulary (256 bytes, BOS, EOS)."""
-_BYTES = 4
-"""fp32."""
-_DTYPE = "float32"
-
-#: The adapter's ``_DEFAULTS`` (``runtime/engine/adapters.py``).
-ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True},
-    "llama": {"tie_word_embeddings": False},
-    "opt": {"dropout": 0.0, "attention_dropout": 0.0, "tie_word_embeddings": True},
-}
-
-#: The adapter's ``_PRESETS``.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny-gpt2": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 128, "tie_word_embeddings": False},
-    "tiny-gpt2-tied": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 128},
-    "tiny-llama": {
-        "num_hidden_layers": 2,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 128,
-    },
-    "tiny-opt": {
-        "num_hidden_layers": 2,
-        "hidden_size": 64,
-        "ffn_dim": 128,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 128,
-        "word_embed_proj_dim": 64,
-    },
-}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -134,70 +103,37 @@ def model_shape(model: ModelConfig) -> ModelShape | None:
     )
 
 
-def analytic_profile(
-    shape: ModelShape, *, microbatch_size: int, sequence_length: int, hardware: HardwareSpec
-) -> ModelProfile:
-    """The profile ``estimate_profile`` gives for this model (same formulas, same numbers).
-
-    Args:
-        shape: The model's parameter counts and sizes.
-        microbatch_size: Samples per microbatch.
-        sequence_length: Tokens per sample.
-        hardware: Whose achieved FLOP/s turn FLOPs into seconds.
-
-    Returns:
-        The profile (device = the hardware's name).
-    """
-    tokens = microbatch_size * sequence_length
-    hidden = shape.hidden_size
-    last = len(shape.parameter_counts) - 1
-    layers = []
-    for index, params in enumerate(shape.parameter_counts):
-        kind = "embedding" if index == 0 else "head" if index == last else "block"
-        flops = 2.0 * params * tokens if kind != "embedding" else 2.0 * tokens * hidden
-        activation = tokens * hidden * _BYTES * 2
-        if kind == "block":
-            flops += 4.0 * microbatch_size * sequence_length**2 * hidden
-            activation = tokens * hidden * _BYTES * 16
-        elif kind == "head":
-            activation = tokens * shape.vocab_size * _BYTES * 2
-        forward = flops / hardware.achieved_flops
-        layers.append(
-            LayerProfile(
-                name=f"block.{index - 1}" if kind == "block" else kind,
-                kind=kind,  # type: ignore[arg-type]  # one of the three kinds
-                forward_s=forward,
-                backward_s=2 * forward,
-                param_bytes=params * _BYTES,
-                grad_bytes=params * _BYTES,
-                optimizer_bytes=2 * params * _BYTES,
-                activation_bytes=activation,
-                output_bytes=0 if kind == "head" else tokens * hidden * _BYTES,
-                tied_to=0 if kind == "head" and shape.tied else None,
-            )
-        )
-    return ModelProfile(
-        model=shape.name,
-        config_fingerprint=shape.fingerprint,
-        device=hardware.name,
-        dtype=_DTYPE,
-        microbatch_size=microbatch_size,
-        sequence_length=sequence_length,
-        layers=tuple(layers),
-    )
-
-
 def job_profile(job: JobConfig) -> ModelProfile | None:
     """The job's analytic profile, computed without torch; None when the model cannot be resolved."""
     shape = model_shape(job.model)
     if shape is None:
         return None
-    return analytic_profile(
-        shape,
+    count = len(shape.parameter_counts)
+    model = AnalyticModel(
+        name=shape.name,
+        fingerprint=shape.fingerprint,
+        hidden_size=shape.hidden_size,
+        vocab_size=shape.vocab_size,
+        parameter_counts=shape.parameter_counts,
+        tied_to=tied_layers(count, [(count - 1, 0)] if shape.tied else []),
+    )
+    hardware = job.hardware_spec()
+    return profile_from_counts(
+        model,
         microbatch_size=job.microbatch_size,
         sequence_length=job.data.sequence_length,
-        hardware=job.hardware_spec(),
+        hardware=hardware,
+        precision=job_precision(job),
+        exact_accumulation=job.optim.exact_accumulation,
+        activation_checkpointing=job.activation_checkpointing,
     )
+
+
+def job_precision(job: JobConfig) -> str:
+    """The precision the job's workers resolve: as configured, else fp32 on ``cpu``, bf16 on a GPU entry."""
+    if job.precision is not None:
+        return job.precision
+    return "fp32" if job.hardware == "cpu" else "bf16"
 
 
 def job_hardware(job: JobConfig, gpus_per_node: int) -> HardwareSpec:
@@ -206,7 +142,7 @@ def job_hardware(job: JobConfig, gpus_per_node: int) -> HardwareSpec:
 
 
 def job_planner(job: JobConfig, profile: ModelProfile, max_nodes: int, gpus_per_node: int) -> Planner:
-    """The planner a worker builds (``engine.standalone.job_planner``): one device per stage.
+    """The planner a worker builds (``engine.standalone.job_planner``): up to the job's TP degree per stage.
 
     Raises:
         PlanningError: The model fits on no pipeline of up to ``max_nodes`` nodes.
@@ -218,5 +154,5 @@ def job_planner(job: JobConfig, profile: ModelProfile, max_nodes: int, gpus_per_
         global_microbatches=job.global_microbatches,
         microbatch_size=job.microbatch_size,
         max_nodes=max_nodes,
-        max_gpus_per_stage=1,
+        max_gpus_per_stage=job.tensor_parallel.max_degree,
     )

@@ -25,6 +25,7 @@ import torch
 
 from oobleck.runtime.control.checkpoint import latest_complete
 from oobleck.runtime.control.protocol import AuthenticationError, connect
+from oobleck.runtime.run_status import status_text
 from tests.integration.harness import (
     JOB,
     Run,
@@ -101,19 +102,32 @@ def _recovered(run: Run, reference: Run, lost: int = 1, at_step: int = 5) -> dic
 
 @pytest.mark.timeout(300)
 def test_sigkill_agent_group_recovers_in_place(folder, reference):
-    """SIGKILL of an agent's process group after step 5 is survived without restarts, losses unchanged."""
+    """SIGKILL of an agent's process group after step 5 is survived without restarts, losses unchanged;
+    `oobleck status` shows the running job's plan and step rate, and after the kill the new plan."""
+    shown: list[str] = []
+
+    def status_then_kill(run_dir: Path) -> None:
+        shown.append(status_text(run_dir))
+        kill_group(run_dir, 2)
+
     run = run_master(
         folder / "kill",
         write_hosts(folder, 4),
         write_job(folder),
         at_step=5,
-        action=lambda d: kill_group(d, 2),
+        action=status_then_kill,
     )
     record = _recovered(run, reference)
     assert record["lost"] == [2]
     first_pids = {a["node"]: a["worker_pids"] for a in agents(run.run_dir)}
     assert len(first_pids) == 4  # survivors kept their original workers (no restart)
     assert record["t_first_step"] - run.t_action < 10.0
+    running = shown[0]
+    assert "job      running" in running and "steps/s" in running, running
+    assert "plan     generation 0:" in running and "node 2: layers" in running, running
+    after = status_text(run.run_dir)
+    assert "plan     generation 1:" in after and "node 2: layers" not in after, after
+    assert "recovery gen 1: lost [2]" in after, after
 
 
 @pytest.mark.timeout(300)

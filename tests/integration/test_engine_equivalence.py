@@ -82,7 +82,9 @@ def run_workers(
     def env(rank: int, port: int) -> dict[str, str]:
         return {
             "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
+            # NOTE: every rank is a one-device node, as under `torchrun --nnodes N --nproc-per-node 1`.
+            "LOCAL_RANK": "0",
+            "LOCAL_WORLD_SIZE": "1",
             "WORLD_SIZE": str(world),
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port),

@@ -30,43 +30,10 @@ from torch import nn
 
 from oobleck.errors import ConfigError
 from oobleck.runtime.config import ModelConfig
+from oobleck.runtime.model_presets import ARCH_DEFAULTS, PRESETS
 
 VOCAB_SIZE = 258
 """Byte-level vocabulary: 256 byte values plus BOS (256) and EOS (257)."""
-
-_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny-gpt2": {
-        "n_layer": 2,
-        "n_embd": 64,
-        "n_head": 4,
-        "n_positions": 128,
-        "tie_word_embeddings": False,
-    },
-    "tiny-gpt2-tied": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 128},
-    "tiny-llama": {
-        "num_hidden_layers": 2,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 128,
-    },
-    "tiny-opt": {
-        "num_hidden_layers": 2,
-        "hidden_size": 64,
-        "ffn_dim": 128,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 128,
-        "word_embed_proj_dim": 64,
-    },
-}
-
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    # NOTE: dropout is off by default: with it, a split model cannot reproduce one-process training.
-    "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True},
-    "llama": {"tie_word_embeddings": False},
-    "opt": {"dropout": 0.0, "attention_dropout": 0.0, "tie_word_embeddings": True},
-}
 
 
 def derive_seed(*parts: object) -> int:
@@ -241,15 +208,15 @@ def build_adapter(model: ModelConfig) -> ModelAdapter:
     Raises:
         ConfigError: an unknown preset or an HF config field the config class rejects.
     """
-    fields_ = dict(_DEFAULTS[model.arch])
+    fields_ = dict(ARCH_DEFAULTS[model.arch])
     if model.pretrained is not None:
         from oobleck.runtime.engine.pretrained import pretrained_fields
 
         fields_ = pretrained_fields(model.arch, model.pretrained, fields_)
-    elif model.name in _PRESETS:
-        fields_.update(_PRESETS[model.name])
+    elif model.name in PRESETS:
+        fields_.update(PRESETS[model.name])
     elif not model.hf_config:
-        raise ConfigError(f"model: unknown preset {model.name!r}; presets: {', '.join(sorted(_PRESETS))}")
+        raise ConfigError(f"model: unknown preset {model.name!r}; presets: {', '.join(sorted(PRESETS))}")
     fields_.update(model.hf_config)
     fields_.setdefault("vocab_size", VOCAB_SIZE)
     fields_.setdefault("bos_token_id", min(256, fields_["vocab_size"] - 1))

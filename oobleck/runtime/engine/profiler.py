@@ -30,12 +30,18 @@ from pathlib import Path
 import torch
 
 from oobleck.errors import ConfigError
+from oobleck.planning.analytic import (
+    DTYPE_NAMES,
+    HIDDEN_BYTES,
+    AnalyticModel,
+    layer_input_bytes,
+    profile_from_counts,
+    tied_layers,
+)
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.memory import (
-    PRECISION_BYTES,
     checkpointed_activation_bytes,
     layer_state_bytes,
-    weight_copy_bytes,
 )
 from oobleck.planning.profile import PROFILE_FORMAT_VERSION, LayerProfile, ModelProfile, config_fingerprint
 from oobleck.runtime.engine.adapters import ModelAdapter
@@ -43,11 +49,6 @@ from oobleck.runtime.engine.executor import microbatch_loss
 from oobleck.runtime.engine.precision import autocast
 
 logger = logging.getLogger(__name__)
-
-_BYTES = 4
-"""Bytes per element of the fp32 residual stream (activations between layers and stages)."""
-_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-"""Profile ``dtype`` label of each precision."""
 
 
 def device_label(device: torch.device) -> str:
@@ -72,7 +73,7 @@ def profile_key(
     parts: tuple[object, ...] = (
         config_fingerprint(adapter.config_dict),
         device,
-        _DTYPE_NAMES[memory[0]],
+        DTYPE_NAMES[memory[0]],
         microbatch_size,
         sequence_length,
         PROFILE_FORMAT_VERSION,
@@ -85,11 +86,6 @@ def profile_key(
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _input_bytes(adapter: ModelAdapter, index: int, tokens: int) -> int:
-    """Bytes of one microbatch's input to layer ``index``: int64 token ids, or fp32 hidden states."""
-    return tokens * 8 if index == 0 else tokens * adapter.hidden_size * _BYTES
 
 
 def _layer_profile(
@@ -112,7 +108,7 @@ def _layer_profile(
         grad_bytes=state.grad_bytes,
         optimizer_bytes=state.optimizer_bytes,
         activation_bytes=activation_bytes,
-        output_bytes=0 if kind == "head" else tokens * adapter.hidden_size * _BYTES,
+        output_bytes=0 if kind == "head" else tokens * adapter.hidden_size * HIDDEN_BYTES,
         tied_to=next((t.source_layer for t in adapter.tied if t.layer == index), None),
     )
 
@@ -191,7 +187,7 @@ def measure_profile(
                 saved = max(saved, saved_now)
         tokens = microbatch_size * sequence_length
         if activation_checkpointing:
-            saved = checkpointed_activation_bytes(_input_bytes(adapter, index, tokens))
+            saved = checkpointed_activation_bytes(layer_input_bytes(index, tokens, adapter.hidden_size))
         layers.append(
             _layer_profile(
                 adapter,
@@ -206,7 +202,7 @@ def measure_profile(
         model=adapter.name,
         config_fingerprint=config_fingerprint(adapter.config_dict),
         device=device_label(device),
-        dtype=_DTYPE_NAMES[precision],
+        dtype=DTYPE_NAMES[precision],
         microbatch_size=microbatch_size,
         sequence_length=sequence_length,
         layers=tuple(layers),
@@ -244,7 +240,7 @@ def cached_profile(
     memory = (precision, exact_accumulation, activation_checkpointing)
     key = profile_key(adapter, label, microbatch_size, sequence_length, memory)
     path = Path(cache_dir) / f"{adapter.name}-{key}.json"
-    dtype = _DTYPE_NAMES[precision]
+    dtype = DTYPE_NAMES[precision]
     expected = (config_fingerprint(adapter.config_dict), label, dtype, microbatch_size, sequence_length)
     if path.exists():
         try:
@@ -303,43 +299,21 @@ def estimate_profile(
     Returns:
         The profile (device = the hardware's name).
     """
-    element = PRECISION_BYTES[precision]
-    tokens = microbatch_size * sequence_length
-    hidden = adapter.hidden_size
-    layers = []
-    for index in range(adapter.num_layers):
-        params = adapter.parameter_count(index)
-        kind = adapter.layer_kind(index)
-        flops = 2.0 * params * tokens if kind != "embedding" else 2.0 * tokens * hidden
-        activation = tokens * hidden * _BYTES * 2
-        if kind == "block":
-            flops += 4.0 * microbatch_size * sequence_length**2 * hidden
-            activation = tokens * hidden * _BYTES * 16
-        elif kind == "head":
-            activation = tokens * adapter.vocab_size * _BYTES * 2
-        forward = flops / hardware.achieved_flops
-        if precision != "fp32":
-            activation = activation * element // _BYTES
-            if kind != "embedding":
-                activation += weight_copy_bytes(params, precision)
-        if activation_checkpointing:
-            activation = checkpointed_activation_bytes(_input_bytes(adapter, index, tokens))
-        layers.append(
-            _layer_profile(
-                adapter,
-                index,
-                times=(forward, 2 * forward),
-                activation_bytes=activation,
-                tokens=tokens,
-                exact_accumulation=exact_accumulation,
-            )
-        )
-    return ModelProfile(
-        model=adapter.name,
-        config_fingerprint=config_fingerprint(adapter.config_dict),
-        device=hardware.name,
-        dtype=_DTYPE_NAMES[precision],
+    # NOTE: the formulas live in the planning core, shared with the master's torch-free preflight.
+    model = AnalyticModel(
+        name=adapter.name,
+        fingerprint=config_fingerprint(adapter.config_dict),
+        hidden_size=adapter.hidden_size,
+        vocab_size=adapter.vocab_size,
+        parameter_counts=tuple(adapter.parameter_count(index) for index in range(adapter.num_layers)),
+        tied_to=tied_layers(adapter.num_layers, [(t.layer, t.source_layer) for t in adapter.tied]),
+    )
+    return profile_from_counts(
+        model,
         microbatch_size=microbatch_size,
         sequence_length=sequence_length,
-        layers=tuple(layers),
+        hardware=hardware,
+        precision=precision,
+        exact_accumulation=exact_accumulation,
+        activation_checkpointing=activation_checkpointing,
     )

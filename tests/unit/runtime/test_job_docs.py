@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import re
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from oobleck.runtime import job_docs
 from oobleck.runtime.config import JobConfig, job_config_from_text, load_job_config
+from oobleck.runtime.model_presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -100,18 +100,8 @@ def test_model_yaml_form_matches_the_loader() -> None:
 
 
 def test_model_note_lists_the_adapter_presets() -> None:
-    """The presets the model section names are exactly the engine adapters' presets."""
-    # NOTE: read from the source, so this unit test does not import torch.
-    tree = ast.parse((REPO / "oobleck" / "runtime" / "engine" / "adapters.py").read_text(encoding="utf-8"))
-    table = next(
-        node.value
-        for node in tree.body
-        if isinstance(node, ast.AnnAssign)
-        and isinstance(node.target, ast.Name)
-        and node.target.id == "_PRESETS"
-    )
-    assert isinstance(table, ast.Dict)
-    presets = [ast.literal_eval(key) for key in table.keys if key is not None]
+    """The presets the model section names are exactly the presets the adapters build."""
+    presets = list(PRESETS)
     note = job_docs._SECTION_NOTES[job_docs.ModelConfig]
     named = re.findall(r"`(tiny-[a-z0-9-]+)`", note.split("presets:")[1].split(")")[0])
     assert sorted(named) == sorted(presets)

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from oobleck.runtime.config import JobConfig, ModelConfig
-from oobleck.runtime.engine import adapters
+from oobleck.runtime.config import JobConfig, ModelConfig, OptimConfig
 from oobleck.runtime.engine.adapters import build_adapter
-from oobleck.runtime.engine.profiler import estimate_profile
-from oobleck.runtime.job_plan import ARCH_DEFAULTS, PRESETS, job_profile, model_shape
+from oobleck.runtime.engine.standalone import job_profile as workers_job_profile
+from oobleck.runtime.job_plan import job_profile, model_shape
+from oobleck.runtime.model_presets import PRESETS
 
 #: Field sets beyond the presets that change the layer shapes (biases, projections, aliases).
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
@@ -58,15 +58,9 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
 def _models() -> list[ModelConfig]:
     presets = [
         ModelConfig(name=name, arch="opt" if "opt" in name else "llama" if "llama" in name else "gpt2")
-        for name in adapters._PRESETS
+        for name in PRESETS
     ]
     return presets + [ModelConfig(name=name, arch=arch, hf_config=fields) for arch, name, fields in VARIANTS]
-
-
-def test_presets_and_defaults_are_the_adapters() -> None:
-    """The torch-free copies of the adapter's presets and arch defaults are equal to the adapter's."""
-    assert PRESETS == adapters._PRESETS
-    assert ARCH_DEFAULTS == adapters._DEFAULTS
 
 
 @pytest.mark.parametrize("model", _models(), ids=lambda m: f"{m.arch}-{m.name}-{sorted(m.hf_config)[:2]}")
@@ -80,19 +74,25 @@ def test_parameter_counts_equal_torch(model: ModelConfig) -> None:
     assert shape.tied == bool(adapter.tied)
 
 
+MODES: list[dict[str, Any]] = [
+    {},
+    {"precision": "bf16"},
+    {"precision": "fp16", "activation_checkpointing": True},
+    {"optim": OptimConfig(exact_accumulation=True)},
+]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: "-".join(sorted(m)) or "default")
 @pytest.mark.parametrize("name", ["tiny-gpt2-tied", "tiny-llama", "tiny-opt"])
-def test_job_profile_equals_estimate_profile(name: str) -> None:
-    """The master's analytic profile has the same layers as the workers' ``estimate_profile``."""
+def test_job_profile_equals_the_workers_profile(name: str, mode: dict[str, Any]) -> None:
+    """The master's torch-free profile equals the workers' ``job_profile`` in each precision and mode."""
     model = ModelConfig(name=name, arch="opt" if "opt" in name else "llama" if "llama" in name else "gpt2")
-    job = JobConfig(model=model, global_batch=8, microbatch_size=2, steps=1, device_memory_bytes=1 << 24)
+    job = JobConfig(
+        model=model, global_batch=8, microbatch_size=2, steps=1, device_memory_bytes=1 << 24, **mode
+    )
     mine = job_profile(job)
     assert mine is not None
-    theirs = estimate_profile(
-        build_adapter(model),
-        microbatch_size=2,
-        sequence_length=job.data.sequence_length,
-        hardware=job.hardware_spec(),
-    )
+    theirs = workers_job_profile(job, build_adapter(model))
     assert mine.layers == theirs.layers
     assert (mine.device, mine.dtype, mine.microbatch_size, mine.sequence_length) == (
         theirs.device,
