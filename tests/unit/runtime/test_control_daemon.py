@@ -4,30 +4,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from oobleck.runtime.control.job_table import JobTable, format_jobs
-from oobleck.runtime.control.jobspec import JobSpec
 from oobleck.runtime.control.master import Master
 from oobleck.runtime.control.master_config import MasterConfig
 from oobleck.runtime.control.protocol import connect
-
-TOKEN = b"0123456789abcdef0123456789abcdef"
-JOB = "model: tiny-gpt2\nglobal_batch: 4\nmicrobatch_size: 1\nsteps: 2\n"
-
-
-@pytest.fixture
-def master(tmp_path):
-    m = Master(MasterConfig(run_dir=tmp_path / "run", heartbeat_interval_s=0.2), TOKEN)
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def job(tmp_path):
-    path = tmp_path / "job.yaml"
-    path.write_text(JOB)
-    return JobSpec.from_path(path)
+from tests.unit.runtime.control_setup import TOKEN
 
 
 def _register(master: Master, index: int):

@@ -10,28 +10,12 @@ import pytest
 
 from oobleck.runtime.agent import build_parser
 from oobleck.runtime.control.agent import Agent, AgentConfig
-from oobleck.runtime.control.jobspec import JobSpec
 from oobleck.runtime.control.master import Master
 from oobleck.runtime.control.master_config import MasterConfig
 from oobleck.runtime.control.protocol import connect
+from tests.unit.runtime.control_setup import TOKEN
 
-TOKEN = b"0123456789abcdef0123456789abcdef"
-JOB = "model: tiny-gpt2\nglobal_batch: 4\nmicrobatch_size: 1\nsteps: 2\n"
 WORKER = "tests.unit.runtime.keep_worker"
-
-
-@pytest.fixture
-def master(tmp_path):
-    m = Master(MasterConfig(run_dir=tmp_path / "run", heartbeat_interval_s=0.2), TOKEN)
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def job(tmp_path):
-    path = tmp_path / "job.yaml"
-    path.write_text(JOB)
-    return JobSpec.from_path(path)
 
 
 def _start_agent(master: Master, *, keep: bool) -> tuple[Agent, threading.Thread, list[int]]:

@@ -10,11 +10,9 @@ import pytest
 
 from oobleck.runtime.control.jobspec import JobSpec
 from oobleck.runtime.control.master import Master
-from oobleck.runtime.control.master_config import MasterConfig
 from oobleck.runtime.control.protocol import Channel, connect
-
-TOKEN = b"0123456789abcdef0123456789abcdef"
-JOB = "model: tiny-gpt2\nglobal_batch: 4\nmicrobatch_size: 1\nsteps: 2\n"
+from tests.unit.runtime.control_setup import TINY_JOB as JOB
+from tests.unit.runtime.control_setup import TOKEN
 
 
 @pytest.fixture
@@ -25,13 +23,6 @@ def thread_errors():
     threading.excepthook = lambda args: caught.append(args.exc_value)  # type: ignore[assignment]
     yield caught
     threading.excepthook = previous
-
-
-@pytest.fixture
-def master(tmp_path):
-    m = Master(MasterConfig(run_dir=tmp_path / "run", heartbeat_interval_s=0.2), TOKEN)
-    yield m
-    m.close()
 
 
 def _agent(master: Master, **fields) -> tuple[Channel, dict]:

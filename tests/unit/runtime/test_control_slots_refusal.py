@@ -9,18 +9,9 @@ import pytest
 
 from oobleck.runtime.control.agent import Agent, AgentConfig
 from oobleck.runtime.control.jobspec import JobSpec
-from oobleck.runtime.control.master import Master
-from oobleck.runtime.control.master_config import MasterConfig
+from tests.unit.runtime.control_setup import TOKEN
 
-TOKEN = b"0123456789abcdef0123456789abcdef"
 JOB = "model: tiny-gpt2\nglobal_batch: 4\nmicrobatch_size: 1\nsteps: 2\nhardware: {hardware}\n{extra}"
-
-
-@pytest.fixture
-def master(tmp_path):
-    m = Master(MasterConfig(run_dir=tmp_path / "run", heartbeat_interval_s=0.2), TOKEN)
-    yield m
-    m.close()
 
 
 @pytest.mark.parametrize(
