@@ -69,7 +69,8 @@ from oobleck.runtime.control.link import WorkerLink
 from oobleck.runtime.control.membership import Membership
 from oobleck.runtime.control.server import is_loopback
 from oobleck.runtime.control.sever import GroupSockets, abort_communicators
-from oobleck.runtime.control.store import STORE_KEY_ENV, StoreClient
+from oobleck.runtime.control.store import STORE_KEY_ENV
+from oobleck.runtime.control.store_client import StoreClient
 from oobleck.runtime.control.store_records import INPUTS_KEY, inputs_record, state_record
 from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_planner, job_profile
 from oobleck.runtime.recovery_cache import RegroupPrep

@@ -27,7 +27,7 @@ from oobleck.errors import ReconfigurationError
 from oobleck.planning.plan import Plan
 from oobleck.planning.planner import Planner
 from oobleck.planning.reconfigure import Reconfiguration
-from oobleck.runtime.control.store import StoreClient
+from oobleck.runtime.control.store_client import StoreClient
 
 logger = logging.getLogger(__name__)
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.integration import preloaded
 from tests.integration.harness import Run, free_port, run_standalone
 
 ArgvOfRank = Callable[[int, int], list[str]]
@@ -24,8 +24,10 @@ def run_ranks(
 ) -> None:
     """Start ``world`` rank processes on a fresh localhost port and require every one to exit 0.
 
-    Each rank logs to ``out/rank<r>.log``; all ranks share one deadline, and any rank still running
-    at the end (also on failure) is killed by pid, so no process outlives the test.
+    The ranks are forked from the session's preloaded server (:mod:`tests.integration.preloaded`:
+    torch and transformers imported once, not once per rank). Each rank logs to
+    ``out/rank<r>.log``; all ranks share one deadline, and any rank still running at the end (also
+    on failure) is killed by pid, so no process outlives the test.
 
     Args:
         world: Number of ranks.
@@ -36,28 +38,24 @@ def run_ranks(
     """
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    procs = []
-    for rank in range(world):
-        extra = env(rank, port) if env is not None else {}
-        with (out / f"rank{rank}.log").open("w") as log:
-            procs.append(
-                subprocess.Popen(
-                    argv(rank, port),
-                    env={**os.environ, "OMP_NUM_THREADS": "1", **extra},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+    procs = [
+        preloaded.start(
+            argv(rank, port),
+            {**os.environ, "OMP_NUM_THREADS": "1", **(env(rank, port) if env is not None else {})},
+            out / f"rank{rank}.log",
+        )
+        for rank in range(world)
+    ]
     deadline = time.monotonic() + timeout_s
     try:
         for proc in procs:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            proc.join(max(1.0, deadline - time.monotonic()))
     finally:
         for proc in procs:
-            if proc.poll() is None:
+            if proc.exitcode is None:
                 proc.kill()
-                proc.wait()
-    codes = [proc.returncode for proc in procs]
+                proc.join()
+    codes = [proc.exitcode for proc in procs]
     logs = "\n".join((out / f"rank{r}.log").read_text()[-2000:] for r in range(world))
     assert codes == [0] * world, f"exit codes {codes}\n{logs}"
 

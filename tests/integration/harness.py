@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.integration import preloaded
+
 JOB = """\
 model: tiny-gpt2
 data:
@@ -186,7 +188,8 @@ def run_standalone(run_dir: Path, config: Path, timeout_s: float = 600.0) -> Run
     """The fault-free reference of a job: its standalone worker as one process (one pipeline).
 
     With exact accumulation, the split of the global batch across pipelines changes no bit, so this
-    one process gives the losses and sample ledger of every fault-free plan of the job.
+    one process gives the losses and sample ledger of every fault-free plan of the job. It is forked
+    from the session's preloaded server (:mod:`tests.integration.preloaded`).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OOBLECK_CONTROL", "MASTER_"))}
     # NOTE: one intra-op thread, as agents give their workers: no oversubscription of the cores.
@@ -201,10 +204,12 @@ def run_standalone(run_dir: Path, config: Path, timeout_s: float = 600.0) -> Run
         "--run-dir",
         str(run_dir),
     ]
-    done = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=timeout_s)
-    assert done.returncode == 0, done.stderr[-3000:]
+    log = run_dir.parent / f"{run_dir.name}.standalone.log"
+    code = preloaded.run(argv, env, log, timeout_s)
+    output = log.read_text()
+    assert code == 0, output[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return Run(0, run_dir, None, records, done.stderr)
+    return Run(0, run_dir, None, records, output)
 
 
 def kill_group(run_dir: Path, node: int, sig: int = signal.SIGKILL) -> None:

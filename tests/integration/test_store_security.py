@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 
 from oobleck.runtime.control.protocol import AuthenticationError, connect
-from oobleck.runtime.control.store import StoreClient, start_store_service, store_key
+from oobleck.runtime.control.store import start_store_service, store_key
+from oobleck.runtime.control.store_client import StoreClient
 from tests.integration.harness import (
     agents,
     assert_ledger_exact,

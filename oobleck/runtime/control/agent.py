@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oobleck.runtime.control.nccl_env import nccl_environment
 from oobleck.runtime.control.protocol import Channel, ConnectionClosedError, ProtocolError, connect
-from oobleck.runtime.control.sever import nccl_environment
 from oobleck.runtime.control.store import STORE_KEY_ENV, store_key
 from oobleck.runtime.control.worker_errors import read_error_file
 from oobleck.runtime.run_log import ERROR_FILE_ENV

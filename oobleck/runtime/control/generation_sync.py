@@ -50,7 +50,7 @@ returns as soon as the last record is set (a server-side wait), so this is not a
 def read_present(store: dist.Store, keys: list[str], wait_s: float) -> dict[str, bytes]:
     """The values of those of ``keys`` that are set, once all are or after about ``wait_s``.
 
-    One round trip on oobleck's :class:`~oobleck.runtime.control.store.StoreClient`
+    One round trip on oobleck's :class:`~oobleck.runtime.control.store_client.StoreClient`
     (``get_present``); any other ``dist.Store`` is polled with ``check`` and ``get`` per key.
 
     Args:

@@ -24,8 +24,8 @@ Assumptions:
   and a descriptor is checked to still name the recorded inode before it is shut down.
 - ``shutdown`` acts on the socket, not the descriptor, so shutting down a ``dup`` of a descriptor
   owned by gloo is enough, and gloo later closes its own descriptor as usual.
-- NCCL path (``abort_communicators``, :func:`nccl_environment`): written against torch 2.13's API
-  and exercised here only on gloo groups; unproven on GPU hardware.
+- NCCL path (``abort_communicators``, the settings of :mod:`~oobleck.runtime.control.nccl_env`):
+  written against torch 2.13's API and exercised here only on gloo groups; unproven on GPU hardware.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch.distributed as dist
@@ -43,28 +43,6 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 
 _FD_DIR = Path("/proc/self/fd")
-
-NCCL_ENV_DEFAULTS: dict[str, str] = {
-    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "2",
-    "TORCH_NCCL_USE_COMM_NONBLOCKING": "1",
-}
-"""NCCL settings of every worker unless the user set them. ``ASYNC_ERROR_HANDLING=2`` (clean up
-only): the watchdog aborts a communicator whose collective errs or times out, so a blocked rank
-wakes with an error and the *process survives* to recover (torch's default 3 would end it).
-``USE_COMM_NONBLOCKING=1``: communicator init and abort do not block on a dead peer, so a rebuild
-cannot hang in ``ncclCommInitRank``."""
-
-
-def nccl_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The NCCL variables to add to a worker's environment (those ``environ`` does not set).
-
-    Args:
-        environ: The environment the worker would inherit.
-
-    Returns:
-        Each of :data:`NCCL_ENV_DEFAULTS` absent from ``environ``.
-    """
-    return {name: value for name, value in NCCL_ENV_DEFAULTS.items() if name not in environ}
 
 
 def socket_inodes() -> dict[int, int]:

@@ -1,9 +1,11 @@
 """The job's rendezvous store, served by the master over the authenticated control protocol.
 
 Workers use it for ``init_process_group``/``new_group`` (through ``PrefixStore``) and for the elastic
-records (``ctl/gen<G>/state/...``, planner inputs). :class:`StoreClient` is a ``torch.distributed.Store``
-implemented in Python; every operation is one MAC'd JSON request and reply
-(``oobleck.runtime.control.protocol``), values travel base64-encoded.
+records (``ctl/gen<G>/state/...``, planner inputs), through
+:class:`~oobleck.runtime.control.store_client.StoreClient`, a ``torch.distributed.Store`` implemented
+in Python; every operation is one MAC'd JSON request and reply (``oobleck.runtime.control.protocol``),
+values travel base64-encoded. This module is the master's side and never imports torch, so neither
+the master nor an agent loads torch (~3 s of CPU and of start-up latency each).
 
 Why a Python store over the HMAC channel, not a loopback ``TCPStore`` plus a tunnel:
 - ``TCPStore`` has no authentication at all; bound to loopback it is still open to every local
@@ -13,9 +15,7 @@ Why a Python store over the HMAC channel, not a loopback ``TCPStore`` plus a tun
 - Store traffic is small (a few hundred keys per generation, gloo's pair addresses and our records),
   so a Python round trip (~0.2 ms on loopback) is not on any step's critical path: steps never
   touch the store.
-- torch 2.13 accepts a Python ``dist.Store`` subclass for ``init_process_group`` and ``new_group``
-  through ``PrefixStore`` (tested on two gloo processes in
-  ``tests/integration/test_store_security.py``); gloo calls ``set``, ``get`` and ``wait``.
+- torch 2.13 accepts a Python ``dist.Store`` subclass (the client module says how it is used).
 - gloo's own pair listeners (the data plane, unauthenticated) bind the address the host name
   resolves to; a worker of a loopback job sets ``GLOO_SOCKET_IFNAME=lo`` so they stay on loopback.
 
@@ -28,7 +28,7 @@ Assumptions:
   timeout and by :data:`MAX_WAIT_S`.
 - A client that loses its connection (a master restarted on the same address) reconnects with
   backoff for up to ``reconnect_s`` and re-sends the request; requests carry ids so a re-sent
-  ``add`` is not applied twice by the same server. :meth:`StoreClient.abandon` (a failure notice)
+  ``add`` is not applied twice by the same server. The client's ``abandon`` (a failure notice)
   makes every pending and later operation fail at once instead.
 """
 
@@ -38,16 +38,11 @@ import base64
 import hashlib
 import hmac
 import logging
-import secrets
 import threading
-import time
 from collections import OrderedDict
-from datetime import timedelta
 from typing import Any
 
-import torch.distributed as dist
-
-from oobleck.runtime.control.protocol import Channel, ProtocolError, connect
+from oobleck.runtime.control.protocol import Channel, ProtocolError
 from oobleck.runtime.control.server import ControlServer
 from oobleck.runtime.control.store_state import StoreLimitError, StoreState
 
@@ -58,12 +53,6 @@ STORE_KEY_ENV = "OOBLECK_STORE_KEY"
 
 MAX_WAIT_S = 1800.0
 """Longest any single blocking store operation may hold a server thread."""
-
-REPLY_MARGIN_S = 10.0
-"""Extra time a client waits for a reply beyond the operation's own timeout (network, scheduling)."""
-
-RECONNECT_S = 60.0
-"""Default longest a client keeps reconnecting to a vanished server before the operation fails."""
 
 _DEDUP_CLIENTS = 4096
 """Clients whose last reply the service remembers (for a request re-sent after a broken connection)."""
@@ -83,11 +72,17 @@ def store_key(token: bytes) -> bytes:
     return hmac.new(token, b"oobleck-store-v1", hashlib.sha256).digest()
 
 
-def _b64(value: bytes) -> str:
+def encode_value(value: bytes) -> str:
+    """A store value as it travels in a request or reply (base64)."""
     return base64.b64encode(value).decode("ascii")
 
 
-def _unb64(text: Any) -> bytes:
+def decode_value(text: Any) -> bytes:
+    """A store value from a request or reply.
+
+    Raises:
+        ValueError: ``text`` is not a base64 string.
+    """
     if not isinstance(text, str):
         raise ValueError("value must be a base64 string")
     return base64.b64decode(text.encode("ascii"), validate=True)
@@ -126,24 +121,25 @@ def execute(state: StoreState, request: dict[str, Any]) -> dict[str, Any]:
     op = request.get("op")
     try:
         if op == "set":
-            state.set(_key(request), _unb64(request.get("value")))
+            state.set(_key(request), decode_value(request.get("value")))
             return {"ok": True}
         if op == "get":
-            return {"ok": True, "value": _b64(state.get(_key(request), _timeout(request.get("timeout_s"))))}
+            value = state.get(_key(request), _timeout(request.get("timeout_s")))
+            return {"ok": True, "value": encode_value(value)}
         if op == "add":
             amount = request.get("amount")
             if not isinstance(amount, int) or isinstance(amount, bool):
                 raise ValueError("amount must be an integer")
             return {"ok": True, "value": state.add(_key(request), amount)}
         if op == "compare_set":
-            expected, desired = _unb64(request.get("expected")), _unb64(request.get("desired"))
-            return {"ok": True, "value": _b64(state.compare_set(_key(request), expected, desired))}
+            expected, desired = decode_value(request.get("expected")), decode_value(request.get("desired"))
+            return {"ok": True, "value": encode_value(state.compare_set(_key(request), expected, desired))}
         if op == "wait":
             state.wait(_keys(request.get("keys")), _timeout(request.get("timeout_s")))
             return {"ok": True}
         if op == "get_present":
             found = state.get_present(_keys(request.get("keys")), _timeout(request.get("timeout_s")))
-            return {"ok": True, "value": {k: _b64(v) for k, v in found.items()}}
+            return {"ok": True, "value": {k: encode_value(v) for k, v in found.items()}}
         if op == "check":
             return {"ok": True, "value": state.check(_keys(request.get("keys")))}
         if op == "delete_key":
@@ -219,185 +215,3 @@ def start_store_service(token: bytes, host: str, port: int = 0) -> StoreService:
         The running service (``.port``, ``.close()``).
     """
     return StoreService(token, host, port)
-
-
-class StoreClosedError(dist.DistStoreError):
-    """The client was abandoned (a failure notice) or could not reach the service in time."""
-
-
-class StoreClient(dist.Store):
-    """A ``torch.distributed.Store`` whose operations are requests to a :class:`StoreService`.
-
-    Thread-safe (one request at a time per client). Timeouts raise ``dist.DistStoreError`` as
-    ``TCPStore`` does, so torch and the engine treat them alike.
-    """
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        key: bytes,
-        *,
-        timeout: timedelta = timedelta(seconds=300),
-        reconnect_s: float = RECONNECT_S,
-        connect_s: float | None = None,
-    ) -> None:
-        """Connect and authenticate at once.
-
-        Args:
-            host: The master's address.
-            port: The store service's port.
-            key: :func:`store_key` of the job token.
-            timeout: Default timeout of blocking operations (``get``, ``wait``).
-            reconnect_s: Longest to keep reconnecting after the connection breaks.
-            connect_s: Longest to keep trying the first connection (default ``reconnect_s``); a
-                standby client made at a step boundary tries briefly, so a master that is down
-                cannot stall training.
-
-        Raises:
-            StoreClosedError: The service cannot be reached within ``reconnect_s``.
-            AuthenticationError: The key is wrong.
-        """
-        super().__init__()
-        self._default_timeout = timeout
-        self.set_timeout(timeout)
-        self._addr = (host, port)
-        self._secret = key
-        self._reconnect_s = reconnect_s
-        self._client = secrets.token_hex(8)
-        self._next_id = 0
-        self._lock = threading.Lock()
-        self._abandoned = threading.Event()
-        self._channel: Channel | None = None
-        with self._lock:
-            self._channel = self._reconnect(reconnect_s if connect_s is None else connect_s)
-
-    # ------------------------------------------------------------------ transport
-    def _reconnect(self, within_s: float | None = None) -> Channel:
-        within_s = self._reconnect_s if within_s is None else within_s
-        deadline, delay = time.monotonic() + within_s, 0.05
-        while True:
-            if self._abandoned.is_set():
-                raise StoreClosedError("store client abandoned")
-            try:
-                return connect(*self._addr, self._secret, "worker")
-            except ProtocolError:
-                raise
-            except OSError as exc:
-                if time.monotonic() + delay > deadline:
-                    raise StoreClosedError(
-                        f"store at {self._addr[0]}:{self._addr[1]} unreachable for {within_s} s: {exc}"
-                    ) from exc
-                logger.warning("store unreachable (%s); retrying in %.2f s", exc, delay)
-                time.sleep(delay)
-                delay = min(2.0, delay * 2)
-
-    def _request(self, op: str, wait_s: float = 0.0, **fields: Any) -> Any:
-        with self._lock:
-            self._next_id += 1
-            request = {"type": "store", "op": op, "client": self._client, "id": self._next_id, **fields}
-            while True:
-                if self._abandoned.is_set():
-                    raise StoreClosedError("store client abandoned")
-                channel = self._channel
-                try:
-                    if channel is None:
-                        raise ConnectionError("not connected")
-                    channel.send(request)
-                    reply = channel.recv(wait_s + REPLY_MARGIN_S)
-                    break
-                except TimeoutError as exc:
-                    raise dist.DistStoreError(
-                        f"store {op}: no reply within {wait_s + REPLY_MARGIN_S} s"
-                    ) from exc
-                except ProtocolError:
-                    raise
-                except (ConnectionError, OSError, ValueError) as exc:
-                    # NOTE: ValueError: select() on a socket that abandon() closed under us.
-                    if channel is not None:
-                        channel.close()
-                    self._channel = None
-                    if self._abandoned.is_set():
-                        raise StoreClosedError("store client abandoned") from exc
-                    logger.warning("store connection lost (%s); reconnecting", exc)
-                    self._channel = self._reconnect()
-        if reply.get("id") != request["id"]:
-            raise ProtocolError(f"store reply id {reply.get('id')} for request {request['id']}")
-        if not reply.get("ok"):
-            message = f"store {op}: {reply.get('error')}: {reply.get('message', '')}"
-            raise dist.DistStoreError(message)
-        return reply.get("value")
-
-    def _wait_s(self, timeout: timedelta | None) -> float:
-        return min(MAX_WAIT_S, (self._default_timeout if timeout is None else timeout).total_seconds())
-
-    def abandon(self) -> None:
-        """Fail every pending and later operation now (a failure notice); never raises, idempotent."""
-        self._abandoned.set()
-        channel = self._channel
-        if channel is not None:
-            channel.close()
-
-    close = abandon
-
-    def set_timeout(self, timeout: timedelta) -> None:
-        """Set the default timeout of ``get`` and ``wait`` (torch calls it on process-group init)."""
-        super().set_timeout(timeout)
-        self._default_timeout = timeout
-
-    # ------------------------------------------------------------------ dist.Store
-    def set(self, key: str, value: bytes | str) -> None:
-        """Set ``key`` to ``value`` (bytes, or str encoded as UTF-8)."""
-        data = value.encode() if isinstance(value, str) else bytes(value)
-        self._request("set", key=key, value=_b64(data))
-
-    def get(self, key: str) -> bytes:
-        """The value of ``key``, waiting up to the store's timeout for it to be set."""
-        wait_s = self._wait_s(None)
-        return _unb64(self._request("get", wait_s, key=key, timeout_s=wait_s))
-
-    def add(self, key: str, amount: int) -> int:
-        """Add ``amount`` to the integer at ``key`` (0 if unset); returns the new value."""
-        return int(self._request("add", key=key, amount=int(amount)))
-
-    def compare_set(self, key: str, expected: bytes | str, desired: bytes | str) -> bytes:
-        """Set ``key`` to ``desired`` if it holds ``expected`` (or is unset and ``expected`` is empty).
-
-        Returns:
-            The value after the operation (``desired`` when it was applied).
-        """
-        exp = expected.encode() if isinstance(expected, str) else bytes(expected)
-        des = desired.encode() if isinstance(desired, str) else bytes(desired)
-        return _unb64(self._request("compare_set", key=key, expected=_b64(exp), desired=_b64(des)))
-
-    def wait(self, keys: list[str], timeout: timedelta | None = None) -> None:
-        """Wait until every key is set (up to ``timeout`` or the store's timeout)."""
-        wait_s = self._wait_s(timeout)
-        self._request("wait", wait_s, keys=list(keys), timeout_s=wait_s)
-
-    def get_present(self, keys: list[str], timeout_s: float) -> dict[str, bytes]:
-        """The values of those of ``keys`` that are set, once all are or after ``timeout_s``.
-
-        One round trip, woken by the last ``set`` on the server, instead of a client-side poll of
-        ``check`` and ``get`` per key (the state barrier of a regroup reads every member's record).
-
-        Returns:
-            Key -> value for the keys that are set (all of them unless the wait timed out).
-        """
-        wait_s = min(MAX_WAIT_S, max(0.0, timeout_s))
-        found = self._request("get_present", wait_s, keys=list(keys), timeout_s=wait_s)
-        if not isinstance(found, dict):
-            raise ProtocolError("store get_present: the reply is not a mapping")
-        return {str(k): _unb64(v) for k, v in found.items()}
-
-    def check(self, keys: list[str]) -> bool:
-        """Whether every key is set (no wait)."""
-        return bool(self._request("check", keys=list(keys)))
-
-    def delete_key(self, key: str) -> bool:
-        """Delete ``key``; returns whether it existed."""
-        return bool(self._request("delete_key", key=key))
-
-    def num_keys(self) -> int:
-        """How many keys the store holds."""
-        return int(self._request("num_keys"))

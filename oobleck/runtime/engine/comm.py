@@ -202,9 +202,16 @@ class Comm:
         """The process group made for ``ranks`` by :meth:`new_groups`; only on its members.
 
         Raises:
+            CommunicationError: the latched error, when an abort (from another thread) destroyed
+                the groups while the training thread was between two collectives.
             KeyError: this rank is not in ``ranks`` (it never created that group).
         """
-        return self._groups[ranks]
+        group = self._groups.get(ranks)
+        if group is None:
+            if self.error is not None:
+                raise self.error
+            raise KeyError(ranks)
+        return group
 
     def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one distributed operation; a failure is latched and raised as CommunicationError."""

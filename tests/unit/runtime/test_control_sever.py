@@ -10,13 +10,8 @@ from contextlib import contextmanager
 import pytest
 import torch.distributed as dist
 
-from oobleck.runtime.control.sever import (
-    NCCL_ENV_DEFAULTS,
-    GroupSockets,
-    abort_communicators,
-    nccl_environment,
-    socket_inodes,
-)
+from oobleck.runtime.control.nccl_env import NCCL_ENV_DEFAULTS, nccl_environment
+from oobleck.runtime.control.sever import GroupSockets, abort_communicators, socket_inodes
 
 
 @contextmanager

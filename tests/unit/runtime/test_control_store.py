@@ -15,13 +15,8 @@ from oobleck.runtime.control import generation_sync
 from oobleck.runtime.control.generation_sync import BarrierTimeoutError, exchange_states, planner_inputs
 from oobleck.runtime.control.membership import Membership
 from oobleck.runtime.control.protocol import AuthenticationError, connect
-from oobleck.runtime.control.store import (
-    StoreClient,
-    StoreClosedError,
-    execute,
-    start_store_service,
-    store_key,
-)
+from oobleck.runtime.control.store import execute, start_store_service, store_key
+from oobleck.runtime.control.store_client import StoreClient, StoreClosedError
 from oobleck.runtime.control.store_records import (
     CLAIM_KEY,
     INPUTS_KEY,

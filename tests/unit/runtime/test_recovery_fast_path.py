@@ -16,7 +16,8 @@ from oobleck.planning.planner import Planner
 from oobleck.runtime.control import store as store_module
 from oobleck.runtime.control.generation_sync import exchange_states, read_present
 from oobleck.runtime.control.membership import Membership
-from oobleck.runtime.control.store import StoreClient, start_store_service, store_key
+from oobleck.runtime.control.store import start_store_service, store_key
+from oobleck.runtime.control.store_client import StoreClient
 from oobleck.runtime.control.store_records import state_key, state_record
 from oobleck.runtime.control.store_state import StoreState
 from oobleck.runtime.engine import comm as comm_module
