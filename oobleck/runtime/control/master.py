@@ -67,6 +67,8 @@ from oobleck.runtime.control.protocol import (
 )
 from oobleck.runtime.control.records import append_jsonl, write_json_atomic
 from oobleck.runtime.control.server import ControlServer
+from oobleck.runtime.control.status_service import STATUS_ROLE, read_view, serve_status
+from oobleck.runtime.control.status_view import NodeRow, StatusView
 from oobleck.runtime.control.store import start_store_service
 
 logger = logging.getLogger(__name__)
@@ -318,7 +320,25 @@ class Master:
             for line in tail.report(total_steps, max(1, total_steps // 20)):
                 logger.info("%s%s", f"{self.job_id}: " if self.job_id else "", line)
 
+    def status_view(self) -> StatusView:
+        """What ``oobleck status --master`` shows: this master's node table and the job dir's files.
+
+        Called on a status connection's thread; copies the table under the lock, reads files after.
+        """
+        with self._lock:
+            nodes = [
+                NodeRow(s.node, s.host, s.alive, s.pid)
+                for s in sorted(self.machine.nodes.values(), key=lambda s: s.node)
+            ]
+            # NOTE: getattr: the server accepts before __init__ has set ``_progress``.
+            progress = getattr(self, "_progress", None)
+            job_dir, total_steps = self.job_dir, progress[1] if progress is not None else 0
+        return read_view(job_dir, total_steps, nodes)
+
     def _handle(self, channel: Channel, role: str) -> None:
+        if role == STATUS_ROLE:
+            serve_status(channel, self.status_view)
+            return
         if role == "submit" and self._submit_handler is not None:
             self._submit_handler(self, channel)
             return
