@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ from oobleck.runtime.control.membership_machine import MembershipMachine
 from oobleck.runtime.control.messages import MessageError, parse_agent_message, parse_register
 from oobleck.runtime.control.outbox import Outbox
 from oobleck.runtime.control.progress import ProgressTail
+from oobleck.runtime.control.progress_display import TerminalBar
 from oobleck.runtime.control.protocol import (
     HANDSHAKE_TIMEOUT_S,
     Channel,
@@ -311,7 +313,9 @@ class Master:
                         )
 
     def _report_progress(self) -> None:
-        """Log a progress line every ~5% of the steps and one line per recovery (own thread: file reads)."""
+        """Log a progress line every ~5% of the steps and one line per recovery (own thread: file reads);
+        on a terminal stdout, also redraw a progress bar every :data:`PROGRESS_EVERY_S`."""
+        bar = TerminalBar.open(sys.stdout)
         while not self._closed.wait(PROGRESS_EVERY_S):
             current = self._progress
             if current is None:
@@ -319,6 +323,10 @@ class Master:
             tail, total_steps = current
             for line in tail.report(total_steps, max(1, total_steps // 20)):
                 logger.info("%s%s", f"{self.job_id}: " if self.job_id else "", line)
+            if bar is not None:
+                bar.show(tail.summary(total_steps))
+        if bar is not None:
+            bar.close()
 
     def status_view(self) -> StatusView:
         """What ``oobleck status --master`` shows: this master's node table and the job dir's files.
