@@ -72,6 +72,7 @@ from oobleck.runtime.control.server import ControlServer
 from oobleck.runtime.control.status_service import STATUS_ROLE, read_view, serve_status
 from oobleck.runtime.control.status_view import NodeRow, StatusView
 from oobleck.runtime.control.store import start_store_service
+from oobleck.runtime.control.tensorboard_log import TensorBoardMirror, check_tensorboard, open_mirror
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,8 @@ class Master:
         self._monitor = threading.Thread(target=self._watch, name="master-monitor", daemon=True)
         self._monitor.start()
         self._progress: tuple[ProgressTail, int] | None = None
+        self._mirror: TensorBoardMirror | None = None
+        """The job's TensorBoard writer (``logging: {tensorboard: true}``), fed by the progress thread."""
         threading.Thread(target=self._report_progress, name="master-progress", daemon=True).start()
 
     @property
@@ -181,6 +184,7 @@ class Master:
         Raises:
             RuntimeError: A job is already running.
         """
+        check_tensorboard(job.config.logging.tensorboard, job.config_path)
         with self._lock:
             if self.machine.job is not None and self.machine.outcome is None:
                 raise RuntimeError(f"job {self.job_id or '(one-shot)'} is still running on this master")
@@ -203,6 +207,9 @@ class Master:
             }
             self._write(lambda: master_files.write_job(self.job_dir, message, expected_agents))
             self._progress = (ProgressTail(self.job_dir / "metrics.jsonl"), job.config.steps)
+            previous, self._mirror = self._mirror, open_mirror(job.config.logging.tensorboard, self.job_dir)
+            if previous is not None:
+                previous.close()
             self._feed(
                 Submit(
                     message,
@@ -281,6 +288,8 @@ class Master:
         for outbox in boxes:
             outbox.close()
         self.store.close()
+        if self._mirror is not None:
+            self._mirror.close()  # NOTE: the rows written after the progress thread's last poll.
 
     # ----------------------------------------------------------------- events in
     def _feed(self, event: Event) -> None:
@@ -325,6 +334,9 @@ class Master:
                 logger.info("%s%s", f"{self.job_id}: " if self.job_id else "", line)
             if bar is not None:
                 bar.show(tail.summary(total_steps))
+            mirror = self._mirror
+            if mirror is not None:
+                mirror.poll()
         if bar is not None:
             bar.close()
 
