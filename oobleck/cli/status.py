@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--master", metavar="HOST:PORT", help="ask the running master instead of reading files"
     )
     parser.add_argument(
-        "--token-file", help="with --master: 0600 token file (default: $OOBLECK_TOKEN, else RUN_DIR/token)"
+        "--token-file",
+        help="with --master: 0600 token file (default: RUN_DIR/token when RUN_DIR is given, "
+        "else $OOBLECK_TOKEN)",
     )
     return parser
 
