@@ -353,7 +353,8 @@ class Master:
             # NOTE: getattr: the server accepts before __init__ has set ``_progress``.
             progress = getattr(self, "_progress", None)
             job_dir, total_steps = self.job_dir, progress[1] if progress is not None else 0
-        return read_view(job_dir, total_steps, nodes)
+            state = "idle (no job submitted yet)" if self.machine.job is None else None
+        return read_view(job_dir, total_steps, nodes, state)
 
     def _handle(self, channel: Channel, role: str) -> None:
         if role == STATUS_ROLE:

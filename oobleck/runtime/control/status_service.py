@@ -76,13 +76,17 @@ def _plan_from_file(job_dir: Path) -> PlanRow | None:
         return None
 
 
-def read_view(job_dir: Path, total_steps: int, nodes: Sequence[NodeRow] | None = None) -> StatusView:
+def read_view(
+    job_dir: Path, total_steps: int, nodes: Sequence[NodeRow] | None = None, state: str | None = None
+) -> StatusView:
     """The status of the job whose files are in ``job_dir``.
 
     Args:
         job_dir: The job's run dir (a one-shot master's, or a daemon's ``jobs/<id>/``).
         total_steps: The job's ``steps`` (0 when unknown).
         nodes: The master's node table; None reads ``agents.json``.
+        state: What the master knows of the job (e.g. none submitted yet); None reads the outcome
+            rows of ``metrics.jsonl`` (``running`` until there is one).
 
     Returns:
         The view; files that are missing or half-written show as unknown.
@@ -91,7 +95,8 @@ def read_view(job_dir: Path, total_steps: int, nodes: Sequence[NodeRow] | None =
     plan = _plan_from_file(job_dir)
     progress = summarize(records, total_steps, len(plan.pipelines) if plan is not None else None)
     ended = [r for r in records if str(r.get("event", "")).startswith("job_")]
-    state = f"{str(ended[-1]['event'])[4:]} ({ended[-1].get('reason', '')})" if ended else "running"
+    if state is None:
+        state = f"{str(ended[-1]['event'])[4:]} ({ended[-1].get('reason', '')})" if ended else "running"
     recoveries = []
     for row in [r for r in records if r.get("event") == "recovery"][-RECOVERIES_SHOWN:]:
         try:

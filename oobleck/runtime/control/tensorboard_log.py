@@ -16,7 +16,7 @@ Assumptions:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib
 import json
 import threading
 from pathlib import Path
@@ -43,11 +43,18 @@ def check_tensorboard(logging_tensorboard: bool, source: str) -> None:
     Raises:
         ConfigError: The key is on and the package is missing (one line with the fix).
     """
-    if logging_tensorboard and importlib.util.find_spec("tensorboard") is None:
+    if not logging_tensorboard:
+        return
+    try:
+        # NOTE: imported here, before the master takes its lock to start the job (the first import
+        # takes seconds on a loaded machine); a broken install is refused the same way.
+        importlib.import_module("tensorboard")
+        importlib.import_module("tensorboard.summary.writer.event_file_writer")
+    except ImportError:
         raise ConfigError(
             f"{source}: logging.tensorboard: true needs the tensorboard package, which is not installed; "
             f"run {INSTALL_HINT} or set logging.tensorboard: false"
-        )
+        ) from None
 
 
 def _number(value: Any) -> float | None:

@@ -107,6 +107,7 @@ def test_status_master_shows_the_live_node_table(
         out = capsys.readouterr().out
         assert out == render(master.status_view())
         assert "nodes    1 alive of 1 registered" in out and "node 0: h0 alive agent pid 41" in out
+        assert "job      idle (no job submitted yet)" in out  # NOTE: the master's own knowledge.
         assert "plan     generation 1: 1 pipelines" in out and "node 0: layers 0-3" in out
     finally:
         agent.close()
