@@ -106,7 +106,8 @@ def _recovered(run: Run, reference: Run, lost: int = 1, at_step: int = 5) -> dic
 @pytest.mark.timeout(300)
 def test_sigkill_agent_group_recovers_in_place(folder, reference):
     """SIGKILL of an agent's process group after step 5 is survived without restarts, losses unchanged;
-    `oobleck status` shows the running job's plan and step rate, and after the kill the new plan."""
+    `oobleck status` (run dir and live `--master`) shows the running job's plan and step rate, and after
+    the kill the new plan; TensorBoard gets every step's loss and the recovery."""
     shown: list[str] = []
     live: list[StatusView] = []
 
@@ -129,13 +130,10 @@ def test_sigkill_agent_group_recovers_in_place(folder, reference):
                 break
             time.sleep(0.05)
 
-    run = run_master(
-        folder / "kill",
-        write_hosts(folder, 4),
-        write_job(folder),
-        at_step=5,
-        action=status_then_kill,
-    )
+    # NOTE: its own file: the other tests of this module rewrite write_job's.
+    config = folder / "job_s20_f1_tensorboard.yaml"
+    config.write_text(write_job(folder).read_text() + "logging:\n  tensorboard: true\n")
+    run = run_master(folder / "kill", write_hosts(folder, 4), config, at_step=5, action=status_then_kill)
     record = _recovered(run, reference)
     assert record["lost"] == [2]
     first_pids = {a["node"]: a["worker_pids"] for a in agents(run.run_dir)}
@@ -154,6 +152,12 @@ def test_sigkill_agent_group_recovers_in_place(folder, reference):
     after = status_text(run.run_dir)
     assert "plan     generation 1:" in after and "node 2: layers" not in after, after
     assert "recovery gen 1: lost [2]" in after, after
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run.run_dir / "tensorboard"))
+    events.Reload()
+    assert {e.step: e.value for e in events.Scalars("loss")} == pytest.approx(run.losses, rel=1e-6)
+    assert [e.step for e in events.Scalars("recovery/total_s")] == [r["step"] for r in run.events("recovery")]
 
 
 @pytest.mark.timeout(300)
