@@ -46,7 +46,7 @@ def test_no_bar_off_a_terminal() -> None:
 
 def _drain(fd: int) -> str:
     out = b""
-    while select.select([fd], [], [], 0.2)[0]:
+    while select.select([fd], [], [], 0.05)[0]:  # NOTE: writes are done when show/log return.
         out += os.read(fd, 65536)
     return out.decode("utf-8", "replace")
 
