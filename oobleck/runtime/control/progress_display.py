@@ -55,9 +55,11 @@ class TerminalBar:
     def show(self, progress: Progress) -> None:
         """Redraw the bar for ``progress`` (any thread)."""
         with self._lock:
-            if not self._closed:
-                line = progress_bar(progress, self._console.width)
-                self._live.update(self._text(line), refresh=True)
+            if self._closed:
+                return
+            # NOTE: a terminal that went away (closed, hung up) must not end the master's progress thread.
+            with contextlib.suppress(OSError, ValueError):
+                self._live.update(self._text(progress_bar(progress, self._console.width)), refresh=True)
 
     def close(self) -> None:
         """Stop drawing, restore the log handlers' streams; never raises, idempotent."""

@@ -78,3 +78,35 @@ def test_bar_draws_on_a_pty_and_log_lines_print_above_it(monkeypatch: pytest.Mon
         root.removeHandler(handler)
         stream.close()
         os.close(leader)
+
+
+def test_master_on_a_terminal_draws_the_bar_of_its_job(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A master whose stdout is a terminal redraws the bar from its job's metrics.jsonl."""
+    import json
+
+    from oobleck.runtime.control import master as master_module
+    from oobleck.runtime.control.jobspec import JobSpec
+    from oobleck.runtime.control.master_config import MasterConfig
+    from tests.unit.runtime.control_setup import TINY_JOB, TOKEN
+
+    leader, follower = os.openpty()
+    stream = os.fdopen(follower, "w", encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", stream)
+    monkeypatch.setattr(master_module, "PROGRESS_EVERY_S", 0.05)
+    job = tmp_path / "job.yaml"
+    job.write_text(TINY_JOB)
+    master = master_module.Master(MasterConfig(run_dir=tmp_path / "run", heartbeat_interval_s=0.2), TOKEN)
+    try:
+        master.submit(JobSpec.from_path(job), expected_agents=1)
+        row = {"step": 0, "generation": 0, "loss": 5.5, "samples": 4, "t": 1.0}
+        (master.job_dir / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+        text = ""
+        for _ in range(40):
+            text += _drain(leader)
+            if "1/2  50%" in text:
+                break
+        assert "1/2  50%  loss 5.5000" in text, text
+    finally:
+        master.close()
+        stream.close()
+        os.close(leader)
