@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev,notebooks,ray,hf]"
+	$(BIN)/pip install -q -e ".[dev,notebooks,ray,hf,tensorboard]"
 	touch $@
 
 venv: $(BIN)/.installed

@@ -226,6 +226,17 @@ class CheckpointConfig:
             _positive_int("checkpoint.keep", self.keep, maximum=MAX_STEPS)
 
 
+@dataclass(kw_only=True, slots=True)
+class LoggingConfig:
+    """Where the job's metrics go besides ``<run_dir>/metrics.jsonl`` (always written)."""
+
+    tensorboard: bool = False
+    """Also write loss, lr, grad norm, samples/s and recovery events as TensorBoard scalars to
+    ``<run_dir>/tensorboard/`` (the master mirrors ``metrics.jsonl``, so they are the same numbers).
+    Needs the optional extra: ``pip install 'oobleck[tensorboard]'``; the master refuses the job at
+    preflight without it."""
+
+
 MAX_TP_DEGREE = 64
 """Largest ``tensor_parallel.max_degree``: a stage spans devices of one node, and no node has more."""
 
@@ -285,6 +296,8 @@ class JobConfig:
     """f: number of simultaneous node failures the plan must survive (>= f + 1 pipelines)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoint settings."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Metrics sinks besides metrics.jsonl (TensorBoard)."""
     hardware: str = "cpu"
     """Planning-core hardware name (``oobleck.planning.hardware.HARDWARE``)."""
     gpus_per_node: int | None = None

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from oobleck.errors import ConfigError
-from oobleck.runtime.control.progress import progress_line, read_records, recovery_line, summarize
-
-RECOVERIES_SHOWN = 3
-"""How many of the last recoveries ``status`` lists."""
+from oobleck.runtime.control.status_service import read_view
+from oobleck.runtime.control.status_view import StatusView, render
 
 
 def _read_json(path: Path) -> Any:
@@ -48,7 +46,8 @@ def job_dir_of(run_dir: Path) -> Path:
     )
 
 
-def _total_steps(job_dir: Path) -> int:
+def total_steps_of(job_dir: Path) -> int:
+    """The ``steps`` of the job recorded in ``job_dir/job.json`` (0 when unknown)."""
     from oobleck.runtime.config import job_config_from_text
 
     data = _read_json(job_dir / "job.json")
@@ -59,8 +58,20 @@ def _total_steps(job_dir: Path) -> int:
         return 0
 
 
-def _layers(layers: list[int]) -> str:
-    return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0]) if layers else "-"
+def status_view(run_dir: Path) -> StatusView:
+    """The status of a run dir, as the data ``oobleck status --master`` receives from a live master.
+
+    Args:
+        run_dir: A run dir (one-shot master, or a daemon's, or one of its ``jobs/<id>/``).
+
+    Returns:
+        The view of its job (a daemon's newest).
+
+    Raises:
+        ConfigError: ``run_dir`` is no run dir of oobleck.
+    """
+    job_dir = job_dir_of(run_dir)
+    return read_view(job_dir, total_steps_of(job_dir))
 
 
 def status_text(run_dir: Path) -> str:
@@ -75,42 +86,4 @@ def status_text(run_dir: Path) -> str:
     Raises:
         ConfigError: ``run_dir`` is no run dir of oobleck.
     """
-    job_dir = job_dir_of(run_dir)
-    records = read_records(job_dir / "metrics.jsonl")
-    plan = _read_json(job_dir / "plan.json")
-    if not isinstance(plan, dict) or "generation" not in plan:
-        plan = None  # NOTE: a torchrun worker's plan.json is a bare Plan.to_dict(), with no node layout.
-    pipelines = plan.get("pipelines") if isinstance(plan, dict) else None
-    progress = summarize(
-        records, _total_steps(job_dir), len(pipelines) if isinstance(pipelines, list) else None
-    )
-    ended = [r for r in records if str(r.get("event", "")).startswith("job_")]
-    state = f"{ended[-1]['event'][4:]} ({ended[-1].get('reason', '')})" if ended else "running"
-    lines = [f"run dir  {job_dir}", f"job      {state}", f"progress {progress_line(progress)}"]
-    if progress.steps_per_s:
-        lines.append(f"rate     {progress.steps_per_s:.2f} steps/s over the last steps of generation")
-    rows = _read_json(job_dir / "agents.json")
-    if isinstance(rows, list):
-        alive = [r for r in rows if r.get("alive")]
-        lines.append(f"nodes    {len(alive)} alive of {len(rows)} registered")
-        for row in rows:
-            mark = "alive" if row.get("alive") else "gone"
-            lines.append(
-                f"  node {row.get('node')}: {row.get('host')} {mark} agent pid {row.get('agent_pid')}"
-            )
-    if isinstance(plan, dict) and isinstance(pipelines, list):
-        lines.append(
-            f"plan     generation {plan.get('generation')}: {len(pipelines)} pipelines ({plan.get('reason')})"
-        )
-        for index, pipeline in enumerate(pipelines):
-            stages = "  ".join(
-                f"node {s['node']}: layers {_layers(list(s['layers']))}" for s in pipeline.get("stages", [])
-            )
-            lines.append(f"  pipeline {index} ({pipeline.get('microbatches')} microbatches): {stages}")
-    else:
-        lines.append("plan     unknown (no plan.json yet)")
-    recoveries = [r for r in records if r.get("event") == "recovery"][-RECOVERIES_SHOWN:]
-    lines += [f"  {recovery_line(r)}" for r in recoveries] if recoveries else ["recoveries none"]
-    if recoveries:
-        lines.insert(len(lines) - len(recoveries), "recoveries (newest last)")
-    return "\n".join(lines) + "\n"
+    return render(status_view(run_dir))

@@ -25,6 +25,9 @@ import torch
 
 from oobleck.runtime.control.checkpoint import latest_complete
 from oobleck.runtime.control.protocol import AuthenticationError, connect
+from oobleck.runtime.control.status_service import fetch_status
+from oobleck.runtime.control.status_view import StatusError, StatusView, render
+from oobleck.runtime.control.token import read_token_file
 from oobleck.runtime.run_status import status_text
 from tests.integration.harness import (
     JOB,
@@ -96,20 +99,34 @@ def _recovered(run: Run, reference: Run, lost: int = 1, at_step: int = 5) -> dic
 @pytest.mark.timeout(300)
 def test_sigkill_agent_group_recovers_in_place(folder, reference):
     """SIGKILL of an agent's process group after step 5 is survived without restarts, losses unchanged;
-    `oobleck status` shows the running job's plan and step rate, and after the kill the new plan."""
+    `oobleck status` (run dir and live `--master`) shows the running job's plan and step rate, and after
+    the kill the new plan; TensorBoard gets every step's loss and the recovery."""
     shown: list[str] = []
+    live: list[StatusView] = []
 
     def status_then_kill(run_dir: Path) -> None:
         shown.append(status_text(run_dir))
+        master = json.loads((run_dir / "master.json").read_text())
+        ask = (master["address"], master["port"], read_token_file(run_dir / "token"))
+        live.append(fetch_status(*ask))
         kill_group(run_dir, 2)
+        # NOTE: the live view after the kill: polled until the new plan shows (the job is still
+        # running then: it has 14 steps to go), or the master is gone.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                view = fetch_status(*ask)
+            except StatusError:
+                break
+            if view.plan is not None and view.plan.generation >= 1:
+                live.append(view)
+                break
+            time.sleep(0.05)
 
-    run = run_master(
-        folder / "kill",
-        write_hosts(folder, 4),
-        write_job(folder),
-        at_step=5,
-        action=status_then_kill,
-    )
+    # NOTE: its own file: the other tests of this module rewrite write_job's.
+    config = folder / "job_s20_f1_tensorboard.yaml"
+    config.write_text(write_job(folder).read_text() + "logging:\n  tensorboard: true\n")
+    run = run_master(folder / "kill", write_hosts(folder, 4), config, at_step=5, action=status_then_kill)
     record = _recovered(run, reference)
     assert record["lost"] == [2]
     first_pids = {a["node"]: a["worker_pids"] for a in agents(run.run_dir)}
@@ -118,9 +135,22 @@ def test_sigkill_agent_group_recovers_in_place(folder, reference):
     running = shown[0]
     assert "job      running" in running and "steps/s" in running, running
     assert "plan     generation 0:" in running and "node 2: layers" in running, running
+    before = render(live[0])
+    assert "job      running" in before and "steps/s" in before, before
+    assert "nodes    4 alive of 4 registered" in before and "node 2: layers" in before, before
+    assert len(live) == 2, "the live status never showed the plan after the kill"
+    gone = [n.node for n in live[1].nodes or () if not n.alive]
+    assert gone == [2] and "nodes    3 alive of 4 registered" in render(live[1]), render(live[1])
+    assert live[1].plan is not None and all(s.node != 2 for p in live[1].plan.pipelines for s in p.stages)
     after = status_text(run.run_dir)
     assert "plan     generation 1:" in after and "node 2: layers" not in after, after
     assert "recovery gen 1: lost [2]" in after, after
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run.run_dir / "tensorboard"))
+    events.Reload()
+    assert {e.step: e.value for e in events.Scalars("loss")} == pytest.approx(run.losses, rel=1e-6)
+    assert [e.step for e in events.Scalars("recovery/total_s")] == [r["step"] for r in run.events("recovery")]
 
 
 @pytest.mark.timeout(300)

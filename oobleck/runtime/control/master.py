@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ from oobleck.runtime.control.membership_machine import MembershipMachine
 from oobleck.runtime.control.messages import MessageError, parse_agent_message, parse_register
 from oobleck.runtime.control.outbox import Outbox
 from oobleck.runtime.control.progress import ProgressTail
+from oobleck.runtime.control.progress_display import TerminalBar
 from oobleck.runtime.control.protocol import (
     HANDSHAKE_TIMEOUT_S,
     Channel,
@@ -67,7 +69,10 @@ from oobleck.runtime.control.protocol import (
 )
 from oobleck.runtime.control.records import append_jsonl, write_json_atomic
 from oobleck.runtime.control.server import ControlServer
+from oobleck.runtime.control.status_service import STATUS_ROLE, read_view, serve_status
+from oobleck.runtime.control.status_view import NodeRow, StatusView
 from oobleck.runtime.control.store import start_store_service
+from oobleck.runtime.control.tensorboard_log import TensorBoardMirror, check_tensorboard, open_mirror
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +152,8 @@ class Master:
         self._monitor = threading.Thread(target=self._watch, name="master-monitor", daemon=True)
         self._monitor.start()
         self._progress: tuple[ProgressTail, int] | None = None
+        self._mirror: TensorBoardMirror | None = None
+        """The job's TensorBoard writer (``logging: {tensorboard: true}``), fed by the progress thread."""
         threading.Thread(target=self._report_progress, name="master-progress", daemon=True).start()
 
     @property
@@ -177,6 +184,7 @@ class Master:
         Raises:
             RuntimeError: A job is already running.
         """
+        check_tensorboard(job.config.logging.tensorboard, job.config_path)
         with self._lock:
             if self.machine.job is not None and self.machine.outcome is None:
                 raise RuntimeError(f"job {self.job_id or '(one-shot)'} is still running on this master")
@@ -199,6 +207,9 @@ class Master:
             }
             self._write(lambda: master_files.write_job(self.job_dir, message, expected_agents))
             self._progress = (ProgressTail(self.job_dir / "metrics.jsonl"), job.config.steps)
+            previous, self._mirror = self._mirror, open_mirror(job.config.logging.tensorboard, self.job_dir)
+            if previous is not None:
+                previous.close()
             self._feed(
                 Submit(
                     message,
@@ -277,6 +288,8 @@ class Master:
         for outbox in boxes:
             outbox.close()
         self.store.close()
+        if self._mirror is not None:
+            self._mirror.close()  # NOTE: the rows written after the progress thread's last poll.
 
     # ----------------------------------------------------------------- events in
     def _feed(self, event: Event) -> None:
@@ -309,7 +322,9 @@ class Master:
                         )
 
     def _report_progress(self) -> None:
-        """Log a progress line every ~5% of the steps and one line per recovery (own thread: file reads)."""
+        """Log a progress line every ~5% of the steps and one line per recovery (own thread: file reads);
+        on a terminal stdout, also redraw a progress bar every :data:`PROGRESS_EVERY_S`."""
+        bar = TerminalBar.open(sys.stdout)
         while not self._closed.wait(PROGRESS_EVERY_S):
             current = self._progress
             if current is None:
@@ -317,8 +332,34 @@ class Master:
             tail, total_steps = current
             for line in tail.report(total_steps, max(1, total_steps // 20)):
                 logger.info("%s%s", f"{self.job_id}: " if self.job_id else "", line)
+            if bar is not None:
+                bar.show(tail.summary(total_steps))
+            mirror = self._mirror
+            if mirror is not None:
+                mirror.poll()
+        if bar is not None:
+            bar.close()
+
+    def status_view(self) -> StatusView:
+        """What ``oobleck status --master`` shows: this master's node table and the job dir's files.
+
+        Called on a status connection's thread; copies the table under the lock, reads files after.
+        """
+        with self._lock:
+            nodes = [
+                NodeRow(s.node, s.host, s.alive, s.pid)
+                for s in sorted(self.machine.nodes.values(), key=lambda s: s.node)
+            ]
+            # NOTE: getattr: the server accepts before __init__ has set ``_progress``.
+            progress = getattr(self, "_progress", None)
+            job_dir, total_steps = self.job_dir, progress[1] if progress is not None else 0
+            state = "idle (no job submitted yet)" if self.machine.job is None else None
+        return read_view(job_dir, total_steps, nodes, state)
 
     def _handle(self, channel: Channel, role: str) -> None:
+        if role == STATUS_ROLE:
+            serve_status(channel, self.status_view)
+            return
         if role == "submit" and self._submit_handler is not None:
             self._submit_handler(self, channel)
             return

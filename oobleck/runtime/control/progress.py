@@ -131,6 +131,35 @@ def progress_line(progress: Progress) -> str:
     return "  ".join(parts)
 
 
+BAR_CELLS = 24
+"""Cells of the progress bar (each a full or an empty block)."""
+
+
+def progress_bar(progress: Progress, width: int = 120) -> str:
+    """The terminal's one-line bar: ``[█████░░░] 12/40  30%`` then the fields of :func:`progress_line`.
+
+    Pure (what a master shows on a TTY, redrawn in place); a log keeps :func:`progress_line`.
+
+    Args:
+        progress: Where the job stands.
+        width: Terminal columns; the line is cut to fit (never wraps, so it redraws in place).
+
+    Returns:
+        The bar line (``waiting for the first step`` before any step).
+    """
+    total = max(1, progress.total_steps)
+    done = min(total, progress.step + 1)
+    filled = done * BAR_CELLS // total
+    bar = "█" * filled + "░" * (BAR_CELLS - filled)
+    head = f"[{bar}] {done}/{progress.total_steps} {100 * done // total:3d}%"
+    if progress.step < 0:
+        head += "  waiting for the first step"
+    else:
+        fields = progress_line(progress).split("  ", 1)
+        head += "  " + fields[1] if len(fields) > 1 else ""
+    return head if len(head) <= width else head[: max(0, width - 1)] + "…"
+
+
 def recovery_line(row: dict[str, Any]) -> str:
     """One line per recovery row: generation, what changed, how long each phase took.
 
