@@ -33,6 +33,7 @@ from oobleck.errors import ConfigError
 from oobleck.runtime.config import JobConfig, ModelConfig
 from oobleck.runtime.control.devices import slots_refusal
 from oobleck.runtime.control.hostfile import HostEntry
+from oobleck.runtime.control.tensorboard_log import check_tensorboard
 
 #: arch -> (file under transformers/, class name) of the HF config class the adapter builds.
 CONFIG_CLASSES: dict[str, tuple[str, str]] = {
@@ -278,5 +279,6 @@ def check_job(
     """
     check_model_fields(job.model, source)
     check_data_files(job, source)
+    check_tensorboard(job.logging.tensorboard, source)
     if hosts:
         check_plan(job, source, hosts, run_dir)
