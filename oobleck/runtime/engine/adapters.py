@@ -206,8 +206,14 @@ def build_adapter(model: ModelConfig) -> ModelAdapter:
         The adapter; it knows the layer count and builds layers on demand.
 
     Raises:
-        ConfigError: an unknown preset or an HF config field the config class rejects.
+        ConfigError: an unknown preset, an HF config field the config class rejects, or a custom
+            model (its layers come from the user's script, ``custom_model.py``).
     """
+    if model.is_custom:
+        raise ConfigError(
+            f"model.arch: custom model {model.name!r} has no built-in adapter; start the job's entrypoint "
+            "script (it calls oobleck.api.main(model)), not python -m oobleck.runtime.worker"
+        )
     fields_ = dict(ARCH_DEFAULTS[model.arch])
     if model.pretrained is not None:
         from oobleck.runtime.engine.pretrained import pretrained_fields
