@@ -162,22 +162,26 @@ def check_specs(specs: Sequence[TemplateSpec], num_layers: int, path: str = "pip
                     f"every layer belongs to exactly one stage, in layer order: start it at layer {end + 1}"
                 )
             if start > end + 1:
-                gap = f"{end + 1}" if start == end + 2 else f"{end + 1}..{start - 1}"
                 raise ConfigError(
-                    f"{where}: layers {gap} are in no stage (stages[{j - 1}] ends at {end}, this one "
-                    f"starts at {start}); every layer must be covered once"
+                    f"{where}: {_layers(end + 1, start - 1)} in no stage (stages[{j - 1}] ends at {end}, "
+                    f"this one starts at {start}); every layer must be covered once"
                 )
         final = len(stages) - 1
         if stages[final][-1] != last:
             raise ConfigError(
                 f"{path}[{i}].stages[{final}]: the last stage must hold the head (layer {last}); it ends "
-                f"at layer {stages[final][-1]}, so layers {stages[final][-1] + 1}..{last} are in no stage"
+                f"at layer {stages[final][-1]}, so {_layers(stages[final][-1] + 1, last)} in no stage"
             )
         if spec.microbatches is not None and spec.microbatches < len(stages):
             raise ConfigError(
                 f"{path}[{i}].microbatches: {spec.microbatches} is fewer than its {len(stages)} stages; "
                 f"1F1B needs one microbatch per stage: use >= {len(stages)}"
             )
+
+
+def _layers(first: int, last: int) -> str:
+    """``layer 3 is`` or ``layers 3..5 are``, for messages."""
+    return f"layer {first} is" if first == last else f"layers {first}..{last} are"
 
 
 def manual_templates(

@@ -146,8 +146,10 @@ class Planner:
         damaged pipelines are rebuilt, through an index the plan chain keeps
         (:mod:`oobleck.planning.index`), well under a millisecond at 16,384 nodes.
 
-        With manual templates the new plan uses only the user's templates (logged); when none of
-        their combinations fits the survivors, the error names the templates and the node count.
+        With manual templates the new plan uses only the user's templates (:meth:`manual_note` says
+        which, for the caller to log once the recovery is adopted; speculative re-plans stay silent);
+        when none of their combinations fits the survivors, the error names the templates and the
+        node count.
         The batch is re-split over the new pipelines (``microbatches`` pins apply to the initial
         plan only: the global batch is fixed).
 
@@ -172,13 +174,6 @@ class Planner:
                 f"no plan of your pipeline templates ({self._labels()}) fits {members} nodes: {error}; "
                 "add a template for fewer nodes to pipelines, or restart with more nodes"
             ) from error
-        if self.manual is not None:
-            used = sorted({id(p.template): p.template for p in change.plan.pipelines}.values(), key=_nodes)
-            logger.info(
-                "recovery uses your pipeline templates: %s on %d nodes",
-                ", ".join(template_label(template) for template in used),
-                len(change.plan.nodes),
-            )
         return change
 
     def predict_recovery(
@@ -226,6 +221,22 @@ class Planner:
         # NOTE: the templates are kept with the answer, so a reused id never matches another template.
         self._rounds[key] = (tuple(template for template, _ in counts), rounds)
         return rounds
+
+    def manual_note(self, plan: Plan) -> str | None:
+        """One line naming the user's templates ``plan`` runs (for the recovery log), or None.
+
+        Args:
+            plan: A plan of this planner (e.g. a reconfiguration's).
+
+        Returns:
+            ``"recovery uses your pipeline templates: 3 nodes [0-1 | 2-3 | 4-5] on 3 nodes"``, or None
+            when the templates were generated.
+        """
+        if self.manual is None:
+            return None
+        used = sorted({id(p.template): p.template for p in plan.pipelines}.values(), key=_nodes)
+        names = ", ".join(template_label(template) for template in used)
+        return f"recovery uses your pipeline templates: {names} on {len(plan.nodes)} nodes"
 
     def _labels(self) -> str:
         return "; ".join(template_label(template) for template in self.templates)

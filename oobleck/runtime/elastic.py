@@ -387,6 +387,9 @@ class ElasticLoop:
         self.plan = change.plan
         plan_ready = time.time()
         self.clock.mark("plan", plan_ready)
+        note = planner.manual_note(change.plan)
+        if note is not None:
+            logger.info("[node %d] %s", self.node, note)
         measured = self.engine.reconfigure(
             change.plan, change.transfers, target.generation, rank_of_node, store, source_plan=committed
         )

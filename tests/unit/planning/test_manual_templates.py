@@ -33,7 +33,7 @@ def refused(raw: list[object], num_layers: int = 6) -> str:
         ([[1, 2], [3, 4, 5]], "pipelines[0].stages[0]: the first stage must hold the embedding (layer 0)"),
         ([[1, 2], [3, 4, 5], [0]], "(it is in stages[2])"),
         ([[0, 1, 2], [2, 3, 4, 5]], "pipelines[0].stages[1]: layer 2 is already in stages[0]"),
-        ([[0, 1], [3, 4, 5]], "pipelines[0].stages[1]: layers 2 are in no stage"),
+        ([[0, 1], [3, 4, 5]], "pipelines[0].stages[1]: layer 2 is in no stage"),
         ([[0, 1], [4, 5]], "layers 2..3 are in no stage"),
         ([[0, 2, 1], [3, 4, 5]], "pipelines[0].stages[0]: [0, 2, 1] is not a contiguous ascending run"),
         (
@@ -146,15 +146,19 @@ def test_pinned_microbatches_are_used_when_they_fill_the_batch(caplog: pytest.Lo
     assert "add up to 6, the global batch has 8 microbatches" in caplog.text
 
 
-def test_recovery_uses_the_manual_templates_when_they_fit(caplog: pytest.LogCaptureFixture) -> None:
-    """After a loss the new plan is built from the user's templates and the log says so."""
+def test_recovery_uses_the_manual_templates_when_they_fit() -> None:
+    """After a loss the new plan is built from the user's templates, and the recovery note names them."""
     user = planner(specs([[0, 1, 2], [3, 4, 5]], [list(range(6))]))
     plan = user.plan(range(4))
-    with caplog.at_level(logging.INFO, logger="oobleck.planning.planner"):
-        change = user.reconfigure(plan, lost_nodes=[1])
+    change = user.reconfigure(plan, lost_nodes=[1])
     assert 1 not in change.plan.nodes
     assert {id(p.template) for p in change.plan.pipelines} <= {id(t) for t in user.templates}
-    assert "recovery uses your pipeline templates" in caplog.text
+    note = user.manual_note(change.plan)
+    assert note is not None and note.startswith("recovery uses your pipeline templates: 1 node [0-5]")
+    generated = Planner(
+        SIX, make_hardware(), fault_tolerance=1, global_microbatches=8, microbatch_size=1, max_nodes=4
+    )
+    assert generated.manual_note(generated.plan(range(4))) is None
 
 
 def test_recovery_without_a_fitting_manual_template_names_templates_and_nodes() -> None:

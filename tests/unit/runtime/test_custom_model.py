@@ -94,3 +94,52 @@ def test_agent_starts_the_entrypoint_script(tmp_path: Path) -> None:
     assert argv == [sys.executable, script, "--config", str(path), "--run-dir", "out"]
     assert worker_argv("m", None, config_path="j", run_dir="o")[1:3] == ["-m", "m"]
     assert job_entrypoint("model: tiny-gpt2\nglobal_batch: 4\nsteps: 1\n", str(path)) is None
+
+
+def _model() -> object:
+    from torch import nn
+
+    from oobleck import api
+
+    def embed() -> nn.Module:
+        return nn.Embedding(258, 8)
+
+    def block() -> nn.Module:
+        return nn.Linear(8, 8)
+
+    def head() -> nn.Module:
+        return nn.Linear(8, 258)
+
+    return api.LayeredModel(name="m", layers=[embed, block, block, head], hidden_size=8, vocab_size=258)
+
+
+def test_api_main_refuses_a_bad_template_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """`api.main` with a template that misses the head exits 2 with one line, before reading any job."""
+    from oobleck import api
+
+    code = api.main(_model(), pipelines=[{"stages": [[0, 1], [2]]}], argv=["--config", "x", "--run-dir", "y"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == "error: pipelines[0].stages[1]: the last stage must hold the head (layer 3); it ends at "
+        + ("layer 2, so layer 3 is in no stage\n")
+    )
+
+
+def test_script_and_job_must_agree(tmp_path: Path) -> None:
+    """A script's model needs an `arch: custom` job, and templates given twice must be equal."""
+    from oobleck.runtime.engine.custom_model import CustomModel
+
+    custom = CustomModel.of(_model(), [{"stages": [[0, 1], [2, 3]]}])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"model.arch: 'gpt2', but this script brings its own model"):
+        custom.job_for(job_config_from_dict({"model": "tiny-gpt2", "global_batch": 4, "steps": 1}))
+    twice = {**CUSTOM, "entrypoint": "t.py", "pipelines": [{"stages": [[0, 1, 2, 3]]}]}
+    with pytest.raises(ConfigError, match=r"pipelines: given both in the job file and to api.main"):
+        custom.job_for(job_config_from_dict(twice))
+    job = custom.job_for(job_config_from_dict({**CUSTOM, "entrypoint": "t.py"}))
+    assert [spec.stages for spec in job.pipelines] == [((0, 1), (2, 3))]
+    with pytest.raises(ConfigError, match=r"LayeredModel.layers: expected at least 2 layer factories"):
+        from oobleck import api
+
+        api.LayeredModel(name="m", layers=[list], hidden_size=8, vocab_size=8)
