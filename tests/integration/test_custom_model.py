@@ -74,9 +74,10 @@ def test_custom_model_survives_a_sigkilled_node_with_manual_templates(folder: Pa
 
 
 def test_custom_worker_never_imports_transformers(folder: Path) -> None:
-    """The example's model, engine and planner build in a fresh process without importing transformers."""
+    """The example's model, engine, planner and worker modules load freshly without transformers."""
     code = f"""
 import runpy, sys
+import oobleck.api, oobleck.runtime.elastic, oobleck.runtime.worker
 from oobleck.runtime.config import load_job_config
 from oobleck.runtime.engine.custom_model import CustomModel
 from oobleck.runtime.engine.engine import Engine

@@ -143,3 +143,21 @@ def test_script_and_job_must_agree(tmp_path: Path) -> None:
         from oobleck import api
 
         api.LayeredModel(name="m", layers=[list], hidden_size=8, vocab_size=8)
+
+
+def test_master_exits_2_on_a_missing_entrypoint_before_any_agent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`oobleck master` on a custom job whose script is missing exits 2 with one line naming entrypoint."""
+    from oobleck.cli import master as master_cli
+
+    path = write_job(
+        tmp_path, "model: {arch: custom, name: m}\nentrypoint: gone.py\nglobal_batch: 4\nsteps: 1\n"
+    )
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost slots=1\n" * 2)
+    argv = ["--hostfile", str(hosts), "--config", str(path), "--run-dir", str(tmp_path / "run")]
+    assert master_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "entrypoint:" in err[0] and "gone.py is not a file" in err[0], err
+    assert not (tmp_path / "run" / "agents.json").exists()
