@@ -211,8 +211,9 @@ def build_adapter(model: ModelConfig) -> ModelAdapter:
     """
     if model.is_custom:
         raise ConfigError(
-            f"model.arch: custom model {model.name!r} has no built-in adapter; start the job's entrypoint "
-            "script (it calls oobleck.api.main(model)), not python -m oobleck.runtime.worker"
+            f"model.arch: custom model {model.name!r} exists only in the job's entrypoint script, which "
+            "trains it through oobleck.api.main(model); run that script (or let the agent start it): "
+            "the built-in worker and `oobleck plan` cannot build it"
         )
     fields_ = dict(ARCH_DEFAULTS[model.arch])
     if model.pretrained is not None:
