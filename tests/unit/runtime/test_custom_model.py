@@ -161,3 +161,33 @@ def test_master_exits_2_on_a_missing_entrypoint_before_any_agent(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "entrypoint:" in err[0] and "gone.py is not a file" in err[0], err
     assert not (tmp_path / "run" / "agents.json").exists()
+
+
+def test_measured_profile_times_a_custom_head_with_its_own_loss() -> None:
+    """`profile: measured` runs a custom head through the model's loss, whatever the head outputs."""
+    import torch
+    from torch import nn
+
+    from oobleck import api
+    from oobleck.runtime.engine.custom_model import CustomModel
+    from oobleck.runtime.engine.profiler import measure_profile
+
+    def head() -> nn.Module:
+        return nn.Sequential(nn.Linear(8, 1), nn.Flatten(start_dim=-2))  # [b, t, 8] -> [b, t]: not logits
+
+    def loss(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (output - targets.float()).pow(2).mean()
+
+    model = api.LayeredModel(
+        name="regress", layers=[lambda: nn.Embedding(16, 8), head], hidden_size=8, vocab_size=16, loss=loss
+    )
+    profile = measure_profile(
+        CustomModel.of(model, None).adapter(),
+        microbatch_size=1,
+        sequence_length=4,
+        device=torch.device("cpu"),
+        warmup=0,
+        repeats=1,
+    )
+    assert [layer.kind for layer in profile.layers] == ["embedding", "head"]
+    assert profile.layers[1].param_bytes > 0
