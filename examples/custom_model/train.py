@@ -6,14 +6,15 @@ loss), ``oobleck.api.main`` (the worker's command line), and manual pipeline tem
 
 Run it elastic (4 local agents; a killed node is recovered from the other replicas)::
 
-    printf 'localhost slots=1\\n%.0s' 1 2 3 4 > /tmp/hosts4
-    python -m oobleck.runtime.master --hostfile /tmp/hosts4 --config examples/custom_model/job.yaml \\
-        --run-dir runs/custom
+    python -m oobleck.runtime.master --hostfile examples/hosts.local4 \\
+        --config examples/custom_model/job.yaml --run-dir runs/custom
 
-or standalone on a torchrun world::
+or standalone under torchrun (no fault tolerance). There a node is the ``--nproc-per-node``
+processes of one machine, so keep only templates that fit that world: with ``--nproc-per-node 2``
+the 2-stage template alone (delete the 3-stage line of ``job.yaml``), or no ``pipelines`` at all::
 
     torchrun --standalone --nproc-per-node 2 examples/custom_model/train.py \\
-        --config examples/custom_model/job.yaml --run-dir runs/custom-torchrun
+        --config JOB_WITH_FITTING_TEMPLATES.yaml --run-dir runs/custom-torchrun
 
 The model: token + position embedding, causal self-attention blocks (pre-norm, SDPA) and a
 norm + linear head over byte tokens. No dropout, so a recovered run matches a fault-free one bit
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.nn import functional
 
 from oobleck import api
 
@@ -69,7 +70,7 @@ class Block(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         b, t, h = hidden.shape
         q, k, v = self.qkv(self.norm1(hidden)).view(b, t, 3, HEADS, h // HEADS).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        attended = functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         hidden = hidden + self.proj(attended.transpose(1, 2).reshape(b, t, h))
         return hidden + self.mlp(self.norm2(hidden))
 
@@ -88,7 +89,7 @@ class Head(nn.Module):
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Token-mean cross-entropy of one microbatch (a scalar mean, as the layer contract asks)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+    return functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
 
 
 MODEL = api.LayeredModel(
