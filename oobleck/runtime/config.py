@@ -83,7 +83,10 @@ class ModelConfig:
     """Label used in profiles and logs (the preset name, or ``<arch>-custom``)."""
     arch: str
     """Adapter architecture: one of ``gpt2``, ``llama``, ``opt``, or ``custom`` (your own layers, built
-    by the job's ``entrypoint`` script through ``oobleck.api``; ``name`` is then its only other key)."""
+    by the job's ``entrypoint`` script through ``oobleck.api``). A custom model takes only ``name``
+    and ``vocab_size`` (default 258, byte tokens; it must equal the script's
+    ``LayeredModel.vocab_size``, and lets the master check the data's token ids before any agent
+    starts)."""
     hf_config: dict[str, Any] = field(default_factory=dict)
     """Fields passed to the HF config class; empty for presets (the adapter fills them in)."""
     pretrained: str | None = None
@@ -97,12 +100,20 @@ class ModelConfig:
             raise ConfigError(
                 f"model.arch: expected one of {[*ARCHITECTURES, CUSTOM_ARCH]}, got {self.arch!r}"
             )
-        if self.arch == CUSTOM_ARCH and (self.hf_config or self.pretrained is not None):
-            key = "pretrained" if self.pretrained is not None else sorted(self.hf_config)[0]
+        extra = sorted(set(self.hf_config) - {"vocab_size"})
+        if self.arch == CUSTOM_ARCH and (extra or self.pretrained is not None):
+            key = "pretrained" if self.pretrained is not None else extra[0]
             raise ConfigError(
-                f"model.{key}: a custom model takes only name; its layers come from the entrypoint script "
-                "(oobleck.api.LayeredModel)"
+                f"model.{key}: a custom model takes only name and vocab_size; its layers come from the "
+                "entrypoint script (oobleck.api.LayeredModel)"
             )
+        vocab = self.hf_config.get("vocab_size")
+        if (
+            self.arch == CUSTOM_ARCH
+            and vocab is not None
+            and (isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1)
+        ):
+            raise ConfigError(f"model.vocab_size: expected an integer >= 1, got {vocab!r}")
 
     @property
     def is_custom(self) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from oobleck.data.validate import BYTE_VOCAB_SIZE
 from oobleck.errors import ConfigError
 from oobleck.planning.manual_templates import TemplateSpec, check_specs, parse_specs
 from oobleck.runtime.config import JobConfig
@@ -117,9 +118,9 @@ class CustomModel:
         """``job`` with the script's templates, checked against the job's own.
 
         Raises:
-            ConfigError: The job is not ``model: {arch: custom}``, both the job file and the script
-                give templates and they differ, the job's templates do not fit the model, or
-                tensor parallelism is requested.
+            ConfigError: The job is not ``model: {arch: custom}``, its ``model.vocab_size`` is not
+                the script's, both the job file and the script give templates and they differ, the
+                job's templates do not fit the model, or tensor parallelism is requested.
         """
         if not job.model.is_custom:
             raise ConfigError(
@@ -134,6 +135,13 @@ class CustomModel:
         if self.pipelines and job.pipelines and tuple(job.pipelines) != self.pipelines:
             raise ConfigError(
                 "pipelines: given both in the job file and to api.main, and they differ; keep one of them"
+            )
+        stated = job.model.hf_config.get("vocab_size", BYTE_VOCAB_SIZE)
+        if stated != self.model.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size: the job file says {stated} (default {BYTE_VOCAB_SIZE}, byte tokens), the "
+                f"script's LayeredModel has {self.model.vocab_size}; write model.vocab_size: "
+                f"{self.model.vocab_size} (the master checks the data against it)"
             )
         check_specs(job.pipelines, self.model.num_layers)
         if not self.pipelines:

@@ -30,7 +30,9 @@ def test_custom_model_needs_an_entrypoint_and_hf_models_refuse_one() -> None:
         job_config_from_dict(CUSTOM, source="job.yaml")
     with pytest.raises(ConfigError, match=r"^job.yaml: entrypoint: only for model.arch custom"):
         job_config_from_dict({**CUSTOM, "model": "tiny-gpt2", "entrypoint": "t.py"}, source="job.yaml")
-    with pytest.raises(ConfigError, match=r"^job.yaml: model.n_layer: a custom model takes only name"):
+    with pytest.raises(
+        ConfigError, match=r"^job.yaml: model.n_layer: a custom model takes only name and vocab"
+    ):
         job_config_from_dict({**CUSTOM, "model": {"arch": "custom", "n_layer": 2}}, source="job.yaml")
 
 
@@ -137,6 +139,11 @@ def test_script_and_job_must_agree(tmp_path: Path) -> None:
     twice = {**CUSTOM, "entrypoint": "t.py", "pipelines": [{"stages": [[0, 1, 2, 3]]}]}
     with pytest.raises(ConfigError, match=r"pipelines: given both in the job file and to api.main"):
         custom.job_for(job_config_from_dict(twice))
+    wide = {**CUSTOM, "model": {"arch": "custom", "name": "m", "vocab_size": 50257}, "entrypoint": "t.py"}
+    with pytest.raises(
+        ConfigError, match=r"model.vocab_size: the job file says 50257 .* LayeredModel has 258"
+    ):
+        custom.job_for(job_config_from_dict(wide))
     job = custom.job_for(job_config_from_dict({**CUSTOM, "entrypoint": "t.py"}))
     assert [spec.stages for spec in job.pipelines] == [((0, 1), (2, 3))]
     with pytest.raises(ConfigError, match=r"LayeredModel.layers: expected at least 2 layer factories"):
@@ -191,3 +198,19 @@ def test_measured_profile_times_a_custom_head_with_its_own_loss() -> None:
     )
     assert [layer.kind for layer in profile.layers] == ["embedding", "head"]
     assert profile.layers[1].param_bytes > 0
+
+
+def test_master_checks_the_data_against_a_custom_models_vocab_size(tmp_path: Path) -> None:
+    """A custom model's `vocab_size` is what the master checks token ids against, before any agent."""
+    import numpy as np
+
+    from oobleck.runtime.control.preflight import check_data_inputs
+
+    np.save(tmp_path / "tokens.npy", np.arange(1000, dtype=np.uint16))
+    (tmp_path / "train.py").write_text("")
+    text = "entrypoint: train.py\ndata: {source: tokens, path: tokens.npy}\nglobal_batch: 4\nsteps: 1\n"
+    small = load_job_config(write_job(tmp_path, "model: {arch: custom, name: m}\n" + text))
+    with pytest.raises(ConfigError, match="vocab"):
+        check_data_inputs(small, source="job.yaml")
+    wide = load_job_config(write_job(tmp_path, "model: {arch: custom, name: m, vocab_size: 1000}\n" + text))
+    check_data_inputs(wide, source="job.yaml")
