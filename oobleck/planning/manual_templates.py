@@ -179,6 +179,14 @@ def check_specs(specs: Sequence[TemplateSpec], num_layers: int, path: str = "pip
             )
 
 
+def nodes_of(spec: TemplateSpec, gpus_per_node: int, tp_degree: int = 1) -> int:
+    """Nodes a template needs: ``stages x tp_degree`` ranks over ``gpus_per_node`` devices per node.
+
+    Exact only for specs :func:`manual_templates` accepted (a whole number of nodes).
+    """
+    return len(spec.stages) * tp_degree // gpus_per_node
+
+
 def _layers(first: int, last: int) -> str:
     """``layer 3 is`` or ``layers 3..5 are``, for messages."""
     return f"layer {first} is" if first == last else f"layers {first}..{last} are"
@@ -231,7 +239,7 @@ def manual_templates(
                 f"{path}[{i}]: {count} stages x TP degree {tp_degree} = {ranks} ranks, not a whole number of "
                 f"nodes of {gpus} devices; use a multiple of {per_node} stages"
             )
-        nodes = ranks // gpus
+        nodes = nodes_of(spec, gpus, tp_degree)
         if max_nodes is not None and nodes > max_nodes:
             raise ConfigError(
                 f"{path}[{i}]: {count} stages x TP degree {tp_degree} = {ranks} ranks need {nodes} nodes of "

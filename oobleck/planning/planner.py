@@ -18,7 +18,7 @@ from oobleck.planning.cost import plan_iteration_time_s
 from oobleck.planning.groups import plan_group_shape
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.instantiate import instantiate
-from oobleck.planning.manual_templates import TemplateSpec, manual_templates, template_label
+from oobleck.planning.manual_templates import TemplateSpec, manual_templates, nodes_of, template_label
 from oobleck.planning.plan import PipelineTemplate, Plan
 from oobleck.planning.profile import ModelProfile
 from oobleck.planning.reconfigure import Reconfiguration, reconfigure
@@ -86,10 +86,9 @@ class Planner:
                 self.manual, profile, hardware, tp_degree=max_gpus_per_stage or 1, max_nodes=max_nodes
             )
             by_nodes = {template.num_nodes: template for template in built}
-            tp = max_gpus_per_stage or 1
             for spec in self.manual:
                 if spec.microbatches is not None:
-                    nodes = len(spec.stages) * tp // hardware.gpus_per_node
+                    nodes = nodes_of(spec, hardware.gpus_per_node, max_gpus_per_stage or 1)
                     self._pinned[id(by_nodes[nodes])] = spec.microbatches
             self.templates: tuple[PipelineTemplate, ...] = built
         else:
