@@ -9,17 +9,24 @@ Assumptions:
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Sequence
 
+from oobleck.errors import ReconfigurationError
+from oobleck.planning.cost import plan_iteration_time_s
 from oobleck.planning.groups import plan_group_shape
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.instantiate import instantiate
+from oobleck.planning.manual_templates import TemplateSpec, manual_templates, nodes_of, template_label
 from oobleck.planning.plan import PipelineTemplate, Plan
 from oobleck.planning.profile import ModelProfile
 from oobleck.planning.reconfigure import Reconfiguration, reconfigure
 from oobleck.planning.recovery import RecoveryConstants, RecoveryPrediction, predict_recovery
 from oobleck.planning.step_time import StepConstants
 from oobleck.planning.templates import generate_templates
+
+logger = logging.getLogger(__name__)
 
 _ROUNDS_MEMO_SIZE = 4096
 """Group-creation round counts kept per planner before the memo is dropped (bounds memory on long runs)."""
@@ -38,6 +45,7 @@ class Planner:
         microbatch_size: int,
         max_nodes: int,
         max_gpus_per_stage: int | None = None,
+        templates: Sequence[TemplateSpec] | None = None,
     ) -> None:
         """Generate the templates once (the expensive step, done before training starts).
 
@@ -49,9 +57,12 @@ class Planner:
             microbatch_size: Samples per microbatch.
             max_nodes: Largest cluster (and largest pipeline) to plan for.
             max_gpus_per_stage: Largest tensor-parallel degree (default: devices per node).
+            templates: The user's own templates (job ``pipelines:``, see
+                :mod:`~oobleck.planning.manual_templates`), used instead of generating; their stages
+                span ``max_gpus_per_stage`` devices (default 1). None: generate.
 
         Raises:
-            ConfigError: a bad argument.
+            ConfigError: a bad argument, or a manual template that breaks a rule.
             PlanningError: the model fits on no pipeline of up to ``max_nodes`` nodes.
         """
         self.profile = profile
@@ -66,14 +77,29 @@ class Planner:
         """``(source, tied)`` layers of tied weights: the runtime builds a group for each pair."""
         self._rounds: dict[tuple[tuple[int, int], ...], tuple[tuple[PipelineTemplate, ...], int]] = {}
         """Group-creation rounds by templates in use (see :meth:`group_rounds`)."""
-        self.templates: tuple[PipelineTemplate, ...] = generate_templates(
-            profile,
-            hardware,
-            max_nodes=max_nodes,
-            global_microbatches=global_microbatches,
-            total_nodes=max_nodes,
-            max_gpus_per_stage=max_gpus_per_stage,
-        )
+        self.manual: tuple[TemplateSpec, ...] | None = None if templates is None else tuple(templates)
+        """The user's template specs, or None when the templates were generated."""
+        self._pinned: dict[int, int] = {}
+        """Manual templates' ``microbatches`` per step, by ``id`` of the template built from them."""
+        if self.manual is not None:
+            built = manual_templates(
+                self.manual, profile, hardware, tp_degree=max_gpus_per_stage or 1, max_nodes=max_nodes
+            )
+            by_nodes = {template.num_nodes: template for template in built}
+            for spec in self.manual:
+                if spec.microbatches is not None:
+                    nodes = nodes_of(spec, hardware.gpus_per_node, max_gpus_per_stage or 1)
+                    self._pinned[id(by_nodes[nodes])] = spec.microbatches
+            self.templates: tuple[PipelineTemplate, ...] = built
+        else:
+            self.templates = generate_templates(
+                profile,
+                hardware,
+                max_nodes=max_nodes,
+                global_microbatches=global_microbatches,
+                total_nodes=max_nodes,
+                max_gpus_per_stage=max_gpus_per_stage,
+            )
 
     @property
     def min_nodes(self) -> int:
@@ -86,11 +112,15 @@ class Planner:
         Nodes whose use would be infeasible or slower (more pipelines than the batch can feed) are
         left idle as the plan's ``spare_nodes``; ties go to using more nodes.
 
+        With manual templates whose ``microbatches`` are set, each pipeline runs its template's
+        count when those counts add up to the global batch (the original's ``num_microbatches``);
+        otherwise the planner's split is kept, with a warning (the global batch never changes).
+
         Raises:
             ConfigError: duplicate node ids.
             PlanningError: fewer than ``(f + 1) * n0`` nodes, or no combination fits.
         """
-        return self._instantiate(node_ids, self.fault_tolerance)
+        return self._pin(self._instantiate(node_ids, self.fault_tolerance))
 
     def restart_plan(self, node_ids: Sequence[int]) -> Plan:
         """The plan to restart from a checkpoint on these nodes, when reconfiguration is impossible.
@@ -103,7 +133,7 @@ class Planner:
             PlanningError: fewer than ``n0`` nodes, or no combination fits.
         """
         tolerance = min(self.fault_tolerance, len(node_ids) // self.min_nodes - 1)
-        return self._instantiate(node_ids, max(0, tolerance))
+        return self._pin(self._instantiate(node_ids, max(0, tolerance)))
 
     def reconfigure(
         self, plan: Plan, lost_nodes: Sequence[int] = (), joined_nodes: Sequence[int] = ()
@@ -115,18 +145,35 @@ class Planner:
         damaged pipelines are rebuilt, through an index the plan chain keeps
         (:mod:`oobleck.planning.index`), well under a millisecond at 16,384 nodes.
 
+        With manual templates the new plan uses only the user's templates (:meth:`manual_note` says
+        which, for the caller to log once the recovery is adopted; speculative re-plans stay silent);
+        when none of their combinations fits the survivors, the error names the templates and the
+        node count.
+        The batch is re-split over the new pipelines (``microbatches`` pins apply to the initial
+        plan only: the global batch is fixed).
+
         Raises:
             ConfigError: an unknown or repeated node.
             ReconfigurationError: no valid plan exists on the remaining nodes.
         """
-        return reconfigure(
-            plan,
-            lost_nodes=lost_nodes,
-            joined_nodes=joined_nodes,
-            templates=self.templates,
-            profile=self.profile,
-            hardware=self.hardware,
-        )
+        try:
+            change = reconfigure(
+                plan,
+                lost_nodes=lost_nodes,
+                joined_nodes=joined_nodes,
+                templates=self.templates,
+                profile=self.profile,
+                hardware=self.hardware,
+            )
+        except ReconfigurationError as error:
+            if self.manual is None:
+                raise
+            members = len(plan.nodes) - len(set(lost_nodes)) + len(set(joined_nodes))
+            raise ReconfigurationError(
+                f"no plan of your pipeline templates ({self._labels()}) fits {members} nodes: {error}; "
+                "add a template for fewer nodes to pipelines, or restart with more nodes"
+            ) from error
+        return change
 
     def predict_recovery(
         self,
@@ -174,6 +221,53 @@ class Planner:
         self._rounds[key] = (tuple(template for template, _ in counts), rounds)
         return rounds
 
+    def manual_note(self, plan: Plan) -> str | None:
+        """One line naming the user's templates ``plan`` runs (for the recovery log), or None.
+
+        Args:
+            plan: A plan of this planner (e.g. a reconfiguration's).
+
+        Returns:
+            ``"recovery uses your pipeline templates: 3 nodes [0-1 | 2-3 | 4-5] on 3 nodes"``, or None
+            when the templates were generated.
+        """
+        if self.manual is None:
+            return None
+        used = sorted({id(p.template): p.template for p in plan.pipelines}.values(), key=_nodes)
+        names = ", ".join(template_label(template) for template in used)
+        return f"recovery uses your pipeline templates: {names} on {len(plan.nodes)} nodes"
+
+    def _labels(self) -> str:
+        return "; ".join(template_label(template) for template in self.templates)
+
+    def _pin(self, plan: Plan) -> Plan:
+        """``plan`` with the manual templates' microbatch counts, when they add up to the batch."""
+        if not self._pinned:
+            return plan
+        counts = [self._pinned[id(pipeline.template)] for pipeline in plan.pipelines]
+        if sum(counts) != plan.global_microbatches:
+            logger.warning(
+                "pipelines: microbatches %s of the planned pipelines add up to %d, the global batch has %d "
+                "microbatches; using the planner's split %s",
+                counts,
+                sum(counts),
+                plan.global_microbatches,
+                [pipeline.microbatches for pipeline in plan.pipelines],
+            )
+            return plan
+        pipelines = tuple(
+            dataclasses.replace(pipeline, microbatches=count)
+            for pipeline, count in zip(plan.pipelines, counts, strict=True)
+        )
+        return Plan(
+            pipelines=pipelines,
+            global_microbatches=plan.global_microbatches,
+            microbatch_size=plan.microbatch_size,
+            fault_tolerance=plan.fault_tolerance,
+            iteration_time_s=plan_iteration_time_s(pipelines, self.profile, self.hardware),
+            spare_nodes=plan.spare_nodes,
+        )
+
     def _instantiate(self, node_ids: Sequence[int], fault_tolerance: int) -> Plan:
         return instantiate(
             self.templates,
@@ -184,3 +278,7 @@ class Planner:
             profile=self.profile,
             hardware=self.hardware,
         )
+
+
+def _nodes(template: PipelineTemplate) -> int:
+    return template.num_nodes

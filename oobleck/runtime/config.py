@@ -31,9 +31,12 @@ from typing import Any, Literal
 
 from oobleck.errors import ConfigError
 from oobleck.planning.hardware import HARDWARE, HardwareSpec
+from oobleck.planning.manual_templates import TemplateSpec, parse_specs
 from oobleck.runtime.control.preflight import load_yaml_text, read_text_file
 
 ARCHITECTURES: tuple[str, ...] = ("gpt2", "llama", "opt")
+CUSTOM_ARCH = "custom"
+"""``model.arch`` of a user's own model: layers come from the job's ``entrypoint`` script (oobleck.api)."""
 DATA_KINDS: tuple[str, ...] = ("pydoc", "tokens", "hf", "text")
 
 # NOTE: the maxima below refuse typos and runaway values (``global_batch: 1e12`` was accepted and
@@ -79,7 +82,11 @@ class ModelConfig:
     name: str
     """Label used in profiles and logs (the preset name, or ``<arch>-custom``)."""
     arch: str
-    """Adapter architecture: one of ``gpt2``, ``llama``, ``opt``."""
+    """Adapter architecture: one of ``gpt2``, ``llama``, ``opt``, or ``custom`` (your own layers, built
+    by the job's ``entrypoint`` script through ``oobleck.api``). A custom model takes only ``name``
+    and ``vocab_size`` (default 258, byte tokens; it must equal the script's
+    ``LayeredModel.vocab_size``, and lets the master check the data's token ids before any agent
+    starts)."""
     hf_config: dict[str, Any] = field(default_factory=dict)
     """Fields passed to the HF config class; empty for presets (the adapter fills them in)."""
     pretrained: str | None = None
@@ -89,8 +96,29 @@ class ModelConfig:
     stays off unless set). Relative paths are relative to the job file."""
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ConfigError(f"model.arch: expected one of {list(ARCHITECTURES)}, got {self.arch!r}")
+        if self.arch not in (*ARCHITECTURES, CUSTOM_ARCH):
+            raise ConfigError(
+                f"model.arch: expected one of {[*ARCHITECTURES, CUSTOM_ARCH]}, got {self.arch!r}"
+            )
+        extra = sorted(set(self.hf_config) - {"vocab_size"})
+        if self.arch == CUSTOM_ARCH and (extra or self.pretrained is not None):
+            key = "pretrained" if self.pretrained is not None else extra[0]
+            raise ConfigError(
+                f"model.{key}: a custom model takes only name and vocab_size; its layers come from the "
+                "entrypoint script (oobleck.api.LayeredModel)"
+            )
+        vocab = self.hf_config.get("vocab_size")
+        if (
+            self.arch == CUSTOM_ARCH
+            and vocab is not None
+            and (isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1)
+        ):
+            raise ConfigError(f"model.vocab_size: expected an integer >= 1, got {vocab!r}")
+
+    @property
+    def is_custom(self) -> bool:
+        """Whether the layers are the user's own (``arch: custom``), not one of the HF adapters."""
+        return self.arch == CUSTOM_ARCH
 
 
 @dataclass(kw_only=True, slots=True)
@@ -320,6 +348,20 @@ class JobConfig:
     activation_checkpointing: bool = False
     """Recompute each layer's activations in backward (``torch.utils.checkpoint``) instead of keeping
     them: a stage then holds only each in-flight microbatch's layer inputs, so more fit (smaller n0)."""
+    entrypoint: str | None = None
+    """Your training script (``model: {arch: custom}`` only, required there): the agent starts
+    ``python <entrypoint> --config <job> --run-dir <dir>`` per worker instead of
+    ``python -m oobleck.runtime.worker``; the script calls ``oobleck.api.main(model)``. Relative
+    paths are relative to the job file; the master checks the file exists before any agent starts."""
+    pipelines: tuple[TemplateSpec, ...] = ()
+    """Pipeline templates by hand, used instead of generated ones (the original's
+    ``PipelineTemplate(model, [modules per stage])``): a list of ``{stages: [[0, 1, 2], [3, 4, 5]],
+    microbatches: 4}``, layer indices per stage (contiguous, in order, every layer once: embedding
+    in the first stage, head in the last), ``microbatches`` optional (on every template or none:
+    microbatches per step of each pipeline of that template in the first plan, when they add up to
+    the global batch). Each template needs ``stages x tensor_parallel.max_degree`` ranks, a whole
+    number of nodes, and one template per node count. Recovery uses only these templates; empty
+    (the default): the planner generates the best template for every node count."""
 
     def __post_init__(self) -> None:
         _positive_int("global_batch", self.global_batch, maximum=MAX_GLOBAL_BATCH)
@@ -346,6 +388,16 @@ class JobConfig:
             raise ConfigError(
                 f"precision: expected one of {list(PRECISIONS)} (or leave it out: bf16 on CUDA, "
                 f"fp32 on CPU), got {self.precision!r}"
+            )
+        if self.model.is_custom and not self.entrypoint:
+            raise ConfigError(
+                "entrypoint: required with model.arch custom; give your training script (e.g. "
+                "entrypoint: train.py, relative to the job file) that calls oobleck.api.main(model)"
+            )
+        if self.entrypoint is not None and not self.model.is_custom:
+            raise ConfigError(
+                f"entrypoint: only for model.arch custom (this job's model is {self.model.arch!r}, built "
+                "by oobleck's own worker); remove entrypoint or use model: {arch: custom}"
             )
 
     def hardware_spec(self) -> HardwareSpec:
@@ -406,6 +458,8 @@ def job_config_from_text(text: str, *, source: str, base_dir: Path | None = None
     if base_dir is not None:
         _resolve_pretrained(raw, base_dir)
     config = job_config_from_dict(raw, source=source)
+    if base_dir is not None and config.entrypoint is not None and not Path(config.entrypoint).is_absolute():
+        config.entrypoint = str(base_dir / config.entrypoint)
     if base_dir is not None and config.data.path is not None and not Path(config.data.path).is_absolute():
         config.data.path = str(base_dir / config.data.path)
     tokenizer = config.data.tokenizer
@@ -466,6 +520,11 @@ def job_config_from_dict(raw: Any, *, source: str = "job config") -> JobConfig:
     if "model" not in raw:
         raise ConfigError(f"{source}: model: missing required key (a preset name or {{arch: ...}})")
     raw["model"] = _model_from_raw(raw["model"], source)
+    if "pipelines" in raw:
+        try:
+            raw["pipelines"] = parse_specs(raw["pipelines"])
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
     try:
         return _build(JobConfig, raw, "", source)
     except ConfigError as error:
@@ -490,7 +549,9 @@ def _model_from_raw(raw: Any, source: str) -> ModelConfig:
     if "pretrained" in fields_ and "arch" not in fields_:
         fields_["arch"] = _pretrained_arch(fields_["pretrained"], source)
     if "arch" not in fields_:
-        raise ConfigError(f"{source}: model.arch: missing required key (one of {list(ARCHITECTURES)})")
+        raise ConfigError(
+            f"{source}: model.arch: missing required key (one of {[*ARCHITECTURES, CUSTOM_ARCH]})"
+        )
     arch = fields_.pop("arch")
     pretrained = fields_.pop("pretrained", None)
     name = fields_.pop("name", f"{arch}-custom" if pretrained is None else Path(str(pretrained)).name)

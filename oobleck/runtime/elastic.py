@@ -73,6 +73,7 @@ from oobleck.runtime.control.store import STORE_KEY_ENV
 from oobleck.runtime.control.store_client import StoreClient
 from oobleck.runtime.control.store_records import INPUTS_KEY, inputs_record, state_record
 from oobleck.runtime.engine import CommunicationError, Engine, StepMetrics, job_planner, job_profile
+from oobleck.runtime.engine.custom_model import CustomModel
 from oobleck.runtime.recovery_cache import RegroupPrep
 from oobleck.runtime.recovery_timing import RegroupClock, mark_engine_phases, phases_ms
 from oobleck.runtime.run_log import RunLog, transfer_fields, write_error_file
@@ -92,7 +93,14 @@ class ElasticLoop:
     """One worker's training loop across membership generations."""
 
     def __init__(
-        self, job: JobConfig, run_dir: Path, *, node: int, local_rank: int, timeout_s: float
+        self,
+        job: JobConfig,
+        run_dir: Path,
+        *,
+        node: int,
+        local_rank: int,
+        timeout_s: float,
+        model: CustomModel | None = None,
     ) -> None:
         """Connect to the agent link and the store; build the engine (no layers yet).
 
@@ -102,6 +110,7 @@ class ElasticLoop:
             node: This worker's stable node id.
             local_rank: Its index on the node.
             timeout_s: Collective timeout of the engine (a backstop; notices normally come first).
+            model: A user's own model (``oobleck.api``) instead of the job's HF adapter.
         """
         self.job, self.run_dir, self.node, self.local_rank = job, run_dir, node, local_rank
         if is_loopback(os.environ.get("MASTER_ADDR", "")) and "GLOO_SOCKET_IFNAME" not in os.environ:
@@ -111,7 +120,9 @@ class ElasticLoop:
         self._fault_epoch = 0
         self.store: dist.Store | None = None
         """This generation's store client (a fresh one per regroup; abandoned by an abort)."""
-        self.engine = Engine(job, node=node, local_rank=local_rank, timeout=timedelta(seconds=timeout_s))
+        self.engine = Engine(
+            job, node=node, local_rank=local_rank, timeout=timedelta(seconds=timeout_s), model=model
+        )
         self._timeout = timedelta(seconds=timeout_s)
         self._sockets = GroupSockets()
         """The sockets each generation's build created (store client, groups): what an abort cuts."""
@@ -377,6 +388,9 @@ class ElasticLoop:
         self.plan = change.plan
         plan_ready = time.time()
         self.clock.mark("plan", plan_ready)
+        note = planner.manual_note(change.plan)
+        if note is not None:
+            logger.info("[node %d] %s", self.node, note)
         measured = self.engine.reconfigure(
             change.plan, change.transfers, target.generation, rank_of_node, store, source_plan=committed
         )
@@ -550,21 +564,29 @@ class ElasticLoop:
             prune(self.ckpt_dir, self.engine.adapter.num_layers, keep)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, model: CustomModel | None = None) -> int:
     """Run the elastic loop for the worker the agent started.
 
     Args:
         args: The worker's parsed flags (``config``, ``run_dir``, ``timeout_s``).
+        model: A user's own model and templates (``oobleck.api.main``); None: the job's HF adapter.
 
     Returns:
         0 when the job's last step completed here; 1 on any error (written to the error file).
     """
     try:
         job = load_job_config(args.config)
+        if model is not None:
+            job = model.job_for(job)
         run_dir = Path(args.run_dir)
         node, local_rank = int(os.environ[NODE_ENV]), int(os.environ.get("LOCAL_RANK", "0"))
         ElasticLoop(
-            job, run_dir, node=node, local_rank=local_rank, timeout_s=float(getattr(args, "timeout_s", 60.0))
+            job,
+            run_dir,
+            node=node,
+            local_rank=local_rank,
+            timeout_s=float(getattr(args, "timeout_s", 60.0)),
+            model=model,
         ).run()
     except Exception as exc:
         logger.exception("worker failed")

@@ -5,6 +5,7 @@ so an example that stops being valid fails the tests (``oobleck.runtime.job_docs
 
 Assumptions:
     * Only what the code does today is described; pretrained-model loading has no example yet.
+    * A custom model's example names a script (``entrypoint``); the loader does not open it.
 """
 
 from __future__ import annotations
@@ -126,5 +127,39 @@ newest complete checkpoint.
 """,
 )
 
-EXAMPLES: tuple[Example, ...] = (OWN_DATA, DEEP, CHECKPOINTS)
+OWN_MODEL = Example(
+    title="Your own model and hand-written templates",
+    text="""
+A model that is not one of the HF adapters: write a script that lists its layers as zero-argument
+`nn.Module` factories and calls `oobleck.api.main(api.LayeredModel(...))` (layer contract in
+`oobleck/api.py`; `examples/custom_model/train.py` is a small byte-level transformer). The job names
+the script as `entrypoint`; each agent starts it as its workers. `pipelines` states the templates by
+hand, as layer indices per stage: here 6 layers (embedding, 4 blocks, head) in a 2-node and a 3-node
+template. With `fault_tolerance: 1` four agents run two 2-node pipelines; after a node is lost the
+three survivors run the 3-node template. The master cannot price a custom model without torch, so it
+skips the plan check (one notice line); the workers check the templates against the model.
+""",
+    yaml="""
+model: {arch: custom, name: byte-transformer}
+entrypoint: train.py      # relative to this file; it calls oobleck.api.main(model)
+data:
+  source: pydoc
+  sequence_length: 32
+global_batch: 16
+microbatch_size: 2
+steps: 8
+fault_tolerance: 1
+pipelines:
+  - stages: [[0, 1, 2], [3, 4, 5]]
+  - stages: [[0, 1], [2, 3], [4, 5]]
+""",
+    after="""
+`python -m oobleck.runtime.master --hostfile examples/hosts.local4 --config examples/custom_model/job.yaml
+--run-dir runs/custom`. Under torchrun a node is the `--nproc-per-node` processes of one machine:
+`torchrun --standalone --nproc-per-node 2 examples/custom_model/train.py --config JOB --run-dir DIR` runs
+a job whose templates are the 2-stage one alone (2 ranks = one node of 2 devices), or have none.
+""",
+)
+
+EXAMPLES: tuple[Example, ...] = (OWN_DATA, DEEP, CHECKPOINTS, OWN_MODEL)
 """The examples, in the order ``docs/job.md`` shows them."""

@@ -55,11 +55,11 @@ def resolved_fields(model: ModelConfig) -> dict[str, Any] | None:
     """The HF config values a worker's adapter builds ``model`` from, under canonical names.
 
     Returns:
-        The fields with derived defaults filled in, or None for a pretrained model or when the
+        The fields with derived defaults filled in, or None for a pretrained or custom model or when the
         config class's source cannot be read (see the module's assumptions).
     """
-    if model.pretrained is not None:
-        return None
+    if model.pretrained is not None or model.is_custom:
+        return None  # NOTE: a custom model's layers exist only in its script (needs torch).
     fields = config_fields(model.arch)
     if fields is None:
         return None
@@ -155,4 +155,5 @@ def job_planner(job: JobConfig, profile: ModelProfile, max_nodes: int, gpus_per_
         microbatch_size=job.microbatch_size,
         max_nodes=max_nodes,
         max_gpus_per_stage=job.tensor_parallel.max_degree,
+        templates=job.pipelines or None,
     )

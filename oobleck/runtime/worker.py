@@ -24,9 +24,13 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from oobleck.errors import ConfigError, OobleckError
 from oobleck.runtime.worker_logging import configure_worker_logging, log_setup
+
+if TYPE_CHECKING:
+    from oobleck.runtime.engine.custom_model import CustomModel
 
 logger = logging.getLogger(__name__)
 
@@ -56,17 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, then train (standalone) or hand over to the elastic runtime; returns the exit code."""
+def main(argv: Sequence[str] | None = None, *, model: CustomModel | None = None) -> int:
+    """Parse, then train (standalone) or hand over to the elastic runtime; returns the exit code.
+
+    Args:
+        argv: The command line (default: ``sys.argv[1:]``).
+        model: A user's own model and templates (``oobleck.api.main``); None: the job's HF adapter.
+    """
     args = build_parser().parse_args(argv)
     label, log_file = log_setup(os.environ, Path(args.run_dir))
     configure_worker_logging(label=label, log_file=log_file, debug=args.debug)
     if os.environ.get(CONTROL_ENV):
         from oobleck.runtime import elastic
 
-        return int(elastic.main(args) or 0)
+        return int(elastic.main(args, model=model) or 0)
     try:
-        run_standalone(args)
+        run_standalone(args, model=model)
     except OobleckError as error:
         record_error(error)
         if args.debug:
@@ -95,8 +104,10 @@ def record_error(error: BaseException) -> None:
     get_error_handler().record_exception(error)
 
 
-def run_standalone(args: argparse.Namespace) -> None:
+def run_standalone(args: argparse.Namespace, model: CustomModel | None = None) -> None:
     """Train ``args.config`` on the torchrun world; ``LOCAL_WORLD_SIZE`` processes (devices) per node.
+
+    ``model`` is a user's own model (``oobleck.api``), trained instead of the job's HF adapter.
 
     Raises:
         ConfigError: a bad config, plan file or environment variable.
@@ -106,6 +117,8 @@ def run_standalone(args: argparse.Namespace) -> None:
     from oobleck.runtime.control.devices import node_devices
 
     job = load_job_config(args.config)  # NOTE: before the heavy imports, so config errors are instant.
+    if model is not None:
+        job = model.job_for(job)
 
     import torch
     from safetensors.torch import save_file
@@ -136,6 +149,7 @@ def run_standalone(args: argparse.Namespace) -> None:
         local_rank=local_rank,
         device=default_device(local_rank),
         timeout=timedelta(seconds=args.timeout_s),
+        model=model,
     )
     plan = plan_for_world(
         job, engine.adapter, world_size, store=store, rank=rank, plan_file=args.plan, gpus_per_node=devices

@@ -184,26 +184,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_standalone(run_dir: Path, config: Path, timeout_s: float = 600.0) -> Run:
+def run_standalone(
+    run_dir: Path, config: Path, timeout_s: float = 600.0, *, entrypoint: Path | None = None
+) -> Run:
     """The fault-free reference of a job: its standalone worker as one process (one pipeline).
 
     With exact accumulation, the split of the global batch across pipelines changes no bit, so this
     one process gives the losses and sample ledger of every fault-free plan of the job. It is forked
     from the session's preloaded server (:mod:`tests.integration.preloaded`).
+    ``entrypoint``: a user's script (``oobleck.api``) run instead of ``-m oobleck.runtime.worker``.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OOBLECK_CONTROL", "MASTER_"))}
     # NOTE: one intra-op thread, as agents give their workers: no oversubscription of the cores.
     env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", OMP_NUM_THREADS="1")
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    argv = [
-        sys.executable,
-        "-m",
-        "oobleck.runtime.worker",
-        "--config",
-        str(config),
-        "--run-dir",
-        str(run_dir),
-    ]
+    program = ["-m", "oobleck.runtime.worker"] if entrypoint is None else [str(entrypoint)]
+    argv = [sys.executable, *program, "--config", str(config), "--run-dir", str(run_dir)]
     log = run_dir.parent / f"{run_dir.name}.standalone.log"
     code = preloaded.run(argv, env, log, timeout_s)
     output = log.read_text()

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oobleck.errors import ConfigError, OobleckError
 from oobleck.runtime.control.nccl_env import nccl_environment
 from oobleck.runtime.control.protocol import Channel, ConnectionClosedError, ProtocolError, connect
 from oobleck.runtime.control.store import STORE_KEY_ENV, store_key
@@ -290,10 +291,17 @@ class Agent:
         return str(local)
 
     def _start_workers(self) -> None:
-        assert self.run_dir is not None
+        assert self.run_dir is not None and self.job is not None
         errors = self.run_dir / "errors"
         errors.mkdir(parents=True, exist_ok=True)
         config_path = self._config_path()
+        try:
+            entrypoint = job_entrypoint(self.job["config_text"], self.job["config_path"])
+        except OobleckError as error:
+            # NOTE: the master checked the file before starting agents; here it is missing on this node.
+            logger.error("[node %d] %s", self.node, error)
+            self._send({"type": "job_error", "message": str(error)})
+            return
         for local_rank in range(self.config.slots):
             ours, theirs = socket.socketpair()
             key = secrets.token_bytes(32)
@@ -317,15 +325,9 @@ class Agent:
             # NOTE: torchrun's convention: CUDA_VISIBLE_DEVICES is left as inherited (every GPU of
             # the node visible) and a worker uses cuda:LOCAL_RANK.
             env.update(nccl_environment(env))
-            argv = [
-                sys.executable,
-                "-m",
-                self.config.worker_module,
-                "--config",
-                config_path,
-                "--run-dir",
-                str(self.run_dir),
-            ]
+            argv = worker_argv(
+                self.config.worker_module, entrypoint, config_path=config_path, run_dir=str(self.run_dir)
+            )
             process = subprocess.Popen(argv, env=env, pass_fds=(theirs.fileno(),))
             theirs.close()
             channel = Channel(ours, key, is_server=True, peer=f"worker{local_rank}")
@@ -413,3 +415,42 @@ class Agent:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.process.wait(5)
             worker.channel.close()
+
+
+def job_entrypoint(config_text: str, config_path: str) -> str | None:
+    """The job's ``entrypoint`` script (custom models), resolved against the job file's folder.
+
+    Args:
+        config_text: The job YAML as the master sent it.
+        config_path: The job file's path on the master (relative entrypoints are relative to it).
+
+    Returns:
+        The script's path, or None for jobs run by ``oobleck.runtime.worker``.
+
+    Raises:
+        ConfigError: The job names an entrypoint that is not a file here.
+    """
+    from oobleck.runtime.config import job_config_from_text
+
+    job = job_config_from_text(config_text, source=config_path, base_dir=Path(config_path).parent)
+    if job.entrypoint is None:
+        return None
+    if not Path(job.entrypoint).is_file():
+        raise ConfigError(f"{config_path}: entrypoint: {job.entrypoint} is not a file on this node")
+    return job.entrypoint
+
+
+def worker_argv(worker_module: str, entrypoint: str | None, *, config_path: str, run_dir: str) -> list[str]:
+    """The command line of one worker: the job's entrypoint script, else ``python -m worker_module``.
+
+    Args:
+        worker_module: The agent's worker module (``oobleck.runtime.worker``).
+        entrypoint: The job's script (``oobleck.api`` users), or None.
+        config_path: The job file the worker reads.
+        run_dir: The run directory.
+
+    Returns:
+        ``[python, <entrypoint> | -m <module>, --config, <job>, --run-dir, <dir>]``.
+    """
+    program = [entrypoint] if entrypoint is not None else ["-m", worker_module]
+    return [sys.executable, *program, "--config", config_path, "--run-dir", run_dir]

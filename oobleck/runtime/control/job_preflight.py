@@ -23,6 +23,7 @@ import ast
 import difflib
 import functools
 import importlib.util
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from oobleck.runtime.config import JobConfig, ModelConfig
 from oobleck.runtime.control.devices import slots_refusal
 from oobleck.runtime.control.hostfile import HostEntry
 from oobleck.runtime.control.tensorboard_log import check_tensorboard
+
+logger = logging.getLogger(__name__)
 
 #: arch -> (file under transformers/, class name) of the HF config class the adapter builds.
 CONFIG_CLASSES: dict[str, tuple[str, str]] = {
@@ -216,6 +219,21 @@ def check_data_files(job: JobConfig, source: str) -> None:
 _STEP_DIR = re.compile(r"^step\d{8}$")
 
 
+def check_entrypoint(job: JobConfig, source: str) -> None:
+    """Refuse a custom model's ``entrypoint`` that is not a file (before agents start it).
+
+    Relative paths were already resolved against the config file by the loader.
+
+    Raises:
+        ConfigError: Naming ``entrypoint`` and the missing file.
+    """
+    if job.entrypoint is not None and not Path(job.entrypoint).is_file():
+        raise ConfigError(
+            f"{source}: entrypoint: {job.entrypoint} is not a file; give the training script that calls "
+            "oobleck.api.main(model), relative to the job file"
+        )
+
+
 def has_checkpoints(job: JobConfig, run_dir: Path | None) -> bool:
     """Whether the job's checkpoint folder holds a step directory, so its workers resume (restart plan).
 
@@ -252,6 +270,14 @@ def check_plan(job: JobConfig, source: str, hosts: Sequence[HostEntry], run_dir:
     from oobleck.runtime.job_plan import job_profile
     from oobleck.runtime.plan_fit import check_fit
 
+    if job.model.is_custom:
+        logger.warning(
+            "%s: plan check skipped: custom model %r is known only to its entrypoint script (its "
+            "workers plan it and report a plan that does not fit)",
+            source,
+            job.model.name,
+        )
+        return
     slots = {entry.slots for entry in hosts}
     if len(slots) != 1:
         return
@@ -259,8 +285,15 @@ def check_plan(job: JobConfig, source: str, hosts: Sequence[HostEntry], run_dir:
     if slots_refusal(gpus_per_node, job.hardware, job.gpus_per_node) is not None:
         return
     profile = job_profile(job)
-    if profile is not None:
+    if profile is None:
+        return
+    try:
         check_fit(job, profile, len(hosts), gpus_per_node, source, restart=has_checkpoints(job, run_dir))
+    except ConfigError as error:
+        # NOTE: a manual template (``pipelines:``) that breaks a rule names its key, not the file.
+        if str(error).startswith(source):
+            raise
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def check_job(
@@ -278,6 +311,7 @@ def check_job(
         ConfigError: The first problem, in one line.
     """
     check_model_fields(job.model, source)
+    check_entrypoint(job, source)
     check_data_files(job, source)
     check_tensorboard(job.logging.tensorboard, source)
     if hosts:

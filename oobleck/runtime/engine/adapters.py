@@ -206,8 +206,15 @@ def build_adapter(model: ModelConfig) -> ModelAdapter:
         The adapter; it knows the layer count and builds layers on demand.
 
     Raises:
-        ConfigError: an unknown preset or an HF config field the config class rejects.
+        ConfigError: an unknown preset, an HF config field the config class rejects, or a custom
+            model (its layers come from the user's script, ``custom_model.py``).
     """
+    if model.is_custom:
+        raise ConfigError(
+            f"model.arch: custom model {model.name!r} exists only in the job's entrypoint script, which "
+            "trains it through oobleck.api.main(model); run that script (or let the agent start it): "
+            "the built-in worker and `oobleck plan` cannot build it"
+        )
     fields_ = dict(ARCH_DEFAULTS[model.arch])
     if model.pretrained is not None:
         from oobleck.runtime.engine.pretrained import pretrained_fields

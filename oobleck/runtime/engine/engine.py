@@ -31,6 +31,7 @@ from oobleck.planning.plan import Plan, Transfer
 from oobleck.runtime.config import JobConfig
 from oobleck.runtime.engine.adapters import build_adapter
 from oobleck.runtime.engine.comm import Comm, default_device
+from oobleck.runtime.engine.custom_model import CustomModel
 from oobleck.runtime.engine.data import GlobalSampler, load_dataset
 from oobleck.runtime.engine.executor import StageContext, run_1f1b
 from oobleck.runtime.engine.optim import LayerState, adamw_update, clip_coefficient, learning_rate
@@ -95,6 +96,7 @@ class Engine:
         backend: str | None = None,
         timeout: timedelta = timedelta(seconds=60),
         transfer_hold: TransferHold | None = None,
+        model: CustomModel | None = None,
     ) -> None:
         """Build the model adapter, the dataset and the sampler; no layers and no groups yet.
 
@@ -108,6 +110,7 @@ class Engine:
             transfer_hold: test hook that delays the sources of one generation's transfers
                 (default: from ``OOBLECK_TRANSFER_HOLD``, unset = off); see
                 :class:`~oobleck.runtime.engine.transfer.TransferHold`.
+            model: A user's own model (``oobleck.api``) to train instead of ``job.model``'s adapter.
 
         Raises:
             ConfigError: the model or data section cannot be built, or the hold variable is bad.
@@ -116,7 +119,8 @@ class Engine:
         self.node = node
         self.local_rank = local_rank
         self.device = torch.device(device) if device is not None else default_device(local_rank)
-        self.adapter = build_adapter(job.model)
+        self.adapter = build_adapter(job.model) if model is None else model.adapter()
+        self._loss_fn = None if model is None else model.model.loss
         self.dataset = load_dataset(job.data, self.adapter.vocab_size)
         self.sampler = GlobalSampler(len(self.dataset), seed=job.seed, global_batch=job.global_batch)
         self.comm = Comm(backend, timeout)
@@ -423,6 +427,7 @@ class Engine:
             ),
             precision=self.precision,
             checkpoint_layers=self.job.activation_checkpointing,
+            loss_fn=self._loss_fn,
         )
 
     def _tied_sides(self, pair: int) -> list[tuple[LayerState, str]]:

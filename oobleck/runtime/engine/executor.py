@@ -52,6 +52,8 @@ class StageContext:
     """Autocast precision of the forward: ``bf16``, ``fp16`` or ``fp32`` (none)."""
     checkpoint_layers: bool = False
     """Recompute each layer's activations in backward (``torch.utils.checkpoint``, non-reentrant)."""
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    """Loss of one microbatch (a custom model's, ``custom_model.py``); None: :func:`microbatch_loss`."""
 
 
 class _P2P:
@@ -169,7 +171,7 @@ def run_1f1b(
                 else:
                     hidden = layer(hidden)
         if tokens is not None and info.is_last:
-            loss = microbatch_loss(hidden, tokens[:, 1:])
+            loss = (ctx.loss_fn or microbatch_loss)(hidden, tokens[:, 1:])
             losses.append(loss.detach())
             hidden = loss * loss_scale
         saved.append((received, hidden))

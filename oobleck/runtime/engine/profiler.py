@@ -45,6 +45,7 @@ from oobleck.planning.memory import (
 )
 from oobleck.planning.profile import PROFILE_FORMAT_VERSION, LayerProfile, ModelProfile, config_fingerprint
 from oobleck.runtime.engine.adapters import ModelAdapter
+from oobleck.runtime.engine.custom_model import CustomAdapter
 from oobleck.runtime.engine.executor import microbatch_loss
 from oobleck.runtime.engine.precision import autocast
 
@@ -173,7 +174,9 @@ def measure_profile(
                 output = module(inputs)
                 if adapter.layer_kind(index) == "head":
                     labels = torch.zeros(shape, dtype=torch.int64, device=device)
-                    output = microbatch_loss(output, labels)
+                    # NOTE: a custom model's head is timed with its own loss (its output need not be logits).
+                    loss_fn = adapter.loss if isinstance(adapter, CustomAdapter) else microbatch_loss
+                    output = loss_fn(output, labels)
             _sync(device)
             middle = time.perf_counter()
             grad = torch.ones_like(output) if output.dim() else None

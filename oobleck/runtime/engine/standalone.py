@@ -171,6 +171,7 @@ def job_planner(job: JobConfig, profile: ModelProfile, max_nodes: int, gpus_per_
         microbatch_size=job.microbatch_size,
         max_nodes=max_nodes,
         max_gpus_per_stage=job.tensor_parallel.max_degree,
+        templates=job.pipelines or None,
     )
 
 
