@@ -60,8 +60,8 @@ def child(rank: int, port: int, out: str) -> None:
             result["latched"] = str(error)
         try:
             comm.group(GENERATIONS[-1][0])
-        except KeyError:
-            result["groups_gone"] = True
+        except CommunicationError as error:  # NOTE: the groups are gone; asking names the abort.
+            result["groups_gone"] = error is comm.error
     comm.close()
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(result))
 
