@@ -7,11 +7,9 @@ Assumptions:
     * A stage on G devices is G ranks (its TP group): blocks are tensor-parallel over a
       ``DeviceMesh`` of that group (:mod:`~oobleck.runtime.engine.tensor_parallel`), embedding and
       head are computed in full by every TP rank; only TP rank 0 reports losses and sample ids.
-    * Recovery reshards: layer state moves at (layer, TP shard) granularity between stages of any
-      TP degrees (:func:`~oobleck.planning.transfer.reshard_routes`, ``transfer.py``). Every
-      generation builds a new mesh on its new TP group, and a sharded layer a rank keeps is
-      rebuilt on it (its module re-made, its local state copied in): a DTensor stays bound to the
-      group it was made on, which the generation's teardown destroyed.
+    * Recovery reshards layer state per (layer, TP shard) between any TP degrees (``transfer.py``);
+      each generation makes a new mesh, and a kept sharded layer is rebuilt on it (a DTensor stays
+      bound to its generation's destroyed group).
     * The caller owns the rendezvous store (torchrun's, or the master's TCPStore); the engine only
       namespaces it per generation (``PrefixStore("gen<g>", store)``).
 """
@@ -44,7 +42,6 @@ from oobleck.runtime.engine.records import ReconfigureTiming, StepMetrics
 from oobleck.runtime.engine.tensor_parallel import (
     ShardSpec,
     clear_sharding_caches,
-    full_tensor,
     local_shard,
     shard_block,
     shard_specs,
@@ -55,6 +52,7 @@ from oobleck.runtime.engine.transfer import (
     HeldShard,
     TransferHold,
     execute_routes,
+    gather_full_state,
     hold_sends,
     local_data,
     named_state,
@@ -307,15 +305,11 @@ class Engine:
         self._start_generation(new_plan, generation, rank_of_node, store)
         self._barrier()
         groups_done = time.perf_counter()
-        if old_plan is None:
-            if transfers:
-                raise ReconfigurationError(
-                    f"node {self.node} cannot take part in transfers: no previous plan"
-                )
-            old_plan = new_plan
+        if old_plan is None and transfers:
+            raise ReconfigurationError(f"node {self.node} cannot take part in transfers: no previous plan")
         last = self.adapter.num_layers - 1
         routes = reshard_routes(
-            transfers, old_plan, new_plan, rank_of_node.__getitem__, lambda layer: 0 < layer < last
+            transfers, old_plan or new_plan, new_plan, rank_of_node.__getitem__, lambda i: 0 < i < last
         )
         hold_sends(self.transfer_hold, transfers, generation=generation, node=self.node, comm=self.comm)
         received, stats = execute_routes(
@@ -327,24 +321,18 @@ class Engine:
             comm=self.comm,
             scaler=self.scaler,
         )
-        layers, missing = {}, []
+        layers = {}
         for index in self._held_layers():
+            kept = pool.get(index)
             if index in received:
                 layers[index] = received[index]
-                continue
-            kept = pool.get(index)
-            if kept is None:
-                missing.append(index)
-                continue
-            if (kept.degree, kept.index) != self._shard_here(index):
-                raise ReconfigurationError(
-                    f"node {self.node} rank {self.rank} holds shard {kept.index} of {kept.degree} of layer "
-                    f"{index} but needs shard {self._shard_here(index)} and no route brings it"
-                )
-            layers[index] = self._rebound(kept)
+            elif kept is not None and (kept.degree, kept.index) == self._shard_here(index):
+                layers[index] = self._rebound(kept)
+        missing = [i for i in self._held_layers() if i not in layers]
         if missing:
             raise ReconfigurationError(
-                f"node {self.node} must hold layers {missing} under the new plan but no transfer brings them"
+                f"node {self.node} rank {self.rank} must hold layers {missing} (its shards of them) under "
+                "the new plan but no transfer brings them"
             )
         self._install(layers)
         self._retired = {
@@ -460,8 +448,7 @@ class Engine:
 
     def _pool(self) -> dict[int, HeldShard]:
         """Every layer state this rank can send from: the held ones, then the retired (which win)."""
-        pool = {i: HeldShard(state, *self._layout[i]) for i, state in self.layers.items()}
-        return {**pool, **self._retired}
+        return {**{i: HeldShard(s, *self._layout[i]) for i, s in self.layers.items()}, **self._retired}
 
     def _install(self, layers: Mapping[int, HeldShard]) -> None:
         self.layers = {i: held.state for i, held in layers.items()}
@@ -474,11 +461,9 @@ class Engine:
     def _rebound(self, held: HeldShard) -> HeldShard:
         """``held`` on this generation's mesh: a sharded layer is rebuilt and its local state copied.
 
-        NOTE: a DTensor and the hooks ``parallelize_module`` installed keep the mesh (and process
-        group) they were made with, and that group is destroyed with its generation; re-making
-        the module on the new mesh and copying the local shards (parameters, moments, step) is
-        the rebinding torch 2.13 allows. Costs one layer init and one local copy per kept
-        sharded layer and recovery; an unsharded layer is kept as it is.
+        NOTE: a DTensor and ``parallelize_module``'s hooks keep the mesh (and group) they were
+        made with, destroyed with its generation: re-making the module on the new mesh and
+        copying the local shard (parameters, moments, step) in is the rebinding torch allows.
         """
         if held.degree == 1:
             return held
@@ -495,22 +480,12 @@ class Engine:
         return shard_specs(self.adapter.arch, self._names[index], degree)
 
     def _full_state(self, index: int) -> list[tuple[str, torch.Tensor]]:
-        """:func:`named_state` of a held layer with sharded tensors gathered whole (TP-group collective)."""
-        named = named_state(self.layers[index])
+        """:func:`named_state` of a held layer, sharded tensors gathered whole (TP-group collective)."""
         degree, _ = self._layout[index]
         if degree == 1 or self.info is None:
-            return named
-        flat = torch.cat([tensor.reshape(-1) for _, tensor in named])
-        shards = [torch.empty_like(flat) for _ in range(degree)]
+            return named_state(self.layers[index])
         group = self.comm.group(self.info.tp_ranks)
-        self.comm.run("state all_gather", dist.all_gather, shards, flat, group=group)
-        specs, offset, out = self._specs(index, degree), 0, []
-        for name, tensor in named:
-            parts = [shard[offset : offset + tensor.numel()].view_as(tensor) for shard in shards]
-            offset += tensor.numel()
-            spec = specs[name]
-            out.append((name, tensor if spec.dim is None else full_tensor(parts, spec)))
-        return out
+        return gather_full_state(self.layers[index], self._specs(index, degree), self.comm, group)
 
     def _new_layer(self, index: int) -> LayerState:
         module = self.adapter.build_layer(index, self.job.seed, self.device)

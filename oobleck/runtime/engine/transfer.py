@@ -313,6 +313,31 @@ def execute_routes(
     return targets, TransferStats(bytes_sent=sent, bytes_received=received_bytes, copies=tuple(copies))
 
 
+def gather_full_state(
+    state: LayerState, specs: Mapping[str, ShardSpec], comm: Comm, group: Any
+) -> list[tuple[str, torch.Tensor]]:
+    """:func:`named_state` of a sharded layer with every sharded tensor gathered whole.
+
+    Collective over the layer's TP group (``group``): every rank of the stage calls it, in the
+    same layer order. One all-gather of the layer's flattened shard per call.
+
+    Raises:
+        CommunicationError: the all-gather failed.
+    """
+    named = named_state(state)
+    flat = torch.cat([tensor.reshape(-1) for _, tensor in named])
+    degree = next(spec.degree for spec in specs.values())
+    shards = [torch.empty_like(flat) for _ in range(degree)]
+    comm.run("state all_gather", dist.all_gather, shards, flat, group=group)
+    out, offset = [], 0
+    for name, tensor in named:
+        parts = [shard[offset : offset + tensor.numel()].view_as(tensor) for shard in shards]
+        offset += tensor.numel()
+        spec = specs[name]
+        out.append((name, tensor if spec.dim is None else full_tensor(parts, spec)))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class TransferHold:
     """A test hook: in generation ``generation``, every source rank waits ``seconds`` before sending.
