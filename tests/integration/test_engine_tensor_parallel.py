@@ -182,12 +182,11 @@ def assert_params_match(ref_dir: Path, run_dir: Path) -> None:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("run", ["tiny-gpt2"], indirect=True)  # the run launched with GPT-2's ranks
 def test_recoveries_changing_tp_degree_move_state_exactly(run: tuple[Path, str]) -> None:
     """Reconfiguring TP 2 -> 1 -> 2 (in-node and across nodes) and rebinding kept shards moves every
     parameter, moment and step count bit for bit, and the run still equals one process."""
-    folder, model = run
-    if model != "tiny-gpt2":
-        pytest.skip("the recovery run is launched with the GPT-2 processes only")
+    folder, _ = run
     rec = folder / "rec"
     expected, got = losses(folder / "rec-ref"), losses(rec)
     assert len(got) == len(expected) == RECOVERY_STEPS

@@ -156,7 +156,7 @@ def route_piece(held: HeldShard, route: ShardRoute, specs: ShardSpecs) -> list[t
     return out
 
 
-def _piece_shapes(target: HeldShard, route: ShardRoute, specs: ShardSpecs) -> list[torch.Size]:
+def piece_shapes(target: HeldShard, route: ShardRoute, specs: ShardSpecs) -> list[torch.Size]:
     """Shapes of the tensors of ``route``'s piece as the receiving ``target`` lays them out."""
     layer_specs = specs(route.layer, route.pieces) if route.pieces > 1 else {}
     shapes = []
@@ -260,7 +260,7 @@ def execute_routes(
             continue
         for route in from_src:
             target = targets[route.layer]
-            shapes = _piece_shapes(target, route, specs)
+            shapes = piece_shapes(target, route, specs)
             like = named_state(target.state)[0][1]
             flat = torch.empty(sum(math.prod(s) for s in shapes), dtype=like.dtype, device=like.device)
             posted.append((route, flat, shapes, comm.call("state transfer", dist.irecv, flat, src)))

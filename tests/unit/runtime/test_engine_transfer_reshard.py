@@ -13,7 +13,7 @@ from oobleck.runtime.config import ModelConfig
 from oobleck.runtime.engine.adapters import build_adapter
 from oobleck.runtime.engine.optim import LayerState
 from oobleck.runtime.engine.tensor_parallel import local_shard, shard_specs
-from oobleck.runtime.engine.transfer import HeldShard, _piece_shapes, assemble, named_state, route_piece
+from oobleck.runtime.engine.transfer import HeldShard, assemble, named_state, piece_shapes, route_piece
 
 
 def full_state(arch: str, name: str) -> LayerState:
@@ -76,7 +76,7 @@ def test_every_destination_shard_equals_the_cut_of_the_full_state(
         got = {}
         for piece_route in (r for r in routes if r.dst_rank == dst):
             piece = route_piece(sources[piece_route.src_rank], piece_route, specs)  # type: ignore[arg-type]
-            shapes = _piece_shapes(target, piece_route, specs)  # type: ignore[arg-type]
+            shapes = piece_shapes(target, piece_route, specs)  # type: ignore[arg-type]
             assert [t.shape for t in piece] == shapes  # the receiver sizes its buffer alike
             got[piece_route.piece] = piece
         assemble(target, got, specs, max(r.pieces for r in routes))  # type: ignore[arg-type]
