@@ -12,7 +12,7 @@ from oobleck.planning.transfer import StageSlot, shard_routes
 from oobleck.runtime.config import ModelConfig
 from oobleck.runtime.engine.adapters import build_adapter
 from oobleck.runtime.engine.optim import LayerState
-from oobleck.runtime.engine.tensor_parallel import local_shard, shard_specs
+from oobleck.runtime.engine.tensor_parallel import ShardSpec, local_shard, shard_specs
 from oobleck.runtime.engine.transfer import HeldShard, assemble, named_state, piece_shapes, route_piece
 
 
@@ -64,8 +64,8 @@ def test_every_destination_shard_equals_the_cut_of_the_full_state(
     full = full_state(arch, name)
     names = [n for n, _ in full.params()]
 
-    def specs(layer: int, degree: int) -> dict[str, object]:
-        return shard_specs(arch, names, degree)  # type: ignore[return-value]
+    def specs(layer: int, degree: int) -> dict[str, ShardSpec]:
+        return shard_specs(arch, names, degree)
 
     sources = {r: shard_of(full, arch, src_degree, r) for r in range(src_degree)}
     dst_ranks = tuple(range(10, 10 + dst_degree))
@@ -75,11 +75,11 @@ def test_every_destination_shard_equals_the_cut_of_the_full_state(
         target = empty_like(expected)
         got = {}
         for piece_route in (r for r in routes if r.dst_rank == dst):
-            piece = route_piece(sources[piece_route.src_rank], piece_route, specs)  # type: ignore[arg-type]
-            shapes = piece_shapes(target, piece_route, specs)  # type: ignore[arg-type]
+            piece = route_piece(sources[piece_route.src_rank], piece_route, specs)
+            shapes = piece_shapes(target, piece_route, specs)
             assert [t.shape for t in piece] == shapes  # the receiver sizes its buffer alike
             got[piece_route.piece] = piece
-        assemble(target, got, specs, max(r.pieces for r in routes))  # type: ignore[arg-type]
+        assemble(target, got, specs, max(r.pieces for r in routes))
         for (key, value), (_, want) in zip(
             named_state(target.state), named_state(expected.state), strict=True
         ):
