@@ -208,7 +208,7 @@ class Engine:
             if info.tp_rank > 0:
                 # NOTE: every TP rank of a last stage computed the same losses; count them once.
                 loss_sum = torch.zeros((), dtype=torch.float64)
-            sample_ids = tuple(ids) if info.is_first and info.tp_rank == 0 else ()
+            sample_ids = tuple(ids) if info.records_samples else ()
             self._sync_gradients(self.topology)
         totals = torch.stack([loss_sum, self._local_square_norm()]).to(self.device)
         self.comm.run("loss/norm all_reduce", dist.all_reduce, totals)

@@ -158,6 +158,14 @@ def test_tp_topology_groups_peers_and_shard_buckets() -> None:
     assert topology.stage_of_rank(1).norm_layers == (0, 1, 2, 3) and tp1.norm_layers == ()
 
 
+def test_only_tp_rank_0_of_a_first_stage_records_samples() -> None:
+    """Of a TP-2 first stage only TP rank 0 writes the ledger (a rolled-forward TP rank 1 wrote a repeat)."""
+    plan = tp_plan([[(0, 4, 2)], [(0, 1, 1), (1, 4, 2)]])
+    topology = build_topology(plan, {0: 0, 1: 2, 2: 4}, num_layers=4, replicated_layers=(0, 3))
+    recording = [info.rank for info in topology.stages if info.records_samples]
+    assert recording == [0, 2]  # pipeline 0's TP rank 0 (not rank 1), pipeline 1's embedding stage
+
+
 def test_mixed_tp_degrees_of_a_block_are_refused() -> None:
     """A block sharded 2 ways in one pipeline and whole in another is a PlanningError naming the fix."""
     plan = tp_plan([[(0, 4, 2)], [(0, 2, 1), (2, 4, 1)]])
