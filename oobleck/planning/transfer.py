@@ -274,3 +274,156 @@ def _rebalance(
             assigned.setdefault(node, []).append(demand)
             chosen[demand] = node
             node = sender
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRoute:
+    """One message of a layer copy at (layer, TP shard) granularity: a piece from a rank to a rank.
+
+    The layer's tensors are cut into ``pieces`` equal chunks along their sharded dimension (the
+    larger of the two stages' TP degrees, so one piece is one source shard or one destination
+    shard); the message carries chunk ``piece`` of every sharded tensor, plus the layer's
+    replicated tensors when ``replicated`` (the first piece each receiver gets). ``pieces == 1``:
+    the whole layer.
+    """
+
+    layer: int
+    src_rank: int
+    dst_rank: int
+    src_node: int
+    dst_node: int
+    pieces: int
+    piece: int
+    replicated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StageSlot:
+    """Where one copy of a layer lives: the ranks of its stage and the layer's TP degree there."""
+
+    node: int
+    ranks: tuple[int, ...]
+    degree: int
+    """1 (every rank holds the whole layer) or ``len(ranks)`` (rank t holds shard t)."""
+
+
+def shard_routes(layer: int, src: StageSlot, dst: StageSlot) -> tuple[ShardRoute, ...]:
+    """The messages that give every rank of ``dst`` its shard of ``layer`` from the ranks of ``src``.
+
+    Both degrees must divide the larger one (true of {1, 2} and of powers of two). Destination
+    rank j needs the pieces of its shard; each piece comes from the one source rank whose shard
+    holds it, and a layer held whole on several source ranks is read from the destination rank
+    itself when it is one of them, else from rank ``j mod |src|`` (spreading the sends). When
+    the degrees are equal rank t sends shard t to rank t only.
+
+    Args:
+        layer: the layer copied.
+        src: the stage it is read from (ranks numbered in the new generation).
+        dst: the stage it is written to.
+
+    Returns:
+        One route per (destination rank, piece), ordered by destination rank then piece.
+
+    Raises:
+        ReconfigurationError: a degree does not divide the larger one.
+    """
+    pieces = max(src.degree, dst.degree)
+    if pieces % src.degree or pieces % dst.degree:
+        raise ReconfigurationError(
+            f"layer {layer} cannot be resharded from TP degree {src.degree} to {dst.degree}: one must "
+            "divide the other; plan with tensor_parallel.max_degree a power of two"
+        )
+    src_span, dst_span = pieces // src.degree, pieces // dst.degree
+    routes = []
+    for j, dst_rank in enumerate(dst.ranks):
+        shard = j if dst.degree > 1 else 0
+        for piece in range(shard * dst_span, (shard + 1) * dst_span):
+            if src.degree > 1:
+                s = piece // src_span
+            else:  # NOTE: whole on every source rank: read it from itself if it is one, else spread.
+                s = src.ranks.index(dst_rank) if dst_rank in src.ranks else j % len(src.ranks)
+            routes.append(
+                ShardRoute(
+                    layer=layer,
+                    src_rank=src.ranks[s],
+                    dst_rank=dst_rank,
+                    src_node=src.node,
+                    dst_node=dst.node,
+                    pieces=pieces,
+                    piece=piece,
+                    replicated=piece == shard * dst_span,
+                )
+            )
+    return tuple(routes)
+
+
+def stage_slot(
+    plan: Plan, node: int, layer: int, first_rank: Callable[[int], int], sharded: Callable[[int], bool]
+) -> StageSlot:
+    """The stage of ``node`` that holds ``layer`` in ``plan``, with ranks ``first_rank(node) + device``.
+
+    Args:
+        plan: the plan.
+        node: a node holding ``layer`` in ``plan``.
+        layer: the layer.
+        first_rank: node id -> its first rank in the generation the ranks are numbered in.
+        sharded: whether ``layer`` is tensor-parallel on a multi-device stage (not embedding/head).
+
+    Raises:
+        ReconfigurationError: ``node`` does not hold ``layer`` in ``plan``.
+    """
+    for pipeline in plan.pipelines:
+        if node not in pipeline.nodes:
+            continue
+        template = pipeline.template
+        placement, devices = template.stage_devices()[template.stage_of_layer(layer)]
+        if pipeline.nodes[placement] != node:
+            break
+        ranks = tuple(first_rank(node) + d for d in devices)
+        return StageSlot(node=node, ranks=ranks, degree=len(ranks) if sharded(layer) else 1)
+    raise ReconfigurationError(f"node {node} does not hold layer {layer} in the plan")
+
+
+def reshard_routes(
+    transfers: Iterable[Transfer],
+    old: Plan,
+    new: Plan,
+    first_rank: Callable[[int], int],
+    sharded: Callable[[int], bool],
+) -> tuple[ShardRoute, ...]:
+    """Every rank-to-rank message of a reconfiguration, the planner's copies and in-node reshards.
+
+    The planner's copies are node to node (``transfers``); a node that keeps a layer may still
+    hold it on another stage of its own devices, at another TP degree or shard, so each kept
+    layer is also routed from the node to itself. A route from a rank to itself that carries
+    exactly the shard that rank holds is no copy and is left out. Pure and deterministic: every
+    rank computes the same routes.
+
+    Args:
+        transfers: the planner's copies (layer, source node, destination node).
+        old: the plan the sources hold their layers under (the committed plan).
+        new: the plan being configured.
+        first_rank: node id -> its first rank in the new generation (same process, same local
+            device index, so a rank of ``old`` renumbered this way is the same process).
+        sharded: whether a layer is tensor-parallel when its stage has several devices.
+
+    Returns:
+        Routes sorted by (layer, destination rank, piece).
+    """
+    copies = {(t.layer, t.dst_node): t.src_node for t in transfers}
+    old_nodes = set(old.nodes)
+    for node in new.nodes:
+        if node in old_nodes:
+            kept = set(old.layers_of_node(node))
+            for layer in new.layers_of_node(node):
+                if layer in kept:
+                    copies.setdefault((layer, node), node)
+    routes = []
+    for (layer, dst_node), src_node in copies.items():
+        src = stage_slot(old, src_node, layer, first_rank, sharded)
+        dst = stage_slot(new, dst_node, layer, first_rank, sharded)
+        for route in shard_routes(layer, src, dst):
+            same = src.degree == dst.degree and route.src_rank == route.dst_rank
+            if not same:
+                routes.append(route)
+    return tuple(sorted(routes, key=lambda r: (r.layer, r.dst_rank, r.piece)))

@@ -514,7 +514,7 @@ class ElasticLoop:
         self.committed = self.engine.plan
         info = self.engine.info
         ids: tuple[int, ...] = ()
-        if info is not None and info.is_first:
+        if info is not None and info.records_samples:  # NOTE: not TP rank 1 too (a repeat)
             size = self.job.microbatch_size
             first, count = info.first_microbatch * size, info.microbatches * size
             ids = tuple(self.engine.sampler.step_samples(step, first, count))

@@ -7,7 +7,9 @@ Assumptions:
     * A stage on G devices is G ranks (its TP group): blocks are tensor-parallel over a
       ``DeviceMesh`` of that group (:mod:`~oobleck.runtime.engine.tensor_parallel`), embedding and
       head are computed in full by every TP rank; only TP rank 0 reports losses and sample ids.
-      Sharded layers cannot yet move between nodes on recovery (refused, see :meth:`reconfigure`).
+    * Recovery reshards layer state per (layer, TP shard) between any TP degrees (``transfer.py``);
+      each generation makes a new mesh, and a kept sharded layer is rebuilt on it (a DTensor stays
+      bound to its generation's destroyed group).
     * The caller owns the rendezvous store (torchrun's, or the master's TCPStore); the engine only
       namespaces it per generation (``PrefixStore("gen<g>", store)``).
 """
@@ -28,6 +30,7 @@ from torch.distributed.tensor import DTensor, Shard
 
 from oobleck.errors import PlanningError, ReconfigurationError
 from oobleck.planning.plan import Plan, Transfer
+from oobleck.planning.transfer import reshard_routes
 from oobleck.runtime.config import JobConfig
 from oobleck.runtime.engine.adapters import build_adapter
 from oobleck.runtime.engine.comm import Comm, default_device
@@ -37,13 +40,23 @@ from oobleck.runtime.engine.executor import StageContext, run_1f1b
 from oobleck.runtime.engine.optim import LayerState, adamw_update, clip_coefficient, learning_rate
 from oobleck.runtime.engine.precision import LossScaler, reduce_dtype, resolve_precision
 from oobleck.runtime.engine.records import ReconfigureTiming, StepMetrics
-from oobleck.runtime.engine.tensor_parallel import local_tensor, refuse_tensor_parallel_recovery, shard_block
+from oobleck.runtime.engine.tensor_parallel import (
+    ShardSpec,
+    clear_sharding_caches,
+    local_shard,
+    shard_block,
+    shard_specs,
+)
 from oobleck.runtime.engine.topology import StageInfo, Topology, build_topology
 from oobleck.runtime.engine.transfer import (
     TRANSFER_HOLD_ENV,
+    HeldShard,
     TransferHold,
-    execute_transfers,
+    execute_routes,
+    gather_full_state,
     hold_sends,
+    local_data,
+    named_state,
     parse_transfer_hold,
 )
 from oobleck.runtime.worker_logging import set_rank
@@ -139,7 +152,11 @@ class Engine:
         # under it but no longer holds: until the next step commits, a failure makes that plan the
         # one transfers are planned from again, so its holders must still be able to send.
         self._committed_plan: Plan | None = None
-        self._retired: dict[int, LayerState] = {}
+        self._retired: dict[int, HeldShard] = {}
+        self._layout: dict[int, tuple[int, int]] = {}
+        """Per held layer: (TP degree, shard index) of the state this rank holds (1, 0: whole)."""
+        self._names: dict[int, list[str]] = {}
+        """Parameter names per layer index (what shard specs are computed for)."""
         self._reduce_dtype = reduce_dtype(job)
         self._tied_pairs = tuple((t.source_layer, t.layer) for t in self.adapter.tied)
         self._mesh: DeviceMesh | None = None
@@ -156,9 +173,16 @@ class Engine:
             PlanningError: the plan does not fit the model or this node.
             CommunicationError: the rendezvous failed.
         """
+        pool = self._pool()
         self._start_generation(plan, generation, rank_of_node, store)
-        held = self._held_layers()
-        self.layers = {i: self.layers.get(i) or self._new_layer(i) for i in held}
+        layers = {}
+        for index in self._held_layers():
+            kept = pool.get(index)
+            if kept is not None and (kept.degree, kept.index) == self._shard_here(index):
+                layers[index] = self._rebound(kept)
+            else:
+                layers[index] = self._new_held(index)
+        self._install(layers)
         self._committed_plan, self._retired = plan, {}
         self._barrier()
 
@@ -188,7 +212,7 @@ class Engine:
             if info.tp_rank > 0:
                 # NOTE: every TP rank of a last stage computed the same losses; count them once.
                 loss_sum = torch.zeros((), dtype=torch.float64)
-            sample_ids = tuple(ids) if info.is_first and info.tp_rank == 0 else ()
+            sample_ids = tuple(ids) if info.records_samples else ()
             self._sync_gradients(self.topology)
         totals = torch.stack([loss_sum, self._local_square_norm()]).to(self.device)
         self.comm.run("loss/norm all_reduce", dist.all_reduce, totals)
@@ -271,45 +295,53 @@ class Engine:
             Measured durations of the group rebuild and the state transfer, and bytes moved.
 
         Raises:
-            ReconfigurationError: after the transfers this rank still lacks a layer it must hold,
-                or either plan has a tensor-parallel stage (not recoverable yet).
+            ReconfigurationError: after the transfers this rank still lacks a layer it must hold
+                (or holds another shard of it than the routes assumed).
             CommunicationError: the rendezvous or a transfer failed.
         """
         # NOTE: the sources refer to the last committed plan, not to ``self.plan``, so a
         # reconfigure that failed half-way (or completed without a step after it) can be redone
-        # from the same plan: layers dropped since that commit are kept in ``_retired``.
+        # from the same plan: layers dropped (or resharded) since that commit are kept in
+        # ``_retired``, which wins over the current layers as a source.
         old_plan = source_plan or self._committed_plan
-        refuse_tensor_parallel_recovery(old_plan, new_plan)
-        pool = {**self._retired, **self.layers}
+        pool = self._pool()
         start = time.perf_counter()
         self._start_generation(new_plan, generation, rank_of_node, store)
         self._barrier()
         groups_done = time.perf_counter()
-
-        def rank_of(node: int, layer: int, as_source: bool) -> int:
-            plan = old_plan if as_source else new_plan
-            if plan is None:
-                raise ReconfigurationError(f"node {node} cannot send layer {layer}: no previous plan")
-            return _rank_in(plan, rank_of_node, node, layer)
-
+        if old_plan is None and transfers:
+            raise ReconfigurationError(f"node {self.node} cannot take part in transfers: no previous plan")
+        last = self.adapter.num_layers - 1
+        routes = reshard_routes(
+            transfers, old_plan or new_plan, new_plan, rank_of_node.__getitem__, lambda i: 0 < i < last
+        )
         hold_sends(self.transfer_hold, transfers, generation=generation, node=self.node, comm=self.comm)
-        received, stats = execute_transfers(
-            transfers,
+        received, stats = execute_routes(
+            routes,
             rank=self.rank,
-            rank_of=rank_of,
             held=pool,
-            make_layer=self._new_layer,
+            make_layer=self._new_held,
+            specs=self._specs,
             comm=self.comm,
             scaler=self.scaler,
         )
-        held = self._held_layers()
-        missing = [i for i in held if i not in pool and i not in received]
+        layers = {}
+        for index in self._held_layers():
+            kept = pool.get(index)
+            if index in received:
+                layers[index] = received[index]
+            elif kept is not None and (kept.degree, kept.index) == self._shard_here(index):
+                layers[index] = self._rebound(kept)
+        missing = [i for i in self._held_layers() if i not in layers]
         if missing:
             raise ReconfigurationError(
-                f"node {self.node} must hold layers {missing} under the new plan but no transfer brings them"
+                f"node {self.node} rank {self.rank} must hold layers {missing} (its shards of them) under "
+                "the new plan but no transfer brings them"
             )
-        self.layers = {i: received.get(i) or pool[i] for i in held}
-        self._retired = {i: state for i, state in pool.items() if i not in self.layers}
+        self._install(layers)
+        self._retired = {
+            i: held for i, held in pool.items() if self._layout.get(i) != (held.degree, held.index)
+        }
         done = time.perf_counter()
         return ReconfigureTiming(
             rebuild_groups_s=groups_done - start,
@@ -322,17 +354,24 @@ class Engine:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Held state as flat named CPU tensors (safetensors-ready): params, moments, step counts.
 
+        Always the full (canonical, one-process) tensors: a tensor-parallel layer is gathered
+        from its TP group, so a checkpoint restores under any TP degree. Collective over this
+        rank's TP group when it holds a sharded layer: every rank of the stage calls it.
+
         The fp32 parameters are the master weights (``precision.py``); fp16 jobs add the loss
         scaler's state as ``scaler.state`` (identical on every rank).
+
+        Raises:
+            CommunicationError: gathering a sharded layer failed.
         """
         out: dict[str, torch.Tensor] = {}
         for index in sorted(self.layers):
             state = self.layers[index]
-            state.ensure_moments()
-            for name, param in state.params():
-                out[f"layers.{index}.param.{name}"] = local_tensor(param.detach()).cpu().clone()
-                out[f"layers.{index}.exp_avg.{name}"] = state.exp_avg[name].cpu().clone()
-                out[f"layers.{index}.exp_avg_sq.{name}"] = state.exp_avg_sq[name].cpu().clone()
+            named = self._full_state(index)
+            count = len(named) // 3
+            for kind, part in (("param", 0), ("exp_avg", 1), ("exp_avg_sq", 2)):
+                for name, tensor in named[part * count : (part + 1) * count]:
+                    out[f"layers.{index}.{kind}.{name}"] = tensor.cpu().clone()
             out[f"layers.{index}.step"] = torch.tensor(state.step, dtype=torch.int64)
         if self.scaler is not None:
             out["scaler.state"] = self.scaler.to_tensor()
@@ -346,11 +385,15 @@ class Engine:
         """
         with torch.no_grad():
             for index, state in self.layers.items():
-                state.ensure_moments()
-                for name, param in state.params():
-                    local_tensor(param.detach()).copy_(tensors[f"layers.{index}.param.{name}"])
-                    state.exp_avg[name].copy_(tensors[f"layers.{index}.exp_avg.{name}"])
-                    state.exp_avg_sq[name].copy_(tensors[f"layers.{index}.exp_avg_sq.{name}"])
+                degree, shard = self._layout[index]
+                specs = self._specs(index, degree) if degree > 1 else {}
+                named = named_state(state)
+                count = len(named) // 3
+                for i, (name, tensor) in enumerate(named):
+                    kind = ("param", "exp_avg", "exp_avg_sq")[i // count]
+                    full = tensors[f"layers.{index}.{kind}.{name}"]
+                    spec = specs.get(name)
+                    tensor.copy_(full if spec is None else local_shard(full, spec, shard))
                 state.step = int(tensors[f"layers.{index}.step"])
         if self.scaler is not None:
             self.scaler.load_tensor(tensors["scaler.state"])
@@ -386,6 +429,7 @@ class Engine:
             self.info = None
         self._mesh = None
         if self.info is not None and self.info.tp_degree > 1:
+            clear_sharding_caches()
             group = self.comm.group(self.info.tp_ranks)
             self._mesh = DeviceMesh.from_group(group, self.device.type)
         logger.info(
@@ -400,6 +444,53 @@ class Engine:
     def _held_layers(self) -> tuple[int, ...]:
         return () if self.info is None else self.info.layers
 
+    def _shard_here(self, index: int) -> tuple[int, int]:
+        """(TP degree, shard index) at which this rank holds ``index`` under the current plan."""
+        if self.info is not None and index in self.info.sharded_layers:
+            return self.info.tp_degree, self.info.tp_rank
+        return 1, 0
+
+    def _pool(self) -> dict[int, HeldShard]:
+        """Every layer state this rank can send from: the held ones, then the retired (which win)."""
+        return {**{i: HeldShard(s, *self._layout[i]) for i, s in self.layers.items()}, **self._retired}
+
+    def _install(self, layers: Mapping[int, HeldShard]) -> None:
+        self.layers = {i: held.state for i, held in layers.items()}
+        self._layout = {i: (held.degree, held.index) for i, held in layers.items()}
+
+    def _new_held(self, index: int) -> HeldShard:
+        """A fresh (seeded) layer, sharded as this rank holds it under the current plan."""
+        return HeldShard(self._new_layer(index), *self._shard_here(index))
+
+    def _rebound(self, held: HeldShard) -> HeldShard:
+        """``held`` on this generation's mesh: a sharded layer is rebuilt and its local state copied.
+
+        NOTE: a DTensor and ``parallelize_module``'s hooks keep the mesh (and group) they were
+        made with, destroyed with its generation: re-making the module on the new mesh and
+        copying the local shard (parameters, moments, step) in is the rebinding torch allows.
+        """
+        if held.degree == 1:
+            return held
+        fresh = self._new_held(held.state.index)
+        with torch.no_grad():
+            for (_, target), (_, source) in zip(
+                named_state(fresh.state), named_state(held.state), strict=True
+            ):
+                target.copy_(source)
+        fresh.state.step = held.state.step
+        return fresh
+
+    def _specs(self, index: int, degree: int) -> dict[str, ShardSpec]:
+        return shard_specs(self.adapter.arch, self._names[index], degree)
+
+    def _full_state(self, index: int) -> list[tuple[str, torch.Tensor]]:
+        """:func:`named_state` of a held layer, sharded tensors gathered whole (TP-group collective)."""
+        degree, _ = self._layout[index]
+        if degree == 1 or self.info is None:
+            return named_state(self.layers[index])
+        group = self.comm.group(self.info.tp_ranks)
+        return gather_full_state(self.layers[index], self._specs(index, degree), self.comm, group)
+
     def _new_layer(self, index: int) -> LayerState:
         module = self.adapter.build_layer(index, self.job.seed, self.device)
         specs = {}
@@ -407,6 +498,7 @@ class Engine:
             specs = shard_block(module, self.adapter.arch, self.adapter.hf_config, self._mesh)
         state = LayerState(index=index, module=module, shard_specs=specs)
         state.ensure_moments()
+        self._names.setdefault(index, [name for name, _ in state.params()])
         return state
 
     def _barrier(self) -> None:
@@ -506,21 +598,8 @@ class Engine:
                     continue
                 sharded = isinstance(param, DTensor) and isinstance(param.placements[0], Shard)
                 if sharded or first:
-                    grads.append(local_tensor(param.grad))
+                    grads.append(local_data(param.grad))
         if grads:
             norms = torch._foreach_norm(grads)
             total = torch.stack(norms).double().pow(2).sum()
         return total.cpu()
-
-
-def _rank_in(plan: Plan, rank_of_node: Mapping[int, int], node: int, layer: int) -> int:
-    """Rank (in ``rank_of_node``'s generation) of the stage of ``node`` holding ``layer`` in ``plan``."""
-    for pipeline in plan.pipelines:
-        if node in pipeline.nodes:
-            template = pipeline.template
-            stage = template.stage_of_layer(layer)
-            placement, devices = template.stage_devices()[stage]
-            if pipeline.nodes[placement] != node:
-                raise ReconfigurationError(f"node {node} does not hold layer {layer} in the plan")
-            return rank_of_node[node] + devices[0]
-    raise ReconfigurationError(f"node {node} is not in the plan, so it cannot hold layer {layer}")

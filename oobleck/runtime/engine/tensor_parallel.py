@@ -41,8 +41,7 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-from oobleck.errors import ConfigError, ReconfigurationError
-from oobleck.planning.plan import Plan
+from oobleck.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,29 +272,21 @@ def _permuted(linear: nn.Linear, fused: int, degree: int) -> nn.Linear:
     return linear
 
 
+def clear_sharding_caches() -> None:
+    """Forget DTensor's cached sharding decisions; call before building a new generation's mesh.
+
+    NOTE: DTensor caches each op's output sharding (Python LRU and a C++ fast path), keyed by
+    specs whose ``DeviceMesh`` compares equal by ranks alone, not by process group. A new
+    generation's mesh over the same ranks then hits entries that carry the *previous* mesh, and
+    the next collective looks up that mesh's destroyed group ("Could not resolve the process
+    group ..."), which is what made sharded layers unrecoverable. torch has no public API for
+    this; ``torch.distributed.tensor.debug._clear_sharding_prop_cache`` clears both caches.
+    """
+    from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+
+    _clear_sharding_prop_cache()
+
+
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The local shard of a DTensor (a view of its storage), or the tensor itself."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
-def refuse_tensor_parallel_recovery(old_plan: Plan | None, new_plan: Plan) -> None:
-    """Refuse a reconfiguration from or to a plan with a multi-device (tensor-parallel) stage.
-
-    NOTE: sharded layer state lives in DTensors bound to one generation's TP group, and the
-    transfer code moves whole layers between single ranks; re-binding shards to a new group and
-    resharding between TP degrees are not implemented yet, so the caller falls back to a
-    checkpoint (every rank raises alike, before any group is built).
-
-    Raises:
-        ReconfigurationError: a stage of ``old_plan`` or ``new_plan`` spans several devices.
-    """
-    for name, plan in (("committed", old_plan), ("new", new_plan)):
-        if plan is None:
-            continue
-        degrees = sorted({stage.gpus for p in plan.pipelines for stage in p.template.stages})
-        if degrees[-1:] and degrees[-1] > 1:
-            raise ReconfigurationError(
-                f"the {name} plan has tensor-parallel stages (degrees {degrees}); recovery across "
-                "tensor-parallel plans is not supported yet: restart from a checkpoint, or run with "
-                "tensor_parallel.max_degree=1 to recover in place"
-            )

@@ -100,6 +100,12 @@ class StageInfo:
         return self.stage == 0
 
     @property
+    def records_samples(self) -> bool:
+        """Whether this rank writes its pipeline's sample ids: TP rank 0 of the first stage only
+        (every TP rank of that stage reads the same samples; the ledger must hold them once)."""
+        return self.is_first and self.tp_rank == 0
+
+    @property
     def is_last(self) -> bool:
         return self.stage == self.num_stages - 1
 

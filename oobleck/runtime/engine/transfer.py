@@ -1,17 +1,24 @@
 """State transfer on recovery: layers (parameters, AdamW moments, step counts) move between ranks.
 
-A transfer plan is a list of :class:`~oobleck.planning.plan.Transfer` (layer, src node, dst node).
-Each copied layer travels as one flat buffer, and each (source rank, destination rank) pair adds
-one int64 buffer of step counts (and, in fp16, the loss scaler's state), sent with
-``torch.distributed`` point-to-point operations: tensors never go through pickle. The receiving
-rank times each layer's arrival (:class:`LayerCopy`).
+A transfer plan is a list of :class:`~oobleck.planning.plan.Transfer` (layer, src node, dst node);
+the planning core turns it into rank-to-rank routes at (layer, TP shard) granularity
+(:func:`~oobleck.planning.transfer.reshard_routes`), so a layer moves between stages of different
+TP degrees: a source rank cuts the piece the receiver needs from its shard (or from the whole
+layer), a receiver holding the whole layer rebuilds it from every source shard
+(:func:`~oobleck.runtime.engine.tensor_parallel.full_tensor`). Each route travels as one flat
+buffer, and each (source rank, destination rank) pair adds one int64 buffer of step counts (and,
+in fp16, the loss scaler's state), sent with ``torch.distributed`` point-to-point operations:
+tensors never go through pickle. The receiving rank times each piece's arrival (:class:`LayerCopy`).
 
 Assumptions:
-    * Every rank of the new generation calls :func:`execute_transfers` with the same transfer list;
-      ranks with nothing to send or receive return at once.
+    * Every rank of the new generation calls :func:`execute_routes` with the same routes; ranks
+      with nothing to send or receive return at once.
     * Source ranks still hold the layers they send (drop happens after the transfer).
     * A layer's state is its parameters, then first moments, then second moments, each in sorted
-      parameter-name order (:meth:`LayerState.state_tensors`).
+      parameter-name order (:func:`named_state`); moments have their parameter's local layout, so
+      one :class:`~oobleck.runtime.engine.tensor_parallel.ShardSpec` cuts both.
+    * Source tensors are read without DTensor operations (:func:`local_data`): their process
+      group belongs to the generation that just ended.
 """
 
 from __future__ import annotations
@@ -25,13 +32,16 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from oobleck.errors import ConfigError, ReconfigurationError
 from oobleck.planning.plan import Plan, Transfer
+from oobleck.planning.transfer import ShardRoute
 from oobleck.runtime.engine.comm import Comm
 from oobleck.runtime.engine.optim import LayerState
 from oobleck.runtime.engine.precision import LossScaler
 from oobleck.runtime.engine.records import LayerCopy
+from oobleck.runtime.engine.tensor_parallel import ShardSpec, full_tensor, local_shard
 
 logger = logging.getLogger(__name__)
 
@@ -78,109 +88,254 @@ def plan_transfers(old_plan: Plan, new_plan: Plan, alive_nodes: Sequence[int]) -
     return tuple(sorted(transfers, key=lambda t: (t.layer, t.dst_node)))
 
 
-def execute_transfers(
-    transfers: Sequence[Transfer],
+@dataclass(frozen=True, slots=True)
+class HeldShard:
+    """A layer state a rank holds and which TP shard of the layer it is (``degree`` 1: whole)."""
+
+    state: LayerState
+    degree: int
+    index: int
+
+
+ShardSpecs = Callable[[int, int], Mapping[str, ShardSpec]]
+"""``(layer, degree)`` -> the layer's :class:`ShardSpec` per parameter name at that TP degree."""
+
+
+def local_data(param: torch.Tensor) -> torch.Tensor:
+    """A parameter's local storage, read without a DTensor operation.
+
+    NOTE: a DTensor of a past generation names a process group that is gone; any DTensor op on
+    it (``detach`` included) looks that group up and may block. Under ``no_grad`` ``to_local``
+    returns the local tensor itself, with no dispatch.
+    """
+    with torch.no_grad():
+        return param.to_local() if isinstance(param, DTensor) else param.detach()
+
+
+def named_state(state: LayerState) -> list[tuple[str, torch.Tensor]]:
+    """Parameters, first moments, second moments (each in parameter order), by parameter name."""
+    state.ensure_moments()
+    names = [name for name, _ in state.params()]
+    return (
+        [(name, local_data(param)) for name, param in state.params()]
+        + [(name, state.exp_avg[name]) for name in names]
+        + [(name, state.exp_avg_sq[name]) for name in names]
+    )
+
+
+def _is_sharded(specs: Mapping[str, ShardSpec], name: str) -> bool:
+    spec = specs.get(name)
+    return spec is not None and spec.dim is not None
+
+
+def route_piece(held: HeldShard, route: ShardRoute, specs: ShardSpecs) -> list[torch.Tensor]:
+    """The tensors of ``route``'s piece, cut from what a source rank holds (state order).
+
+    Sharded tensors give their chunk ``route.piece`` of ``route.pieces``; replicated tensors come
+    whole, and only in a route flagged ``replicated``.
+
+    Raises:
+        ReconfigurationError: the held shard does not contain the piece.
+    """
+    pieces, piece = route.pieces, route.piece
+    if not (held.degree == 1 or (held.degree == pieces and held.index == piece)):
+        raise ReconfigurationError(
+            f"layer {route.layer}: this rank holds shard {held.index} of {held.degree}, which does not "
+            f"contain piece {piece} of {pieces}; restart from a checkpoint"
+        )
+    layer_specs = specs(route.layer, pieces) if pieces > 1 else {}
+    out = []
+    for name, tensor in named_state(held.state):
+        if not _is_sharded(layer_specs, name):
+            if route.replicated:
+                out.append(tensor)
+        elif held.degree == pieces:
+            out.append(tensor)
+        else:
+            out.append(local_shard(tensor, layer_specs[name], piece))
+    return out
+
+
+def piece_shapes(target: HeldShard, route: ShardRoute, specs: ShardSpecs) -> list[torch.Size]:
+    """Shapes of the tensors of ``route``'s piece as the receiving ``target`` lays them out."""
+    layer_specs = specs(route.layer, route.pieces) if route.pieces > 1 else {}
+    shapes = []
+    for name, tensor in named_state(target.state):
+        if not _is_sharded(layer_specs, name):
+            if route.replicated:
+                shapes.append(tensor.shape)
+        elif target.degree == route.pieces:
+            shapes.append(tensor.shape)
+        else:
+            meta = torch.empty(tensor.shape, device="meta")
+            shapes.append(local_shard(meta, layer_specs[name], route.piece).shape)
+    return shapes
+
+
+@torch.no_grad()
+def assemble(
+    target: HeldShard, got: Mapping[int, list[torch.Tensor]], specs: ShardSpecs, pieces: int
+) -> None:
+    """Write the received pieces (piece index -> tensors in state order) into ``target``'s tensors.
+
+    A target holding one piece copies it; a target holding the whole layer (``degree`` 1) rebuilds
+    each sharded tensor from all ``pieces`` with :func:`full_tensor`; replicated tensors come from
+    the target's first piece.
+    """
+    layer_specs = specs(target.state.index, pieces) if pieces > 1 else {}
+    cursors = dict.fromkeys(got, 0)
+    first = min(got)
+    for name, tensor in named_state(target.state):
+        if not _is_sharded(layer_specs, name):
+            value = got[first][cursors[first]]
+            cursors[first] += 1
+        else:
+            parts = []
+            for piece in sorted(got):
+                parts.append(got[piece][cursors[piece]])
+                cursors[piece] += 1
+            value = parts[0] if target.degree == pieces else full_tensor(parts, layer_specs[name])
+        tensor.copy_(value.view_as(tensor))
+
+
+def execute_routes(
+    routes: Sequence[ShardRoute],
     *,
     rank: int,
-    rank_of: Callable[[int, int, bool], int],
-    held: Mapping[int, LayerState],
-    make_layer: Callable[[int], LayerState],
+    held: Mapping[int, HeldShard],
+    make_layer: Callable[[int], HeldShard],
+    specs: ShardSpecs,
     comm: Comm,
     scaler: LossScaler | None = None,
-) -> tuple[dict[int, LayerState], TransferStats]:
-    """Send the layers this rank is a source of and receive those it is a destination of.
+) -> tuple[dict[int, HeldShard], TransferStats]:
+    """Send the pieces this rank is a source of and receive those it is a destination of.
 
-    Each layer travels as its own flat buffer (parameters, then both moments) so its arrival can
-    be timed; each (source rank, destination rank) pair adds one int64 buffer of step counts,
-    followed in fp16 by the sender's loss-scaler state (replicated state: every sender holds the
-    same, so a receiver simply takes it). Receives are posted before sends, and waited for in
-    (pair, layer) order.
+    Each route travels as its own flat buffer (its piece of parameters and both moments), so its
+    arrival can be timed; each (source rank, destination rank) pair adds one int64 buffer of the
+    step counts of its layers, followed in fp16 by the sender's loss-scaler state (replicated:
+    every sender holds the same, so a receiver simply takes it). A route from this rank to itself
+    is a local cut. Receives are posted before sends, both in (peer, layer, piece) order, so the
+    messages of a pair match in order.
 
     Args:
-        transfers: the whole transfer plan (identical on every rank).
+        routes: every route of the reconfiguration (identical on every rank;
+            :func:`~oobleck.planning.transfer.reshard_routes`).
         rank: this rank in the new generation.
-        rank_of: ``(node, layer, as_source)`` -> rank in the new generation that sends (as_source)
-            or receives that layer for that node.
-        held: layers this rank holds now.
-        make_layer: builds an empty-state layer with the right shapes (values are overwritten).
+        held: the layers this rank holds now (the sources of its routes).
+        make_layer: builds an empty-state layer laid out as this rank holds it in the new plan.
+        specs: the shard specs of a layer at a TP degree.
         comm: the new generation's communicator.
         scaler: the fp16 loss scaler (None otherwise); sent with the step counts, and overwritten
             on a receiving rank with the state it receives.
 
     Returns:
         The received layers by index, and the byte counts with one :class:`LayerCopy` per
-        received layer.
+        received piece from another rank.
 
     Raises:
         CommunicationError: a transfer failed.
-        ReconfigurationError: this rank must send a layer it does not hold.
+        ReconfigurationError: this rank must send a piece it does not hold.
     """
-    pairs: dict[tuple[int, int], list[Transfer]] = {}
-    for transfer in sorted(transfers, key=lambda t: (t.layer, t.src_node, t.dst_node)):
-        src = rank_of(transfer.src_node, transfer.layer, True)
-        dst = rank_of(transfer.dst_node, transfer.layer, False)
-        if rank in (src, dst):
-            pairs.setdefault((src, dst), []).append(transfer)
-    incoming = [(key, group) for key, group in sorted(pairs.items()) if key[1] == rank and key[0] != rank]
-    outgoing = [(key, group) for key, group in sorted(pairs.items()) if key[0] == rank]
+    incoming = sorted((r for r in routes if r.dst_rank == rank), key=lambda r: (r.src_rank, r.layer, r.piece))
+    outgoing = sorted(
+        (r for r in routes if r.src_rank == rank and r.dst_rank != rank),
+        key=lambda r: (r.dst_rank, r.layer, r.piece),
+    )
+    missing = sorted({r.layer for r in routes if r.src_rank == rank and r.layer not in held})
+    if missing:
+        raise ReconfigurationError(f"rank {rank} must send layers {missing} but does not hold them")
+    targets = {layer: make_layer(layer) for layer in sorted({r.layer for r in incoming})}
+    got: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in targets}
+    steps_of: dict[int, int] = {}
     start = time.perf_counter()
-    pending: list[tuple[list[tuple[Transfer, LayerState, torch.Tensor, Any]], torch.Tensor, Any]] = []
-    got = 0
-    for (src, _), group in incoming:
-        layers = []
-        for transfer in group:
-            state = make_layer(transfer.layer)
-            tensors = state.state_tensors()
-            size = sum(t.numel() for t in tensors)
-            flat = torch.empty(size, dtype=tensors[0].dtype, device=tensors[0].device)
-            layers.append((transfer, state, flat, comm.call("state transfer", dist.irecv, flat, src)))
-            got += flat.numel() * flat.element_size()
+    posted: list[tuple[ShardRoute, torch.Tensor, list[torch.Size], Any]] = []
+    step_recvs: list[tuple[list[int], torch.Tensor, Any]] = []
+    received_bytes = 0
+    for src in sorted({r.src_rank for r in incoming}):
+        from_src = [r for r in incoming if r.src_rank == src]
+        if src == rank:
+            for route in from_src:
+                got[route.layer][route.piece] = route_piece(held[route.layer], route, specs)
+                steps_of[route.layer] = held[route.layer].state.step
+            continue
+        for route in from_src:
+            target = targets[route.layer]
+            shapes = piece_shapes(target, route, specs)
+            like = named_state(target.state)[0][1]
+            flat = torch.empty(sum(math.prod(s) for s in shapes), dtype=like.dtype, device=like.device)
+            posted.append((route, flat, shapes, comm.call("state transfer", dist.irecv, flat, src)))
+            received_bytes += flat.numel() * flat.element_size()
+        layers = sorted({r.layer for r in from_src})
         extra = 0 if scaler is None else 2
-        steps = torch.empty(len(group) + extra, dtype=torch.int64, device=layers[0][2].device)
-        pending.append((layers, steps, comm.call("state transfer", dist.irecv, steps, src)))
+        steps = torch.empty(len(layers) + extra, dtype=torch.int64, device=posted[-1][1].device)
+        step_recvs.append((layers, steps, comm.call("state transfer", dist.irecv, steps, src)))
     sends: list[Any] = []
     sent = 0
-    for (_, dst), group in outgoing:
-        missing = [t.layer for t in group if t.layer not in held]
-        if missing:
-            raise ReconfigurationError(f"rank {rank} must send layers {missing} but does not hold them")
-        states = [held[t.layer] for t in group]
-        for state in states:
-            flat = torch.cat([t.reshape(-1) for t in state.state_tensors()])
+    for dst in sorted({r.dst_rank for r in outgoing}):
+        to_dst = [r for r in outgoing if r.dst_rank == dst]
+        for route in to_dst:
+            flat = torch.cat([t.reshape(-1) for t in route_piece(held[route.layer], route, specs)])
             sends.append(comm.call("state transfer", dist.isend, flat, dst))
             sent += flat.numel() * flat.element_size()
-        steps = torch.tensor([state.step for state in states], dtype=torch.int64)
+        layers = sorted({r.layer for r in to_dst})
+        steps = torch.tensor([held[layer].state.step for layer in layers], dtype=torch.int64)
         if scaler is not None:
             steps = torch.cat([steps, scaler.to_tensor()])
-        steps = steps.to(flat.device)
-        sends.append(comm.call("state transfer", dist.isend, steps, dst))
-    received: dict[int, LayerState] = {}
+        sends.append(comm.call("state transfer", dist.isend, steps.to(flat.device), dst))
     copies: list[LayerCopy] = []
-    for layers, steps, steps_work in pending:
-        for transfer, _, flat, work in layers:
-            comm.wait("state transfer", [work])
-            copies.append(
-                LayerCopy(
-                    layer=transfer.layer,
-                    src=transfer.src_node,
-                    dst=transfer.dst_node,
-                    bytes=flat.numel() * flat.element_size(),
-                    ms=(time.perf_counter() - start) * 1e3,
-                )
+    for route, flat, shapes, work in posted:
+        comm.wait("state transfer", [work])
+        copies.append(
+            LayerCopy(
+                layer=route.layer,
+                src=route.src_node,
+                dst=route.dst_node,
+                bytes=flat.numel() * flat.element_size(),
+                ms=(time.perf_counter() - start) * 1e3,
             )
-        comm.wait("state transfer", [steps_work])
+        )
+        parts, offset = [], 0
+        for shape in shapes:
+            size = math.prod(shape)
+            parts.append(flat[offset : offset + size].view(shape))
+            offset += size
+        got[route.layer][route.piece] = parts
+    for layers, steps, work in step_recvs:
+        comm.wait("state transfer", [work])
         if scaler is not None:
             scaler.load_tensor(steps[len(layers) :])
-        with torch.no_grad():
-            for (_, state, flat, _), step in zip(layers, steps[: len(layers)].tolist(), strict=True):
-                offset = 0
-                for tensor in state.state_tensors():
-                    tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
-                    offset += tensor.numel()
-                state.step = int(step)
-                received[state.index] = state
+        steps_of.update(zip(layers, steps[: len(layers)].tolist(), strict=True))
+    for layer, target in targets.items():
+        pieces = max(r.pieces for r in incoming if r.layer == layer)
+        assemble(target, got[layer], specs, pieces)
+        target.state.step = int(steps_of[layer])
     comm.wait("state transfer", sends)
-    return received, TransferStats(bytes_sent=sent, bytes_received=got, copies=tuple(copies))
+    return targets, TransferStats(bytes_sent=sent, bytes_received=received_bytes, copies=tuple(copies))
+
+
+def gather_full_state(
+    state: LayerState, specs: Mapping[str, ShardSpec], comm: Comm, group: Any
+) -> list[tuple[str, torch.Tensor]]:
+    """:func:`named_state` of a sharded layer with every sharded tensor gathered whole.
+
+    Collective over the layer's TP group (``group``): every rank of the stage calls it, in the
+    same layer order. One all-gather of the layer's flattened shard per call.
+
+    Raises:
+        CommunicationError: the all-gather failed.
+    """
+    named = named_state(state)
+    flat = torch.cat([tensor.reshape(-1) for _, tensor in named])
+    degree = next(spec.degree for spec in specs.values())
+    shards = [torch.empty_like(flat) for _ in range(degree)]
+    comm.run("state all_gather", dist.all_gather, shards, flat, group=group)
+    out, offset = [], 0
+    for name, tensor in named:
+        parts = [shard[offset : offset + tensor.numel()].view_as(tensor) for shard in shards]
+        offset += tensor.numel()
+        spec = specs[name]
+        out.append((name, tensor if spec.dim is None else full_tensor(parts, spec)))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.testing._internal.distributed.fake_pg import FakeStore
 
-from oobleck.errors import ConfigError, PlanningError, ReconfigurationError
+from oobleck.errors import ConfigError, PlanningError
 from oobleck.planning.plan import Pipeline, PipelineTemplate, Plan, Stage
 from oobleck.runtime.config import ModelConfig
 from oobleck.runtime.engine.adapters import build_adapter
@@ -22,7 +22,6 @@ from oobleck.runtime.engine.tensor_parallel import (
     check_degree,
     full_tensor,
     local_shard,
-    refuse_tensor_parallel_recovery,
     shard_block,
     shard_specs,
 )
@@ -159,6 +158,14 @@ def test_tp_topology_groups_peers_and_shard_buckets() -> None:
     assert topology.stage_of_rank(1).norm_layers == (0, 1, 2, 3) and tp1.norm_layers == ()
 
 
+def test_only_tp_rank_0_of_a_first_stage_records_samples() -> None:
+    """Of a TP-2 first stage only TP rank 0 writes the ledger (a rolled-forward TP rank 1 wrote a repeat)."""
+    plan = tp_plan([[(0, 4, 2)], [(0, 1, 1), (1, 4, 2)]])
+    topology = build_topology(plan, {0: 0, 1: 2, 2: 4}, num_layers=4, replicated_layers=(0, 3))
+    recording = [info.rank for info in topology.stages if info.records_samples]
+    assert recording == [0, 2]  # pipeline 0's TP rank 0 (not rank 1), pipeline 1's embedding stage
+
+
 def test_mixed_tp_degrees_of_a_block_are_refused() -> None:
     """A block sharded 2 ways in one pipeline and whole in another is a PlanningError naming the fix."""
     plan = tp_plan([[(0, 4, 2)], [(0, 2, 1), (2, 4, 1)]])
@@ -177,13 +184,3 @@ def test_worker_asking_tp2_on_one_device_nodes_exits_2(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: tensor_parallel.max_degree: 2 but nodes have 1 device(s) each")
     assert "a stage cannot span nodes" in err and "\n" not in err
-
-
-def test_recovery_to_or_from_a_tp_plan_is_refused_with_the_fix() -> None:
-    """Reconfiguring from or to a plan with a 2-device stage is a ReconfigurationError; others pass."""
-    tp, flat = tp_plan([[(0, 4, 2)]]), tp_plan([[(0, 2, 1), (2, 4, 1)]])
-    refuse_tensor_parallel_recovery(flat, flat)
-    refuse_tensor_parallel_recovery(None, flat)
-    for old, new in ((tp, flat), (flat, tp)):
-        with pytest.raises(ReconfigurationError, match=r"degrees \[2\]\); recovery .*max_degree=1"):
-            refuse_tensor_parallel_recovery(old, new)
