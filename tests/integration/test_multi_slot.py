@@ -17,10 +17,12 @@ abort cuts only the sockets of the generation's process groups and store client.
 
 from __future__ import annotations
 
+import json
 import socket
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -165,19 +167,31 @@ def tp_job(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tp_reference(folder: Path, tp_job: Path) -> Run:
-    """A fault-free run of the TP job on two 2-slot agents (TP sums differ from one device's).
+def tp_reference(folder: Path, tp_job: Path, launch_ranks: Callable[..., None]) -> Run:
+    """The fault-free TP job on one 2-device node: the standalone worker's two ranks, torchrun's layout.
 
-    NOTE: two agents, not three (a third fewer workers to start): the plan is then the recovered
-    run's (two one-node TP-2 pipelines), and exact accumulation makes a step's result independent
-    of how the batch is split over pipelines, so the 3-pipeline steps before the kill must equal
-    it too, bit for bit.
+    NOTE: TP sums differ from one device's, so the reference must run TP 2 too; one node suffices.
+    It runs the recovered run's template (a one-node pipeline of TP-2 stages), and exact
+    accumulation makes a step's result independent of how the batch is split over pipelines, so the
+    3-pipeline steps before the kill and the 2-pipeline steps after it must both equal it, bit for bit.
     """
-    run = run_master(
-        folder / "tp_ref", write_hosts(folder, 2, slots=2), tp_job, register_timeout_s=300.0, timeout_s=420.0
-    )
-    assert run.rc == 0, run.master_log[-4000:]
-    return run
+    run_dir = folder / "tp_ref"
+    argv = [sys.executable, "-m", "oobleck.runtime.worker", "--config", str(tp_job)]
+    argv += ["--run-dir", str(run_dir)]
+
+    def env(rank: int, port: int) -> dict[str, str]:
+        return {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": "2",
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+
+    launch_ranks(2, folder / "tp_ref_logs", lambda rank, port: argv, env)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return Run(0, run_dir, None, records, "")
 
 
 @pytest.mark.timeout(900)
