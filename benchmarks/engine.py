@@ -194,9 +194,13 @@ def main() -> None:
         f"wall {time.perf_counter() - start:.0f} s; load average (1 min) {load_before:.1f} at start, "
         f"{os.getloadavg()[0]:.1f} at end, on {os.cpu_count()} CPUs"
     )
-    print(f"{'system':<32}{'median step s':>14}{'samples/s':>12}")
-    print(f"{'oobleck engine (1F1B)':<32}{ours:>14.4f}{samples / ours:>12.1f}")
-    print(f"{'torch pipelining Schedule1F1B':<32}{theirs:>14.4f}{samples / theirs:>12.1f}")
+    print(f"{'system':<32}{'median step s':>14}{'samples/s':>12}{'min..max step s':>20}")
+    for label, name, median in (
+        ("oobleck engine (1F1B)", "oobleck", ours),
+        ("torch pipelining Schedule1F1B", "torch", theirs),
+    ):
+        spread = f"{min(times[name]):.4f}..{max(times[name]):.4f}"
+        print(f"{label:<32}{median:>14.4f}{samples / median:>12.1f}{spread:>20}")
     print(f"throughput ratio oobleck / torch = {theirs / ours:.3f}  (goal >= 1.0, issue 12)")
 
 
