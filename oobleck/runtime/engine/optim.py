@@ -126,10 +126,17 @@ class LayerState:
         param = self._by_name[name]
         return local_tensor(param.grad if param.grad is not None else torch.zeros_like(param))
 
-    def set_gradient(self, name: str, value: torch.Tensor) -> None:
-        """Install the synchronised gradient of ``name`` (cast to the parameter's dtype)."""
+    def set_gradient(self, name: str, value: torch.Tensor, *, share: bool = False) -> None:
+        """Install the synchronised gradient of ``name`` (cast to the parameter's dtype).
+
+        Args:
+            name: the parameter.
+            value: its gradient (e.g. a view of an all-reduced flat buffer).
+            share: install ``value`` itself when it already has the parameter's dtype (no copy);
+                the caller promises nothing else writes to it. Else a private copy.
+        """
         param = self._by_name[name]
-        grad = value.to(param.dtype, copy=True)
+        grad = value.to(param.dtype, copy=not share)
         if isinstance(param, DTensor):
             grad = DTensor.from_local(grad, param.device_mesh, param.placements, run_check=False)
         param.grad = grad
@@ -169,9 +176,13 @@ def adamw_update(states: list[LayerState], lr: float, config: OptimConfig, grad_
         # NOTE: a tensor-parallel parameter is a DTensor: the kernel updates its local shard in place.
         grads: list[torch.Tensor] = [local_tensor(p.grad) for _, _, p in chosen if p.grad is not None]
         if grad_scale != 1.0:
-            grads = list(torch._foreach_mul(grads, grad_scale))
-        for decay in (True, False):
-            picked = [i for i, (_, _, p) in enumerate(chosen) if (p.dim() >= 2) == decay]
+            # NOTE: in place: the gradients are this step's own (the next step starts from none),
+            # and a scaled copy would allocate and fault in one more buffer per parameter.
+            torch._foreach_mul_(grads, grad_scale)
+        # NOTE: without weight decay both groups take the same arithmetic: one kernel call.
+        splits = (True, False) if config.weight_decay else (None,)
+        for decay in splits:
+            picked = [i for i, (_, _, p) in enumerate(chosen) if decay is None or (p.dim() >= 2) == decay]
             if not picked:
                 continue
             params: list[torch.Tensor] = [local_tensor(chosen[i][2].detach()) for i in picked]
@@ -193,7 +204,7 @@ def adamw_update(states: list[LayerState], lr: float, config: OptimConfig, grad_
                 beta1=beta1,
                 beta2=beta2,
                 lr=lr,
-                weight_decay=config.weight_decay if decay else 0.0,
+                weight_decay=config.weight_decay if decay else 0.0,  # None: no decay at all
                 eps=config.eps,
                 maximize=False,
             )

@@ -39,8 +39,9 @@ the batch differently (N pipelines vs one process, a recovered run vs the fault-
 largest spread seen, rounded up: one process vs 4 processes in a 1-stage and a 3-stage pipeline
 (tiny GPT-2 and tiny LLaMA, 8 steps, lr 3e-3) differed by at most 4.4e-8 in fp32 and 1.1e-5 in
 bf16 (``benchmarks/precision_spread.py``, ``docs/assumptions.md``); the recovered bf16 runs of
-``tests/integration/test_precision_tolerance.py`` then showed at most 2.0e-5. fp16 takes bf16's
-value (its mantissa is longer; not measured)."""
+``tests/integration/test_precision_tolerance.py`` (a 2-stage + 3-stage plan, a node killed, then
+2 + 2 stages) then showed at most 1.1e-5. fp16 takes bf16's value (its mantissa is longer; not
+measured as a spread, but ``tests/integration/test_fp16_scaler_recovery.py`` holds it)."""
 
 _DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
