@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oobleck.runtime.control.jsonl_follow import JsonlFollower
+
 RATE_WINDOW = 10
 """Steps the step rate is averaged over."""
 
@@ -48,19 +50,7 @@ class Progress:
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     """The complete JSON lines of ``path`` (a half-written last line is skipped); [] when missing."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    rows = []
-    for line in text.split("\n")[:-1]:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return JsonlFollower(path).new_rows()
 
 
 def summarize(records: list[dict[str, Any]], total_steps: int, pipelines: int | None = None) -> Progress:
@@ -187,8 +177,7 @@ class ProgressTail:
         path: The job's ``metrics.jsonl`` (may not exist yet).
         """
         self.path = path
-        self._offset = 0
-        self._partial = b""
+        self._rows = JsonlFollower(path)
         self.memberships: list[dict[str, Any]] = []
         self.steps: list[dict[str, Any]] = []
         self.recoveries: list[dict[str, Any]] = []
@@ -197,21 +186,7 @@ class ProgressTail:
 
     def poll(self) -> list[dict[str, Any]]:
         """Read what was appended since the last call; returns the recovery rows among it."""
-        try:
-            with self.path.open("rb") as file:
-                file.seek(self._offset)
-                data = file.read()
-        except OSError:
-            return []
-        self._offset += len(data)
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(row, dict):
-                continue
+        for row in self._rows.new_rows():
             if row.get("event") == "membership":
                 self.memberships.append(row)
             elif row.get("event") == "recovery":

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import threading
 from pathlib import Path
 from typing import Any
 
 from oobleck.errors import ConfigError
+from oobleck.runtime.control.jsonl_follow import JsonlFollower
 
 TENSORBOARD_DIR = "tensorboard"
 """Folder of the event files, under the job's run dir."""
@@ -125,11 +125,7 @@ class TensorBoardMirror:
         self._writer = EventFileWriter(str(self.logdir))
         # NOTE: from the current end: a re-run on the same run dir appends to metrics.jsonl, and its
         # earlier rows were mirrored by the run that wrote them.
-        try:
-            self._offset = self.path.stat().st_size
-        except OSError:
-            self._offset = 0
-        self._partial = b""
+        self._rows = JsonlFollower(self.path, from_end=True)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -141,22 +137,8 @@ class TensorBoardMirror:
         with self._lock:
             if self._closed:
                 return 0
-            try:
-                with self.path.open("rb") as file:
-                    file.seek(self._offset)
-                    data = file.read()
-            except OSError:
-                return 0
-            self._offset += len(data)
-            *lines, self._partial = (self._partial + data).split(b"\n")
             written = 0
-            for line in lines:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(row, dict):
-                    continue
+            for row in self._rows.new_rows():
                 wall_s = _number(row.get("t")) or 0.0
                 for tag, step, value in scalars_of(row):
                     summary = Summary(value=[Summary.Value(tag=tag, simple_value=value)])
