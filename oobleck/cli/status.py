@@ -35,20 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _live(args: argparse.Namespace) -> str:
+    from oobleck.cli._daemon import daemon_token
     from oobleck.runtime.control.status_service import fetch_status
     from oobleck.runtime.control.status_view import render
-    from oobleck.runtime.control.token import load_token
 
     host, sep, port = str(args.master).rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"--master {args.master!r}: expected HOST:PORT, e.g. 127.0.0.1:29400")
-    token_file = args.token_file
-    if token_file is None and args.run_dir and (Path(args.run_dir) / "token").is_file():
-        token_file = str(Path(args.run_dir) / "token")
-    token = load_token(token_file)
-    if token is None:
-        raise ConfigError("--master: no token; pass --token-file FILE or set OOBLECK_TOKEN")
-    return render(fetch_status(host, int(port), token))
+    return render(fetch_status(host, int(port), daemon_token(args)))
 
 
 def _run(args: argparse.Namespace) -> int:
