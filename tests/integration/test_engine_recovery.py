@@ -134,12 +134,19 @@ def child(mode: str, rank: int, world: int, port: int, config: str, out: str) ->
         engine.reconfigure(moved, plan_transfers(first, moved, alive_nodes=[0, 1, 2]), 1, everyone, store)
         if rank == 0:  # lost after the reconfiguration completed, before any step under ``moved``
             engine.close()
+            # NOTE: this process hosts the rendezvous store, which in the runtime lives on the
+            # master and outlives a lost node: keep serving it until the survivors are done.
+            store.wait(["redo/done1", "redo/done2"], timedelta(seconds=120))
             return
         # NOTE: under ``moved`` node 2 gave up layers 0-1; under ``first`` it is their only survivor.
         final = _plan([([(0, 2), (2, 4)], 8)], [[1, 2]])
         engine.reconfigure(final, plan_transfers(first, final, alive_nodes=[1, 2]), 2, {1: 0, 2: 1}, store)
         assert sorted(engine.layers) == list(final.layers_of_node(rank))
         train(range(1, STEPS))
+        save_file(engine.state_tensors(), str(Path(out) / f"node{rank}.safetensors"))
+        engine.close()
+        store.set(f"redo/done{rank}", "1")
+        return
     else:
         if mode == "planner":
             planner = _small_memory_planner(engine, job)
