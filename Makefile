@@ -19,12 +19,10 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/python -m oobleck.demo
 
-# Three test workers on a 2-core machine: the multi-process tests spend about a quarter of their
-# time waiting (heartbeat bounds, held workers, timeouts), which a third worker fills.
 test: venv
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m mypy
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 lint: venv
 	$(BIN)/python -m ruff check .

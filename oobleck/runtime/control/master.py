@@ -152,6 +152,8 @@ class Master:
         self._monitor = threading.Thread(target=self._watch, name="master-monitor", daemon=True)
         self._monitor.start()
         self._progress: tuple[ProgressTail, int] | None = None
+        self._progress_lock = threading.Lock()
+        """Serialises reports of one tail (the progress thread, and a job's end)."""
         self._mirror: TensorBoardMirror | None = None
         """The job's TensorBoard writer (``logging: {tensorboard: true}``), fed by the progress thread."""
         threading.Thread(target=self._report_progress, name="master-progress", daemon=True).start()
@@ -330,8 +332,7 @@ class Master:
             if current is None:
                 continue
             tail, total_steps = current
-            for line in tail.report(total_steps, max(1, total_steps // 20)):
-                logger.info("%s%s", f"{self.job_id}: " if self.job_id else "", line)
+            self._report_lines()
             if bar is not None:
                 bar.show(tail.summary(total_steps))
             mirror = self._mirror
@@ -339,6 +340,16 @@ class Master:
                 mirror.poll()
         if bar is not None:
             bar.close()
+
+    def _report_lines(self) -> None:
+        """Log the progress and recovery lines the job's newest metrics rows call for."""
+        with self._progress_lock:
+            current = self._progress
+            if current is None:
+                return
+            tail, total_steps = current
+            for line in tail.report(total_steps, max(1, total_steps // 20)):
+                logger.info("%s%s", f"{self.job_id}: " if self.job_id else "", line)
 
     def status_view(self) -> StatusView:
         """What ``oobleck status --master`` shows: this master's node table and the job dir's files.
@@ -477,6 +488,8 @@ class Master:
                     fenced.put({"type": "evicted", "reason": reason})
                     fenced.close()
             case Finish(outcome=outcome, reason=reason):
+                # NOTE: the last steps' lines now, not at the next poll: a next job replaces the tail.
+                self._report_lines()
                 (logger.info if outcome == "completed" else logger.error)("job %s: %s", outcome, reason)
                 if self.first_error is not None:
                     logger.error(
