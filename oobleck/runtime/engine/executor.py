@@ -150,7 +150,9 @@ def run_1f1b(
         Sum of the (unscaled) microbatch losses on the last stage, 0 elsewhere (a 0-d fp64 tensor).
 
     Raises:
-        CommunicationError: a send or receive failed (the error is latched in ``ctx.comm``).
+        CommunicationError: a send or receive failed, or an error was latched meanwhile (checked
+            before every layer's forward and every backward; the step's gradients are then partial,
+            and the redone step starts from zero).
     """
     info, p2p = ctx.info, _P2P(ctx)
     count = len(microbatches)
@@ -166,6 +168,9 @@ def run_1f1b(
             raise RuntimeError(f"stage {info.stage}: microbatch {index} has no input activation")
         with autocast(ctx.device, ctx.precision):
             for layer in ctx.layers:
+                # NOTE: a failure notice (latched from the link thread) ends the step here, between
+                # layers, instead of after the step's compute at its next collective.
+                ctx.comm.raise_if_failed()
                 if ctx.checkpoint_layers:
                     hidden = checkpoint(layer, hidden, use_reentrant=False)
                 else:
@@ -179,6 +184,7 @@ def run_1f1b(
 
     def backward(grad: torch.Tensor | None) -> torch.Tensor | None:
         received, output = saved.popleft()
+        ctx.comm.raise_if_failed()
         torch.autograd.backward(output, grad_tensors=grad)
         if after_backward is not None:
             after_backward()
