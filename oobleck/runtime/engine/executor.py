@@ -151,8 +151,8 @@ def run_1f1b(
 
     Raises:
         CommunicationError: a send or receive failed, or an error was latched meanwhile (checked
-            before every layer's forward and every backward; the step's gradients are then partial,
-            and the redone step starts from zero).
+            before every layer's forward and backward; the step's gradients are then partial, and
+            the redone step starts from zero).
     """
     info, p2p = ctx.info, _P2P(ctx)
     count = len(microbatches)
@@ -160,6 +160,11 @@ def run_1f1b(
     steady = count - warmup
     saved: deque[tuple[torch.Tensor | None, torch.Tensor]] = deque()
     losses: list[torch.Tensor] = []
+
+    def check_in_backward(grad: torch.Tensor) -> None:
+        # NOTE: a hook on each layer's output runs as the backward reaches that layer, so a latched
+        # failure also ends a backward between two layers; autograd re-raises it unchanged.
+        ctx.comm.raise_if_failed()
 
     def forward(index: int, received: torch.Tensor | None) -> torch.Tensor:
         tokens = ctx.dataset.batch(microbatches[index], ctx.device) if info.is_first or info.is_last else None
@@ -175,6 +180,8 @@ def run_1f1b(
                     hidden = checkpoint(layer, hidden, use_reentrant=False)
                 else:
                     hidden = layer(hidden)
+                if type(hidden) is torch.Tensor and hidden.requires_grad:  # NOTE: not a DTensor.
+                    hidden.register_hook(check_in_backward)
         if tokens is not None and info.is_last:
             loss = (ctx.loss_fn or microbatch_loss)(hidden, tokens[:, 1:])
             losses.append(loss.detach())

@@ -75,12 +75,15 @@ def test_an_abort_during_a_forward_stops_the_step_before_the_next_layer() -> Non
     assert all(p.grad is None for p in ctx.layers[0].parameters())
 
 
-def test_an_abort_during_a_backward_stops_the_step_before_the_next_microbatch() -> None:
-    """An abort latched in microbatch 0's backward raises before microbatch 1's forward starts."""
+def test_an_abort_during_a_backward_stops_it_before_the_next_layer() -> None:
+    """An abort latched as microbatch 0's backward reaches layer 1 raises before layers 1 and 0 get
+    gradients, and before microbatch 1's forward starts."""
     layers, ctx = _one_stage(abort_at=1, abort_in="backward")
     with pytest.raises(CommunicationError, match="failure notice"):
         run_1f1b(ctx, MICROBATCHES, loss_scale=0.5)
     assert [spy.forwards for spy in layers] == [1] * len(layers)
+    assert all(p.grad is None for spy in layers[:2] for p in spy.parameters())
+    assert any(p.grad is not None for p in layers[-1].parameters())
 
 
 def test_raise_if_failed_is_silent_until_an_error_is_latched() -> None:
