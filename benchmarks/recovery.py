@@ -251,30 +251,38 @@ def bench_part(
     }
     per_peer: dict[str, list[rf.Figures]] = {peer: [] for peer in peers}
     phases: list[dict[str, float]] = []
+    failed: list[str] = []
     for repeat in range(repeats):
         for peer in peers:
             name = f"{part}-{peer.replace(' ', '-')}-{repeat}"
             run = run_peer(peer, out / name, job, part, kill_after)
             ref = refs["torchft" if peer.startswith("torchft") else "oobleck"]
             trained, reference_trained = _trained(run, ref)
-            figures = rf.figures(
-                run["steps"],
-                t_kill=run["t_kill"],
-                global_batch=batch,
-                reference={s.step: s.loss for s in ref["steps"] if s.loss is not None},
-                trained=trained,
-                reference_trained=reference_trained,
-            )
+            try:
+                figures = rf.figures(
+                    run["steps"],
+                    t_kill=run["t_kill"],
+                    global_batch=batch,
+                    reference={s.step: s.loss for s in ref["steps"] if s.loss is not None},
+                    trained=trained,
+                    reference_trained=reference_trained,
+                )
+            except ValueError as exc:
+                # NOTE: a peer that never trained again after the kill is a result, not a crash.
+                failed.append(f"{name}: {exc} (see {out / name})")
+                print(f"  {name}: no recovery figures: {exc}", flush=True)
+                continue
             per_peer[peer].append(figures)
             if peer == "oobleck":
                 phases.append(_phases_ms(run, figures))
             print(f"  {name}: kill -> next {figures.kill_to_next_s:.3f} s", flush=True)
-    medians = {peer: rf.median_figures(runs) for peer, runs in per_peer.items()}
+    medians = {peer: rf.median_figures(runs) for peer, runs in per_peer.items() if runs}
     return {
         "survivors": nodes - 1,
         "medians": medians,
-        "runs": {p: [rf.asdict(f) for f in r] for p, r in per_peer.items()},
+        "runs": {p: [rf.asdict(f) for f in r] for p, r in per_peer.items() if r},
         "oobleck_phases_ms": phases,
+        "failed_runs": failed,
     }
 
 
@@ -346,6 +354,8 @@ def print_table(part: str, result: dict[str, Any]) -> None:
         each = ", ".join(f"{run['kill_to_next_s']:.3f}" for run in runs)
         lost = ", ".join(str(run["samples_lost"]) for run in runs)
         print(f"  {peer}: kill->next per run {each} s; samples lost per run {lost}")
+    for line in result.get("failed_runs", []):
+        print(f"  run without recovery figures: {line}")
     ours = medians["oobleck"]
     batch = PARTS[part][1]
     after_step = [
