@@ -16,8 +16,10 @@ Assumptions:
   same member list (from the master), same planner inputs (profile and max_nodes published once
   in the store), and the planning core is deterministic.
 - A failure notice aborts the engine on the link's reader thread at once, so a training thread
-  blocked in a collective fails within milliseconds; a join is applied at the next step boundary
-  (this worker aborts its groups there, so peers already in the next step redo it).
+  blocked in a collective fails within milliseconds, and one still computing stops before its next
+  layer or backward (the executor checks the latch), not after the step's compute; a join is
+  applied at the next step boundary (this worker aborts its groups there, so peers already in the
+  next step redo it).
 - When the planner finds no valid plan (a layer lost every replica), the job restarts from the
   latest complete checkpoint on the remaining nodes; with none, the worker fails the job.
 - Every wait of a regroup is bounded and its expiry is a decision: a barrier that some members

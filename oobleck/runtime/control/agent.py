@@ -53,6 +53,10 @@ CONTROL_KEY_ENV = "OOBLECK_CONTROL_KEY"
 NODE_ENV = "OOBLECK_NODE"
 """The worker's stable node id."""
 
+WORKER_POLL_S = 1.0
+"""Backstop of the worker watch: a thread per worker blocks in ``wait()`` and wakes the watch the
+moment its worker exits, so a worker's exit reaches the master at once, not at the next poll."""
+
 
 @dataclass(kw_only=True, slots=True)
 class AgentConfig:
@@ -106,6 +110,8 @@ class Agent:
         self._exit_code: int | None = None
         self._ready: set[int] = set()
         self._stop = threading.Event()
+        self._worker_exited = threading.Event()
+        """Set by a waiter thread when its worker exits, so the watch looks at once (one per job)."""
         self._channel: Channel | None = None
         self._send_lock = threading.Lock()
         self._backlog: list[dict[str, Any]] = []
@@ -164,7 +170,7 @@ class Agent:
         """Forget the ended job's workers, readiness, generation and store (the next job brings its own)."""
         self.workers, self._ready, self.membership, self._all_done = [], set(), None, False
         self.job, self._exit_code, self._backlog = None, None, []
-        self._stop = threading.Event()
+        self._stop, self._worker_exited = threading.Event(), threading.Event()
 
     def _serve_one_job(self, connect_timeout_s: float) -> int:
         """Connect, register and serve one job's life (a fresh registration, keeping a known node id)."""
@@ -184,7 +190,9 @@ class Agent:
         )
         stop = self._stop
         threading.Thread(target=self._heartbeat, args=(interval, stop), name="heartbeat", daemon=True).start()
-        threading.Thread(target=self._watch_workers, args=(stop,), name="worker-watch", daemon=True).start()
+        threading.Thread(
+            target=self._watch_workers, args=(stop, self._worker_exited), name="worker-watch", daemon=True
+        ).start()
         try:
             while self._exit_code is None:
                 try:
@@ -334,6 +342,9 @@ class Agent:
             worker = _Worker(local_rank, process, channel, error_file)
             self.workers.append(worker)
             threading.Thread(target=self._relay_worker, args=(worker, self._stop), daemon=True).start()
+            threading.Thread(
+                target=self._await_exit, args=(process, self._worker_exited), daemon=True
+            ).start()
         self._send({"type": "workers", "pids": [w.process.pid for w in self.workers]})
         logger.info("[node %d] started workers %s", self.node, [w.process.pid for w in self.workers])
 
@@ -377,9 +388,22 @@ class Agent:
             if keep:
                 self._backlog.append(message)
 
-    def _watch_workers(self, stop: threading.Event) -> None:
+    @staticmethod
+    def _await_exit(process: subprocess.Popen[bytes], exited: threading.Event) -> None:
+        """Block until ``process`` exits (it is reaped here), then wake the worker watch."""
+        with contextlib.suppress(OSError):
+            process.wait()
+        exited.set()
+
+    def _watch_workers(self, stop: threading.Event, exited: threading.Event) -> None:
+        """Report each worker's exit to the master as it happens; a non-zero one ends the node."""
         finished: set[int] = set()
-        while not stop.wait(0.05):
+        while not stop.is_set():
+            # NOTE: woken by a waiter thread the moment a worker exits; the timeout is a backstop.
+            exited.wait(WORKER_POLL_S)
+            exited.clear()
+            if stop.is_set():
+                return
             for worker in list(self.workers):
                 code = worker.process.poll()
                 if code is None or worker.local_rank in finished:

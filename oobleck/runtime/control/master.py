@@ -298,10 +298,21 @@ class Master:
         """Step the machine and carry out its decisions (and those of errors they raise), in order."""
         with self._lock:
             queue = [event]
+            snapshot = False
             while queue:
                 decisions = self.machine.step(queue.pop(0), time.monotonic(), time.time())
                 for decision in decisions:
+                    if isinstance(decision, AgentsChanged):
+                        # NOTE: agents.json is a snapshot of the node table: written once, after
+                        # the event's notices are queued, so a loss's notice does not wait for it.
+                        snapshot = True
+                        continue
                     error = self._apply(decision)
+                    if error is not None:
+                        queue.append(JobError(error))
+                if snapshot and not queue:
+                    snapshot = False
+                    error = self._apply(AgentsChanged())
                     if error is not None:
                         queue.append(JobError(error))
             self._lock.notify_all()
@@ -474,12 +485,12 @@ class Master:
                 level = logging.INFO if m.generation == 0 else logging.WARNING
                 logger.log(level, "generation %d: %s; members %s", m.generation, m.reason, list(m.members))
                 message = m.to_message()
-                record = {"event": "membership", "source": "master", "t": m.detected_at, **message}
-                error = self._write(lambda: append_jsonl(run_dir / "metrics.jsonl", record))
                 for node in m.members:
                     if node in self._outboxes:  # NOTE: a resumed master adopts members not yet back.
                         self._outboxes[node].put(message)
-                return error
+                # NOTE: the record after the notices: a survivor's recovery does not wait for a write.
+                record = {"event": "membership", "source": "master", "t": m.detected_at, **message}
+                return self._write(lambda: append_jsonl(run_dir / "metrics.jsonl", record))
             case Evict(node=node, cause=cause, reason=reason):
                 log = logger.info if self.machine.outcome is not None else logger.warning
                 log("node %d lost (%s): %s", node, cause.value, reason)

@@ -213,6 +213,21 @@ class Comm:
             raise KeyError(ranks)
         return group
 
+    def raise_if_failed(self) -> None:
+        """Raise the latched error, if any; a check between two pieces of a step's compute.
+
+        A failure notice latches from another thread while the training thread computes; without
+        this check it would finish the whole step's forwards and backwards (most of a step on a
+        data-parallel plan, which has no transfer before the gradient all-reduce) before its next
+        collective saw the error. Reading one attribute, it costs nothing per layer.
+
+        Raises:
+            CommunicationError: the latched error.
+        """
+        error = self.error
+        if error is not None:
+            raise error
+
     def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one distributed operation; a failure is latched and raised as CommunicationError."""
         if self.error is not None:

@@ -150,7 +150,9 @@ def run_1f1b(
         Sum of the (unscaled) microbatch losses on the last stage, 0 elsewhere (a 0-d fp64 tensor).
 
     Raises:
-        CommunicationError: a send or receive failed (the error is latched in ``ctx.comm``).
+        CommunicationError: a send or receive failed, or an error was latched meanwhile (checked
+            before every layer's forward and backward; the step's gradients are then partial, and
+            the redone step starts from zero).
     """
     info, p2p = ctx.info, _P2P(ctx)
     count = len(microbatches)
@@ -159,6 +161,11 @@ def run_1f1b(
     saved: deque[tuple[torch.Tensor | None, torch.Tensor]] = deque()
     losses: list[torch.Tensor] = []
 
+    def check_in_backward(grad: torch.Tensor) -> None:
+        # NOTE: a hook on each layer's output runs as the backward reaches that layer, so a latched
+        # failure also ends a backward between two layers; autograd re-raises it unchanged.
+        ctx.comm.raise_if_failed()
+
     def forward(index: int, received: torch.Tensor | None) -> torch.Tensor:
         tokens = ctx.dataset.batch(microbatches[index], ctx.device) if info.is_first or info.is_last else None
         hidden = tokens[:, :-1] if tokens is not None and info.is_first else received
@@ -166,10 +173,15 @@ def run_1f1b(
             raise RuntimeError(f"stage {info.stage}: microbatch {index} has no input activation")
         with autocast(ctx.device, ctx.precision):
             for layer in ctx.layers:
+                # NOTE: a failure notice (latched from the link thread) ends the step here, between
+                # layers, instead of after the step's compute at its next collective.
+                ctx.comm.raise_if_failed()
                 if ctx.checkpoint_layers:
                     hidden = checkpoint(layer, hidden, use_reentrant=False)
                 else:
                     hidden = layer(hidden)
+                if type(hidden) is torch.Tensor and hidden.requires_grad:  # NOTE: not a DTensor.
+                    hidden.register_hook(check_in_backward)
         if tokens is not None and info.is_last:
             loss = (ctx.loss_fn or microbatch_loss)(hidden, tokens[:, 1:])
             losses.append(loss.detach())
@@ -179,6 +191,7 @@ def run_1f1b(
 
     def backward(grad: torch.Tensor | None) -> torch.Tensor | None:
         received, output = saved.popleft()
+        ctx.comm.raise_if_failed()
         torch.autograd.backward(output, grad_tensors=grad)
         if after_backward is not None:
             after_backward()

@@ -75,3 +75,37 @@ def test_unwritable_metrics_fail_the_job_once_without_losing_a_node(master, tmp_
     assert len(errors) == 1 and "metrics.jsonl" in errors[0]
     assert not any("lost" in r.getMessage() and r.levelno >= logging.WARNING for r in caplog.records)
     channel.close()
+
+
+def test_a_loss_notice_is_queued_before_the_run_dir_writes(master, tmp_path, monkeypatch):
+    """On a node loss the survivors' notice is queued before agents.json and metrics.jsonl are written."""
+    from oobleck.runtime.control import master as master_module
+    from oobleck.runtime.control import master_files
+    from oobleck.runtime.control.outbox import Outbox
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(JOB)
+    master.submit(JobSpec.from_path(job_file), expected_agents=2)
+    channels = [_agent(master)[0] for _ in range(2)]
+    for channel in channels:
+        assert channel.recv(3)["type"] == "job"
+        channel.send({"type": "ready"})
+    assert channels[0].recv(3)["generation"] == 0
+    order: list[str] = []
+    put, write_agents, append = Outbox.put, master_files.write_agents, master_module.append_jsonl
+
+    def spy_put(self: Outbox, message: dict) -> None:
+        if message.get("type") == "membership":
+            order.append(f"notice gen {message['generation']}")
+        put(self, message)
+
+    monkeypatch.setattr(Outbox, "put", spy_put)
+    monkeypatch.setattr(
+        master_files, "write_agents", lambda *a: (order.append("agents.json"), write_agents(*a))
+    )
+    monkeypatch.setattr(master_module, "append_jsonl", lambda *a: (order.append("metrics"), append(*a)))
+    channels[1].close()
+    notice = channels[0].recv(3)
+    assert notice["type"] == "membership" and notice["generation"] == 1 and notice["lost"] == [1]
+    assert order[0] == "notice gen 1" and {"agents.json", "metrics"} <= set(order[1:])
+    channels[0].close()

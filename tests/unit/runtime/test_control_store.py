@@ -336,3 +336,29 @@ def test_a_live_owner_that_never_publishes_is_named_missing(service, monkeypatch
             store, Membership(0, (1, 2)), node=1, local_rank=0, publish=lambda: None, superseded=lambda: False
         )
     assert raised.value.missing == [2]
+
+
+def test_a_get_right_after_a_wait_costs_no_round_trip(service, monkeypatch):
+    """gloo's wait-then-get of a peer address takes one request; any other request in between forgets it."""
+    store, writer = client(service), client(service)
+    requests: list[str] = []
+    send = StoreClient._request
+
+    def counted(self, op, wait_s=0.0, **fields):
+        if self is store:
+            requests.append(op)
+        return send(self, op, wait_s, **fields)
+
+    monkeypatch.setattr(StoreClient, "_request", counted)
+    writer.set("addr/0", b"first")
+    store.wait(["addr/0"])
+    assert store.get("addr/0") == b"first" and requests == ["get_present"]
+    store.wait(["addr/0"])
+    writer.set("addr/0", b"second")
+    assert store.check(["addr/0"])
+    assert store.get("addr/0") == b"second" and requests[-2:] == ["check", "get"]
+    assert store.get("addr/0") == b"second" and requests[-1] == "get"
+    with pytest.raises(dist.DistStoreError, match="timeout"):
+        store.wait(["never"], timedelta(seconds=0.1))
+    store.close()
+    writer.close()

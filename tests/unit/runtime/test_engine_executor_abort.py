@@ -1,0 +1,95 @@
+"""A failure latched while a stage computes ends its step at the next layer, not at its next collective."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from oobleck.runtime.config import ModelConfig
+from oobleck.runtime.engine.adapters import build_adapter
+from oobleck.runtime.engine.comm import Comm, CommunicationError
+from oobleck.runtime.engine.data import TokenDataset
+from oobleck.runtime.engine.executor import StageContext, run_1f1b
+from oobleck.runtime.engine.topology import StageInfo
+
+MICROBATCHES = [[0, 1], [2, 3]]
+
+
+class _Spy(nn.Module):
+    """Runs a layer, counting forwards; optionally latches an abort (as the link thread would)."""
+
+    def __init__(self, layer: nn.Module, comm: Comm, abort_in: str | None = None) -> None:
+        super().__init__()
+        self.layer, self.comm, self.abort_in, self.forwards = layer, comm, abort_in, 0
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.forwards += 1
+        out: torch.Tensor = self.layer(hidden)
+        if self.abort_in == "forward":
+            self.comm.abort("failure notice")
+        elif self.abort_in == "backward" and self.forwards == 1:
+            out.register_hook(lambda grad: self.comm.abort("failure notice"))
+        return out
+
+
+def _one_stage(abort_at: int, abort_in: str) -> tuple[list[_Spy], StageContext]:
+    """The whole tiny GPT-2 as one data-parallel stage, layer ``abort_at`` latching an abort."""
+    adapter = build_adapter(ModelConfig(name="tiny-gpt2", arch="gpt2"))
+    comm = Comm("gloo")
+    layers = [
+        _Spy(adapter.build_layer(i, seed=3), comm, abort_in if i == abort_at else None)
+        for i in range(adapter.num_layers)
+    ]
+    tokens = np.random.default_rng(0).integers(0, adapter.vocab_size, size=4 * 8 + 1)
+    info = StageInfo(
+        rank=0,
+        pipeline=0,
+        stage=0,
+        num_stages=1,
+        layers=tuple(range(adapter.num_layers)),
+        microbatches=len(MICROBATCHES),
+        first_microbatch=0,
+        prev_rank=None,
+        next_rank=None,
+        norm_layers=(),
+    )
+    ctx = StageContext(
+        info=info,
+        layers=layers,
+        comm=comm,
+        dataset=TokenDataset(tokens, sequence_length=8),
+        device=torch.device("cpu"),
+        activation_shape=(2, 8, adapter.hidden_size),
+    )
+    return layers, ctx
+
+
+def test_an_abort_during_a_forward_stops_the_step_before_the_next_layer() -> None:
+    """An abort latched inside layer 1's forward raises before layer 2 runs; no backward runs."""
+    layers, ctx = _one_stage(abort_at=1, abort_in="forward")
+    with pytest.raises(CommunicationError, match="failure notice"):
+        run_1f1b(ctx, MICROBATCHES, loss_scale=0.5)
+    assert [spy.forwards for spy in layers] == [1, 1] + [0] * (len(layers) - 2)
+    assert all(p.grad is None for p in ctx.layers[0].parameters())
+
+
+def test_an_abort_during_a_backward_stops_it_before_the_next_layer() -> None:
+    """An abort latched as microbatch 0's backward reaches layer 1 raises before layers 1 and 0 get
+    gradients, and before microbatch 1's forward starts."""
+    layers, ctx = _one_stage(abort_at=1, abort_in="backward")
+    with pytest.raises(CommunicationError, match="failure notice"):
+        run_1f1b(ctx, MICROBATCHES, loss_scale=0.5)
+    assert [spy.forwards for spy in layers] == [1] * len(layers)
+    assert all(p.grad is None for spy in layers[:2] for p in spy.parameters())
+    assert any(p.grad is not None for p in layers[-1].parameters())
+
+
+def test_raise_if_failed_is_silent_until_an_error_is_latched() -> None:
+    """The between-layers check passes on a healthy world and raises the latched error after an abort."""
+    comm = Comm("gloo")
+    comm.raise_if_failed()
+    comm.abort("failure notice")
+    with pytest.raises(CommunicationError, match="failure notice"):
+        comm.raise_if_failed()
