@@ -16,6 +16,10 @@ Assumptions:
       number of nodes.
     * Stage latency and memory are priced exactly as the generator prices them (``cost``), and a
       stage whose memory does not fit one device is refused here rather than out of memory later.
+    * ``count`` (pipelines per template, :mod:`~oobleck.planning.counted`) pins the *composition*
+      of the first plan only; the planner's own rule (minimise the makespan) would never mix a
+      1-node template with larger ones, so a heterogeneous layout on few nodes needs it. Recovery
+      re-plans with the planner's usual rules over the same templates.
 """
 
 from __future__ import annotations
@@ -46,13 +50,18 @@ class TemplateSpec:
     microbatches: int | None = None
     """Microbatches each pipeline of this template runs per step (the original's
     ``num_microbatches={template: n}``); None lets the planner split the batch."""
+    count: int | None = None
+    """Pipelines of this template in the first plan (the original's explicit template
+    instantiation), >= 0; 0 keeps the template for recovery only. None lets the planner choose
+    (:func:`~oobleck.planning.counted.counted_plan` has the rules)."""
 
     @classmethod
     def from_raw(cls, raw: Any, path: str) -> TemplateSpec:
         """Check the shape of one ``pipelines[i]`` entry as written in YAML or passed to the API.
 
         Args:
-            raw: A mapping ``{stages: [[int, ...], ...], microbatches: int}`` (or a ``TemplateSpec``).
+            raw: A mapping ``{stages: [[int, ...], ...], microbatches: int, count: int}`` (or a
+                ``TemplateSpec``).
             path: Its key path for messages, e.g. ``pipelines[1]``.
 
         Returns:
@@ -60,7 +69,8 @@ class TemplateSpec:
 
         Raises:
             ConfigError: Not a mapping, an unknown key, ``stages`` not a non-empty list of
-                non-empty lists of integers, or ``microbatches`` not an integer >= 1.
+                non-empty lists of integers, ``microbatches`` not an integer >= 1, or ``count``
+                not an integer >= 0.
         """
         if isinstance(raw, TemplateSpec):
             return raw
@@ -68,9 +78,11 @@ class TemplateSpec:
             raise ConfigError(
                 f"{path}: expected a mapping {{stages: [[layers...], ...], microbatches: n}}, got {raw!r}"
             )
-        unknown = sorted(set(raw) - {"stages", "microbatches"})
+        unknown = sorted(set(raw) - {"stages", "microbatches", "count"})
         if unknown:
-            raise ConfigError(f"{path}.{unknown[0]}: unknown key; valid keys here: stages, microbatches")
+            raise ConfigError(
+                f"{path}.{unknown[0]}: unknown key; valid keys here: stages, microbatches, count"
+            )
         stages = raw.get("stages")
         if not isinstance(stages, list | tuple) or not stages:
             raise ConfigError(
@@ -90,13 +102,21 @@ class TemplateSpec:
             isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1
         ):
             raise ConfigError(f"{path}.microbatches: expected an integer >= 1, got {microbatches!r}")
-        return cls(stages=tuple(parsed), microbatches=microbatches)
+        count = raw.get("count")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+            raise ConfigError(
+                f"{path}.count: expected an integer >= 0 (pipelines of this template in the first plan), "
+                f"got {count!r}"
+            )
+        return cls(stages=tuple(parsed), microbatches=microbatches, count=count)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as written in the job YAML."""
         out: dict[str, Any] = {"stages": [list(stage) for stage in self.stages]}
         if self.microbatches is not None:
             out["microbatches"] = self.microbatches
+        if self.count is not None:
+            out["count"] = self.count
         return out
 
 
@@ -105,7 +125,7 @@ def parse_specs(raw: Any, path: str = "pipelines") -> tuple[TemplateSpec, ...]:
 
     Raises:
         ConfigError: Not a non-empty list, a bad entry (see :meth:`TemplateSpec.from_raw`), or
-            ``microbatches`` set on some templates but not all.
+            ``microbatches`` or ``count`` set on some templates but not all.
     """
     if not isinstance(raw, list | tuple) or not raw:
         raise ConfigError(f"{path}: expected a non-empty list of templates {{stages: [[layers...], ...]}}")
@@ -117,7 +137,27 @@ def parse_specs(raw: Any, path: str = "pipelines") -> tuple[TemplateSpec, ...]:
             f"{path}[{missing}].microbatches: missing while other templates set it; set microbatches on "
             "every template or on none (then the planner splits the batch)"
         )
+    spec_counts(specs, path)
     return specs
+
+
+def spec_counts(specs: Sequence[TemplateSpec], path: str = "pipelines") -> tuple[int, ...] | None:
+    """The templates' ``count`` values in order, or None when no template sets one.
+
+    Raises:
+        ConfigError: ``count`` set on some templates but not all (naming the first without one).
+    """
+    counts = [spec.count for spec in specs]
+    if all(count is None for count in counts):
+        return None
+    present = [count for count in counts if count is not None]
+    if len(present) < len(counts):
+        missing = counts.index(None)
+        raise ConfigError(
+            f"{path}[{missing}].count: missing while other templates set it; set count on every template "
+            "(0 keeps one for recovery only) or on none (then the planner chooses the pipelines)"
+        )
+    return tuple(present)
 
 
 def check_specs(specs: Sequence[TemplateSpec], num_layers: int, path: str = "pipelines") -> None:

@@ -13,12 +13,19 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from oobleck.errors import ReconfigurationError
+from oobleck.errors import ConfigError, ReconfigurationError
 from oobleck.planning.cost import plan_iteration_time_s
+from oobleck.planning.counted import counted_plan
 from oobleck.planning.groups import plan_group_shape
 from oobleck.planning.hardware import HardwareSpec
 from oobleck.planning.instantiate import instantiate
-from oobleck.planning.manual_templates import TemplateSpec, manual_templates, nodes_of, template_label
+from oobleck.planning.manual_templates import (
+    TemplateSpec,
+    manual_templates,
+    nodes_of,
+    spec_counts,
+    template_label,
+)
 from oobleck.planning.plan import PipelineTemplate, Plan
 from oobleck.planning.profile import ModelProfile
 from oobleck.planning.reconfigure import Reconfiguration, reconfigure
@@ -81,15 +88,23 @@ class Planner:
         """The user's template specs, or None when the templates were generated."""
         self._pinned: dict[int, int] = {}
         """Manual templates' ``microbatches`` per step, by ``id`` of the template built from them."""
+        self._counted: tuple[tuple[PipelineTemplate, ...], tuple[int, ...]] | None = None
+        """Manual templates in ``pipelines:`` order and their ``count``, when the job sets counts."""
         if self.manual is not None:
             built = manual_templates(
                 self.manual, profile, hardware, tp_degree=max_gpus_per_stage or 1, max_nodes=max_nodes
             )
             by_nodes = {template.num_nodes: template for template in built}
-            for spec in self.manual:
+            in_order = tuple(
+                by_nodes[nodes_of(spec, hardware.gpus_per_node, max_gpus_per_stage or 1)]
+                for spec in self.manual
+            )
+            for spec, template in zip(self.manual, in_order, strict=True):
                 if spec.microbatches is not None:
-                    nodes = nodes_of(spec, hardware.gpus_per_node, max_gpus_per_stage or 1)
-                    self._pinned[id(by_nodes[nodes])] = spec.microbatches
+                    self._pinned[id(template)] = spec.microbatches
+            counts = spec_counts(self.manual)
+            if counts is not None:
+                self._counted = (in_order, counts)
             self.templates: tuple[PipelineTemplate, ...] = built
         else:
             self.templates = generate_templates(
@@ -112,14 +127,21 @@ class Planner:
         Nodes whose use would be infeasible or slower (more pipelines than the batch can feed) are
         left idle as the plan's ``spare_nodes``; ties go to using more nodes.
 
-        With manual templates whose ``microbatches`` are set, each pipeline runs its template's
-        count when those counts add up to the global batch (the original's ``num_microbatches``);
-        otherwise the planner's split is kept, with a warning (the global batch never changes).
+        With manual templates whose ``count`` is set, the plan has exactly those pipelines
+        (:func:`~oobleck.planning.counted.counted_plan`: lowest node ids first, smallest
+        template first, the remaining nodes spare, the planner's batch split), or a ConfigError
+        says why they do not fit. With manual templates whose ``microbatches`` are set, each
+        pipeline runs its template's count when those counts add up to the global batch (the
+        original's ``num_microbatches``); otherwise the planner's split is kept, with a warning
+        (the global batch never changes).
 
         Raises:
-            ConfigError: duplicate node ids.
+            ConfigError: duplicate node ids, or manual ``count`` values that do not fit these
+                nodes, ``f`` or the batch.
             PlanningError: fewer than ``(f + 1) * n0`` nodes, or no combination fits.
         """
+        if self._counted is not None:
+            return self._pin(self._count(self._counted, node_ids, self.fault_tolerance))
         return self._pin(self._instantiate(node_ids, self.fault_tolerance))
 
     def restart_plan(self, node_ids: Sequence[int]) -> Plan:
@@ -127,13 +149,20 @@ class Planner:
 
         A restart keeps the job going with less redundancy rather than not at all: the plan keeps
         the largest fault tolerance ``f' <= f`` that ``(f' + 1) * n0 <= len(node_ids)`` allows.
+        Manual ``count`` values are used when they fit these nodes with ``f'``; otherwise the
+        planner chooses the pipelines, with a warning (as for unfitting ``microbatches`` pins).
 
         Raises:
             ConfigError: duplicate node ids.
             PlanningError: fewer than ``n0`` nodes, or no combination fits.
         """
-        tolerance = min(self.fault_tolerance, len(node_ids) // self.min_nodes - 1)
-        return self._pin(self._instantiate(node_ids, max(0, tolerance)))
+        tolerance = max(0, min(self.fault_tolerance, len(node_ids) // self.min_nodes - 1))
+        if self._counted is not None:
+            try:
+                return self._pin(self._count(self._counted, node_ids, tolerance))
+            except ConfigError as error:
+                logger.warning("%s; restarting with the planner's choice of pipelines instead", error)
+        return self._pin(self._instantiate(node_ids, tolerance))
 
     def reconfigure(
         self, plan: Plan, lost_nodes: Sequence[int] = (), joined_nodes: Sequence[int] = ()
@@ -150,7 +179,9 @@ class Planner:
         when none of their combinations fits the survivors, the error names the templates and the
         node count.
         The batch is re-split over the new pipelines (``microbatches`` pins apply to the initial
-        plan only: the global batch is fixed).
+        plan only: the global batch is fixed). Manual ``count`` values are not re-imposed either:
+        they pin the first plan's composition, and recovery keeps its usual rules (keep surviving
+        nodes in place, move the least state), so the new plan's counts are whatever those give.
 
         Raises:
             ConfigError: an unknown or repeated node.
@@ -266,6 +297,24 @@ class Planner:
             fault_tolerance=plan.fault_tolerance,
             iteration_time_s=plan_iteration_time_s(pipelines, self.profile, self.hardware),
             spare_nodes=plan.spare_nodes,
+        )
+
+    def _count(
+        self,
+        counted: tuple[tuple[PipelineTemplate, ...], tuple[int, ...]],
+        node_ids: Sequence[int],
+        fault_tolerance: int,
+    ) -> Plan:
+        templates, counts = counted
+        return counted_plan(
+            templates,
+            counts,
+            node_ids,
+            fault_tolerance=fault_tolerance,
+            global_microbatches=self.global_microbatches,
+            microbatch_size=self.microbatch_size,
+            profile=self.profile,
+            hardware=self.hardware,
         )
 
     def _instantiate(self, node_ids: Sequence[int], fault_tolerance: int) -> Plan:

@@ -361,7 +361,12 @@ class JobConfig:
     microbatches per step of each pipeline of that template in the first plan, when they add up to
     the global batch). Each template needs ``stages x tensor_parallel.max_degree`` ranks, a whole
     number of nodes, and one template per node count. Recovery uses only these templates; empty
-    (the default): the planner generates the best template for every node count."""
+    (the default): the planner generates the best template for every node count. ``count: k``
+    (optional, on every template or none; 0 keeps a template for recovery only) pins the first
+    plan to exactly k pipelines of each template, lowest node ids to the smallest template, the
+    rest spare: a heterogeneous layout the planner would not choose. The counts must fit: sum of
+    count x nodes <= the nodes, sum of counts >= fault_tolerance + 1, sum of count x stages <= the
+    global microbatches (else the master refuses the job); recovery re-plans freely."""
 
     def __post_init__(self) -> None:
         _positive_int("global_batch", self.global_batch, maximum=MAX_GLOBAL_BATCH)

@@ -6,9 +6,12 @@ SIGKILLing an agent's process group kills both its workers at once; the master m
 lost and the survivors recover in place with the fault-free losses (exact accumulation) and ledger.
 
 Issue #11 item 2 (recovery of tensor-parallel plans): the same agents with
-``tensor_parallel: {max_degree: 2}``, where the planner runs every stage TP 2 over a node's two
-workers; SIGKILLing an agent must be recovered in place (groups and meshes rebuilt, every kept
-shard rebound) with the losses of a fault-free TP run, bit for bit, and every sample once.
+``tensor_parallel: {max_degree: 2}``, every stage TP 2 over a node's two workers, and heterogeneous
+pipelines pinned by ``pipelines[i].count`` (the planner's own rule would run three 1-node
+pipelines): one 1-node pipeline (1 stage) and one 2-node pipeline (2 stages). SIGKILLing an agent of
+the 2-node pipeline must be recovered in place (groups and meshes rebuilt, every kept shard rebound,
+the missing layers' shards copied) with the losses of a fault-free TP run, bit for bit, and every
+sample once.
 
 Issue #11 item 3 rides on the first run: every worker holds a user TCP socket of its own
 (``user_socket_worker``), and the survivors' sockets must stay open through the recovery, since an
@@ -146,10 +149,18 @@ def test_two_slot_node_killed_recovers_in_place(folder, job, reference, collecto
         )
 
 
-def write_tp_job(folder: Path, *, steps: int, f: int = 1) -> Path:
+HETERO_PIPELINES = """\
+pipelines:
+  - {stages: [[0, 1, 2, 3]], count: 1}
+  - {stages: [[0, 1], [2, 3]], count: 1}
+"""
+"""One 1-node pipeline (1 TP-2 stage) and one 2-node pipeline (2 TP-2 stages) of the 4-layer model."""
+
+
+def write_tp_job(folder: Path, *, steps: int, f: int = 1, pipelines: str = "") -> Path:
     """The harness job with every stage allowed 2 devices (``tensor_parallel.max_degree: 2``)."""
-    path = folder / f"tp_job_s{steps}_f{f}.yaml"
-    path.write_text(JOB.format(steps=steps, f=f, every=0) + "tensor_parallel:\n  max_degree: 2\n")
+    path = folder / f"tp_job_s{steps}_f{f}{'_hetero' if pipelines else ''}.yaml"
+    path.write_text(JOB.format(steps=steps, f=f, every=0) + "tensor_parallel:\n  max_degree: 2\n" + pipelines)
     return path
 
 
@@ -171,9 +182,11 @@ def tp_reference(folder: Path, tp_job: Path, launch_ranks: Callable[..., None]) 
     """The fault-free TP job on one 2-device node: the standalone worker's two ranks, torchrun's layout.
 
     NOTE: TP sums differ from one device's, so the reference must run TP 2 too; one node suffices.
-    It runs the recovered run's template (a one-node pipeline of TP-2 stages), and exact
+    It runs one 1-node pipeline of one TP-2 stage over the whole global batch (8 microbatches, the
+    job without ``pipelines:``). A layer's TP-2 math is the same whichever stage holds it, and exact
     accumulation makes a step's result independent of how the batch is split over pipelines, so the
-    3-pipeline steps before the kill and the 2-pipeline steps after it must both equal it, bit for bit.
+    1-node + 2-node steps before the kill and the two 1-node pipelines' steps after it must both
+    equal it, bit for bit.
     """
     run_dir = folder / "tp_ref"
     argv = [sys.executable, "-m", "oobleck.runtime.worker", "--config", str(tp_job)]
@@ -198,23 +211,34 @@ def tp_reference(folder: Path, tp_job: Path, launch_ranks: Callable[..., None]) 
 def test_tp2_node_killed_recovers_in_place_with_fault_free_losses(
     folder: Path, tp_job: Path, tp_reference: Run
 ) -> None:
-    """Three 2-slot agents running TP-2 stages, one SIGKILLed: recovered in place, losses == fault-free."""
-    before, after = planned(tp_job, 3, lost=(1,))
+    """TP-2 pipelines of 1 and 2 nodes, a node of the 2-node one SIGKILLed: in place, fault-free losses."""
+    hetero_job = write_tp_job(folder, steps=6, pipelines=HETERO_PIPELINES)
+    before, after = planned(hetero_job, 3, lost=(1,))
     for plan in (before, after):  # every stage spans both devices of its node: TP 2
         assert {stage.gpus for p in plan.pipelines for stage in p.template.stages} == {2}, plan
+    assert [(p.nodes, p.template.num_stages) for p in before.pipelines] == [((0,), 1), ((1, 2), 2)]
+    assert [(p.nodes, p.template.num_stages) for p in after.pipelines] == [((0,), 1), ((2,), 1)]
     run = run_master(
         folder / "tp_kill",
         write_hosts(folder, 3, slots=2),
-        tp_job,
+        hetero_job,
         at_step=2,
         action=lambda run_dir: kill_group(run_dir, 1),
         register_timeout_s=300.0,
         timeout_s=420.0,
     )
     assert run.rc == 0, run.master_log[-4000:]
+    record = json.loads((run.run_dir / "plans" / "gen0.json").read_text())
+    first = Plan.from_dict(record["plan"], gpus_per_node=2)
+    assert first.to_dict() == before.to_dict()  # the two templates the counts pinned, as planned here
     recoveries = run.events("recovery")
     assert len(recoveries) == 1 and recoveries[0]["lost"] == [1], recoveries
     assert not recoveries[0]["restart"], recoveries  # in place, not from a checkpoint
     assert [p["nodes"] for p in recoveries[0]["pipelines"]] == [list(p.nodes) for p in after.pipelines]
+    # The layout changed: node 2 held layers 2-3 and now runs all four, so layers 0-1 were copied to it.
+    assert [len(p["stages"]) for p in recoveries[0]["pipelines"]] == [1, 1]
+    copied = recoveries[0]["transfers"]
+    assert sorted((t["layer"], t["dst"]) for t in copied) == [(0, 2), (1, 2)], copied
+    assert recoveries[0]["transfer_bytes"] > 0
     assert_losses_match(run, tp_reference, rel=0.0)
     assert_ledger_exact(run, tp_reference, in_flight=(2, 3))
