@@ -1,12 +1,13 @@
 """Seeded chaos: random kills and stops of agents, workers and the master; the job must not notice.
 
-Issue #10 acceptance. A 200-step tiny GPT-2 job with ``fault_tolerance: 2`` on 6 one-slot agents gets,
-in a seeded random order at seeded random steps: a SIGKILL of an agent's process group, a SIGKILL of
-one worker under a live agent, a SIGSTOP of an agent's group long enough to be declared dead, a
-short SIGSTOP of one worker (a stall, not a failure), and one SIGKILL of the master followed by
-``oobleck master --resume``. The job must complete with the per-step losses of a fault-free run (the
-single-process standalone worker, which the engine tests show equal to any pipeline layout) and an
-exact sample ledger. The schedule and the timings are printed (``pytest -s``).
+Issue #10 acceptance. A 200-step job of the custom example model with ``fault_tolerance: 2`` on
+6 one-slot agents gets, in a seeded random order at seeded random steps: a SIGKILL of an agent's
+process group, a SIGKILL of one worker under a live agent, a SIGSTOP of an agent's group long
+enough to be declared dead, a short SIGSTOP of one worker (a stall, not a failure), and one
+SIGKILL of the master followed by ``oobleck master --resume``. The job must complete with the
+per-step losses of a fault-free run (the single-process standalone worker, which the engine tests
+show equal to any pipeline layout) and an exact sample ledger. The schedule and the timings are
+printed (``pytest -s``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Elastic recovery, end to end: real master, agents and workers on localhost; real kills and stops.
 
-Issue #5 acceptance 1-8 (harness in ``harness.py``). Every scenario runs tiny GPT-2 (fp32, gloo, CPU) under
+Issue #5 acceptance 1-8 (harness in ``harness.py``). Every scenario runs the custom example model
+(``examples/custom_model``: the user's script as each worker; fp32, gloo, CPU) under
 ``python -m oobleck.runtime.master`` and compares its per-step losses and sample ledger with a
 fault-free run of the same job. Each run starts its processes in their own process groups and the
 harness kills every one of them afterwards (by the pids in agents.json and the master's pid).
@@ -30,7 +31,6 @@ from oobleck.runtime.control.status_view import StatusError, StatusView, render
 from oobleck.runtime.control.token import read_token_file
 from oobleck.runtime.run_status import status_text
 from tests.integration.harness import (
-    JOB,
     Run,
     agents,
     assert_ledger_exact,
@@ -59,6 +59,8 @@ def reference(folder, fault_free):
     return run
 
 
+DEEP_TEMPLATE = "pipelines:\n  - stages: [[0, 1, 2], [3, 4, 5]]\n"
+"""A single hand-written 2-node template of the custom model: every pipeline spans two nodes."""
 JOIN_STEPS = 60
 """Steps of the join job: its workers are held at step 1 until the joiner is admitted."""
 
@@ -293,8 +295,7 @@ def test_rerun_after_losing_everything_resumes_from_checkpoint(folder, reference
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(row["agent_pid"], signal.SIGKILL)
 
-    job = folder / "job_ckpt.yaml"
-    job.write_text(JOB.format(steps=20, f=1, every=5))
+    job = write_job(folder, every=5)
     run_dir = folder / "resume"
     first = run_master(run_dir, write_hosts(folder, 4), job, at_step=12, action=kill_everything)
     assert first.rc != 0
@@ -316,10 +317,10 @@ def test_losing_every_replica_of_a_stage_restarts_from_the_checkpoint(folder):
         kill_group(run_dir, 0)
         kill_group(run_dir, 2)
 
-    # NOTE: 2.8 MB per device (float64 sums counted) makes n0 = 2 for tiny GPT-2, so four agents
-    # run pipelines [0, 1] and [2, 3]; nodes 0 and 2 hold every replica of the first stage.
+    # NOTE: the one template has 2 nodes (the example's layers 0-2 and 3-5), so four agents run
+    # pipelines [0, 1] and [2, 3]; nodes 0 and 2 hold every replica of the first stage.
     job = folder / "job_deep.yaml"
-    job.write_text(JOB.format(steps=20, f=1, every=5) + "device_memory_bytes: 2800000\n")
+    job.write_text(write_job(folder, steps=20, f=1, every=5).read_text() + DEEP_TEMPLATE)
     run = run_master(folder / "deep", write_hosts(folder, 4), job, at_step=6, action=kill_both_first_stages)
     assert run.rc == 0, run.master_log[-3000:]
     restart = next(r for r in run.events("recovery") if r.get("restart"))

@@ -1,7 +1,7 @@
 """The master is not needed for a step: a stalled master evicts nobody, a killed one is resumed in place.
 
-Real master, agents and workers (tiny GPT-2, gloo, CPU) on localhost, compared with one shared
-fault-free run: a SIGSTOP of the master for 5 s during a 4-agent run declares no node dead; a
+Real master, agents and workers (the custom example model, gloo, CPU) on localhost, compared with
+one shared fault-free run: a SIGSTOP of the master for 5 s during a 4-agent run declares no node dead; a
 SIGKILL of the master at step k followed by ``--resume`` finishes the job with the fault-free losses
 and no checkpoint reload, and a node killed after the restart is recovered in place.
 """

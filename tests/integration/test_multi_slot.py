@@ -57,13 +57,14 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def job(folder):
-    return write_job(folder, steps=8)
+    # NOTE: oobleck's own worker (an HF model): the test wraps that worker to hold a user socket.
+    return write_job(folder, steps=8, model="tiny-gpt2")
 
 
 @pytest.fixture(scope="module")
 def reference(folder, job):
     """The fault-free losses and ledger of the job (one process; exact accumulation)."""
-    return run_standalone(folder / "ref", write_job(folder, steps=8, f=0))
+    return run_standalone(folder / "ref", write_job(folder, steps=8, f=0, model="tiny-gpt2"))
 
 
 class LineCollector:

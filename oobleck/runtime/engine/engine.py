@@ -26,7 +26,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Shard
 
 from oobleck.errors import PlanningError, ReconfigurationError
 from oobleck.planning.plan import Plan, Transfer
@@ -36,6 +35,7 @@ from oobleck.runtime.engine.adapters import build_adapter
 from oobleck.runtime.engine.comm import Comm, default_device
 from oobleck.runtime.engine.custom_model import CustomModel
 from oobleck.runtime.engine.data import GlobalSampler, load_dataset
+from oobleck.runtime.engine.dtensors import is_dtensor, is_sharded
 from oobleck.runtime.engine.executor import StageContext, run_1f1b
 from oobleck.runtime.engine.optim import LayerState, adamw_update, clip_coefficient, learning_rate
 from oobleck.runtime.engine.precision import LossScaler, reduce_dtype, resolve_precision
@@ -605,7 +605,7 @@ class Engine:
             for name, param in self.layers[layer].params():
                 if name in skip or param.grad is None:
                     continue
-                sharded = isinstance(param, DTensor) and isinstance(param.placements[0], Shard)
+                sharded = is_sharded(param)
                 if sharded or first:
                     grads.append(local_data(param.grad))
         if grads:
@@ -620,4 +620,4 @@ def _final_gradient(state: LayerState, param: torch.nn.Parameter) -> bool:
     True for a plain tensor gradient outside exact accumulation (no float64 sum to install); a
     tensor-parallel (DTensor) one is re-wrapped with its parameter's placements instead.
     """
-    return param.grad is not None and not state.grad_sum and not isinstance(param, DTensor)
+    return param.grad is not None and not state.grad_sum and not is_dtensor(param)

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 from torch.optim.adam import adam
 
 from oobleck.runtime.config import OptimConfig
-from oobleck.runtime.engine.tensor_parallel import ShardSpec, local_tensor
+from oobleck.runtime.engine.dtensors import is_dtensor, local_tensor
+from oobleck.runtime.engine.tensor_parallel import ShardSpec
 
 
 def learning_rate(step: int, total_steps: int, config: OptimConfig) -> float:
@@ -137,8 +137,8 @@ class LayerState:
         """
         param = self._by_name[name]
         grad = value.to(param.dtype, copy=not share)
-        if isinstance(param, DTensor):
-            grad = DTensor.from_local(grad, param.device_mesh, param.placements, run_check=False)
+        if is_dtensor(param):
+            grad = type(param).from_local(grad, param.device_mesh, param.placements, run_check=False)  # type: ignore[attr-defined]
         param.grad = grad
         self.grad_sum.pop(name, None)
 

@@ -29,19 +29,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Shard
-from torch.distributed.tensor.parallel import (
-    ColwiseParallel,
-    ParallelStyle,
-    RowwiseParallel,
-    parallelize_module,
-)
 
 from oobleck.errors import ConfigError
+from oobleck.runtime.engine.dtensors import dtensors_imported
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor.parallel import ParallelStyle
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +202,11 @@ def shard_block(block: nn.Module, arch: str, hf_config: object, mesh: DeviceMesh
     Raises:
         ConfigError: the degree does not divide the heads (see :func:`check_degree`).
     """
+    # NOTE: imported here, the first place DTensors are made (see ``dtensors``): a worker without
+    # tensor parallelism never pays for torch.distributed.tensor (and sympy) at start-up.
+    from torch.distributed.tensor import DTensor, Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
     plan, degree = BLOCK_PLANS[arch], mesh.size()
     check_degree(arch, hf_config, degree)
     for path in (*plan.colwise, *plan.rowwise):
@@ -280,13 +283,11 @@ def clear_sharding_caches() -> None:
     generation's mesh over the same ranks then hits entries that carry the *previous* mesh, and
     the next collective looks up that mesh's destroyed group ("Could not resolve the process
     group ..."), which is what made sharded layers unrecoverable. torch has no public API for
-    this; ``torch.distributed.tensor.debug._clear_sharding_prop_cache`` clears both caches.
+    this; ``torch.distributed.tensor.debug._clear_sharding_prop_cache`` clears both caches. Before
+    any DTensor exists there is nothing to clear (and nothing is imported for it).
     """
+    if not dtensors_imported():
+        return
     from torch.distributed.tensor.debug import _clear_sharding_prop_cache
 
     _clear_sharding_prop_cache()
-
-
-def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor (a view of its storage), or the tensor itself."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor

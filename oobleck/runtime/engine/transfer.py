@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 
 from oobleck.errors import ConfigError, ReconfigurationError
 from oobleck.planning.plan import Plan, Transfer
 from oobleck.planning.transfer import ShardRoute
 from oobleck.runtime.engine.comm import Comm
+from oobleck.runtime.engine.dtensors import is_dtensor
 from oobleck.runtime.engine.optim import LayerState
 from oobleck.runtime.engine.precision import LossScaler
 from oobleck.runtime.engine.records import LayerCopy
@@ -109,7 +109,7 @@ def local_data(param: torch.Tensor) -> torch.Tensor:
     returns the local tensor itself, with no dispatch.
     """
     with torch.no_grad():
-        return param.to_local() if isinstance(param, DTensor) else param.detach()
+        return param.to_local() if is_dtensor(param) else param.detach()  # type: ignore[attr-defined]
 
 
 def named_state(state: LayerState) -> list[tuple[str, torch.Tensor]]:
