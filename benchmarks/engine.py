@@ -1,7 +1,11 @@
 """Benchmark: oobleck's 1F1B engine vs ``torch.distributed.pipelining.Schedule1F1B``, side by side.
 
 Same model (a GPT-2 built by our adapter, same seed), same stage split (one stage per process),
-same microbatches, same data, gloo on CPU (NCCL on GPU), AdamW after each step on both sides.
+same microbatches, same data, gloo on CPU (NCCL on GPU), and the same optimizer work after each
+step on both sides: global gradient-norm clipping at ``GRAD_CLIP`` (the GPT-2 recipe's 1.0; torch's
+side all-reduces the stages' squared norms, as torchtitan clips a pipeline), then AdamW. Ours
+computes that norm on every step anyway (it is logged, and fp16 needs it for overflows), so a peer
+without clipping would be timed without work every real run does.
 Rounds alternate the two systems so machine noise hits both alike; the median step time of each
 is reported with the throughput ratio (goal: ours >= 1.0x, issue 12), next to the load average
 (the machine may be shared: a figure taken under load is noisy, so compare ratios of one run).
@@ -37,6 +41,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 SEED = 0
+GRAD_CLIP = 1.0
+"""Global gradient-norm clip of both systems (nanoGPT's and torchtitan's default)."""
 PRESETS = {"gpt2-124m": {"layers": 12, "width": 768, "heads": 12}}
 """Model shapes ``--model`` selects (they override ``--layers``, ``--width`` and ``--heads``)."""
 RUN_DEFAULTS = {"seq": 64, "steps": 5, "rounds": 4}
@@ -55,7 +61,7 @@ def job_config(args: argparse.Namespace):
             "global_batch": args.microbatches * args.mbs,
             "microbatch_size": args.mbs,
             "steps": 1000,
-            "optim": {"lr": 1e-4, "grad_clip": 0.0, "exact_accumulation": False},
+            "optim": {"lr": 1e-4, "grad_clip": GRAD_CLIP, "exact_accumulation": False},
             "seed": SEED,
             "precision": args.precision,
         },
@@ -118,7 +124,14 @@ def worker(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
         )
         with autocast:
             _schedule_step(tokens)
+        clip_global_norm()
         optimizer.step()
+
+    def clip_global_norm() -> None:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        square = torch.nn.utils.get_total_norm(grads, foreach=True).double().pow(2)
+        dist.all_reduce(square)
+        torch.nn.utils.clip_grads_with_norm_(module.parameters(), GRAD_CLIP, square.sqrt(), foreach=True)
 
     def _schedule_step(tokens: torch.Tensor) -> None:
         if rank == 0:

@@ -9,7 +9,9 @@ kill once step 12 has committed; every process on this machine, gloo):
     checkpoint every step (no lost work); node/group 2 is killed.
 (b) pipelines spanning nodes, global batch 12, 6 nodes: oobleck on ``examples/tiny_gpt2_deep.yaml``
     (``device_memory_bytes: 2800000``: no node holds the model, 3 pipelines of 2 nodes; losing
-    node 0 forces 2+3-node pipelines and layer copies) vs torchft with 3 replica groups of 2
+    node 0 forces 2+3-node pipelines, whose stages here line up with layers the survivors already
+    hold, so no layer is copied: copies are measured by ``tests/integration/test_deep_recovery.py``
+    and ``make demo``) vs torchft with 3 replica groups of 2
     pipeline stages (a group is its failure domain); node 0 (group 0, stage 0) is killed.
 Figures per peer, median of ``--repeats`` alternating runs: kill -> next committed step, recovery
 overhead (that minus one steady step), survivors' samples/s before/after, whether every step kept
