@@ -134,11 +134,13 @@ def run_master(
     timeout_s: float = 240.0,
     extra_env: dict[str, str] | None = None,
     register_timeout_s: float = 120.0,
+    master_args: tuple[str, ...] = (),
 ) -> Run:
     """Run a one-shot master; call ``action(run_dir)`` after step ``at_step``; clean up every process.
 
     ``register_timeout_s`` bounds agent start-up until every worker is ready (raise it for runs of
     many workers: each imports torch, which takes minutes of wall time on a loaded 2-core machine).
+    ``master_args``: more ``oobleck master`` flags (e.g. ``--missed-heartbeats``).
     """
     env = {**os.environ, **(extra_env or {})}
     env.pop("OOBLECK_TOKEN", None)
@@ -157,6 +159,7 @@ def run_master(
                 str(run_dir),
                 "--register-timeout-s",
                 str(register_timeout_s),
+                *master_args,
             ],
             env=env,
             stdout=err,
