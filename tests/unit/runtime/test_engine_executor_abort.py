@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from oobleck.runtime.config import ModelConfig
-from oobleck.runtime.engine.adapters import build_adapter
 from oobleck.runtime.engine.comm import Comm, CommunicationError
-from oobleck.runtime.engine.data import TokenDataset
 from oobleck.runtime.engine.executor import StageContext, run_1f1b
-from oobleck.runtime.engine.topology import StageInfo
-
-MICROBATCHES = [[0, 1], [2, 3]]
+from tests.unit.runtime.one_stage import MICROBATCHES, one_stage_context
 
 
 class _Spy(nn.Module):
@@ -36,34 +30,9 @@ class _Spy(nn.Module):
 
 def _one_stage(abort_at: int, abort_in: str) -> tuple[list[_Spy], StageContext]:
     """The whole tiny GPT-2 as one data-parallel stage, layer ``abort_at`` latching an abort."""
-    adapter = build_adapter(ModelConfig(name="tiny-gpt2", arch="gpt2"))
     comm = Comm("gloo")
-    layers = [
-        _Spy(adapter.build_layer(i, seed=3), comm, abort_in if i == abort_at else None)
-        for i in range(adapter.num_layers)
-    ]
-    tokens = np.random.default_rng(0).integers(0, adapter.vocab_size, size=4 * 8 + 1)
-    info = StageInfo(
-        rank=0,
-        pipeline=0,
-        stage=0,
-        num_stages=1,
-        layers=tuple(range(adapter.num_layers)),
-        microbatches=len(MICROBATCHES),
-        first_microbatch=0,
-        prev_rank=None,
-        next_rank=None,
-        norm_layers=(),
-    )
-    ctx = StageContext(
-        info=info,
-        layers=layers,
-        comm=comm,
-        dataset=TokenDataset(tokens, sequence_length=8),
-        device=torch.device("cpu"),
-        activation_shape=(2, 8, adapter.hidden_size),
-    )
-    return layers, ctx
+    ctx = one_stage_context(comm, lambda i, layer: _Spy(layer, comm, abort_in if i == abort_at else None))
+    return [layer for layer in ctx.layers if isinstance(layer, _Spy)], ctx
 
 
 def test_an_abort_during_a_forward_stops_the_step_before_the_next_layer() -> None:

@@ -2,48 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from oobleck.runtime.config import ModelConfig
-from oobleck.runtime.engine.adapters import build_adapter
 from oobleck.runtime.engine.comm import Comm
-from oobleck.runtime.engine.data import TokenDataset
-from oobleck.runtime.engine.executor import StageContext, run_1f1b
-from oobleck.runtime.engine.topology import StageInfo
-
-CPU = torch.device("cpu")
-MICROBATCHES = [[0, 1], [2, 3]]
+from oobleck.runtime.engine.executor import run_1f1b
+from tests.unit.runtime.one_stage import MICROBATCHES, one_stage_context
 
 
 def _step(precision: str, checkpoint_layers: bool) -> tuple[float, list[torch.Tensor]]:
     """Loss sum and parameter gradients of one step of the whole tiny GPT-2 as one stage."""
-    adapter = build_adapter(ModelConfig(name="tiny-gpt2", arch="gpt2"))
-    layers = [adapter.build_layer(i, seed=3) for i in range(adapter.num_layers)]
-    tokens = np.random.default_rng(0).integers(0, adapter.vocab_size, size=4 * 8 + 1)
-    info = StageInfo(
-        rank=0,
-        pipeline=0,
-        stage=0,
-        num_stages=1,
-        layers=tuple(range(adapter.num_layers)),
-        microbatches=len(MICROBATCHES),
-        first_microbatch=0,
-        prev_rank=None,
-        next_rank=None,
-        norm_layers=(),
-    )
-    ctx = StageContext(
-        info=info,
-        layers=layers,
-        comm=Comm("gloo"),
-        dataset=TokenDataset(tokens, sequence_length=8),
-        device=CPU,
-        activation_shape=(2, 8, adapter.hidden_size),
-        precision=precision,
-        checkpoint_layers=checkpoint_layers,
-    )
+    ctx = one_stage_context(Comm("gloo"), precision=precision, checkpoint_layers=checkpoint_layers)
+    layers = ctx.layers
     loss = run_1f1b(ctx, MICROBATCHES, loss_scale=0.5)
     grads = [p.grad for layer in layers for _, p in sorted(layer.named_parameters()) if p.grad is not None]
     return float(loss), grads
