@@ -20,8 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from oobleck.runtime.control.agent import job_entrypoint
 from tests.integration import preloaded
 
 JOB = """\
@@ -218,7 +217,8 @@ def run_standalone(
     by default the job's own ``entrypoint:`` (what an agent would run), else oobleck's worker.
     """
     if entrypoint is None:
-        entrypoint = _job_entrypoint(config)
+        script = job_entrypoint(config.read_text(), str(config))
+        entrypoint = None if script is None else Path(script)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OOBLECK_CONTROL", "MASTER_"))}
     # NOTE: one intra-op thread, as agents give their workers: no oversubscription of the cores.
     env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", OMP_NUM_THREADS="1")
@@ -231,13 +231,6 @@ def run_standalone(
     assert code == 0, output[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return Run(0, run_dir, None, records, output)
-
-
-def _job_entrypoint(config: Path) -> Path | None:
-    """The job's ``entrypoint:`` script, resolved against the job file as the agent resolves it."""
-    raw = yaml.safe_load(config.read_text())
-    script = raw.get("entrypoint") if isinstance(raw, dict) else None
-    return None if script is None else (config.parent / str(script)).resolve()
 
 
 def kill_group(run_dir: Path, node: int, sig: int = signal.SIGKILL) -> None:
