@@ -107,5 +107,9 @@ def test_a_loss_notice_is_queued_before_the_run_dir_writes(master, tmp_path, mon
     channels[1].close()
     notice = channels[0].recv(3)
     assert notice["type"] == "membership" and notice["generation"] == 1 and notice["lost"] == [1]
+    # NOTE: the notice can arrive before the master's thread has done the writes that follow it.
+    deadline = time.monotonic() + 3.0
+    while not {"agents.json", "metrics"} <= set(order) and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert order[0] == "notice gen 1" and {"agents.json", "metrics"} <= set(order[1:])
     channels[0].close()
