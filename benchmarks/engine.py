@@ -5,7 +5,9 @@ same microbatches, same data, gloo on CPU (NCCL on GPU), and the same optimizer 
 step on both sides: global gradient-norm clipping at ``GRAD_CLIP`` (the GPT-2 recipe's 1.0; torch's
 side all-reduces the stages' squared norms, as torchtitan clips a pipeline), then AdamW. Ours
 computes that norm on every step anyway (it is logged, and fp16 needs it for overflows), so a peer
-without clipping would be timed without work every real run does.
+without clipping would be timed without work every real run does. GPT-2 ties its head to its
+embedding, so torch's side also sums the tied gradient over the first and last stage (Megatron's
+embedding group, :func:`tied_weight_sync`), as ours does: else it would train another model.
 Rounds alternate the two systems so machine noise hits both alike; the median step time of each
 is reported with the throughput ratio (goal: ours >= 1.0x, issue 12), next to the load average
 (the machine may be shared: a figure taken under load is noisy, so compare ratios of one run).
@@ -32,6 +34,7 @@ import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -91,6 +94,46 @@ def split_plan(num_layers: int, stages: int, microbatches: int, mbs: int):
     ), bounds
 
 
+def stage_of(layer: int, bounds: list[int]) -> int:
+    """The stage holding ``layer`` under the split ``bounds``."""
+    return next(i for i, (a, b) in enumerate(itertools.pairwise(bounds)) if a <= layer < b)
+
+
+def tied_weight_sync(ties, module: nn.Sequential, bounds: list[int], rank: int) -> Callable[[], None]:
+    """Megatron's embedding-group all-reduce for torch's side: sum a tied weight's gradients.
+
+    GPT-2 ties ``lm_head.weight`` (last stage) to the embedding (first stage). Without this sum the
+    schedule trains an untied model, the two copies drifting apart, and skips a 154 MB all-reduce a
+    step that ours must do. Every rank calls this (``new_group`` is collective).
+    """
+    first, end = bounds[rank], bounds[rank + 1]
+    reductions: list[Callable[[], None]] = []
+    for tie in ties:
+        sides = ((tie.source_layer, tie.source_name), (tie.layer, tie.name))
+        holders = sorted({stage_of(layer, bounds) for layer, _ in sides})
+        group = dist.new_group(holders) if len(holders) > 1 else None
+        params = [
+            dict(module[layer - first].named_parameters())[name]
+            for layer, name in sides
+            if first <= layer < end
+        ]
+        if len(params) == 2:
+            reductions.append(lambda a=params[0], b=params[1]: _share_sum(a, b))
+        elif params:
+            reductions.append(lambda p=params[0], g=group: dist.all_reduce(p.grad, group=g))
+
+    def sync() -> None:
+        for reduce in reductions:
+            reduce()
+
+    return sync
+
+
+def _share_sum(a: nn.Parameter, b: nn.Parameter) -> None:
+    total = a.grad + b.grad
+    a.grad, b.grad = total, total.clone()
+
+
 def worker(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     """One stage: build both systems on the same process group, then time them in alternating rounds."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B
@@ -111,6 +154,7 @@ def worker(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     stage = PipelineStage(module, rank, args.stages, engine.device)
     schedule = Schedule1F1B(stage, args.microbatches, loss_fn=microbatch_loss)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, weight_decay=0.0, foreach=True)
+    tied = tied_weight_sync(engine.adapter.tied, module, bounds, rank)
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -124,6 +168,7 @@ def worker(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
         )
         with autocast:
             _schedule_step(tokens)
+        tied()
         clip_global_norm()
         optimizer.step()
 
