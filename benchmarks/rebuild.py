@@ -1,7 +1,8 @@
 """Process-group rebuild: seconds vs ranks, world-wide sequential groups (before) vs rounds (after).
 
 Scenario: what one generation of the runtime does after a failure, ``Comm.init`` (a fresh gloo
-world on a prefixed store), the plan's groups, and the generation barrier (a world all_reduce), on
+world on a prefixed store), the plan's groups, then a world all_reduce so that a figure ends when the
+last rank is done (the runtime has no such barrier: its first step's collectives wait alike), on
 4, 8, 12 and 16 CPU processes of this machine. The groups are those the runtime builds for a real
 plan of that size: a 16-layer tied GPT-2 (width 64) planned with ``fault_tolerance: 1`` on nodes so
 small (``device_memory_bytes``, scanned per size) that the plan has two deep pipelines, the
@@ -129,7 +130,7 @@ def worker(rank: int, port: int, trials: list[dict]) -> None:
         else:
             comm.new_groups(sets)
         t2 = time.perf_counter()
-        comm.run("generation barrier", dist.all_reduce, probe)
+        comm.run("last rank done", dist.all_reduce, probe)
         t3 = time.perf_counter()
         comm.destroy()
         store.set(f"result{index}/{rank}", json.dumps([t1 - t0, t2 - t1, t3 - t0, c1 - c0]))

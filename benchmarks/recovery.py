@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,14 @@ def _loss_rows(metrics: Path) -> list[dict[str, Any]]:
     return [r for r in _jsonl(metrics) if "loss" in r and "event" not in r]
 
 
-def _run_until(argv: list[str], log: Path, metrics: Path, kill_after: int | None, kill: Any) -> float | None:
-    """Run ``argv`` (its own session) to the end, calling ``kill`` once step ``kill_after`` is done."""
+def _run_until(
+    argv: list[str], log: Path, metrics: Path, kill_after: int | None, kill: Callable[[], float]
+) -> float | None:
+    """Run ``argv`` (its own session) to the end, calling ``kill`` once step ``kill_after`` is done.
+
+    ``kill`` finds its victim first and returns the wall time of the signal itself, so reading a
+    pid file is not counted as recovery time.
+    """
     with log.open("w") as handle:
         proc = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     t_kill = None
@@ -112,8 +119,7 @@ def _run_until(argv: list[str], log: Path, metrics: Path, kill_after: int | None
             time.sleep(0.01)
             rows = _loss_rows(metrics)
             if kill_after is not None and t_kill is None and rows and rows[-1]["step"] >= kill_after:
-                t_kill = time.time()
-                kill()
+                t_kill = kill()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -131,9 +137,11 @@ def oobleck_run(out: Path, job: Path, nodes: int, kill_after: int | None, node: 
     argv += ["--config", str(job), "--run-dir", str(out), "--register-timeout-s", "600"]
     # NOTE: 600 s: on a loaded shared machine four workers importing torch can take minutes.
 
-    def kill() -> None:
+    def kill() -> float:
         row = next(a for a in json.loads((out / "agents.json").read_text()) if a["node"] == node)
+        now = time.time()
         os.killpg(row["agent_pid"], signal.SIGKILL)
+        return now
 
     t_kill = _run_until(argv, out.with_suffix(".log"), out / "metrics.jsonl", kill_after, kill)
     records = _jsonl(out / "metrics.jsonl")
@@ -165,8 +173,11 @@ def torchrun_run(out: Path, job: Path, kill_after: int | None) -> dict[str, Any]
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4"]
     argv += ["--max-restarts", "3", __file__, "--worker", "--config", str(job), "--out", str(out)]
 
-    def kill() -> None:
-        os.kill(int((out / "rank2.pid").read_text()), signal.SIGKILL)
+    def kill() -> float:
+        pid = int((out / "rank2.pid").read_text())
+        now = time.time()
+        os.kill(pid, signal.SIGKILL)
+        return now
 
     t_kill = _run_until(argv, out.with_suffix(".log"), out / "metrics.jsonl", kill_after, kill)
     rows = {int(r["step"]): r for r in _loss_rows(out / "metrics.jsonl")}  # the redone step wins

@@ -47,9 +47,10 @@ class RecoveryConstants:
     """Seconds to compute the new plan: templates are precomputed, so reconfiguration is a lookup
     plus the batch split, tens of milliseconds in Python for ~100 nodes."""
     rebuild_groups_fixed_s: float = 0.03
-    """Fixed part of a group rebuild: destroying the old world, the store rendezvous and the
-    generation barrier. Measured by ``benchmarks/rebuild.py`` on this machine (the median over 4-16
-    ranks of what the two per-unit terms below leave of a rebuild; see docs/assumptions.md)."""
+    """Fixed part of a group rebuild: destroying the old world, the store rendezvous and the wait
+    for the last rank (a world all-reduce in the benchmark; the runtime's first step). Measured by
+    ``benchmarks/rebuild.py`` on this machine (the median over 4-16 ranks of what the two per-unit
+    terms below leave of a rebuild; see docs/assumptions.md)."""
     rebuild_groups_per_rank_s: float = 0.0003
     """Seconds per rank of the world's re-initialisation, which every generation does: a gloo world
     is a full mesh, each rank connects to every other, so this is linear in the world's ranks.

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -120,6 +121,8 @@ class ElasticLoop:
             # on a cluster machine is routable; a loopback job keeps them on loopback.
             os.environ["GLOO_SOCKET_IFNAME"] = "lo"
         self._fault_epoch = 0
+        self._aborting = threading.Lock()
+        """Held for the whole of an abort: the training thread waits out one that another thread runs."""
         self.store: dist.Store | None = None
         """This generation's store client (a fresh one per regroup; abandoned by an abort)."""
         self.engine = Engine(
@@ -149,13 +152,14 @@ class ElasticLoop:
 
     # ------------------------------------------------------------------ main loop
     def _on_failure(self, membership: Membership) -> None:
+        # NOTE: abort first, log after: the peers blocked on this rank unblock a log write sooner.
+        self._abort(f"generation {membership.generation}: {membership.reason}")
         logger.warning(
-            "[node %d] notice: generation %d, %s; aborting process groups",
+            "[node %d] notice: generation %d, %s; process groups aborted",
             self.node,
             membership.generation,
             membership.reason,
         )
-        self._abort(f"generation {membership.generation}: {membership.reason}")
 
     def _abort(self, reason: str) -> None:
         """Destroy this generation's groups and cut their sockets.
@@ -165,17 +169,35 @@ class ElasticLoop:
         failed first) then fails at once too, so the cascade reaches every rank in milliseconds
         instead of after the collective timeout.
         """
-        self._fault_epoch += 1
-        abort_communicators(self.engine.comm.backend)  # NOTE: NCCL only, and before the destroy.
-        self.engine.abort(reason)
-        # NOTE: the store client is abandoned too: a rank blocked in a rendezvous read (waiting for a
-        # peer that died) wakes up at once; every generation then starts on a fresh store client.
-        store = self.store
-        if isinstance(store, StoreClient):
-            store.abandon()
-        # NOTE: only what this generation's build opened is cut; the standby store client (the next
-        # regroup's, connected during steady state) and the user's own sockets stay open.
-        self._sockets.sever()
+        with self._aborting:
+            self._fault_epoch += 1
+            abort_communicators(self.engine.comm.backend)  # NOTE: NCCL only, and before the destroy.
+            self.engine.comm.fail(reason)
+            # NOTE: the store client is abandoned too: a rank blocked in a rendezvous read (waiting
+            # for a peer that died) wakes up at once; every generation then starts on a fresh client.
+            store = self.store
+            if isinstance(store, StoreClient):
+                store.abandon()
+            # NOTE: only what this generation's build opened is cut; the standby store client (the
+            # next regroup's, connected during steady state) and the user's own sockets stay open.
+            # Cut before the destroy: gloo's destroy waits for a collective in flight, which only
+            # ends once its sockets are shut (else when the dead peer's kernel closes them, which
+            # took ~20 ms after a SIGKILL of a torch worker here).
+            self._sockets.sever()
+            self.engine.abort(reason)
+
+    def _after_failed_step(self, epoch: int, reason: str) -> None:
+        """Abort unless an abort since ``epoch`` (a notice, on the link thread) already did; wait it out.
+
+        The training thread unblocks in the middle of the link thread's abort (when the sockets
+        are cut): it must not start the next build (a new store client, new groups) before that
+        abort has finished, or the abort would take the new generation's client for the old one.
+        """
+        if self._fault_epoch == epoch:
+            self._abort(reason)  # NOTE: this rank failed first: cascade to the peers blocked on it.
+            return
+        with self._aborting:
+            pass
 
     def _store_address(self) -> tuple[str, int, bytes]:
         """The master's store (``MASTER_ADDR``/``MASTER_PORT``) and its key (from the agent)."""
@@ -216,8 +238,8 @@ class ElasticLoop:
                 if not self._aborted(exc, epoch):
                     raise
                 self._unblocked_at = time.time()
+                self._after_failed_step(epoch, str(exc))
                 logger.warning("[node %d step=%d] %s", self.node, self.next_step, exc)
-                self._abort(str(exc))
                 self._await_change(self.generation)
                 continue
             self._record_step(metrics)
@@ -396,12 +418,10 @@ class ElasticLoop:
         measured = self.engine.reconfigure(
             change.plan, change.transfers, target.generation, rank_of_node, store, source_plan=committed
         )
-        comm = self.engine.comm
         mark_engine_phases(
             self.clock,
             plan_ready=plan_ready,
-            init_done_at=comm.init_done_at,
-            groups_done_at=comm.groups_done_at,
+            init_done_at=self.engine.comm.init_done_at,
             transfer_s=measured.transfer_state_s,
         )
         return plan_ready, {

@@ -24,13 +24,12 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("barrier", "store", "barrier"),
     ("plan", "barrier", "plan"),
     ("init_group", "plan", "init_group"),
-    ("subgroups", "init_group", "subgroups"),
-    ("sync", "subgroups", "groups"),
+    ("subgroups", "init_group", "groups"),
     ("transfer", "groups", "transfer"),
 )
 """Every phase :func:`phases_ms` reports. ``notice_to_regroup`` spans ``unblock`` + ``await``
-(it is the only one of the three when the regroup did not interrupt a step); ``sync`` is the
-generation barrier after the groups are built."""
+(it is the only one of the three when the regroup did not interrupt a step); ``subgroups`` ends
+when the generation's groups are built (no barrier follows: the first step's collectives wait)."""
 
 
 class RegroupClock:
@@ -71,7 +70,6 @@ def mark_engine_phases(
     *,
     plan_ready: float,
     init_done_at: float | None,
-    groups_done_at: float | None,
     transfer_s: float,
 ) -> None:
     """Mark the engine's phases of a reconfigure that just returned (now).
@@ -80,12 +78,10 @@ def mark_engine_phases(
         clock: The regroup's marks.
         plan_ready: When the plan was ready (the reconfigure started).
         init_done_at: When the default group was up (``Comm.init_done_at``).
-        groups_done_at: When the subgroups were up (``Comm.groups_done_at``).
         transfer_s: How long the state transfer, the reconfigure's last phase, took.
     """
     done = time.time()
-    for name, at in (("init_group", init_done_at), ("subgroups", groups_done_at)):
-        if at is not None and at >= plan_ready:  # NOTE: an older value is an earlier generation's.
-            clock.mark(name, at)
+    if init_done_at is not None and init_done_at >= plan_ready:  # NOTE: else an earlier generation's.
+        clock.mark("init_group", init_done_at)
     clock.mark("groups", done - transfer_s)
     clock.mark("transfer", done)

@@ -12,7 +12,7 @@ from tests.integration.harness import kill_group, run_master, write_hosts, write
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PHASES = {"notice_to_regroup", "store", "barrier", "plan", "init_group", "subgroups", "sync", "transfer"}
+PHASES = {"notice_to_regroup", "store", "barrier", "plan", "init_group", "subgroups", "transfer"}
 
 
 @pytest.mark.timeout(240)

@@ -114,8 +114,6 @@ class Comm:
         """The event the training thread is waiting on, set by a latch so an abort wakes it at once."""
         self.init_done_at: float | None = None
         """``time.time()`` when the last default group was up (recovery timing)."""
-        self.groups_done_at: float | None = None
-        """``time.time()`` when the last :meth:`new_groups` finished (recovery timing)."""
 
     def init(self, store: dist.Store, *, rank: int, world_size: int, device: torch.device) -> None:
         """Initialise the default process group of a generation on ``store`` (already prefixed).
@@ -178,7 +176,6 @@ class Comm:
                 group = self.call("new_group", dist.new_group, list(ranks), timeout=self.timeout)
                 if rank in ranks:
                     self._groups[ranks] = group
-        self.groups_done_at = time.time()
 
     def _split_round(self, disjoint: list[tuple[int, ...]], rank: int) -> None:
         """NCCL with a bound device: one ``split_group`` of the world per round.
@@ -281,12 +278,17 @@ class Comm:
                 wake.set()  # NOTE: the waiting training thread sees the error now, not a poll later.
             return self.error
 
+    def fail(self, reason: str) -> None:
+        """Latch ``reason`` (unless an error is already latched): the training thread raises it at
+        its next check or wait. Safe from another thread; never raises."""
+        self._latch(reason, RuntimeError(reason))
+
     def abort(self, reason: str = "aborted") -> None:
         """Latch ``reason`` (unless an error is already latched) and destroy all process groups.
 
         Safe to call twice and from another thread; never raises.
         """
-        self._latch(reason, RuntimeError(reason))
+        self.fail(reason)
         self.destroy()
 
     def close(self, drain_s: float = 10.0) -> None:

@@ -306,8 +306,10 @@ class Engine:
         old_plan = source_plan or self._committed_plan
         pool = self._pool()
         start = time.perf_counter()
+        # NOTE: no barrier after the build (configure has one): gloo's world rendezvous already
+        # waited for every rank, the transfers pair their ranks, and a rank that enters the step
+        # early waits in its first collective instead; a barrier cost a round of every rank.
         self._start_generation(new_plan, generation, rank_of_node, store)
-        self._barrier()
         groups_done = time.perf_counter()
         if old_plan is None and transfers:
             raise ReconfigurationError(f"node {self.node} cannot take part in transfers: no previous plan")
