@@ -4,8 +4,9 @@
 
 Per membership generation G every worker does::
 
-    publish (committed plan, next step) under ctl/gen<G>/state/<node>/<local>   -- store barrier
-    read every member's record; survivors agree on the committed plan and step
+    publish (committed plan, next step) under ctl/gen<G>/state/<node>/<local>
+    join the world of generation G (every member's ranks)        -- the rendezvous waits for all
+    read every member's record (all set by now); survivors agree on the committed plan and step
     plan    = Planner.reconfigure(committed, lost=committed - members, joined=members - committed)
     engine.reconfigure(plan, transfers, G, rank_of_node, store)                 -- or configure at G=0
     redo the interrupted step
@@ -65,8 +66,10 @@ from oobleck.runtime.control.devices import node_devices
 from oobleck.runtime.control.generation_sync import (
     BARRIER_TIMEOUT_S,
     BarrierTimeoutError,
-    exchange_states,
+    collect_states,
     planner_inputs,
+    publish_state,
+    unpublished,
 )
 from oobleck.runtime.control.link import WorkerLink
 from oobleck.runtime.control.membership import Membership
@@ -90,6 +93,9 @@ generation-0 planner claim fail before publishing the inputs (the claim-then-die
 
 QUIET_ERROR_WAIT_S = 5.0
 """After a communication error with no notice, wait this long before asking the master to regroup."""
+WORLD_WATCH_S = 0.05
+"""How often a world rendezvous in progress re-checks that its generation is still the newest (the
+check itself wakes at once on a notice; this only bounds how long the watcher outlives the join)."""
 
 
 class ElasticLoop:
@@ -172,7 +178,7 @@ class ElasticLoop:
         with self._aborting:
             self._fault_epoch += 1
             abort_communicators(self.engine.comm.backend)  # NOTE: NCCL only, and before the destroy.
-            self.engine.comm.fail(reason)
+            self.engine.abort(reason)
             # NOTE: the store client is abandoned too: a rank blocked in a rendezvous read (waiting
             # for a peer that died) wakes up at once; every generation then starts on a fresh client.
             store = self.store
@@ -180,11 +186,9 @@ class ElasticLoop:
                 store.abandon()
             # NOTE: only what this generation's build opened is cut; the standby store client (the
             # next regroup's, connected during steady state) and the user's own sockets stay open.
-            # Cut before the destroy: gloo's destroy waits for a collective in flight, which only
-            # ends once its sockets are shut (else when the dead peer's kernel closes them, which
-            # took ~20 ms after a SIGKILL of a torch worker here).
+            # After the destroy, the order every test has run: with the cut first, one run of a
+            # deep-plan test hung in this abort for 120 s (cause not found, not reproduced since).
             self._sockets.sever()
-            self.engine.abort(reason)
 
     def _after_failed_step(self, epoch: int, reason: str) -> None:
         """Abort unless an abort since ``epoch`` (a notice, on the link thread) already did; wait it out.
@@ -357,18 +361,18 @@ class ElasticLoop:
             step=self.next_step,
             last=self._last,
         )
-        states = exchange_states(
-            store,
-            target,
-            node=self.node,
-            local_rank=self.local_rank,
-            record=record,
-            superseded=lambda: self._superseded(target),
-        )
+        if self._superseded(target):
+            return None
+        publish_state(store, target.generation, node=self.node, local_rank=self.local_rank, record=record)
+        rank_of_node = target.rank_of_node()
+        self._join_world(store, target, rank_of_node)
+        self.clock.mark("init_group")
+        # NOTE: every member publishes before it joins the world, so once the world is up every
+        # record is in the store: this read waits for none of them (one round trip).
+        states = collect_states(store, target, node=self.node, superseded=lambda: self._superseded(target))
         if states is None:
             return None
         self.clock.mark("barrier")
-        rank_of_node = target.rank_of_node()
         planner = self._get_planner(store, target)
         if planner is None or self._superseded(target):
             return None
@@ -395,6 +399,35 @@ class ElasticLoop:
         self.next_step = ahead["step"]
         return self._reconfigure(store, planner, committed, target, rank_of_node)
 
+    def _join_world(self, store: dist.Store, target: Membership, rank_of_node: dict[int, int]) -> None:
+        """Join the generation's world before the plan is agreed on (:meth:`Engine.join_world`).
+
+        Raises:
+            BarrierTimeoutError: the rendezvous timed out without an abort (no newer notice) while
+                some members had not even published their state record: those are named, as the
+                state barrier names them, so the master drops exactly them.
+            CommunicationError: the rendezvous failed otherwise (e.g. at once, a member dying in
+                it): the notice of that loss decides, not a guess at who is missing.
+        """
+        epoch, start = self._fault_epoch, time.monotonic()
+        joined = threading.Event()
+        threading.Thread(
+            target=abandon_when_superseded,
+            args=(self.link, store, target.generation, joined),
+            name="world-watch",
+            daemon=True,
+        ).start()
+        try:
+            self.engine.join_world(target.generation, rank_of_node, store, target.world_size)
+        except CommunicationError as exc:
+            timed_out = time.monotonic() - start >= self._timeout.total_seconds()
+            missing = unpublished(store, target) if timed_out and self._fault_epoch == epoch else []
+            if missing:
+                raise BarrierTimeoutError(target.generation, missing, "state record") from exc
+            raise
+        finally:
+            joined.set()
+
     def _reconfigure(
         self,
         store: dist.Store,
@@ -418,12 +451,7 @@ class ElasticLoop:
         measured = self.engine.reconfigure(
             change.plan, change.transfers, target.generation, rank_of_node, store, source_plan=committed
         )
-        mark_engine_phases(
-            self.clock,
-            plan_ready=plan_ready,
-            init_done_at=self.engine.comm.init_done_at,
-            transfer_s=measured.transfer_state_s,
-        )
+        mark_engine_phases(self.clock, transfer_s=measured.transfer_state_s)
         return plan_ready, {
             "restart": False,
             "rebuild_groups_s": measured.rebuild_groups_s,
@@ -584,6 +612,23 @@ class ElasticLoop:
         keep = self.job.checkpoint.keep
         if keep is not None:
             prune(self.ckpt_dir, self.engine.adapter.num_layers, keep)
+
+
+def abandon_when_superseded(
+    link: WorkerLink, store: dist.Store, generation: int, joined: threading.Event
+) -> None:
+    """Until ``joined``: abandon ``store`` once a generation newer than ``generation`` is announced.
+
+    The world rendezvous blocks in C++ and cannot poll for a newer generation as the state barrier
+    does. A newer notice that removes nodes abandons the store itself (the abort), but one published
+    just before the regroup took its store client, or a join (no abort), would leave the rank
+    waiting in a world its peers have left, until the store timeout.
+    """
+    while not joined.is_set() and not link.closed:
+        if link.wait_newer(generation, WORLD_WATCH_S) is not None:
+            if not joined.is_set() and isinstance(store, StoreClient):
+                store.abandon()
+            return
 
 
 def main(args: argparse.Namespace, model: CustomModel | None = None) -> int:

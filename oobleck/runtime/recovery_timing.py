@@ -1,8 +1,8 @@
 """Where a recovery's milliseconds go on one worker: named wall-clock marks, reduced to phases.
 
 The elastic loop marks each boundary of a regroup as it passes it (the notice arriving, the
-training thread unblocking, the store client ready, the state barrier done, the plan ready, the
-default group up, the subgroups up, the layer state moved); :func:`phases_ms` turns the marks into
+training thread unblocking, the store client ready, the default group up, the state barrier done,
+the plan ready, the subgroups up, the layer state moved); :func:`phases_ms` turns the marks into
 the duration of each phase, which the recovery record carries as ``regroup_ms`` so that the
 benchmark (and a user) can see which phase a slow recovery spent its time in.
 
@@ -21,15 +21,17 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("await", "unblocked", "regroup"),
     ("notice_to_regroup", "notice", "regroup"),
     ("store", "regroup", "store"),
-    ("barrier", "store", "barrier"),
+    ("init_group", "store", "init_group"),
+    ("barrier", "init_group", "barrier"),
     ("plan", "barrier", "plan"),
-    ("init_group", "plan", "init_group"),
-    ("subgroups", "init_group", "groups"),
+    ("subgroups", "plan", "groups"),
     ("transfer", "groups", "transfer"),
 )
 """Every phase :func:`phases_ms` reports. ``notice_to_regroup`` spans ``unblock`` + ``await``
-(it is the only one of the three when the regroup did not interrupt a step); ``subgroups`` ends
-when the generation's groups are built (no barrier follows: the first step's collectives wait)."""
+(it is the only one of the three when the regroup did not interrupt a step). ``init_group`` is
+publishing this worker's state record and joining the generation's world, which waits for the last
+member; the state ``barrier`` after it then only reads the records, all already set. ``subgroups``
+ends when the generation's groups are built (no barrier follows: the first step's collectives wait)."""
 
 
 class RegroupClock:
@@ -65,23 +67,13 @@ def phases_ms(marks: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def mark_engine_phases(
-    clock: RegroupClock,
-    *,
-    plan_ready: float,
-    init_done_at: float | None,
-    transfer_s: float,
-) -> None:
+def mark_engine_phases(clock: RegroupClock, *, transfer_s: float) -> None:
     """Mark the engine's phases of a reconfigure that just returned (now).
 
     Args:
         clock: The regroup's marks.
-        plan_ready: When the plan was ready (the reconfigure started).
-        init_done_at: When the default group was up (``Comm.init_done_at``).
         transfer_s: How long the state transfer, the reconfigure's last phase, took.
     """
     done = time.time()
-    if init_done_at is not None and init_done_at >= plan_ready:  # NOTE: else an earlier generation's.
-        clock.mark("init_group", init_done_at)
     clock.mark("groups", done - transfer_s)
     clock.mark("transfer", done)

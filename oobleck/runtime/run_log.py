@@ -3,8 +3,11 @@ and the error file its agent reports when it dies.
 
 ``metrics.jsonl`` gets one row per completed step and, after a membership change, one ``recovery``
 row whose ``phases_s`` use the planning core's phase names (detect, plan, rebuild_groups,
-transfer_state, first_step), so predicted and measured recoveries line up in the notebooks. A
-recovery that copied layers also leaves one ``transfer`` row per copied layer::
+transfer_state, first_step), so predicted and measured recoveries line up in the notebooks. Its
+``plan`` runs from the notice to the new plan, which includes joining the generation's world (the
+rendezvous waits for the last member while the state records arrive, ``Engine.join_world``);
+``rebuild_groups`` is then the plan's subgroups. A recovery that copied layers also leaves one
+``transfer`` row per copied layer::
 
     {"event": "transfer", "generation": g, "layer": l, "src": node, "dst": node, "bytes": n, "ms": t}
 

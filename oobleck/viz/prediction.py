@@ -118,7 +118,8 @@ def calibrate_constants(
         plan_s=median("plan"),
         rebuild_groups_fixed_s=median("rebuild_groups"),
         rebuild_groups_per_group_s=0.0,
-        # NOTE: the measured median already includes the world's per-rank init on these ranks.
+        # NOTE: the measured medians already include the world's per-rank init on these ranks (in
+        # ``plan``: the runtime joins a generation's world before its plan, Engine.join_world).
         rebuild_groups_per_rank_s=0.0,
         transfer_bandwidth_bytes_per_s=bandwidth or base.transfer_bandwidth_bytes_per_s,
     )

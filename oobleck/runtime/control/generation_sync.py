@@ -82,23 +82,34 @@ class BarrierTimeoutError(RuntimeError):
         self.missing = missing
 
 
-def exchange_states(
+def publish_state(store: dist.Store, generation: int, *, node: int, local_rank: int, record: str) -> None:
+    """Set this worker's state record for ``generation`` (``store_records.state_record``)."""
+    store.set(state_key(generation, node, local_rank), record)
+
+
+def unpublished(store: dist.Store, target: Membership) -> list[int]:
+    """Members with a rank whose state record for ``target`` is not in the store now (one read).
+
+    Names the nodes a rendezvous of the generation waited for in vain, for the master to drop.
+    """
+    keys = {state_key(target.generation, n, r): n for n in target.members for r in range(target.slots)}
+    found = read_present(store, list(keys), 0.0)
+    return sorted({node for key, node in keys.items() if key not in found})
+
+
+def collect_states(
     store: dist.Store,
     target: Membership,
     *,
     node: int,
-    local_rank: int,
-    record: str,
     superseded: Callable[[], bool],
 ) -> list[dict[str, Any]] | None:
-    """Publish this worker's state record and read every member rank's valid one.
+    """Read every member rank's valid state record (the state barrier), after :func:`publish_state`.
 
     Args:
         store: This generation's store client.
         target: The generation being formed.
-        node: This worker's node.
-        local_rank: This worker's local rank.
-        record: Its serialised state record (``store_records.state_record``).
+        node: This worker's node (names it in log lines).
         superseded: Whether a newer generation arrived (polled).
 
     Returns:
@@ -108,7 +119,6 @@ def exchange_states(
         BarrierTimeoutError: some members had no valid record within ``BARRIER_TIMEOUT_S``.
     """
     generation = target.generation
-    store.set(state_key(generation, node, local_rank), record)
     pending = {state_key(generation, n, r): (n, r) for n in target.members for r in range(target.slots)}
     records: dict[tuple[int, int], dict[str, Any]] = {}
     rejected: dict[str, bytes] = {}

@@ -22,13 +22,13 @@ import logging
 import os
 import queue
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed import distributed_c10d
 
 from oobleck.planning.groups import creation_rounds
 
@@ -112,11 +112,27 @@ class Comm:
         self._splits = False
         self._wake: threading.Event | None = None
         """The event the training thread is waiting on, set by a latch so an abort wakes it at once."""
-        self.init_done_at: float | None = None
-        """``time.time()`` when the last default group was up (recovery timing)."""
+        self.world: Hashable | None = None
+        """The key :meth:`init` was given for the default group now up (None: none is up)."""
 
-    def init(self, store: dist.Store, *, rank: int, world_size: int, device: torch.device) -> None:
+    def init(
+        self,
+        store: dist.Store,
+        *,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        key: Hashable | None = None,
+    ) -> None:
         """Initialise the default process group of a generation on ``store`` (already prefixed).
+
+        Args:
+            store: The generation's store.
+            rank: This rank.
+            world_size: Ranks of the world.
+            device: This rank's device (NCCL binds it).
+            key: What the caller names this world by (:attr:`world` until it is destroyed), so a
+                world joined ahead of its plan is reused rather than rebuilt.
 
         Raises:
             CommunicationError: the rendezvous failed or timed out.
@@ -133,9 +149,15 @@ class Comm:
                 self.backend, store=store, rank=rank, world_size=world_size, timeout=self.timeout, **options
             )
         except Exception as error:
+            if not dist.is_initialized():
+                # NOTE: torch names the default group by a process-wide counter, which this failed
+                # init already advanced and which only destroy_process_group() resets. With no
+                # group to destroy, reset it as that would: else this rank's next world would
+                # rendezvous under another name than its peers' (a hang until the store timeout).
+                distributed_c10d._world.group_count = 0
             raise self._latch("init_process_group", error) from error
         self._splits = self.backend == "nccl"
-        self.init_done_at = time.time()
+        self.world = key
 
     def new_groups(self, rank_sets: Sequence[tuple[int, ...]]) -> None:
         """Create the groups of ``rank_sets`` in rounds of disjoint groups; keep this rank's own.
@@ -278,17 +300,12 @@ class Comm:
                 wake.set()  # NOTE: the waiting training thread sees the error now, not a poll later.
             return self.error
 
-    def fail(self, reason: str) -> None:
-        """Latch ``reason`` (unless an error is already latched): the training thread raises it at
-        its next check or wait. Safe from another thread; never raises."""
-        self._latch(reason, RuntimeError(reason))
-
     def abort(self, reason: str = "aborted") -> None:
         """Latch ``reason`` (unless an error is already latched) and destroy all process groups.
 
         Safe to call twice and from another thread; never raises.
         """
-        self.fail(reason)
+        self._latch(reason, RuntimeError(reason))
         self.destroy()
 
     def close(self, drain_s: float = 10.0) -> None:
@@ -308,6 +325,7 @@ class Comm:
         # NOTE: no lock held here: a training thread failing inside a collective while we tear
         # down must be able to latch its own error without waiting for us.
         self._groups = {}
+        self.world = None
         if dist.is_available() and dist.is_initialized():
             try:
                 dist.destroy_process_group()

@@ -404,11 +404,40 @@ class Engine:
         """Destroy the process groups (end of job); safe to call twice, never raises."""
         self.comm.close()
 
-    def _start_generation(
-        self, plan: Plan, generation: int, rank_of_node: Mapping[int, int], store: dist.Store
+    def join_world(
+        self, generation: int, rank_of_node: Mapping[int, int], store: dist.Store, world_size: int
+    ) -> None:
+        """Rendezvous generation ``generation``'s default group now, before its plan is known.
+
+        The world does not depend on the plan: it is every rank of the membership, spare nodes
+        included (``world_size``). So the elastic runtime joins it while the members' state
+        records are still arriving, and the rendezvous waits for the last member once instead of
+        a state barrier and then a rendezvous each waiting for it. :meth:`configure` and
+        :meth:`reconfigure` of the same generation and world size reuse it.
+
+        Collective: every rank of the generation calls it (or none does).
+
+        Raises:
+            PlanningError: this node is not in ``rank_of_node``.
+            CommunicationError: the rendezvous failed or timed out.
+        """
+        self._init_world(generation, rank_of_node, store, world_size)
+
+    def _init_world(
+        self, generation: int, rank_of_node: Mapping[int, int], store: dist.Store, world_size: int
     ) -> None:
         if self.node not in rank_of_node:
             raise PlanningError(f"node {self.node} is not in rank_of_node={dict(rank_of_node)}")
+        self.rank = rank_of_node[self.node] + self.local_rank
+        set_rank(self.rank)  # NOTE: log lines name this generation's rank (elastic ranks move).
+        key = (generation, self.rank, world_size)
+        if self.comm.world != key:
+            prefixed = dist.PrefixStore(f"gen{generation}", store)
+            self.comm.init(prefixed, rank=self.rank, world_size=world_size, device=self.device, key=key)
+
+    def _start_generation(
+        self, plan: Plan, generation: int, rank_of_node: Mapping[int, int], store: dist.Store
+    ) -> None:
         last = self.adapter.num_layers - 1
         topology = build_topology(
             plan,
@@ -419,10 +448,7 @@ class Engine:
         )
         slots = plan.pipelines[0].template.gpus_per_node if plan.pipelines else 1
         world_size = max(topology.world_size, len(rank_of_node) * slots)
-        self.rank = rank_of_node[self.node] + self.local_rank
-        set_rank(self.rank)  # NOTE: log lines name this generation's rank (elastic ranks move).
-        prefixed = dist.PrefixStore(f"gen{generation}", store)
-        self.comm.init(prefixed, rank=self.rank, world_size=world_size, device=self.device)
+        self._init_world(generation, rank_of_node, store, world_size)
         self.comm.new_groups(topology.group_rank_sets())
         self.plan, self.topology, self.generation = plan, topology, generation
         try:

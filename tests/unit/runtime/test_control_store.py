@@ -6,13 +6,20 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import torch.distributed as dist
 
 from oobleck.runtime.control import generation_sync
-from oobleck.runtime.control.generation_sync import BarrierTimeoutError, exchange_states, planner_inputs
+from oobleck.runtime.control.generation_sync import (
+    BarrierTimeoutError,
+    collect_states,
+    planner_inputs,
+    publish_state,
+)
 from oobleck.runtime.control.membership import Membership
 from oobleck.runtime.control.protocol import AuthenticationError, connect
 from oobleck.runtime.control.store import execute, start_store_service, store_key
@@ -262,6 +269,14 @@ def _record(generation: int, node: int, step: int = 0) -> str:
     return state_record(generation=generation, node=node, local_rank=0, plan=None, step=step, last=None)
 
 
+def exchange_states(
+    store: StoreClient, target: Membership, *, node: int, record: str, superseded: Callable[[], bool]
+) -> list[dict[str, Any]] | None:
+    """A worker's part of the state barrier: publish its record, then collect every member's."""
+    publish_state(store, target.generation, node=node, local_rank=0, record=record)
+    return collect_states(store, target, node=node, superseded=superseded)
+
+
 def test_state_exchange_returns_every_members_record(service):
     """Members publishing concurrently each read all records, in member order."""
     target = Membership(2, (0, 1))
@@ -272,7 +287,6 @@ def test_state_exchange_returns_every_members_record(service):
             client(service),
             target,
             node=node,
-            local_rank=0,
             record=_record(2, node, 7),
             superseded=lambda: False,
         )
@@ -291,9 +305,7 @@ def test_a_forged_record_is_rejected_and_its_node_named_missing(service, monkeyp
     store = client(service)
     store.set(state_key(3, 1, 0), _record(2, 1, 99))  # NOTE: generation 2's record replayed at 3
     with pytest.raises(BarrierTimeoutError) as raised:
-        exchange_states(
-            store, Membership(3, (0, 1)), node=0, local_rank=0, record=_record(3, 0), superseded=lambda: False
-        )
+        exchange_states(store, Membership(3, (0, 1)), node=0, record=_record(3, 0), superseded=lambda: False)
     assert raised.value.missing == [1]
     assert caplog.text.count("rejected store record") == 1
 
@@ -302,9 +314,7 @@ def test_a_superseded_barrier_returns_none(service):
     """A newer generation ends a barrier waiting for a member at once."""
     store = client(service)
     assert (
-        exchange_states(
-            store, Membership(1, (0, 1)), node=0, local_rank=0, record=_record(1, 0), superseded=lambda: True
-        )
+        exchange_states(store, Membership(1, (0, 1)), node=0, record=_record(1, 0), superseded=lambda: True)
         is None
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from datetime import timedelta
@@ -13,15 +14,21 @@ import torch.distributed as dist
 
 from oobleck.planning.plan import Plan
 from oobleck.planning.planner import Planner
+from oobleck.runtime.config import job_config_from_dict
 from oobleck.runtime.control import store as store_module
-from oobleck.runtime.control.generation_sync import exchange_states, read_present
+from oobleck.runtime.control.generation_sync import collect_states, publish_state, read_present, unpublished
+from oobleck.runtime.control.link import WorkerLink
 from oobleck.runtime.control.membership import Membership
+from oobleck.runtime.control.protocol import Channel
 from oobleck.runtime.control.store import start_store_service, store_key
-from oobleck.runtime.control.store_client import StoreClient
+from oobleck.runtime.control.store_client import StoreClient, StoreClosedError
 from oobleck.runtime.control.store_records import state_key, state_record
 from oobleck.runtime.control.store_state import StoreState
+from oobleck.runtime.elastic import abandon_when_superseded
+from oobleck.runtime.engine import Engine
 from oobleck.runtime.engine import comm as comm_module
 from oobleck.runtime.engine.comm import Comm, CommunicationError
+from oobleck.runtime.engine.standalone import plan_for_world
 from oobleck.runtime.recovery_cache import ReconfigureCache, RegroupPrep
 from oobleck.runtime.recovery_timing import RegroupClock, phases_ms
 
@@ -94,13 +101,100 @@ def test_the_state_barrier_waits_in_the_store_instead_of_polling(service, monkey
             late.set(state_key(4, node, 0), _record(4, node))
 
     threading.Thread(target=publish_late, daemon=True).start()
-    records = exchange_states(
-        client(service), target, node=0, local_rank=0, record=_record(4, 0), superseded=lambda: False
-    )
+    store = client(service)
+    publish_state(store, 4, node=0, local_rank=0, record=_record(4, 0))
+    records = collect_states(store, target, node=0, superseded=lambda: False)
     assert records is not None and [r["node"] for r in records] == [0, 1, 2]
-    barrier_ops = len(ops) - 2  # NOTE: the late publisher's two sets
+    barrier_ops = len(ops) - 3  # NOTE: the late publisher's two sets, this worker's own
     # NOTE: 0.3 s in 50 ms server-side waits is ~7 reads; a 10 ms client poll of check per key is > 30.
     assert barrier_ops <= 12, ops
+
+
+def test_a_rendezvous_that_failed_names_the_members_that_never_published(service):
+    """The world is joined after publishing, so a member without a record is one it waited for."""
+    store = client(service)
+    target = Membership(5, (0, 1, 2))
+    for node in (0, 2):
+        publish_state(store, 5, node=node, local_rank=0, record=_record(5, node))
+    assert unpublished(store, target) == [1]
+    publish_state(store, 5, node=1, local_rank=0, record=_record(5, 1))
+    assert unpublished(store, target) == []
+
+
+def test_a_world_joined_ahead_of_the_plan_is_reused_until_an_abort(monkeypatch):
+    """configure() of the generation whose world was joined builds no second world; after an
+    abort (the world destroyed) the next generation's configure() joins a new one."""
+    job = job_config_from_dict(
+        {
+            "model": "tiny-gpt2",
+            "data": {"source": "pydoc", "sequence_length": 8},
+            "global_batch": 2,
+            "microbatch_size": 2,
+            "steps": 1,
+        },
+        source="test",
+    )
+    engine = Engine(job, node=0, device=torch.device("cpu"))
+    inits: list[Any] = []
+    real_init = engine.comm.init
+
+    def counting(*args: Any, **kwargs: Any) -> None:
+        inits.append(kwargs.get("key"))
+        real_init(*args, **kwargs)
+
+    monkeypatch.setattr(engine.comm, "init", counting)
+    store = dist.HashStore()
+    try:
+        engine.join_world(0, {0: 0}, store, 1)
+        plan = plan_for_world(job, engine.adapter, 1, store=store, rank=0)
+        engine.configure(plan, 0, {0: 0}, store)
+        assert inits == [(0, 0, 1)]
+        engine.abort("test")
+        engine.configure(plan, 1, {0: 0}, store)
+        assert inits == [(0, 0, 1), (1, 0, 1)]
+        assert engine.train_step(0).loss > 0
+    finally:
+        engine.close()
+
+
+def _link_pair() -> tuple[WorkerLink, Channel]:
+    """A worker's link and the agent's end of it, over a real socketpair."""
+    ours, theirs = socket.socketpair()
+    key = b"k" * 32
+    return WorkerLink(Channel(ours, key, is_server=False, peer="agent")), Channel(
+        theirs, key, is_server=True, peer="worker"
+    )
+
+
+def test_a_newer_generation_ends_a_world_rendezvous_in_progress(service):
+    """A rank waiting in generation 2's world when generation 3 is announced (a join: no abort
+    cuts the store) stops waiting at once instead of at the store timeout."""
+    link, agent = _link_pair()
+    store = StoreClient("127.0.0.1", service.port, store_key(TOKEN), timeout=timedelta(seconds=60))
+    joined = threading.Event()
+    threading.Thread(target=abandon_when_superseded, args=(link, store, 2, joined), daemon=True).start()
+    threading.Timer(0.1, agent.send, args=(Membership(3, (0, 1, 2), joined=(2,)).to_message(),)).start()
+    start = time.monotonic()
+    with pytest.raises(StoreClosedError):
+        store.wait(["gen2/rank1"])  # NOTE: the rendezvous's wait for a peer that went to generation 3
+    assert time.monotonic() - start < 10.0
+    joined.set()
+
+
+def test_a_joined_world_keeps_its_store_when_a_newer_generation_comes(service):
+    """Once the rendezvous is over the watcher leaves the store alone (the step's own abort decides)."""
+    link, agent = _link_pair()
+    store = client(service)
+    joined = threading.Event()
+    watcher = threading.Thread(target=abandon_when_superseded, args=(link, store, 2, joined))
+    watcher.start()
+    time.sleep(0.1)  # NOTE: the watcher is waiting for a newer generation
+    joined.set()
+    agent.send(Membership(3, (0, 1)).to_message())
+    watcher.join(5.0)
+    assert not watcher.is_alive()
+    store.set("after", "1")
+    assert store.get("after") == b"1"
 
 
 # ---------------------------------------------------------------------- speculative re-plans
@@ -163,6 +257,22 @@ def test_an_abort_wakes_a_waiting_collective_at_once(monkeypatch):
     work.release.set()
 
 
+def test_a_world_after_a_failed_rendezvous_has_the_name_its_peers_give_it():
+    """A rendezvous cut short (a notice, a timeout) must not shift the name of this rank's next
+    world: peers that never failed rendezvous under the first name (``0``)."""
+    comm = Comm(backend="gloo", timeout=timedelta(seconds=0.5))
+    with pytest.raises(CommunicationError):
+        comm.init(
+            dist.HashStore(), rank=0, world_size=2, device=torch.device("cpu")
+        )  # NOTE: rank 1 never comes
+    store = dist.HashStore()
+    comm.init(dist.PrefixStore("gen1", store), rank=0, world_size=1, device=torch.device("cpu"))
+    try:
+        assert store.check(["gen1/0//cpu//0/0"]), "the world was not named as a fresh process names it"
+    finally:
+        comm.destroy()
+
+
 def test_a_group_of_every_rank_is_the_default_group(monkeypatch, tmp_path):
     """No second mesh is built for a group spanning the whole world: it is the default group."""
     comm = Comm(backend="gloo")
@@ -188,12 +298,12 @@ def test_phases_are_the_gaps_between_marks():
     """Each phase is its end mark minus its start mark, in ms; phases without both marks are absent."""
     clock = RegroupClock()
     clock.reset(100.0)
-    for name, at in (("unblocked", 100.002), ("regroup", 100.010), ("store", 100.011), ("barrier", 100.031)):
-        clock.mark(name, at)
+    marks = {"unblocked": 2, "regroup": 10, "store": 11, "init_group": 25, "barrier": 31}
+    for name, at in marks.items():
+        clock.mark(name, 100.0 + at / 1e3)
     phases = phases_ms(clock.marks)
-    assert phases == pytest.approx(
-        {"unblock": 2.0, "await": 8.0, "notice_to_regroup": 10.0, "store": 1.0, "barrier": 20.0}
-    )
+    expected = {"unblock": 2, "await": 8, "notice_to_regroup": 10, "store": 1, "init_group": 14, "barrier": 6}
+    assert phases == pytest.approx(expected)
     assert "plan" not in phases
 
 
