@@ -22,7 +22,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -112,7 +112,7 @@ class Comm:
         self._splits = False
         self._wake: threading.Event | None = None
         """The event the training thread is waiting on, set by a latch so an abort wakes it at once."""
-        self.world: Hashable | None = None
+        self.world: tuple[int, ...] | None = None
         """The key :meth:`init` was given for the default group now up (None: none is up)."""
 
     def init(
@@ -122,7 +122,7 @@ class Comm:
         rank: int,
         world_size: int,
         device: torch.device,
-        key: Hashable | None = None,
+        key: tuple[int, ...] | None = None,
     ) -> None:
         """Initialise the default process group of a generation on ``store`` (already prefixed).
 

@@ -421,11 +421,6 @@ class Engine:
             PlanningError: this node is not in ``rank_of_node``.
             CommunicationError: the rendezvous failed or timed out.
         """
-        self._init_world(generation, rank_of_node, store, world_size)
-
-    def _init_world(
-        self, generation: int, rank_of_node: Mapping[int, int], store: dist.Store, world_size: int
-    ) -> None:
         if self.node not in rank_of_node:
             raise PlanningError(f"node {self.node} is not in rank_of_node={dict(rank_of_node)}")
         self.rank = rank_of_node[self.node] + self.local_rank
@@ -448,7 +443,7 @@ class Engine:
         )
         slots = plan.pipelines[0].template.gpus_per_node if plan.pipelines else 1
         world_size = max(topology.world_size, len(rank_of_node) * slots)
-        self._init_world(generation, rank_of_node, store, world_size)
+        self.join_world(generation, rank_of_node, store, world_size)
         self.comm.new_groups(topology.group_rank_sets())
         self.plan, self.topology, self.generation = plan, topology, generation
         try:
