@@ -39,10 +39,14 @@ Assumptions:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import logging
 import os
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -93,6 +97,19 @@ generation-0 planner claim fail before publishing the inputs (the claim-then-die
 
 QUIET_ERROR_WAIT_S = 5.0
 """After a communication error with no notice, wait this long before asking the master to regroup."""
+STUCK_BUILD_TIMEOUTS = 3
+"""A generation's build that outlasts this many worker timeouts dumps its threads' stacks (a bug:
+each wait in it is bounded by one timeout; a multi-GB layer copy on a slow link may also trip it,
+harmlessly)."""
+NOTICE_SWITCH_INTERVAL_S = 0.0005
+"""The worker's GIL switch interval (CPython's default: 5 ms). Why: the link thread that reads,
+verifies and acts on a failure notice gives the GIL up at every syscall, and while the training
+thread runs Python between kernels each re-take waits for a forced switch, up to the interval.
+Measured (``benchmarks/recovery.py --part a --oobleck-only --repeats 6``, this against the default):
+kill -> every survivor's notice latched, median 17 vs 23 ms; kill -> next step 80 vs 92 ms. It only
+matters while a second thread wants the GIL, which in steady state none does (the link and waiter
+threads block in syscalls), so training does not pay for it. Set by the worker's entry point only:
+it is the interpreter's setting, not one a library object should impose on its host program."""
 WORLD_WATCH_S = 0.05
 """How often a world rendezvous in progress re-checks that its generation is still the newest (the
 check itself wakes at once on a notice; this only bounds how long the watcher outlives the join)."""
@@ -168,26 +185,32 @@ class ElasticLoop:
         )
 
     def _abort(self, reason: str) -> None:
-        """Destroy this generation's groups and cut their sockets.
+        """Fail this generation's communication: destroy its groups, abandon its store, cut its sockets.
 
         Called on a failure notice, at a step boundary before a join, and after any communication
         error: a peer blocked on *this* rank (e.g. further along a gloo ring from the rank that
         failed first) then fails at once too, so the cascade reaches every rank in milliseconds
         instead of after the collective timeout.
+
+        The store client is abandoned too: a rank blocked in a rendezvous read (waiting for a peer
+        that died) wakes at once, and every generation starts on a fresh client. Only what the
+        generation's builds opened is cut; the standby store client (the next regroup's, connected
+        during steady state) and the user's sockets stay open.
+
+        The cut comes after the destroy, although gloo's destroy then waits for the collective in
+        flight, which a dead peer ends only when its kernel closes its sockets (20-30 ms after a
+        SIGKILL on this machine): with the cut first, a worker stopped for good right after its
+        abort, before its next world's rendezvous, once in ~40 benchmark recoveries (no stack was
+        caught, the cause is not known), and a stuck worker costs two barrier timeouts and a
+        healthy node, far more than the wait saved.
         """
         with self._aborting:
             self._fault_epoch += 1
             abort_communicators(self.engine.comm.backend)  # NOTE: NCCL only, and before the destroy.
             self.engine.abort(reason)
-            # NOTE: the store client is abandoned too: a rank blocked in a rendezvous read (waiting
-            # for a peer that died) wakes up at once; every generation then starts on a fresh client.
             store = self.store
             if isinstance(store, StoreClient):
                 store.abandon()
-            # NOTE: only what this generation's build opened is cut; the standby store client (the
-            # next regroup's, connected during steady state) and the user's own sockets stay open.
-            # After the destroy, the order every test has run: with the cut first, one run of a
-            # deep-plan test hung in this abort for 120 s (cause not found, not reproduced since).
             self._sockets.sever()
 
     def _after_failed_step(self, epoch: int, reason: str) -> None:
@@ -309,7 +332,10 @@ class ElasticLoop:
             # NOTE: the store is inside the try: a notice arriving meanwhile abandons it.
             if isinstance(self.store, StoreClient):
                 self.store.abandon()
-            with self._sockets.building():
+            with (
+                self._sockets.building(),
+                stacks_if_stuck(STUCK_BUILD_TIMEOUTS * self._timeout.total_seconds()),
+            ):
                 self.store = store = self.prep.take_store() or self._connect_store()
                 self.clock.mark("store")
                 adopted = self._adopt(store, target)
@@ -331,11 +357,12 @@ class ElasticLoop:
         if target.generation > 0:
             self.log.recovery_started(target, noticed=noticed, plan_ready=plan_ready, timing=timing)
         logger.info(
-            "[node %d] generation %d running: %d pipelines, step %d",
+            "[node %d] generation %d running: %d pipelines, step %d (regroup ms: %s)",
             self.node,
             target.generation,
             len(self.plan.pipelines) if self.plan else 0,
             self.next_step,
+            ", ".join(f"{phase} {ms:g}" for phase, ms in phases_ms(self.clock.marks).items()),
         )
         return True
 
@@ -614,6 +641,18 @@ class ElasticLoop:
             prune(self.ckpt_dir, self.engine.adapter.num_layers, keep)
 
 
+@contextlib.contextmanager
+def stacks_if_stuck(after_s: float) -> Iterator[None]:
+    """Write every thread's Python stack to stderr (the agent's log) once if the block outlasts
+    ``after_s``; the block itself goes on. Each wait of a generation's build is bounded by the
+    worker timeout, so a build stuck for several of them is a bug, and its stacks are the report."""
+    faulthandler.dump_traceback_later(after_s, file=sys.stderr)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
 def abandon_when_superseded(
     link: WorkerLink, store: dist.Store, generation: int, joined: threading.Event
 ) -> None:
@@ -641,6 +680,7 @@ def main(args: argparse.Namespace, model: CustomModel | None = None) -> int:
     Returns:
         0 when the job's last step completed here; 1 on any error (written to the error file).
     """
+    sys.setswitchinterval(NOTICE_SWITCH_INTERVAL_S)
     try:
         job = load_job_config(args.config)
         if model is not None:

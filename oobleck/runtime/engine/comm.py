@@ -330,7 +330,7 @@ class Comm:
             try:
                 dist.destroy_process_group()
             except Exception as error:  # NOTE: a broken world may fail to tear down; ignore.
-                logger.debug("destroy_process_group: %s", error)
+                logger.warning("destroy_process_group failed: %s", error)
 
     @staticmethod
     def _rank() -> str:

@@ -65,6 +65,21 @@ def test_sockets_recorded_after_the_build_are_cut_on_a_later_abort():
         group.__exit__(None, None, None)
 
 
+def test_a_recorded_descriptor_reused_by_another_socket_is_not_cut():
+    """The abort checks the recorded descriptors only: one that gloo closed and the process reused
+    for a user's socket names another inode now, and that socket keeps working."""
+    sockets = GroupSockets()
+    with sockets.building():
+        group = _tcp_pair()
+        group_client, group_server = group.__enter__()
+    recorded = {group_client.fileno(), group_server.fileno()}
+    group.__exit__(None, None, None)
+    with _tcp_pair() as (user, user_peer):
+        assert recorded & {user.fileno(), user_peer.fileno()}  # NOTE: the lowest free numbers are reused.
+        assert sockets.sever() == 0
+        assert _alive(user, user_peer) and _alive(user_peer, user)
+
+
 def test_socket_inodes_names_every_open_socket():
     """socket_inodes lists the inode of each socket this process holds."""
     with _tcp_pair() as (a, b):

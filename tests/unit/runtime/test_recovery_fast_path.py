@@ -24,7 +24,7 @@ from oobleck.runtime.control.store import start_store_service, store_key
 from oobleck.runtime.control.store_client import StoreClient, StoreClosedError
 from oobleck.runtime.control.store_records import state_key, state_record
 from oobleck.runtime.control.store_state import StoreState
-from oobleck.runtime.elastic import abandon_when_superseded
+from oobleck.runtime.elastic import abandon_when_superseded, stacks_if_stuck
 from oobleck.runtime.engine import Engine
 from oobleck.runtime.engine import comm as comm_module
 from oobleck.runtime.engine.comm import Comm, CommunicationError
@@ -337,3 +337,17 @@ def test_speculative_replans_do_not_log_losses(tiny_planner, caplog):
         assert "reconfigured" not in caplog.text
         cache.reconfigure(committed, lost_nodes=(0, 1), joined_nodes=())
     assert "reconfigured: lost [0, 1]" in caplog.text
+
+
+def test_a_stuck_build_dumps_every_threads_stack_once_and_a_prompt_one_none(capfd):
+    """A generation's build that outlasts its bound leaves the stacks a hang report needs; one
+    that ends in time leaves nothing (the timer is cancelled)."""
+    with stacks_if_stuck(0.05):
+        pass
+    time.sleep(0.1)
+    assert capfd.readouterr().err == ""
+    with stacks_if_stuck(0.05):
+        time.sleep(0.3)
+    err = capfd.readouterr().err
+    assert "most recent call first" in err and "test_recovery_fast_path.py" in err
+    assert err.count("Timeout (") == 1
