@@ -12,9 +12,9 @@ Assumptions:
     * Calibration runs lose nodes from clusters of about the same size, so they build about the
       same number of process groups; the fixed and the per-group part of the rebuild cost cannot be
       told apart from them, and the whole measured cost is put in the fixed part.
-    * Layer copies cost bytes over a bandwidth, as the planning core prices them: the busiest
-      node's bytes (what its transfer plan puts on one node), so the bandwidth is calibrated
-      against the same quantity (:func:`calibrate_transfer_bandwidth`), not against job-wide totals.
+    * Layer copies cost a fixed latency plus bytes over a bandwidth, as the planning core prices
+      them: the busiest node's bytes (what its transfer plan puts on one node), so both are fitted
+      against the same quantity (:func:`calibrate_transfer`), not against job-wide totals.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ _CALIBRATED = (
             "rebuild_groups_fixed_s",
             "rebuild_groups_per_group_s",
             "rebuild_groups_per_rank_s",
+            "transfer_latency_s",
             "transfer_bandwidth_bytes_per_s",
         ),
     ),
@@ -77,21 +78,21 @@ def calibrate_constants(
     recoveries: Sequence[RecoveryRecord],
     base: RecoveryConstants | None = None,
     *,
-    transfer_bandwidth_bytes_per_s: float | None = None,
+    transfer: TransferFit | None = None,
 ) -> RecoveryConstants:
     """Recovery constants fitted to measured recoveries: the median of each measured phase.
 
     Only the constants of phases that do not scale with the model are fitted: ``disconnect_detect_s``
     (detect), ``plan_s`` (plan) and ``rebuild_groups_fixed_s`` (rebuild groups, with the per-group
-    and per-rank costs set to 0, see the module's assumptions). The copy bandwidth needs the transfer plans of
-    the runs, so it is measured by :func:`calibrate_transfer_bandwidth` and passed in. The first
+    and per-rank costs set to 0, see the module's assumptions). The copies' latency and bandwidth need the
+    transfer plans of the runs, so they are fitted by :func:`calibrate_transfer` and passed in. The first
     step is a step of the new plan, priced by the step constants
     (:func:`~oobleck.viz.step_model.calibrate_step_model`), not by these.
 
     Args:
         recoveries: Measured recoveries from calibration runs (not from the run to predict).
         base: Constants to start from (default: the documented defaults).
-        transfer_bandwidth_bytes_per_s: Measured per-node copy bandwidth; None keeps ``base``'s.
+        transfer: The copies' measured latency and per-node bandwidth; None keeps ``base``'s.
 
     Returns:
         The calibrated constants.
@@ -111,7 +112,11 @@ def calibrate_constants(
         return statistics.median(record.phases_s[name] for record in recoveries)
 
     base = base or RecoveryConstants()
-    bandwidth = transfer_bandwidth_bytes_per_s
+    if transfer is not None:
+        bandwidth = transfer.bandwidth_bytes_per_s or base.transfer_bandwidth_bytes_per_s
+        base = dataclasses.replace(
+            base, transfer_latency_s=transfer.latency_s, transfer_bandwidth_bytes_per_s=bandwidth
+        )
     return dataclasses.replace(
         base,
         disconnect_detect_s=median("detect"),
@@ -121,35 +126,72 @@ def calibrate_constants(
         # NOTE: the measured medians already include the world's per-rank init on these ranks (in
         # ``plan``: the runtime joins a generation's world before its plan, Engine.join_world).
         rebuild_groups_per_rank_s=0.0,
-        transfer_bandwidth_bytes_per_s=bandwidth or base.transfer_bandwidth_bytes_per_s,
     )
 
 
-def calibrate_transfer_bandwidth(runs: Sequence[RecordedRun], planner: Planner) -> float | None:
-    """Per-node copy bandwidth measured by calibration runs, in the cost model's own terms.
+@dataclass(frozen=True, slots=True)
+class TransferFit:
+    """The cost model's copy constants as measured: ``latency_s + bytes / bandwidth``."""
 
-    The planning core charges a recovery's copies as the bytes of its busiest node over one
-    bandwidth. For each run that moved state, the planner replans the run's loss (the runtime
-    executes the same transfer plan), the model's charge at 1 byte/s gives those busiest-node bytes,
-    and the bandwidth is those bytes over the measured ``transfer_state`` phase; the median over runs
-    is returned, so one disturbed run does not set it.
+    latency_s: float
+    """Seconds paid once per recovery that copies anything (>= 0)."""
+    bandwidth_bytes_per_s: float | None
+    """Per-node bytes per second; None when the runs' times did not grow with their bytes (the
+    per-byte cost is below what they can show, so the model's default is kept)."""
+
+
+def fit_transfer(points: Sequence[tuple[float, float]]) -> TransferFit | None:
+    """Least squares of ``seconds = latency + bytes / bandwidth``, neither term negative.
+
+    With copies of one size only the two terms cannot be told apart, and the whole time is put on
+    the bytes (the latency is 0), as a bandwidth-only model would.
+
+    Args:
+        points: ``(busiest node's bytes, measured seconds)`` of each calibration run that copied.
+
+    Returns:
+        The fit, or None without points.
+    """
+    points = [(b, t) for b, t in points if b > 0 and t > 0]
+    if not points:
+        return None
+    sizes = [b for b, _ in points]
+    if len(set(sizes)) < 2:
+        return TransferFit(0.0, statistics.median(b / t for b, t in points))
+    mean_b = statistics.fmean(sizes)
+    mean_t = statistics.fmean(t for _, t in points)
+    slope = sum((b - mean_b) * (t - mean_t) for b, t in points) / sum((b - mean_b) ** 2 for b in sizes)
+    intercept = mean_t - slope * mean_b
+    if slope <= 0:
+        return TransferFit(mean_t, None)
+    if intercept < 0:
+        return TransferFit(0.0, sum(b * b for b in sizes) / sum(b * t for b, t in points))
+    return TransferFit(intercept, 1.0 / slope)
+
+
+def calibrate_transfer(runs: Sequence[RecordedRun], planner: Planner) -> TransferFit | None:
+    """The copies' latency and per-node bandwidth measured by calibration runs, in the model's terms.
+
+    The planning core charges a recovery's copies as a latency plus the bytes of its busiest node
+    over one bandwidth. For each run that moved state, the planner replans the run's loss (the
+    runtime executes the same transfer plan), the model's charge at 1 byte/s and no latency gives
+    those busiest-node bytes, and the measured ``transfer_state`` phase is the time;
+    :func:`fit_transfer` fits both constants to those points.
 
     Args:
         runs: Calibration runs with a failure (not the runs to predict).
         planner: The job's planner.
 
     Returns:
-        Bytes per second, or None when no run copied anything.
+        The fit, or None when no run copied anything.
     """
     unit = RecoveryConstants(transfer_bandwidth_bytes_per_s=1.0)
-    rates = []
+    points = []
     for run in runs:
         change = planner.reconfigure(planner.plan(run.initial_nodes), lost_nodes=run.failures[0].lost)
         busiest_bytes = planner.predict_recovery(change, unit).transfer_state_s
-        seconds = run.recoveries[0].phases_s.get("transfer_state", 0.0)
-        if busiest_bytes > 0 and seconds > 0:
-            rates.append(busiest_bytes / seconds)
-    return statistics.median(rates) if rates else None
+        points.append((busiest_bytes, run.recoveries[0].phases_s.get("transfer_state", 0.0)))
+    return fit_transfer(points)
 
 
 def transfer_summary(run: RecordedRun, predicted: RunPrediction) -> str:

@@ -14,9 +14,11 @@ from oobleck.planning.planner import Planner
 from oobleck.planning.recovery import RecoveryConstants
 from oobleck.planning.step_time import StepConstants
 from oobleck.viz.prediction import (
+    TransferFit,
     calibrate_constants,
-    calibrate_transfer_bandwidth,
+    calibrate_transfer,
     calibration_summary,
+    fit_transfer,
     predict_run,
     prediction_errors,
     simulate_run,
@@ -154,23 +156,45 @@ def test_replay_charges_the_predicted_step_times_before_and_after_the_loss(
     assert after.predicted_s < before.predicted_s
 
 
-def test_bandwidth_is_the_busiest_nodes_planned_bytes_over_the_measured_phase(tmp_path: Path) -> None:
-    """Each run's bandwidth is its busiest node's planned bytes over its transfer phase; the median wins."""
+def test_transfer_fit_is_the_busiest_nodes_planned_bytes_against_the_measured_phase(tmp_path: Path) -> None:
+    """Each run's point is its busiest node's planned bytes and its transfer phase; a latency and a
+    bandwidth through them price another loss's copies."""
     planner = _deep_planner()
-    runs = [_deep_run(tmp_path, lost, seconds) for lost, seconds in ((0, 0.01), (4, 0.02), (3, 0.04))]
-    rates = sorted(_busiest_bytes(planner, lost) / s for lost, s in ((0, 0.01), (4, 0.02), (3, 0.04)))
-    assert calibrate_transfer_bandwidth(runs, planner) == pytest.approx(rates[1], rel=1e-12)
-    constants = calibrate_constants([r.recoveries[0] for r in runs], transfer_bandwidth_bytes_per_s=rates[1])
-    assert constants.transfer_bandwidth_bytes_per_s == rates[1]
-    predicted = predict_run(runs[2], planner, constants)
-    assert predicted.phases_s["transfer_state"] == pytest.approx(_busiest_bytes(planner, 3) / rates[1])
+    latency, bandwidth = 0.002, 1e8
+    losses = (0, 3)
+    assert _busiest_bytes(planner, 0) != _busiest_bytes(planner, 3)
+    runs = [_deep_run(tmp_path, lost, latency + _busiest_bytes(planner, lost) / bandwidth) for lost in losses]
+    fit = calibrate_transfer(runs, planner)
+    assert fit is not None
+    assert fit.latency_s == pytest.approx(latency, rel=1e-9)
+    assert fit.bandwidth_bytes_per_s == pytest.approx(bandwidth, rel=1e-9)
+    constants = calibrate_constants([r.recoveries[0] for r in runs], transfer=fit)
+    assert constants.transfer_latency_s == fit.latency_s
+    predicted = predict_run(_deep_run(tmp_path, 4, 0.01), planner, constants)
+    assert predicted.phases_s["transfer_state"] == pytest.approx(
+        latency + _busiest_bytes(planner, 4) / bandwidth
+    )
+
+
+def test_transfer_fit_keeps_both_terms_non_negative() -> None:
+    """Times that do not grow with the bytes are all latency; a line through below zero is all bytes;
+    copies of one size are priced as a bandwidth alone (the two terms cannot be told apart)."""
+    flat = fit_transfer([(3e5, 0.003), (8e5, 0.0028)])
+    assert flat == TransferFit(pytest.approx(0.0029), None)
+    steep = fit_transfer([(1e5, 0.0005), (8e5, 0.009)])
+    assert steep is not None and steep.latency_s == 0.0
+    assert steep.bandwidth_bytes_per_s == pytest.approx((1e10 + 64e10) / (50.0 + 7200.0))
+    same = fit_transfer([(4e5, 0.004), (4e5, 0.002), (4e5, 0.008)])
+    assert same == TransferFit(0.0, pytest.approx(1e8))
+    assert fit_transfer([(0.0, 0.001)]) is None
 
 
 def test_runs_that_copied_nothing_leave_the_bandwidth_unset(tiny_planner: Planner, tmp_path: Path) -> None:
-    """One-node pipelines copy no layer, so no bandwidth is measured and the default stays."""
+    """One-node pipelines copy no layer, so no copy constant is measured and the defaults stay."""
     run = _run(tmp_path, (0.02, 0.025))
-    assert calibrate_transfer_bandwidth([run], tiny_planner) is None
-    assert calibrate_constants(run.recoveries).transfer_bandwidth_bytes_per_s is None
+    assert calibrate_transfer([run], tiny_planner) is None
+    constants = calibrate_constants(run.recoveries)
+    assert constants.transfer_bandwidth_bytes_per_s is None and constants.transfer_latency_s == 0.0
 
 
 def test_transfer_summary_lists_planned_and_recorded_copies(tmp_path: Path) -> None:
