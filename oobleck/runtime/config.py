@@ -136,7 +136,8 @@ class DataConfig:
     sequence_length: int = 32
     """Tokens per sample fed to the model (each sample reads ``sequence_length + 1`` tokens)."""
     ledger: bool = False
-    """Record which sample ids each pipeline consumed at each step (``<run_dir>/ledger/``)."""
+    """Record which sample ids each pipeline consumed at each step (``<run_dir>/ledger/``); a step
+    redone after a failure counts in its newest generation's lines only."""
     tokenizer: str | None = None
     """A local ``tokenizer.json``, HF tokenizer folder, or ``pydoc-bpe`` (the built-in BPE trained on
     the pydoc corpus): tokenizes ``text`` sources, ``hf`` text columns and ``pydoc``, with the

@@ -22,7 +22,10 @@ Assumptions:
   never arrives and leaves no row. Several workers append to ``metrics.jsonl`` then; each row is
   one ``write`` under ``O_APPEND`` (:func:`append_jsonl`), so rows never interleave.
 - Every first-stage worker writes its own ledger file (``ledger/node<n>.jsonl``): which sample ids
-  its pipeline consumed in which step, so a test can prove no sample was skipped or repeated.
+  its pipeline consumed in which step, so a test can prove no sample was skipped or repeated. A
+  step's samples are the lines of the newest generation that logged it: a worker that finished its
+  part of a step and then died leaves a line, and when the survivors redo that step in the next
+  generation, their lines supersede it.
 """
 
 from __future__ import annotations

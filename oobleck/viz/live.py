@@ -98,6 +98,23 @@ def record_failure_run(
     return run_dir
 
 
+def record_scenarios(
+    config: str | Path, folder: str | Path, scenarios: Mapping[str, tuple[int, int, int]]
+) -> None:
+    """Record one failure run per scenario into ``folder/<name>`` (:func:`record_failure_run`).
+
+    Args:
+        config: Job YAML.
+        folder: Parent of the run folders; gets a ``hosts.local<N>`` file per cluster size.
+        scenarios: Run name -> (one-slot local agents, node killed, kill after this step).
+    """
+    folder = Path(folder)
+    for name, (agents, node, step) in scenarios.items():
+        hosts = folder / f"hosts.local{agents}"
+        hosts.write_text("localhost slots=1\n" * agents)
+        record_failure_run(config, folder / name, hostfile=hosts, kill_after_step=step, node=node)
+
+
 def _wait_for_step(master: subprocess.Popen[bytes], metrics: Path, step: int, deadline: float) -> None:
     while time.monotonic() < deadline:
         if metrics.is_file() and _last_step(metrics) >= step:

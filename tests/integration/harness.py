@@ -99,11 +99,20 @@ class Run:
         return [r for r in self.records if r.get("event") == name]
 
     def ledger(self) -> dict[int, list[int]]:
-        """All sample ids recorded per step, over every node."""
+        """The sample ids each step trained on, over every node: the lines of the newest generation
+        that logged the step. A node that finished its part of a step and then died leaves a line
+        for it, but when the survivors redo that step in the next generation, theirs is the step."""
+        entries = [
+            json.loads(line)
+            for file in sorted((self.run_dir / "ledger").glob("node*.jsonl"))
+            for line in file.read_text().splitlines()
+        ]
+        newest: dict[int, int] = {}
+        for entry in entries:
+            newest[entry["step"]] = max(newest.get(entry["step"], -1), entry["generation"])
         per_step: dict[int, list[int]] = {}
-        for file in sorted((self.run_dir / "ledger").glob("node*.jsonl")):
-            for line in file.read_text().splitlines():
-                entry = json.loads(line)
+        for entry in entries:
+            if entry["generation"] == newest[entry["step"]]:
                 per_step.setdefault(entry["step"], []).extend(entry["sample_ids"])
         return per_step
 

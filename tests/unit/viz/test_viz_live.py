@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from oobleck.errors import OobleckError
+from oobleck.viz import live
 from oobleck.viz.live import _kill_node, _last_step, record_failure_run
 
 
@@ -48,3 +49,19 @@ def test_kill_node_kills_exactly_the_chosen_agent(tmp_path: Path, own_group: boo
         for process in agents:
             process.kill()
             process.wait(timeout=10)
+
+
+def test_scenarios_record_one_run_each_on_a_hostfile_of_their_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each scenario runs into its own folder on ``hosts.local<N>`` with its node and step (the runs
+    themselves are notebook 03's real recordings, tested there)."""
+    calls: list[tuple[str, str, int, int]] = []
+
+    def record(config: object, run_dir: Path, *, hostfile: Path, kill_after_step: int, node: int) -> Path:
+        calls.append((Path(run_dir).name, Path(hostfile).read_text(), kill_after_step, node))
+        return Path(run_dir)
+
+    monkeypatch.setattr(live, "record_failure_run", record)
+    live.record_scenarios("job.yaml", tmp_path, {"a-1": (2, 1, 30), "b-1": (3, 0, 35)})
+    assert calls == [("a-1", "localhost slots=1\n" * 2, 30, 1), ("b-1", "localhost slots=1\n" * 3, 35, 0)]
