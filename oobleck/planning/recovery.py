@@ -71,8 +71,8 @@ class RecoveryConstants:
     """Seconds a recovery's copies cost beyond their bytes, paid once when anything is copied:
     posting the receives and each pair's first message. Negligible next to gigabytes of layer
     state on a cluster (the default), but at the sizes of a tiny test model it is most of the phase:
-    notebook 03 measures ~2.5 ms for copies of 0.3-0.9 MB over loopback gloo, about as long for
-    0.3 MB as for 0.8 MB."""
+    notebook 03 measures 1.5-7 ms for copies of 0.2-0.9 MB over loopback gloo, barely growing with
+    the bytes."""
     restart_s: float = 120.0
     """Checkpoint-restart fallback: seconds to relaunch every worker (interpreter, torch import,
     device initialisation, model build) before the checkpoint is read; the restarted world's groups
@@ -216,7 +216,8 @@ def predict_recovery(
         new_plan: The plan after reconfiguration; its step time is the first step's cost unless
             ``first_step_s`` says otherwise.
         transfers: Layer-state copies; copies from distinct nodes run in parallel, so the phase
-            lasts as long as the busiest node's larger direction (bytes sent or received).
+            lasts the copies' latency plus the busiest node's larger direction (bytes sent or
+            received) over the bandwidth.
         hardware: Node type (default transfer bandwidth).
         constants: Cost constants; ``None`` uses the defaults.
         failure: How the failure showed itself (see :meth:`RecoveryConstants.detect_s`).

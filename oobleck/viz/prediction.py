@@ -112,13 +112,13 @@ def calibrate_constants(
         return statistics.median(record.phases_s[name] for record in recoveries)
 
     base = base or RecoveryConstants()
+    latency, bandwidth = base.transfer_latency_s, base.transfer_bandwidth_bytes_per_s
     if transfer is not None:
-        bandwidth = transfer.bandwidth_bytes_per_s or base.transfer_bandwidth_bytes_per_s
-        base = dataclasses.replace(
-            base, transfer_latency_s=transfer.latency_s, transfer_bandwidth_bytes_per_s=bandwidth
-        )
+        latency, bandwidth = transfer.latency_s, transfer.bandwidth_bytes_per_s or bandwidth
     return dataclasses.replace(
         base,
+        transfer_latency_s=latency,
+        transfer_bandwidth_bytes_per_s=bandwidth,
         disconnect_detect_s=median("detect"),
         plan_s=median("plan"),
         rebuild_groups_fixed_s=median("rebuild_groups"),
