@@ -19,6 +19,12 @@ the global batch and every sample (against a fault-free run of the same peer), w
 curve equals the fault-free one, and nodes still training (``benchmarks/recovery_figures.py``).
 
     python benchmarks/recovery.py [--part a|b|both] [--repeats 3] [--out runs/bench-recovery]
+                                  [--node-cpus auto]
+
+``--node-cpus`` gives every node's processes a CPU budget (``benchmarks/node_cpu.py``, a cgroup
+cpu quota; ``auto``: the machine's cores over the part's nodes), as a cluster's nodes each bring
+their own compute. Without it the nodes share the machine's cores: a peer that stops a node's work
+hands its CPU to the survivors, so samples/s after a loss says little about nodes kept training.
 
 torchft is the optional ``bench`` extra (``pip install -e .[bench]``, see pyproject.toml).
 """
@@ -40,6 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import node_cpu
 import recovery_figures as rf
 import torchft_peer
 
@@ -56,6 +63,8 @@ fault_tolerance: 1
 hardware: cpu
 profile: analytic
 """
+Place = Callable[[int, int], None]
+"""Puts a process (node, pid) in its node's CPU budget."""
 DEEP_JOB = ROOT / "examples" / "tiny_gpt2_deep.yaml"
 """Part (b)'s job: the shipped deep example (2 MB devices, pipelines of >= 2 nodes)."""
 PARTS = {
@@ -101,12 +110,19 @@ def _loss_rows(metrics: Path) -> list[dict[str, Any]]:
 
 
 def _run_until(
-    argv: list[str], log: Path, metrics: Path, kill_after: int | None, kill: Callable[[], float]
+    argv: list[str],
+    log: Path,
+    metrics: Path,
+    kill_after: int | None,
+    kill: Callable[[], float],
+    *,
+    poll: Callable[[], None] | None = None,
 ) -> float | None:
     """Run ``argv`` (its own session) to the end, calling ``kill`` once step ``kill_after`` is done.
 
     ``kill`` finds its victim first and returns the wall time of the signal itself, so reading a
-    pid file is not counted as recovery time.
+    pid file is not counted as recovery time. ``poll`` runs every 10 ms (placing new processes in
+    their node's CPU budget).
     """
     with log.open("w") as handle:
         proc = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
@@ -117,6 +133,8 @@ def _run_until(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{argv[:3]} did not finish within 600 s; see {log}")
             time.sleep(0.01)
+            if poll is not None:
+                poll()
             rows = _loss_rows(metrics)
             if kill_after is not None and t_kill is None and rows and rows[-1]["step"] >= kill_after:
                 t_kill = kill()
@@ -129,8 +147,14 @@ def _run_until(
     return t_kill
 
 
-def oobleck_run(out: Path, job: Path, nodes: int, kill_after: int | None, node: int) -> dict[str, Any]:
-    """The elastic master on ``nodes`` one-slot agents; SIGKILL node ``node``'s process group."""
+def oobleck_run(
+    out: Path, job: Path, nodes: int, kill_after: int | None, node: int, *, place: Place | None
+) -> dict[str, Any]:
+    """The elastic master on ``nodes`` one-slot agents; SIGKILL node ``node``'s process group.
+
+    ``place`` puts each node's agent and workers in that node's CPU budget as ``agents.json``
+    lists them (a worker the agent forks after its own placement is already inside).
+    """
     hosts = out.with_suffix(".hosts")
     hosts.write_text("localhost slots=1\n" * nodes)
     argv = [sys.executable, "-m", "oobleck.runtime.master", "--hostfile", str(hosts)]
@@ -143,7 +167,19 @@ def oobleck_run(out: Path, job: Path, nodes: int, kill_after: int | None, node: 
         os.killpg(row["agent_pid"], signal.SIGKILL)
         return now
 
-    t_kill = _run_until(argv, out.with_suffix(".log"), out / "metrics.jsonl", kill_after, kill)
+    def poll() -> None:
+        agents = out / "agents.json"
+        if place is None or not agents.exists():
+            return
+        try:
+            rows = json.loads(agents.read_text())
+        except json.JSONDecodeError:  # NOTE: read while the master replaces it.
+            return
+        for row in rows:
+            for pid in [row["agent_pid"], *row.get("worker_pids", [])]:
+                place(int(row["node"]), int(pid))
+
+    t_kill = _run_until(argv, out.with_suffix(".log"), out / "metrics.jsonl", kill_after, kill, poll=poll)
     records = _jsonl(out / "metrics.jsonl")
     ledger: dict[int, list[int]] = {}
     for file in sorted((out / "ledger").glob("node*.jsonl")):
@@ -155,20 +191,29 @@ def oobleck_run(out: Path, job: Path, nodes: int, kill_after: int | None, node: 
     return {"t_kill": t_kill, "steps": steps, "ledger": ledger, "recovery": recovery}
 
 
-def torchft_run(out: Path, job: Path, part: str, settings: str, kill_after: int | None) -> dict[str, Any]:
+def torchft_run(
+    out: Path, job: Path, part: str, settings: str, kill_after: int | None, *, place: Place | None
+) -> dict[str, Any]:
     """torchft on the part's nodes (``dp``: groups of 1; ``pp``: groups of 2 stages)."""
     nodes, _, _, victim = PARTS[part]
     mode, groups = ("dp", nodes) if part == "a" else ("pp", nodes // 2)
     result = torchft_peer.run_job(
-        out, job, mode=mode, settings=settings, groups=groups, kill_after=kill_after, victim=victim
+        out,
+        job,
+        mode=mode,
+        settings=settings,
+        groups=groups,
+        kill_after=kill_after,
+        victim=victim,
+        place=place,
     )
     victim_name = f"g{victim[0]}s{victim[1]}" if kill_after is not None else None
     steps = rf.torchft_steps(result["rows"], victim=victim_name)
     return {"t_kill": result["t_kill"], "steps": steps, "trained": rf.torchft_trained(result["rows"])}
 
 
-def torchrun_run(out: Path, job: Path, kill_after: int | None) -> dict[str, Any]:
-    """torchrun restart-all with a checkpoint every step; SIGKILL rank 2."""
+def torchrun_run(out: Path, job: Path, kill_after: int | None, *, place: Place | None) -> dict[str, Any]:
+    """torchrun restart-all with a checkpoint every step; SIGKILL rank 2 (rank r is node r)."""
     out.mkdir(parents=True)
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4"]
     argv += ["--max-restarts", "3", __file__, "--worker", "--config", str(job), "--out", str(out)]
@@ -179,7 +224,16 @@ def torchrun_run(out: Path, job: Path, kill_after: int | None) -> dict[str, Any]
         os.kill(pid, signal.SIGKILL)
         return now
 
-    t_kill = _run_until(argv, out.with_suffix(".log"), out / "metrics.jsonl", kill_after, kill)
+    def poll() -> None:
+        if place is None:
+            return
+        for rank in range(4):
+            pid_file = out / f"rank{rank}.pid"
+            text = pid_file.read_text() if pid_file.exists() else ""
+            if text.strip():  # NOTE: a restarted rank rewrites its file: the new pid is placed too.
+                place(rank, int(text))
+
+    t_kill = _run_until(argv, out.with_suffix(".log"), out / "metrics.jsonl", kill_after, kill, poll=poll)
     rows = {int(r["step"]): r for r in _loss_rows(out / "metrics.jsonl")}  # the redone step wins
     # NOTE: restart-all redoes steps from the checkpoint with all 4 ranks (the killed one restarted).
     steps = [
@@ -238,37 +292,66 @@ PEERS = {
 """Peers of each part, in the order one repeat runs them (repeats alternate peers)."""
 
 
-def run_peer(peer: str, out: Path, job: Path, part: str, kill_after: int | None) -> dict[str, Any]:
-    """One run of one peer on one part (``kill_after=None``: fault-free)."""
+def run_peer(
+    peer: str, out: Path, job: Path, part: str, kill_after: int | None, *, node_cpus: float | None = None
+) -> dict[str, Any]:
+    """One run of one peer on one part (``kill_after=None``: fault-free).
+
+    With ``node_cpus`` every node's processes run in a CPU budget of that many CPUs
+    (``node_cpu.NodeCpuBudgets``); the run then records each node's throttled seconds.
+    """
+    if node_cpus is None:
+        return _run_peer(peer, out, job, part, kill_after, place=None)
+    name = f"oobleck-bench-{os.getpid()}-{out.name}"
+    with node_cpu.NodeCpuBudgets(PARTS[part][0], node_cpus, name=name) as budgets:
+        run = _run_peer(peer, out, job, part, kill_after, place=budgets.place)
+        run["throttled_s"] = budgets.throttled_s()
+    return run
+
+
+def _run_peer(
+    peer: str, out: Path, job: Path, part: str, kill_after: int | None, *, place: Place | None
+) -> dict[str, Any]:
     nodes, _, node, _ = PARTS[part]
     if peer == "oobleck":
-        return oobleck_run(out, job, nodes, kill_after, node)
+        return oobleck_run(out, job, nodes, kill_after, node, place=place)
     if peer.startswith("torchft"):
-        return torchft_run(out, job, part, peer.split()[1], kill_after)
-    return torchrun_run(out, job, kill_after)
+        return torchft_run(out, job, part, peer.split()[1], kill_after, place=place)
+    return torchrun_run(out, job, kill_after, place=place)
 
 
 def bench_part(
-    part: str, out: Path, *, steps: int, kill_after: int, repeats: int, oobleck_only: bool = False
+    part: str,
+    out: Path,
+    *,
+    steps: int,
+    kill_after: int,
+    repeats: int,
+    oobleck_only: bool = False,
+    node_cpus: float | None = None,
 ) -> dict[str, Any]:
     """Fault-free references, then ``repeats`` alternating killed runs of every peer of a part
-    (of oobleck alone with ``oobleck_only``: its recovery phases, without the peers' minutes)."""
+    (of oobleck alone with ``oobleck_only``: its recovery phases, without the peers' minutes),
+    every node in a budget of ``node_cpus`` CPUs if given."""
     nodes, batch, _, _ = PARTS[part]
     job = write_job(part, out / f"job-{part}.yaml", steps)
     peers = ("oobleck",) if oobleck_only else PEERS[part]
     # NOTE: torchft's losses do not depend on its timeouts; torchrun runs oobleck's engine.
     refs = {
-        name: run_peer(peer, out / f"{part}-ref-{name}", job, part, None)
+        name: run_peer(peer, out / f"{part}-ref-{name}", job, part, None, node_cpus=node_cpus)
         for name, peer in (("oobleck", "oobleck"), ("torchft", "torchft tuned"))
         if name in peers or not oobleck_only
     }
     per_peer: dict[str, list[rf.Figures]] = {peer: [] for peer in peers}
+    throttled: dict[str, list[float]] = {peer: [] for peer in peers}
     phases: list[dict[str, float]] = []
     failed: list[str] = []
     for repeat in range(repeats):
         for peer in peers:
             name = f"{part}-{peer.replace(' ', '-')}-{repeat}"
-            run = run_peer(peer, out / name, job, part, kill_after)
+            run = run_peer(peer, out / name, job, part, kill_after, node_cpus=node_cpus)
+            if "throttled_s" in run:
+                throttled[peer].append(statistics.median(run["throttled_s"]))
             ref = refs["torchft" if peer.startswith("torchft") else "oobleck"]
             trained, reference_trained = _trained(run, ref)
             try:
@@ -292,6 +375,8 @@ def bench_part(
     medians = {peer: rf.median_figures(runs) for peer, runs in per_peer.items() if runs}
     return {
         "survivors": nodes - 1,
+        "node_cpus": node_cpus,
+        "throttled_s": {peer: seconds for peer, seconds in throttled.items() if seconds},
         "medians": medians,
         "runs": {p: [rf.asdict(f) for f in r] for p, r in per_peer.items() if r},
         "oobleck_phases_ms": phases,
@@ -331,7 +416,8 @@ def print_table(part: str, result: dict[str, Any]) -> None:
     """One table per part, then the acceptance figures and ratios against torchft's best."""
     title = {"a": "(a) data parallel, 4 nodes", "b": "(b) pipelines spanning nodes, 6 nodes"}[part]
     survivors, medians = result["survivors"], result["medians"]
-    print(f"\n{title}, node killed: median of {len(next(iter(result['runs'].values())))} runs")
+    budget = "" if result["node_cpus"] is None else f", each node a budget of {result['node_cpus']:.2f} CPUs"
+    print(f"\n{title}{budget}, node killed: median of {len(next(iter(result['runs'].values())))} runs")
     head = (
         "peer",
         "kill->next s",
@@ -367,6 +453,12 @@ def print_table(part: str, result: dict[str, Any]) -> None:
         each = ", ".join(f"{run['kill_to_next_s']:.3f}" for run in runs)
         lost = ", ".join(str(run["samples_lost"]) for run in runs)
         print(f"  {peer}: kill->next per run {each} s; samples lost per run {lost}")
+    for peer, seconds in result["throttled_s"].items():
+        print(
+            f"  {peer}: a node's median time throttled by its CPU budget, per run: "
+            + ", ".join(f"{s:.1f}" for s in seconds)
+            + " s"
+        )
     for line in result.get("failed_runs", []):
         print(f"  run without recovery figures: {line}")
     ours = medians["oobleck"]
@@ -403,6 +495,18 @@ def print_table(part: str, result: dict[str, Any]) -> None:
         )
 
 
+def _node_cpus(text: str) -> float | str:
+    """``--node-cpus``: ``auto`` or a positive number of CPUs (argparse exits 2 on anything else)."""
+    if text == "auto":
+        return text
+    try:
+        cpus = float(text)
+        node_cpu.quota_us(cpus)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of CPUs >= 0.1: {exc}") from None
+    return cpus
+
+
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
@@ -420,18 +524,32 @@ def main() -> int:
     parser.add_argument(
         "--oobleck-only", action="store_true", help="skip the peers (oobleck's phases, quickly)"
     )
+    parser.add_argument(
+        "--node-cpus",
+        type=_node_cpus,
+        help="give every node a CPU budget (cgroup cpu quota) of this many CPUs, or 'auto' for "
+        "this machine's cores over the part's nodes, as a cluster's nodes each have their own",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         torchrun_worker(args)
         return 0
+    if args.node_cpus is not None:
+        try:
+            node_cpu.require_controller()
+        except node_cpu.NodeCpuBudgetError as exc:
+            print(f"recovery.py: error: --node-cpus: {exc}", file=sys.stderr)
+            return 2
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     started = time.monotonic()
     results = {}
     for part in ("a", "b") if args.part == "both" else (args.part,):
+        nodes = PARTS[part][0]
+        cpus = (os.cpu_count() or 1) / nodes if args.node_cpus == "auto" else args.node_cpus
         results[part] = bench_part(
             part,
             out,
@@ -439,6 +557,7 @@ def main() -> int:
             kill_after=args.kill_after,
             repeats=args.repeats,
             oobleck_only=args.oobleck_only,
+            node_cpus=cpus,
         )
     for part, result in results.items():
         print_table(part, result)

@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ def run_job(
     kill_after: int | None,
     victim: tuple[int, int] = (0, 0),
     timeout_s: float = 300.0,
+    place: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run one torchft job on this machine; SIGKILL the ``victim`` (group, stage) after a step.
 
@@ -114,6 +116,8 @@ def run_job(
         kill_after: Kill once a committed step >= this is recorded; None runs fault-free.
         victim: (group, stage) of the process to kill.
         timeout_s: Bound on the whole job; every process is killed at the end.
+        place: Called with (node, pid) for each worker as it starts, node ``group * stages +
+            stage`` (``node_cpu.NodeCpuBudgets.place``); the lighthouse is not a node.
 
     Returns:
         ``t_kill`` (wall clock, or None), ``rows`` per ``"g<group>s<stage>"`` and ``exit_codes``.
@@ -146,9 +150,12 @@ def run_job(
             argv += ["--stage", str(stage), "--store-port", str(store_port)]
             argv += ["--lighthouse", f"http://localhost:{port}", "--min-replicas", str(survivors)]
             log = (out / f"g{group}s{stage}.log").open("w")
-            workers[f"g{group}s{stage}"] = subprocess.Popen(
+            worker = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
+            workers[f"g{group}s{stage}"] = worker
+            if place is not None:
+                place(group * stages + stage, worker.pid)
     procs += workers.values()
     deadline = time.monotonic() + timeout_s
     t_kill = None
@@ -158,7 +165,7 @@ def run_job(
                 raise RuntimeError(
                     f"torchft {mode}/{settings} did not finish within {timeout_s:g} s; see {out}"
                 )
-            if kill_after is not None and t_kill is None and _last_step(out) >= kill_after:
+            if kill_after is not None and t_kill is None and _last_step(out, workers) >= kill_after:
                 t_kill = time.time()
                 workers[f"g{victim[0]}s{victim[1]}"].kill()
             time.sleep(0.01)
@@ -185,9 +192,16 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _last_step(out: Path) -> int:
-    steps = [row["step"] for path in out.glob("rows-*.jsonl") for row in _rows(path)]
-    return max(steps, default=-1)
+def _last_step(out: Path, workers: Iterable[str]) -> int:
+    """The newest step every worker has committed (-1 while any has committed none).
+
+    NOTE: the slowest worker's, not the fastest's: the lighthouse forms a quorum of
+    ``min_replicas`` (the survivors' count) groups, so a group still importing torch is left out and
+    the others train without it; killing it then would kill a node that never trained (seen with
+    each node on a CPU budget, where start-up is slow).
+    """
+    newest = (max((row["step"] for row in _rows(out / f"rows-{name}.jsonl")), default=-1) for name in workers)
+    return min(newest)
 
 
 def _train(args: argparse.Namespace) -> None:

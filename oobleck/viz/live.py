@@ -115,6 +115,28 @@ def record_scenarios(
         record_failure_run(config, folder / name, hostfile=hosts, kill_after_step=step, node=node)
 
 
+def in_rounds(scenarios: Mapping[str, tuple[tuple[int, int, int], int]]) -> dict[str, tuple[int, int, int]]:
+    """Name each scenario's repeats ``<name>-<i>`` and order them in rounds, for :func:`record_scenarios`.
+
+    Round ``i`` records every scenario's ``i``-th repeat: a shared machine's load drifts over the
+    minutes a recording takes, and recorded in blocks (every calibration run first) the runs of one
+    scenario would all see one minute's load and the others another's.
+
+    Args:
+        scenarios: Name -> ((agents, node killed, kill after this step), repeats).
+
+    Returns:
+        Run name -> (agents, node killed, kill after this step), in recording order.
+    """
+    rounds = max((repeats for _, repeats in scenarios.values()), default=0)
+    return {
+        f"{name}-{i}": scenario
+        for i in range(1, rounds + 1)
+        for name, (scenario, repeats) in scenarios.items()
+        if i <= repeats
+    }
+
+
 def _wait_for_step(master: subprocess.Popen[bytes], metrics: Path, step: int, deadline: float) -> None:
     while time.monotonic() < deadline:
         if metrics.is_file() and _last_step(metrics) >= step:

@@ -65,3 +65,11 @@ def test_scenarios_record_one_run_each_on_a_hostfile_of_their_size(
     monkeypatch.setattr(live, "record_failure_run", record)
     live.record_scenarios("job.yaml", tmp_path, {"a-1": (2, 1, 30), "b-1": (3, 0, 35)})
     assert calls == [("a-1", "localhost slots=1\n" * 2, 30, 1), ("b-1", "localhost slots=1\n" * 3, 35, 0)]
+
+
+def test_repeats_are_recorded_in_rounds_one_of_each_scenario_per_round() -> None:
+    """Round i holds each scenario's i-th repeat; a scenario with fewer repeats drops out of later rounds."""
+    order = live.in_rounds({"cal": ((5, 1, 30), 2), "eval": ((5, 0, 35), 3)})
+    assert list(order) == ["cal-1", "eval-1", "cal-2", "eval-2", "eval-3"]
+    assert order["cal-2"] == (5, 1, 30) and order["eval-3"] == (5, 0, 35)
+    assert live.in_rounds({}) == {}

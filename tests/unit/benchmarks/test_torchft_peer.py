@@ -1,0 +1,24 @@
+"""The torchft peer kills its victim only once every worker has trained (none left out of the quorum)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import torchft_peer
+
+
+def _rows(folder: Path, name: str, steps: range) -> None:
+    lines = [json.dumps({"step": step, "loss": 1.0}) for step in steps]
+    (folder / f"rows-{name}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_the_step_a_kill_waits_for_is_the_slowest_workers(tmp_path: Path) -> None:
+    """A group still starting (no rows) holds the kill back; a group that healed in late counts from
+    the step it joined at."""
+    _rows(tmp_path, "g0s0", range(13))
+    assert torchft_peer._last_step(tmp_path, ["g0s0", "g1s0"]) == -1
+    _rows(tmp_path, "g1s0", range(5, 10))
+    assert torchft_peer._last_step(tmp_path, ["g0s0", "g1s0"]) == 9
+    (tmp_path / "rows-g1s0.jsonl").write_text(json.dumps({"step": 12}) + '\n{"step": 1')  # NOTE: half a line.
+    assert torchft_peer._last_step(tmp_path, ["g0s0", "g1s0"]) == 12
