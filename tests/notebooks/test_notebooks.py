@@ -127,11 +127,14 @@ def test_each_notebook_tags_one_readme_figure_and_the_image_is_small(name: str) 
     assert image.stat().st_size <= 150 * 1024
 
 
-def test_measured_notebook_reads_its_evaluation_count_from_the_environment() -> None:
-    """Notebook 03 records as many evaluation runs as the environment asks, three when it does not."""
+def test_measured_notebook_reads_its_repeat_counts_from_the_environment() -> None:
+    """Notebook 03 records as many evaluation and calibration runs as the environment asks (three of
+    each when it does not), in rounds."""
     source = "\n".join(cell.source for cell in _code_cells(_read(MEASURED)))
     assert f'int(os.environ.get("{EVALUATIONS_ENV}", "3"))' in source
-    assert "for i in range(1, EVALUATIONS + 1)" in source
+    assert f'int(os.environ.get("{CALIBRATIONS_ENV}", "3"))' in source
+    assert "live.in_rounds(" in source and '"evaluate": ((5, 0, 35), EVALUATIONS)' in source
+    assert '"calibrate-1": ((5, 1, 30), CALIBRATIONS)' in source
 
 
 def test_notebooks_stay_small_on_disk() -> None:
