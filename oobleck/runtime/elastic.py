@@ -197,12 +197,12 @@ class ElasticLoop:
         generation's builds opened is cut; the standby store client (the next regroup's, connected
         during steady state) and the user's sockets stay open.
 
-        The cut comes after the destroy, although gloo's destroy of a deep plan's groups takes
-        tens of ms here (docs/assumptions.md has the figures) and 1-3 ms once every socket is cut:
-        with the cut first, a worker stopped for good right after its abort, before its next
-        world's rendezvous, once in ~40 benchmark recoveries (no stack was caught, the cause is not
-        known), and a stuck worker costs two barrier timeouts and a healthy node, far more than the
-        wait saved.
+        The cut comes after the destroy, although gloo's destroy takes tens of ms (each healthy
+        pair waits for a tick of gloo's event loop) and far less once every socket is cut: with the
+        cut first, a worker stopped for good right after its abort, before its next world's
+        rendezvous, once in ~40 benchmark recoveries (no stack was caught; docs/assumptions.md has
+        the figures and a candidate cause in gloo), and a stuck worker costs two barrier timeouts
+        and a healthy node, far more than the wait saved.
         """
         with self._aborting:
             self._fault_epoch += 1
