@@ -73,8 +73,7 @@ class NodeCpuBudgets:
     """
 
     def __init__(self, nodes: int, cpus: float, *, name: str, controller: Path = CPU_CONTROLLER) -> None:
-        self.quota_us = quota_us(cpus)
-        self.cpus = cpus
+        self._quota_us = quota_us(cpus)
         self._root = controller / name
         self._controller = controller
         self._groups = [self._root / f"node{node}" for node in range(nodes)]
@@ -83,10 +82,14 @@ class NodeCpuBudgets:
     def __enter__(self) -> NodeCpuBudgets:
         require_controller(self._controller)
         self._root.mkdir()
-        for group in self._groups:
-            group.mkdir()
-            (group / "cpu.cfs_period_us").write_text(f"{PERIOD_US}\n")
-            (group / "cpu.cfs_quota_us").write_text(f"{self.quota_us}\n")
+        try:
+            for group in self._groups:
+                group.mkdir()
+                (group / "cpu.cfs_period_us").write_text(f"{PERIOD_US}\n")
+                (group / "cpu.cfs_quota_us").write_text(f"{self._quota_us}\n")
+        except OSError:
+            self.__exit__(None, None, None)  # NOTE: no half-made budgets left behind.
+            raise
         return self
 
     def place(self, node: int, pid: int) -> None:
