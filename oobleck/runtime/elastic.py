@@ -323,6 +323,7 @@ class ElasticLoop:
     def _regroup(self, target: Membership) -> bool:
         """Move to generation ``target``; False when it failed or was superseded (try the newest)."""
         noticed = self.link.received_at.get(target.generation, time.time())
+        self.log.regroup_started()
         self.clock.reset(noticed)
         if self._unblocked_at is not None and self._unblocked_at >= noticed:
             self.clock.mark("unblocked", self._unblocked_at)

@@ -96,6 +96,16 @@ class RunLog:
             **timing,
         }
 
+    def regroup_started(self) -> None:
+        """Drop a recovery record still pending: this worker ran no step of its generation.
+
+        That generation's rank 0 wrote the record with its first step, or no step ran in it.
+        Kept, it would be written by the step this worker logs next, which may belong to the
+        generation before the new one (a rank finishing a step from a survivor's result) and be
+        logged as the new generation's rank 0: the same recovery twice (seen in CI).
+        """
+        self._recovery = None
+
     def plan_adopted(self, target: Membership, plan: Plan) -> None:
         """Write the plan generation ``target`` runs: ``plans/gen<G>.json`` and ``plan.json`` (the newest).
 

@@ -49,6 +49,19 @@ def test_non_reporter_writes_only_its_ledger(tmp_path: Path) -> None:
     assert [row.get("event") for row in _rows(tmp_path / "metrics.jsonl")] == [None]
 
 
+def test_a_recovery_pending_when_the_next_regroup_starts_is_never_written(tmp_path: Path) -> None:
+    """A worker that ran no step of generation 1 and then rolls a step forward as generation 2's
+    rank 0 writes that step's row but not generation 1's recovery (its rank 0 wrote it): the CI
+    failure had the same recovery twice."""
+    log = RunLog(tmp_path, node=1, ledger=False)
+    log.recovery_started(
+        Membership(generation=1, members=(0, 1), joined=(1,)), noticed=1.0, plan_ready=1.0, timing={}
+    )
+    log.regroup_started()
+    log.step_done(STEP, generation=1, pipeline=0, sample_ids=(), reporter=True)
+    assert [row.get("event") for row in _rows(tmp_path / "metrics.jsonl")] == [None]
+
+
 def _copy(layer: int, src: int, dst: int, size_bytes: int) -> Transfer:
     return Transfer(layer=layer, src_node=src, dst_node=dst, bytes=size_bytes)
 
