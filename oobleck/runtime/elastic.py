@@ -115,6 +115,25 @@ WORLD_WATCH_S = 0.05
 check itself wakes at once on a notice; this only bounds how long the watcher outlives the join)."""
 
 
+def finishes_step(*, next_step: int, configured: bool, ahead: dict[str, Any]) -> bool:
+    """Whether this worker must finish step ``next_step`` from ``ahead``'s result (a roll-forward).
+
+    ``ahead`` (the furthest survivor's state record) completed that step, so every rank of its
+    world, this one included, entered the step's final all-reduce with synchronised gradients:
+    only the update is missing here. Whether this worker ever *completed* a step does not matter.
+    A joiner configured into the generation that ran the step holds layers (received ones) and
+    gradients just like a survivor; judged by its completed steps (none), it would skip the update
+    and keep its layers one step stale, which the planner (it counts the joiner as a holder) never
+    repairs: the losses leave the fault-free run's. A worker never configured holds no state.
+
+    Args:
+        next_step: The step this worker would run next.
+        configured: Whether this worker's engine was configured into a plan (holds layers).
+        ahead: The furthest survivor's state record (``step``: the step it would run next).
+    """
+    return configured and next_step < int(ahead["step"])
+
+
 class ElasticLoop:
     """One worker's training loop across membership generations."""
 
@@ -422,7 +441,7 @@ class ElasticLoop:
             raise ReconfigurationError(
                 f"survivors are more than one step apart: {[s['step'] for s in survivors]}"
             )
-        if self.committed is not None and self.next_step < ahead["step"]:
+        if finishes_step(next_step=self.next_step, configured=self.engine.plan is not None, ahead=ahead):
             self._roll_forward(ahead["last"])
         self.next_step = ahead["step"]
         return self._reconfigure(store, planner, committed, target, rank_of_node)

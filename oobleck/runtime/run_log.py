@@ -152,7 +152,7 @@ class RunLog:
         recovery, self._recovery = self._recovery, None
         if not reporter:
             return
-        append_jsonl(self.run_dir / METRICS_FILE, {**record, "t": now})
+        rows = [{**record, "t": now}]
         if recovery is not None:
             recovery["t_first_step"] = now
             recovery["phases_s"] = {
@@ -162,7 +162,10 @@ class RunLog:
                 "transfer_state": recovery.get("transfer_state_s", 0.0),
                 "first_step": record["step_s"],
             }
-            append_jsonl(self.run_dir / METRICS_FILE, {**recovery, "t": now, "step": record["step"]})
+            rows.append({**recovery, "t": now, "step": record["step"]})
+        # NOTE: one write: a reporter killed right after its step row (the moment a test's or a
+        # user's kill often lands) used to take the recovery record with it (seen in CI).
+        append_jsonl(self.run_dir / METRICS_FILE, *rows)
 
 
 def transfer_fields(plan: Plan, transfers: Sequence[Transfer], copies: Sequence[LayerCopy]) -> dict[str, Any]:

@@ -21,16 +21,20 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line with a single ``write`` (atomic for small lines under O_APPEND).
+def append_jsonl(path: Path, *records: dict[str, Any]) -> None:
+    """Append one JSON line per record, all with a single ``write``.
+
+    One ``write`` is atomic for small lines under O_APPEND, and a process killed around it leaves
+    all of its lines or none: rows that belong together (a step and the recovery it completes)
+    are never split by a kill between them.
 
     Args:
         path: The JSONL file (created if missing).
-        record: The record.
+        records: The records, in order.
     """
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    data = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records).encode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.write(fd, line)
+        os.write(fd, data)
     finally:
         os.close(fd)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 from oobleck.planning.plan import Plan, Transfer
@@ -34,6 +38,36 @@ def test_recovery_record_is_written_with_the_first_step_after_it(tmp_path: Path)
     assert (phases["rebuild_groups"], phases["transfer_state"], phases["first_step"]) == (0.2, 0.0, 0.04)
     log.step_done({**STEP, "step": 8}, generation=2, pipeline=0, sample_ids=(), reporter=True)
     assert [row.get("event") for row in _rows(tmp_path / "metrics.jsonl")] == [None, "recovery", None]
+
+
+def test_a_reporter_killed_right_after_writing_leaves_its_step_and_recovery_together(tmp_path: Path) -> None:
+    """A real process SIGKILLed the moment its first ``write`` to metrics.jsonl returns still left
+    the step's recovery record: both rows go in that one write (CI lost a recovery record to a kill
+    that landed between two appends)."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from oobleck.runtime.control.membership import Membership
+        from oobleck.runtime.run_log import RunLog
+
+        log = RunLog(Path({str(tmp_path)!r}), node=0, ledger=False)
+        log.recovery_started(Membership(generation=1, members=(0, 1), joined=(1,)),
+                             noticed=1.0, plan_ready=1.0, timing={{}})
+        real_write = os.write
+
+        def write_then_die(fd, data):
+            written = real_write(fd, data)
+            os.kill(os.getpid(), signal.SIGKILL)
+            return written
+
+        os.write = write_then_die
+        log.step_done({STEP!r}, generation=1, pipeline=0, sample_ids=(), reporter=True)
+        """
+    )
+    child = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    assert [row.get("event") for row in _rows(tmp_path / "metrics.jsonl")] == [None, "recovery"]
 
 
 def test_non_reporter_writes_only_its_ledger(tmp_path: Path) -> None:
