@@ -13,7 +13,8 @@ stages does not change a bit, so one cheap reference serves every shape (checked
 
 Stages covered: a last stage (absorbed by the hot spare, which receives its layers), a first
 stage (survivors merged into a 3-node template), a middle stage (of the 3-node pipeline a joined
-node formed), a transfer's source mid-copy, and two nodes of one pipeline at once.
+node formed), a transfer's source mid-copy, and two nodes of one pipeline at once; and a joiner
+whose first update was lost in its final all-reduce (``LOST_UPDATE_ENV``) rolled forward.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import yaml
 from oobleck.planning.plan import Plan
 from oobleck.runtime.config import load_job_config
 from oobleck.runtime.engine import build_adapter, job_planner, job_profile
+from oobleck.runtime.engine.lost_update import LOST_UPDATE_ENV
 from oobleck.runtime.engine.transfer import TRANSFER_HOLD_ENV
 from oobleck.runtime.run_log import pipeline_layouts
 from tests.integration.harness import (
@@ -254,11 +256,16 @@ def test_two_nodes_of_one_pipeline_lost_at_once_with_f2(one_pipeline_halved: Run
     _expect(one_pipeline_halved, 6, [((0,), ()), ((1, 4), ())])
 
 
-@pytest.mark.timeout(1200)
-def test_middle_stage_lost_right_after_a_join_into_a_deep_plan(folder: Path) -> None:
-    """A fifth agent joins the four-agent deep plan [0, 1], [2, 3] (it becomes the first stage of
-    [4, 0, 1] and receives layer 0), and the middle stage of that new pipeline is killed right after
-    the first step there: [4, 1] receives layer 1 from node 2 and the bits hold."""
+@pytest.fixture(scope="module")
+def join_reference(folder: Path) -> Run:
+    """The fault-free run of the join jobs (one process)."""
+    return _solo_reference(folder, JOIN_STEPS)
+
+
+def _join_then_kill(folder: Path, name: str) -> Run:
+    """Four agents run the deep plan [0, 1], [2, 3]; a fifth joins after step 0 (generation 1:
+    [4, 0, 1], [2, 3], node 4 receives layer 0), and node 0 is killed once a step of generation 1
+    is logged (generation 2: [4, 1] receives layer 1 from node 2)."""
     joiner: list[subprocess.Popen[bytes]] = []
 
     def join_then_kill(run_dir: Path) -> None:
@@ -266,8 +273,6 @@ def test_middle_stage_lost_right_after_a_join_into_a_deep_plan(folder: Path) -> 
         _wait(lambda: _generation_steps(run_dir, 1) >= 1, "a step after the join", timeout_s=300)
         kill_group(run_dir, 0)
 
-    name = "join"
-    reference = _solo_reference(folder, JOIN_STEPS)
     try:
         run = run_master(
             folder / name,
@@ -282,7 +287,33 @@ def test_middle_stage_lost_right_after_a_join_into_a_deep_plan(folder: Path) -> 
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
-    _bits_and_ledger(run, reference)
     assert [a["node"] for a in agents(run.run_dir)][-1] == 4
     assert [(m["lost"], m["joined"]) for m in run.events("membership")][1:] == [([], [4]), ([0], [])]
     _expect(run, 4, [((), (4,)), ((0,), ())])
+    return run
+
+
+@pytest.mark.timeout(1200)
+def test_middle_stage_lost_right_after_a_join_into_a_deep_plan(folder: Path, join_reference: Run) -> None:
+    """The middle stage of the pipeline a joined node formed is killed right after the first step
+    there: the layers move as planned and the bits hold."""
+    run = _join_then_kill(folder, "join")
+    _bits_and_ledger(run, join_reference)
+
+
+@pytest.mark.timeout(1200)
+def test_a_joiner_that_lost_its_first_update_finishes_it_from_a_survivors_result(
+    folder: Path, join_reference: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The joiner's first step fails right after its final all-reduce (``LOST_UPDATE_ENV``), as when
+    a peer dies as that all-reduce ends: every other rank completed the step, node 4 completed none.
+    In generation 2 it must apply that update from a survivor's result; skipped, its layer 0 stayed
+    a step stale and the losses left the fault-free run's (as in a CI failure of the test above)."""
+    monkeypatch.setenv(LOST_UPDATE_ENV, "1:4")  # NOTE: the joiner's agent is started from this env
+    run = _join_then_kill(folder, "join_lost_update")
+    log = (run.run_dir / "logs" / "node4" / "rank0.log").read_text()
+    # NOTE: the join lands at a step boundary after step 0, so its first step is 1 or later.
+    lost = re.search(rf"\[node 4 step=(\d+)\] {LOST_UPDATE_ENV}: step \d+ failed after its final", log)
+    assert lost, log[-3000:]
+    assert f"[node 4] finished step {lost.group(1)} from a survivor's result" in log
+    _bits_and_ledger(run, join_reference)

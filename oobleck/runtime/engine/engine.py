@@ -32,11 +32,12 @@ from oobleck.planning.plan import Plan, Transfer
 from oobleck.planning.transfer import reshard_routes
 from oobleck.runtime.config import JobConfig
 from oobleck.runtime.engine.adapters import build_adapter
-from oobleck.runtime.engine.comm import Comm, default_device
+from oobleck.runtime.engine.comm import Comm, CommunicationError, default_device
 from oobleck.runtime.engine.custom_model import CustomModel
 from oobleck.runtime.engine.data import GlobalSampler, load_dataset
 from oobleck.runtime.engine.dtensors import is_dtensor, is_sharded
 from oobleck.runtime.engine.executor import StageContext, run_1f1b
+from oobleck.runtime.engine.lost_update import LOST_UPDATE_ENV, parse_lost_update
 from oobleck.runtime.engine.optim import LayerState, adamw_update, clip_coefficient, learning_rate
 from oobleck.runtime.engine.precision import LossScaler, reduce_dtype, resolve_precision
 from oobleck.runtime.engine.records import ReconfigureTiming, StepMetrics
@@ -126,7 +127,8 @@ class Engine:
             model: A user's own model (``oobleck.api``) to train instead of ``job.model``'s adapter.
 
         Raises:
-            ConfigError: the model or data section cannot be built, or the hold variable is bad.
+            ConfigError: the model or data section cannot be built, or a test hook's variable
+                (``OOBLECK_TRANSFER_HOLD``, ``OOBLECK_TEST_LOST_UPDATE``) is bad.
         """
         self.job = job
         self.node = node
@@ -138,6 +140,7 @@ class Engine:
         self.sampler = GlobalSampler(len(self.dataset), seed=job.seed, global_batch=job.global_batch)
         self.comm = Comm(backend, timeout)
         self.transfer_hold = transfer_hold or parse_transfer_hold(os.environ.get(TRANSFER_HOLD_ENV))
+        self.lost_update = parse_lost_update(os.environ.get(LOST_UPDATE_ENV))
         self.layers: dict[int, LayerState] = {}
         self.precision = resolve_precision(job.precision, self.device)
         # NOTE: fp16 only; replicated state (every rank takes the same decision from the same
@@ -216,6 +219,8 @@ class Engine:
             self._sync_gradients(self.topology)
         totals = torch.stack([loss_sum, self._local_square_norm()]).to(self.device)
         self.comm.run("loss/norm all_reduce", dist.all_reduce, totals)
+        if self.lost_update is not None and self.lost_update.hits(generation=self.generation, node=self.node):
+            raise CommunicationError(f"{LOST_UPDATE_ENV}: step {step} failed after its final all-reduce")
         loss_total, square_norm = totals.tolist()
         grad_norm = math.sqrt(square_norm) / self.loss_scale
         lr = learning_rate(step, job.steps, job.optim)
