@@ -47,6 +47,15 @@ hardware: cpu
 profile: analytic
 """
 
+LOADED_MISSED_HEARTBEATS = 10
+"""``--missed-heartbeats`` of a test master whose test is not about silence: 5 s, not the product's
+1.5 s. CI runs two multi-agent tests at once on 2 cores, and there a live agent's heartbeats have
+twice gone unread for 1.5 s (a node lost before a job started; a second node lost after a killed
+one), which fails a test about something else. Tests of a loss by silence pass
+:data:`PRODUCT_MISSED_HEARTBEATS`."""
+PRODUCT_MISSED_HEARTBEATS = 3
+"""The master's own default (``MasterConfig.missed_heartbeats``): 1.5 s of silence loses a node."""
+
 
 CUSTOM_SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "custom_model" / "train.py"
 """The user-script model of ``examples/custom_model`` (``oobleck.api``; torch only, no transformers)."""
@@ -143,12 +152,14 @@ def run_master(
     extra_env: dict[str, str] | None = None,
     register_timeout_s: float = 120.0,
     master_args: tuple[str, ...] = (),
+    missed_heartbeats: int = LOADED_MISSED_HEARTBEATS,
 ) -> Run:
     """Run a one-shot master; call ``action(run_dir)`` after step ``at_step``; clean up every process.
 
     ``register_timeout_s`` bounds agent start-up until every worker is ready (raise it for runs of
     many workers: each imports torch, which takes minutes of wall time on a loaded 2-core machine).
-    ``master_args``: more ``oobleck master`` flags (e.g. ``--missed-heartbeats``).
+    ``master_args``: more ``oobleck master`` flags. ``missed_heartbeats``: the silence bound in
+    heartbeat intervals (see :data:`LOADED_MISSED_HEARTBEATS`).
     """
     env = {**os.environ, **(extra_env or {})}
     env.pop("OOBLECK_TOKEN", None)
@@ -167,6 +178,8 @@ def run_master(
                 str(run_dir),
                 "--register-timeout-s",
                 str(register_timeout_s),
+                "--missed-heartbeats",
+                str(missed_heartbeats),
                 *master_args,
             ],
             env=env,

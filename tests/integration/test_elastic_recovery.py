@@ -31,6 +31,7 @@ from oobleck.runtime.control.status_view import StatusError, StatusView, render
 from oobleck.runtime.control.token import read_token_file
 from oobleck.runtime.run_status import status_text
 from tests.integration.harness import (
+    PRODUCT_MISSED_HEARTBEATS,
     Run,
     agents,
     assert_ledger_exact,
@@ -164,6 +165,7 @@ def test_sigstop_agent_detected_by_heartbeats(folder, reference):
         write_job(folder),
         at_step=5,
         action=lambda d: kill_group(d, 1, signal.SIGSTOP),
+        missed_heartbeats=PRODUCT_MISSED_HEARTBEATS,
     )
     _recovered(run, reference)
     failure = next(m for m in run.events("membership") if m["lost"])
