@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oobleck.runtime.control.agent import job_entrypoint
+from oobleck.runtime.control.master_config import MasterConfig
 from tests.integration import preloaded
 
 JOB = """\
@@ -53,8 +54,8 @@ LOADED_MISSED_HEARTBEATS = 10
 twice gone unread for 1.5 s (a node lost before a job started; a second node lost after a killed
 one), which fails a test about something else. Tests of a loss by silence pass
 :data:`PRODUCT_MISSED_HEARTBEATS`."""
-PRODUCT_MISSED_HEARTBEATS = 3
-"""The master's own default (``MasterConfig.missed_heartbeats``): 1.5 s of silence loses a node."""
+PRODUCT_MISSED_HEARTBEATS: int = MasterConfig.missed_heartbeats
+"""The master's own default: 1.5 s of silence loses a node."""
 
 
 CUSTOM_SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "custom_model" / "train.py"
