@@ -9,6 +9,7 @@ ledger with a fault-free run of the same job (:func:`assert_losses_match`, :func
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -54,7 +55,9 @@ LOADED_MISSED_HEARTBEATS = 10
 twice gone unread for 1.5 s (a node lost before a job started; a second node lost after a killed
 one), which fails a test about something else. Tests of a loss by silence pass
 :data:`PRODUCT_MISSED_HEARTBEATS`."""
-PRODUCT_MISSED_HEARTBEATS: int = MasterConfig.missed_heartbeats
+PRODUCT_MISSED_HEARTBEATS: int = next(
+    f.default for f in dataclasses.fields(MasterConfig) if f.name == "missed_heartbeats"
+)
 """The master's own default: 1.5 s of silence loses a node."""
 
 
