@@ -311,10 +311,13 @@ class Engine:
         old_plan = source_plan or self._committed_plan
         pool = self._pool()
         start = time.perf_counter()
-        # NOTE: no barrier after the build (configure has one): gloo's world rendezvous already
-        # waited for every rank, the transfers pair their ranks, and a rank that enters the step
-        # early waits in its first collective instead; a barrier cost a round of every rank.
         self._start_generation(new_plan, generation, rank_of_node, store)
+        if transfers:
+            # NOTE: only when state moves: without it a rank that built its groups early would
+            # start its copies' clocks while its peers still build theirs, charging their build
+            # to the transfer phase (the cost model's bandwidth term); without transfers a rank
+            # that enters the step early simply waits in its first collective.
+            self._barrier()
         groups_done = time.perf_counter()
         if old_plan is None and transfers:
             raise ReconfigurationError(f"node {self.node} cannot take part in transfers: no previous plan")
