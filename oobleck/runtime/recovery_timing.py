@@ -31,8 +31,9 @@ PHASES: tuple[tuple[str, str, str], ...] = (
 (it is the only one of the three when the regroup did not interrupt a step). ``init_group`` is
 publishing this worker's state record and joining the generation's world, which waits for the last
 member; the state ``barrier`` after it then only reads the records, all already set. ``subgroups``
-ends when the generation's groups are built, and, when layer state moves, every rank has built
-them (a barrier, so that every ``transfer`` clock starts together)."""
+ends when the generation's groups and the empty layers its copies land in are built and, when layer
+state moves, every rank has built them (a barrier, so that every ``transfer`` clock starts
+together)."""
 
 
 class RegroupClock:

@@ -59,6 +59,7 @@ from oobleck.runtime.engine.transfer import (
     local_data,
     named_state,
     parse_transfer_hold,
+    receive_targets,
 )
 from oobleck.runtime.worker_logging import set_rank
 
@@ -312,25 +313,27 @@ class Engine:
         pool = self._pool()
         start = time.perf_counter()
         self._start_generation(new_plan, generation, rank_of_node, store)
-        if transfers:
-            # NOTE: only when state moves: without it a rank that built its groups early would
-            # start its copies' clocks while its peers still build theirs, charging their build
-            # to the transfer phase (the cost model's bandwidth term); without transfers a rank
-            # that enters the step early simply waits in its first collective.
-            self._barrier()
-        groups_done = time.perf_counter()
         if old_plan is None and transfers:
             raise ReconfigurationError(f"node {self.node} cannot take part in transfers: no previous plan")
         last = self.adapter.num_layers - 1
         routes = reshard_routes(
             transfers, old_plan or new_plan, new_plan, rank_of_node.__getitem__, lambda i: 0 < i < last
         )
+        targets = receive_targets(routes, rank=self.rank, make_layer=self._new_held)
+        if transfers:
+            # NOTE: only when state moves: without it a rank that built its groups (and the layers
+            # its copies land in) early would start its copies' clocks while its peers still build
+            # theirs, charging their build to the transfer phase (the cost model's bandwidth
+            # term); without transfers a rank that enters the step early waits in its first
+            # collective.
+            self._barrier()
+        groups_done = time.perf_counter()
         hold_sends(self.transfer_hold, transfers, generation=generation, node=self.node, comm=self.comm)
         received, stats = execute_routes(
             routes,
             rank=self.rank,
             held=pool,
-            make_layer=self._new_held,
+            targets=targets,
             specs=self._specs,
             comm=self.comm,
             scaler=self.scaler,

@@ -61,7 +61,10 @@ class ReconfigureTiming:
     """Measured phases of one :meth:`Engine.reconfigure` (phase names as the planning core's)."""
 
     rebuild_groups_s: float
+    """Building the generation's groups and the empty layers this rank's copies land in, then
+    (when state moves) the barrier after which every rank's copies start."""
     transfer_state_s: float
+    """The copies (sending, receiving, assembling) and installing the new layout."""
     bytes_sent: int
     """Bytes this rank sent (one rank's figure; the job-wide total is the transfer plan's sum)."""
     bytes_received: int

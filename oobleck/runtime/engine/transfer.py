@@ -198,12 +198,29 @@ def assemble(
         tensor.copy_(value.view_as(tensor))
 
 
+def receive_targets(
+    routes: Sequence[ShardRoute], *, rank: int, make_layer: Callable[[int], HeldShard]
+) -> dict[int, HeldShard]:
+    """The empty layers this rank's incoming routes land in, by layer index.
+
+    Made before the copies start (the engine makes them before the barrier that starts them), so
+    building a module, which on a rank's first build of a layer kind costs more than copying a
+    tiny layer's bytes, overlaps the peers' group builds instead of holding up its sender.
+
+    Args:
+        routes: every route of the reconfiguration (identical on every rank).
+        rank: this rank in the new generation.
+        make_layer: builds an empty-state layer laid out as this rank holds it in the new plan.
+    """
+    return {layer: make_layer(layer) for layer in sorted({r.layer for r in routes if r.dst_rank == rank})}
+
+
 def execute_routes(
     routes: Sequence[ShardRoute],
     *,
     rank: int,
     held: Mapping[int, HeldShard],
-    make_layer: Callable[[int], HeldShard],
+    targets: Mapping[int, HeldShard],
     specs: ShardSpecs,
     comm: Comm,
     scaler: LossScaler | None = None,
@@ -222,7 +239,7 @@ def execute_routes(
             :func:`~oobleck.planning.transfer.reshard_routes`).
         rank: this rank in the new generation.
         held: the layers this rank holds now (the sources of its routes).
-        make_layer: builds an empty-state layer laid out as this rank holds it in the new plan.
+        targets: :func:`receive_targets` of ``routes``: where this rank's incoming pieces land.
         specs: the shard specs of a layer at a TP degree.
         comm: the new generation's communicator.
         scaler: the fp16 loss scaler (None otherwise); sent with the step counts, and overwritten
@@ -244,7 +261,6 @@ def execute_routes(
     missing = sorted({r.layer for r in routes if r.src_rank == rank and r.layer not in held})
     if missing:
         raise ReconfigurationError(f"rank {rank} must send layers {missing} but does not hold them")
-    targets = {layer: make_layer(layer) for layer in sorted({r.layer for r in incoming})}
     got: dict[int, dict[int, list[torch.Tensor]]] = {layer: {} for layer in targets}
     steps_of: dict[int, int] = {}
     start = time.perf_counter()
@@ -310,7 +326,7 @@ def execute_routes(
         assemble(target, got[layer], specs, pieces)
         target.state.step = int(steps_of[layer])
     comm.wait("state transfer", sends)
-    return targets, TransferStats(bytes_sent=sent, bytes_received=received_bytes, copies=tuple(copies))
+    return dict(targets), TransferStats(bytes_sent=sent, bytes_received=received_bytes, copies=tuple(copies))
 
 
 def gather_full_state(
