@@ -128,10 +128,10 @@ def test_each_notebook_tags_one_readme_figure_and_the_image_is_small(name: str) 
 
 
 def test_measured_notebook_reads_its_repeat_counts_from_the_environment() -> None:
-    """Notebook 03 records as many evaluation and calibration runs as the environment asks (three of
-    each when it does not), in rounds."""
+    """Notebook 03 records as many evaluation and calibration runs as the environment asks (five
+    evaluations and three of each calibration when it does not), in rounds."""
     source = "\n".join(cell.source for cell in _code_cells(_read(MEASURED)))
-    assert f'int(os.environ.get("{EVALUATIONS_ENV}", "3"))' in source
+    assert f'int(os.environ.get("{EVALUATIONS_ENV}", "5"))' in source
     assert f'int(os.environ.get("{CALIBRATIONS_ENV}", "3"))' in source
     assert "live.in_rounds(" in source and '"evaluate": ((5, 0, 35), EVALUATIONS)' in source
     assert '"calibrate-1": ((5, 1, 30), CALIBRATIONS)' in source
