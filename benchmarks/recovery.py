@@ -349,7 +349,14 @@ def bench_part(
     for repeat in range(repeats):
         for peer in peers:
             name = f"{part}-{peer.replace(' ', '-')}-{repeat}"
-            run = run_peer(peer, out / name, job, part, kill_after, node_cpus=node_cpus)
+            try:
+                run = run_peer(peer, out / name, job, part, kill_after, node_cpus=node_cpus)
+            except RuntimeError as exc:
+                # NOTE: a peer's job that never reached the kill (or hung) is a failed run, not
+                # the end of the benchmark: the runs already measured are kept.
+                failed.append(f"{name}: {exc}")
+                print(f"  {name}: failed: {exc}", flush=True)
+                continue
             if "throttled_s" in run:
                 throttled[peer].append(statistics.median(run["throttled_s"]))
             ref = refs["torchft" if peer.startswith("torchft") else "oobleck"]

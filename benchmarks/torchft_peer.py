@@ -259,6 +259,7 @@ def _train(args: argparse.Namespace) -> None:
         init_sync=False,  # NOTE: every replica builds the same seeded weights, as torchft advises.
         **setting["manager"],
     )
+    _start_together(Path(args.out), f"g{args.group}s{args.stage}", args.groups * stages)
     ddp = DistributedDataParallel(manager, model) if stages == 1 and args.ddp else None
     wrapper = Optimizer(manager, optim)
     per_group = job.global_batch // args.groups
@@ -298,6 +299,27 @@ def _train(args: argparse.Namespace) -> None:
             with out.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
     manager.shutdown(wait=False)
+
+
+def _start_together(out: Path, name: str, workers: int, timeout_s: float = 120.0) -> None:
+    """Wait until every worker has its Manager (so every group heartbeats) before the first quorum.
+
+    NOTE: the lighthouse's ``min_replicas`` is the survivors' count, so the first quorum forms
+    without a group still starting up (importing torch on a loaded machine), and that group then
+    waits for a quorum the others, training, may never ask for within torchft's 60 s default join
+    timeout (seen: groups 0 and 2 trained all 30 steps while group 1 timed out). With every
+    Manager heartbeating first, the lighthouse's fast quorum takes every group, as oobleck's first
+    generation takes every agent.
+
+    Raises:
+        RuntimeError: not every worker was ready within ``timeout_s``.
+    """
+    (out / f"ready-{name}").touch()
+    deadline = time.monotonic() + timeout_s
+    while len(list(out.glob("ready-g*s*"))) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not every torchft worker started within {timeout_s:g} s")
+        time.sleep(0.01)
 
 
 def _pipeline_step(model: Any, tokens: Any, microbatch_size: int, stage: int, hidden_size: int) -> Any:
