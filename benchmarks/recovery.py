@@ -4,9 +4,10 @@ Scenario (tiny GPT-2 of ``examples/tiny_gpt2.yaml``, pydoc bytes, seed 1234, f=1
 kill once step 12 has committed; every process on this machine, gloo):
 (a) data parallel, global batch 16, 4 nodes: oobleck with 4 one-slot agents
     (``python -m oobleck.runtime.master``, 1-node pipelines) vs torchft 0.2.0 with 4 replica
-    groups of one process (Manager + Lighthouse, DDP-style all-reduce; its defaults and its most
-    responsive settings, ``benchmarks/torchft_peer.py``) vs torchrun ``--max-restarts`` restart-all with a
-    checkpoint every step (no lost work); node/group 2 is killed.
+    groups of one process (Manager + Lighthouse, DDP-style all-reduce; its defaults, responsive
+    settings for any model, and timeouts sized to this tiny model's ~1 ms all-reduce, the
+    fastest it recovers: ``benchmarks/torchft_peer.py``) vs torchrun ``--max-restarts``
+    restart-all with a checkpoint every step (no lost work); node/group 2 is killed.
 (b) pipelines spanning nodes, global batch 12, 6 nodes: oobleck on ``examples/tiny_gpt2_deep.yaml``
     (``device_memory_bytes: 2800000``: no node holds the model, 3 pipelines of 2 nodes; losing
     node 0 forces 2+3-node pipelines, whose stages here line up with layers the survivors already
@@ -286,10 +287,12 @@ def torchrun_worker(args: argparse.Namespace) -> None:
 
 
 PEERS = {
-    "a": ("oobleck", "torchft tuned", "torchft default", "torchrun restart-all"),
+    "a": ("oobleck", "torchft aggressive", "torchft tuned", "torchft default", "torchrun restart-all"),
     "b": ("oobleck", "torchft tuned", "torchft default"),
 }
-"""Peers of each part, in the order one repeat runs them (repeats alternate peers)."""
+"""Peers of each part, in the order one repeat runs them (repeats alternate peers). (b) has no
+"torchft aggressive": its 20 ms all-reduce timeout fails the first pipelined step
+(``torchft_peer.SETTINGS``)."""
 
 
 def run_peer(

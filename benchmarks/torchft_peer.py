@@ -37,33 +37,53 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-SETTINGS: dict[str, dict[str, Any]] = {
-    # NOTE: torchft's defaults: only --min_replicas is required by the lighthouse.
-    "default": {"lighthouse": [], "manager": {}, "gloo_timeout_s": 60.0},
-    # The most responsive settings: a 10 ms quorum tick, a dead replica's heartbeat expired after
-    # 200 ms (the lighthouse then issues the quorum of the survivors at once), 20 ms manager
-    # heartbeats, train_ddp.py's 5 s gloo timeout, second-scale rpc timeouts.
-    # NOTE: join_timeout_ms only bounds the wait for a *live* straggler; at 100 ms this shared machine's
-    # step skew made quorums drop and re-admit a replica every few steps (each a reconfiguration
-    # and a heal: 2-4 s steps), so it is set just above that skew. It does not delay the recovery:
-    # the dead replica stops heartbeating and the survivors' quorum forms on heartbeat expiry.
-    "tuned": {
+
+def _responsive(*, heartbeat_timeout_ms: int, heartbeat_interval_ms: int, timeout_s: float) -> dict[str, Any]:
+    """Settings of a responsive torchft job: a 10 ms quorum tick, second-scale rpc timeouts, and
+    the given failure detection (heartbeats, and the timeout of an all-reduce and of gloo).
+
+    NOTE: join_timeout_ms only bounds the wait for a *live* straggler; at 100 ms this shared
+    machine's step skew made quorums drop and re-admit a replica every few steps (each a
+    reconfiguration and a heal: 2-4 s steps), so it is set just above that skew. It does not delay
+    the recovery: the dead replica stops heartbeating and the survivors' quorum forms on expiry.
+    """
+    return {
         "lighthouse": [
             "--join_timeout_ms",
             "1000",
             "--quorum_tick_ms",
             "10",
             "--heartbeat_timeout_ms",
-            "200",
+            str(heartbeat_timeout_ms),
         ],
         "manager": {
-            "heartbeat_interval": timedelta(milliseconds=20),
-            "timeout": timedelta(seconds=5),
+            "heartbeat_interval": timedelta(milliseconds=heartbeat_interval_ms),
+            "timeout": timedelta(seconds=timeout_s),
             "quorum_timeout": timedelta(seconds=5),
             "connect_timeout": timedelta(seconds=5),
         },
-        "gloo_timeout_s": 5.0,
-    },
+        "gloo_timeout_s": timeout_s,
+    }
+
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    # NOTE: torchft's defaults: only --min_replicas is required by the lighthouse.
+    "default": {"lighthouse": [], "manager": {}, "gloo_timeout_s": 60.0},
+    # What a user would pick for any model: a dead replica's heartbeat expired after 200 ms (the
+    # lighthouse then issues the quorum of the survivors at once), 20 ms heartbeats, and
+    # train_ddp.py's 5 s gloo timeout.
+    "tuned": _responsive(heartbeat_timeout_ms=200, heartbeat_interval_ms=20, timeout_s=5.0),
+    # The fastest torchft recovers here: a lost replica is noticed only by timeouts (a survivor's
+    # all-reduce waits out the Manager's ``timeout``; the lighthouse drops the replica when its
+    # heartbeats stop for ``heartbeat_timeout_ms``), so kill -> next is about their sum. Sized to
+    # this tiny model, whose all-reduce takes ~1 ms: a 20 ms operation timeout, 30 ms of silence
+    # (heartbeats every 10 ms). Measured in 3 killed runs each (kill -> next): 5 s / 200 ms ->
+    # 5.05 s ("tuned"); 100 ms / 100 ms -> 0.16-0.18 s; 50 ms / 50 ms -> 0.10-0.11 s;
+    # 20 ms / 30 ms -> 0.06-0.07 s, every step still committed. Not usable where an all-reduce
+    # can outlast 20 ms, a bigger model's or ``pp`` mode's: there the groups reach the cross-group
+    # all-reduce tens of ms apart and the first step times out (seen: every group ended within
+    # 24 s). Oobleck's detection waits on no timeout.
+    "aggressive": _responsive(heartbeat_timeout_ms=30, heartbeat_interval_ms=10, timeout_s=0.02),
 }
 """Named torchft settings: extra lighthouse flags, Manager keyword arguments, gloo timeout."""
 STAGE_LAYERS = ((0, 1), (2, 3))
