@@ -33,6 +33,7 @@ torchft is the optional ``bench`` extra (``pip install -e .[bench]``, see pyproj
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -43,7 +44,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -180,7 +181,13 @@ def oobleck_run(
             for pid in [row["agent_pid"], *row.get("worker_pids", [])]:
                 place(int(row["node"]), int(pid))
 
-    t_kill = _run_until(argv, out.with_suffix(".log"), out / "metrics.jsonl", kill_after, kill, poll=poll)
+    try:
+        t_kill = _run_until(argv, out.with_suffix(".log"), out / "metrics.jsonl", kill_after, kill, poll=poll)
+    except BaseException:
+        # NOTE: the agents outlive a master killed mid-run (they keep training, waiting up to
+        # --reconnect-timeout-s for it to return) and would load the runs that follow.
+        _kill_nodes(out / "agents.json")
+        raise
     records = _jsonl(out / "metrics.jsonl")
     ledger: dict[int, list[int]] = {}
     for file in sorted((out / "ledger").glob("node*.jsonl")):
@@ -190,6 +197,17 @@ def oobleck_run(
     steps = rf.oobleck_steps(records, members)
     recovery = next((r for r in records if r.get("event") == "recovery"), {})
     return {"t_kill": t_kill, "steps": steps, "ledger": ledger, "recovery": recovery}
+
+
+def _kill_nodes(agents: Path) -> None:
+    """SIGKILL the process group (agent and workers) of every node the master listed."""
+    try:
+        rows = json.loads(agents.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    for row in rows:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(int(row["agent_pid"]), signal.SIGKILL)
 
 
 def torchft_run(
@@ -521,6 +539,10 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     """Run the selected parts and print their tables; ``--worker`` is torchrun's worker entry."""
     parser = argparse.ArgumentParser(
@@ -552,6 +574,9 @@ def main() -> int:
         except node_cpu.NodeCpuBudgetError as exc:
             print(f"recovery.py: error: --node-cpus: {exc}", file=sys.stderr)
             return 2
+    # NOTE: a stopped benchmark (SIGTERM, as `timeout` sends) must not leave its jobs running: it
+    # leaves through every run's cleanup, as Ctrl-C does (seen: torchft's workers outlived it).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
