@@ -41,34 +41,44 @@ _ABORT_CHECK_S = 0.05
 thread wakes it at once (:meth:`Comm._latch` sets the wait's event), so this is not its reaction time."""
 
 
+class _Job:
+    """Work handles a :class:`_Waiter` waits on, and how that wait ended."""
+
+    def __init__(self, works: Sequence[Any]) -> None:
+        self.works = works
+        self.wake = threading.Event()
+        """Set once the works finished, or by a latch to wake the training thread early."""
+        self.finished = threading.Event()
+        """Set (before :attr:`wake`) once every work's wait returned, or one raised :attr:`error`."""
+        self.error: BaseException | None = None
+
+
 class _Waiter:
     """A daemon thread that blocks in ``work.wait()`` on behalf of the training thread."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Sequence[Any], threading.Event, list[BaseException]]] = (
-            queue.SimpleQueue()
-        )
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self.idle = threading.Event()
         self.idle.set()
         threading.Thread(target=self._loop, name="oobleck-comm-wait", daemon=True).start()
 
-    def submit(self, works: Sequence[Any]) -> tuple[threading.Event, list[BaseException]]:
-        done: threading.Event = threading.Event()
-        errors: list[BaseException] = []
+    def submit(self, works: Sequence[Any]) -> _Job:
+        job = _Job(works)
         self.idle.clear()
-        self._jobs.put((works, done, errors))
-        return done, errors
+        self._jobs.put(job)
+        return job
 
     def _loop(self) -> None:
         while True:
-            works, done, errors = self._jobs.get()
+            job = self._jobs.get()
             try:
-                for work in works:
+                for work in job.works:
                     work.wait()
             except Exception as error:
-                errors.append(error)
+                job.error = error
             finally:
-                done.set()
+                job.finished.set()
+                job.wake.set()
                 if self._jobs.empty():
                     self.idle.set()
 
@@ -267,6 +277,12 @@ class Comm:
         latch, so an :meth:`abort` from another thread ends a wait on a peer that hangs (a stopped
         process keeps its sockets open and would otherwise block us until the timeout). The
         abandoned wait ends when the old world's sockets close or time out.
+
+        Works that completed return normally even when an abort latched meanwhile: their result is
+        as final as it was before the abort, and the next call raises the latch. Raising it here
+        would undo a completed step on this rank: a loss notice that lands as the step's last
+        all-reduce completes, before this thread wakes, left the step uncommitted here, to be
+        redone or rolled forward, although its update was ready to apply.
         """
         if not works:
             return
@@ -278,17 +294,20 @@ class Comm:
             raise self.error
         if self._waiter is None:
             self._waiter = _Waiter()
-        done, errors = self._waiter.submit(works)
-        self._wake = done
+        job = self._waiter.submit(works)
+        self._wake = job.wake
         # NOTE: re-check after publishing the event: a latch between the check above and here
         # would otherwise have had no event to set.
-        while self.error is None and not done.wait(_ABORT_CHECK_S):
+        while self.error is None and not job.wake.wait(_ABORT_CHECK_S):
             pass
         self._wake = None
-        if self.error is not None:
-            raise self.error
-        if errors:
-            raise self._latch(what, errors[0])
+        if not job.finished.is_set() and all(work.is_completed() for work in works):
+            # NOTE: woken by a latch as the works completed: the waiter returns them at once.
+            job.finished.wait(self.timeout.total_seconds())
+        if not job.finished.is_set():
+            raise self._latch(what, RuntimeError("aborted while waiting"))  # NOTE: the first latch wins.
+        if job.error is not None:
+            raise self._latch(what, job.error)
 
     def _latch(self, what: str, error: BaseException) -> CommunicationError:
         with self._lock:

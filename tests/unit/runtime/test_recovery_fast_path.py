@@ -243,6 +243,9 @@ class _HangingWork:
         self.release.wait(30)
         return True
 
+    def is_completed(self) -> bool:
+        return self.release.is_set()
+
 
 def test_an_abort_wakes_a_waiting_collective_at_once(monkeypatch):
     """An abort from another thread ends a gloo wait at once, not at the next latch check."""
@@ -255,6 +258,36 @@ def test_an_abort_wakes_a_waiting_collective_at_once(monkeypatch):
         comm.wait("all_reduce", [work])
     assert time.monotonic() - start < 10.0
     work.release.set()
+
+
+class _CompletesAsANoticeLands:
+    """A real collective's handle whose wait ends as a loss notice aborts the world: the collective
+    completed on this rank, and the abort latched before the training thread saw it complete."""
+
+    def __init__(self, work: Any, comm: Comm) -> None:
+        self.work, self.comm = work, comm
+
+    def wait(self) -> bool:
+        done = self.work.wait()
+        self.comm.abort("notice: node 0 lost")
+        return done
+
+    def is_completed(self) -> bool:
+        return self.work.is_completed()
+
+
+def test_a_collective_that_completed_is_not_undone_by_a_later_abort(tmp_path):
+    """The step's last all-reduce completed on this rank; a notice that lands before the training
+    thread wakes must not fail it (it did: the completed step stayed uncommitted on this rank)."""
+    comm = Comm(backend="gloo")
+    comm.init(dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1, device=torch.device("cpu"))
+    totals = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    work = comm.call("all_reduce", dist.all_reduce, totals, async_op=True)
+    comm.wait("loss/norm all_reduce", [_CompletesAsANoticeLands(work, comm)])
+    assert totals.tolist() == [3.0, 4.0]
+    with pytest.raises(CommunicationError, match="node 0 lost"):  # NOTE: the next call sees the notice.
+        comm.raise_if_failed()
+    assert not dist.is_initialized()
 
 
 def test_a_world_after_a_failed_rendezvous_has_the_name_its_peers_give_it():
