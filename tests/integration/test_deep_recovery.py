@@ -40,6 +40,7 @@ from oobleck.runtime.engine.lost_update import LOST_UPDATE_ENV
 from oobleck.runtime.engine.transfer import TRANSFER_HOLD_ENV
 from oobleck.runtime.run_log import pipeline_layouts
 from tests.integration.harness import (
+    RELEASE_S,
     Run,
     agents,
     assert_ledger_exact,
@@ -262,15 +263,29 @@ def join_reference(folder: Path) -> Run:
     return _solo_reference(folder, JOIN_STEPS)
 
 
-def _join_then_kill(folder: Path, name: str) -> Run:
+def _join_then_kill(folder: Path, name: str, *, lost_update: bool = False) -> Run:
     """Four agents run the deep plan [0, 1], [2, 3]; a fifth joins after step 0 (generation 1:
-    [4, 0, 1], [2, 3], node 4 receives layer 0), and node 0 is killed once a step of generation 1
-    is logged (generation 2: [4, 1] receives layer 1 from node 2)."""
+    [4, 0, 1], [2, 3], node 4 receives layer 0), and node 0 is killed once every rank has completed a
+    step of generation 1 (generation 2: [4, 1] receives layer 1 from node 2).
+
+    Killed as soon as its own first row of generation 1 was logged, node 0 had completed that step
+    but the others sometimes had not (seen in CI: the notice reached them before their final
+    all-reduce completed); none had then committed under generation 1, and generation 2 was planned
+    from generation 0's plan. So the kill waits until rank 0 (node 0) logged a second step, whose
+    all-reduce needed every rank to have committed the first. With ``lost_update`` node 4 holds in
+    its first step (:func:`~oobleck.runtime.engine.lost_update.fail_when_aborted`), so there is no
+    second step: the others complete the first within milliseconds of node 0 and then block on node
+    4 until the kill, which comes ``RELEASE_S`` (2 s: a collective in flight finishes meanwhile, and
+    nothing times out before gloo's 60 s) after node 0's row.
+    """
     joiner: list[subprocess.Popen[bytes]] = []
 
     def join_then_kill(run_dir: Path) -> None:
         join_held(run_dir, 4, joiner)
-        _wait(lambda: _generation_steps(run_dir, 1) >= 1, "a step after the join", timeout_s=300)
+        steps = 1 if lost_update else 2
+        _wait(lambda: _generation_steps(run_dir, 1) >= steps, f"{steps} steps after the join", timeout_s=300)
+        if lost_update:
+            time.sleep(RELEASE_S)
         kill_group(run_dir, 0)
 
     try:
@@ -295,8 +310,8 @@ def _join_then_kill(folder: Path, name: str) -> Run:
 
 @pytest.mark.timeout(1200)
 def test_middle_stage_lost_right_after_a_join_into_a_deep_plan(folder: Path, join_reference: Run) -> None:
-    """The middle stage of the pipeline a joined node formed is killed right after the first step
-    there: the layers move as planned and the bits hold."""
+    """The middle stage of the pipeline a joined node formed is killed after its first steps there:
+    the layers move as planned and the bits hold."""
     run = _join_then_kill(folder, "join")
     _bits_and_ledger(run, join_reference)
 
@@ -310,7 +325,7 @@ def test_a_joiner_that_lost_its_first_update_finishes_it_from_a_survivors_result
     In generation 2 it must apply that update from a survivor's result; skipped, its layer 0 stayed
     a step stale and the losses left the fault-free run's (as in a CI failure of the test above)."""
     monkeypatch.setenv(LOST_UPDATE_ENV, "1:4")  # NOTE: the joiner's agent is started from this env
-    run = _join_then_kill(folder, "join_lost_update")
+    run = _join_then_kill(folder, "join_lost_update", lost_update=True)
     log = (run.run_dir / "logs" / "node4" / "rank0.log").read_text()
     # NOTE: the join lands at a step boundary after step 0, so its first step is 1 or later.
     lost = re.search(rf"\[node 4 step=(\d+)\] {LOST_UPDATE_ENV}: step \d+ failed after its final", log)

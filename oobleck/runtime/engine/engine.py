@@ -32,12 +32,12 @@ from oobleck.planning.plan import Plan, Transfer
 from oobleck.planning.transfer import reshard_routes
 from oobleck.runtime.config import JobConfig
 from oobleck.runtime.engine.adapters import build_adapter
-from oobleck.runtime.engine.comm import Comm, CommunicationError, default_device
+from oobleck.runtime.engine.comm import Comm, default_device
 from oobleck.runtime.engine.custom_model import CustomModel
 from oobleck.runtime.engine.data import GlobalSampler, load_dataset
 from oobleck.runtime.engine.dtensors import is_dtensor, is_sharded
 from oobleck.runtime.engine.executor import StageContext, run_1f1b
-from oobleck.runtime.engine.lost_update import LOST_UPDATE_ENV, parse_lost_update
+from oobleck.runtime.engine.lost_update import LOST_UPDATE_ENV, fail_when_aborted, parse_lost_update
 from oobleck.runtime.engine.optim import LayerState, adamw_update, clip_coefficient, learning_rate
 from oobleck.runtime.engine.precision import LossScaler, reduce_dtype, resolve_precision
 from oobleck.runtime.engine.records import ReconfigureTiming, StepMetrics
@@ -221,7 +221,7 @@ class Engine:
         totals = torch.stack([loss_sum, self._local_square_norm()]).to(self.device)
         self.comm.run("loss/norm all_reduce", dist.all_reduce, totals)
         if self.lost_update is not None and self.lost_update.hits(generation=self.generation, node=self.node):
-            raise CommunicationError(f"{LOST_UPDATE_ENV}: step {step} failed after its final all-reduce")
+            raise fail_when_aborted(self.comm, step)
         loss_total, square_norm = totals.tolist()
         grad_norm = math.sqrt(square_norm) / self.loss_scale
         lr = learning_rate(step, job.steps, job.optim)

@@ -4,13 +4,22 @@ That is the failure a roll-forward exists for: a peer dies as the step's last al
 some ranks complete the step and others see the all-reduce fail while holding its synchronised
 gradients. Killing a process at that instant is a race a test cannot aim for; this hook makes the
 survivors' side of it happen on purpose, while the test's real kill ends the generation.
+
+The hit rank holds (:func:`fail_when_aborted`) rather than failing at once: it plays the rank
+whose all-reduce a dying peer broke, not the peer. Failing at once, it aborted its own world, so
+the other ranks' next step failed within milliseconds, and a test had only that window to kill a
+node after every other rank had completed the step.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from oobleck.errors import ConfigError
+from oobleck.runtime.engine.comm import Comm, CommunicationError
+
+_POLL_S = 0.01
 
 LOST_UPDATE_ENV = "OOBLECK_TEST_LOST_UPDATE"
 """``GENERATION:NODE``, e.g. ``1:4``: see :class:`LostUpdate`. Unset (the default): off."""
@@ -53,3 +62,23 @@ def parse_lost_update(text: str | None) -> LostUpdate | None:
             "(e.g. 1:4); unset it to turn the hook off"
         )
     return hook
+
+
+def fail_when_aborted(comm: Comm, step: int) -> CommunicationError:
+    """Hold this rank, its world intact, until an abort (a loss notice) latches; then its failure.
+
+    Every other rank completes the step meanwhile and blocks in the next one on this rank, so a
+    test can end the generation whenever it likes within ``comm.timeout``; after that the hold ends
+    anyway (the peers' own waits time out then too).
+
+    Args:
+        comm: This rank's communication, whose latch the abort sets.
+        step: The step that failed (named in the error).
+
+    Returns:
+        The error to raise: the step failed after its final all-reduce, before its update.
+    """
+    deadline = time.monotonic() + comm.timeout.total_seconds()
+    while comm.error is None and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+    return CommunicationError(f"{LOST_UPDATE_ENV}: step {step} failed after its final all-reduce")

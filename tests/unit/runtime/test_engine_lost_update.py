@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from datetime import timedelta
+
 import pytest
 
 from oobleck.errors import ConfigError
-from oobleck.runtime.engine.lost_update import LostUpdate, parse_lost_update
+from oobleck.runtime.engine.comm import Comm
+from oobleck.runtime.engine.lost_update import LostUpdate, fail_when_aborted, parse_lost_update
 
 
 def test_unset_or_empty_means_off() -> None:
@@ -25,3 +30,22 @@ def test_bad_values_name_the_variable_and_the_form(text: str) -> None:
     """A malformed value is a ConfigError naming the variable, the value and the expected form."""
     with pytest.raises(ConfigError, match=r"OOBLECK_TEST_LOST_UPDATE=.*GENERATION:NODE"):
         parse_lost_update(text)
+
+
+def test_the_hit_rank_holds_until_an_abort_then_fails() -> None:
+    """It fails as a rank whose all-reduce a peer's death broke: once the notice's abort latches,
+    not at once (which aborted its own world under peers still finishing the step)."""
+    comm = Comm("gloo")
+    timer = threading.Timer(0.3, comm.abort, args=("notice: node 0 lost",))
+    start = time.monotonic()
+    timer.start()
+    error = fail_when_aborted(comm, 7)
+    assert time.monotonic() - start >= 0.3
+    assert "OOBLECK_TEST_LOST_UPDATE: step 7 failed after its final all-reduce" in str(error)
+
+
+def test_without_an_abort_the_hold_ends_at_the_communication_timeout() -> None:
+    comm = Comm("gloo", timeout=timedelta(seconds=0.2))
+    start = time.monotonic()
+    fail_when_aborted(comm, 1)
+    assert 0.2 <= time.monotonic() - start < 5.0
