@@ -112,9 +112,11 @@ def test_no_pipelines_is_an_error() -> None:
 def test_large_instance_is_fast() -> None:
     """8192 microbatches over 512 mixed pipelines take well under 200 ms (a few ms alone)."""
     templates = [template([0.1 + 0.01 * (i % 7)] * (1 + i % 8)) for i in range(512)]
-    start = time.perf_counter()
+    # NOTE: CPU time, so other work on a shared machine does not count (CI measured 0.36 s of wall
+    # time for what takes a few ms alone).
+    start = time.process_time()
     counts = distribute_batch(templates, 8192)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert sum(counts) == 8192
     assert elapsed < 0.2
 

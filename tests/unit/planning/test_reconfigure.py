@@ -268,9 +268,10 @@ def test_one_loss_on_a_1024_node_gpt3_175b_plan_is_fast() -> None:
         profile=model,
         hardware=hardware,
     )
-    start = time.perf_counter()
+    # NOTE: CPU time, so other work on a shared machine does not count.
+    start = time.process_time()
     result = reconfigure(plan, lost_nodes=[5], templates=templates, profile=model, hardware=hardware)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert len(result.plan.nodes) == 1023
     assert result.transfers
     assert elapsed < 0.1
