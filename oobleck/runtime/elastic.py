@@ -349,13 +349,15 @@ class ElasticLoop:
         self.clock.mark("regroup")
         epoch = self._fault_epoch
         try:
-            # NOTE: the store is inside the try: a notice arriving meanwhile abandons it.
-            if isinstance(self.store, StoreClient):
-                self.store.abandon()
+            # NOTE: the watchdog first: a worker that stopped for good after its abort, before its
+            # next world (seen in CI), left no stack, its hang being outside the watched block.
             with (
-                self._sockets.building(),
                 stacks_if_stuck(STUCK_BUILD_TIMEOUTS * self._timeout.total_seconds()),
+                self._sockets.building(),
             ):
+                # NOTE: the store is inside the try: a notice arriving meanwhile abandons it.
+                if isinstance(self.store, StoreClient):
+                    self.store.abandon()
                 self.store = store = self.prep.take_store() or self._connect_store()
                 self.clock.mark("store")
                 adopted = self._adopt(store, target)
