@@ -20,6 +20,7 @@ from oobleck.errors import ConfigError
 from oobleck.runtime.engine.comm import Comm, CommunicationError
 
 _POLL_S = 0.01
+"""How often a held rank checks its latch (a hook's hold: no reaction time is measured through it)."""
 
 LOST_UPDATE_ENV = "OOBLECK_TEST_LOST_UPDATE"
 """``GENERATION:NODE``, e.g. ``1:4``: see :class:`LostUpdate`. Unset (the default): off."""
