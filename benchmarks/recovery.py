@@ -498,14 +498,18 @@ def print_table(part: str, result: dict[str, Any]) -> None:
         "  oobleck overhead against one post-recovery step instead (the redone step runs on the "
         f"survivors, slower for keeping the batch): median {statistics.median(after_step) * 1e3:.0f} ms"
     )
+    # NOTE: the 25 ms overhead goal is part (a)'s; part (b)'s is the samples/s ratio below.
+    overhead = f"oobleck overhead {ours['overhead_s'] * 1e3:.0f} ms" + (
+        " (goal <= 25 ms)" if part == "a" else ""
+    )
     torchft = [m for p, m in medians.items() if p.startswith("torchft")]
     if not torchft:  # NOTE: --oobleck-only: no peer to compare with.
-        print(f"oobleck overhead {ours['overhead_s'] * 1e3:.0f} ms (goal <= 25 ms)")
+        print(overhead)
         return
     best = min(torchft, key=lambda m: m["kill_to_next_s"])
     print(
         f"kill->next: torchft best / oobleck = {best['kill_to_next_s'] / ours['kill_to_next_s']:.2f}x "
-        f"(goal >= 1); oobleck overhead {ours['overhead_s'] * 1e3:.0f} ms (goal <= 25 ms)"
+        f"(goal >= 1); {overhead}"
     )
     for peer, m in medians.items():
         if peer != "oobleck":

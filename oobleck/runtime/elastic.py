@@ -97,10 +97,12 @@ generation-0 planner claim fail before publishing the inputs (the claim-then-die
 
 QUIET_ERROR_WAIT_S = 5.0
 """After a communication error with no notice, wait this long before asking the master to regroup."""
-STUCK_BUILD_TIMEOUTS = 3
+STUCK_BUILD_TIMEOUTS = 1.5
 """A generation's build that outlasts this many worker timeouts dumps its threads' stacks (a bug:
 each wait in it is bounded by one timeout; a multi-GB layer copy on a slow link may also trip it,
-harmlessly)."""
+harmlessly). Under two: the peers drop a node stuck in a build after two timeouts (their world
+rendezvous, then the next generation's barrier), and at three a benchmark worker stuck so was
+killed 245 s in, before its stacks were written."""
 NOTICE_SWITCH_INTERVAL_S = 0.0005
 """The worker's GIL switch interval (CPython's default: 5 ms). Why: the link thread that reads,
 verifies and acts on a failure notice gives the GIL up at every syscall, and while the training
