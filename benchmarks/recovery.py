@@ -23,8 +23,9 @@ curve equals the fault-free one, and nodes still training (``benchmarks/recovery
                                   [--node-cpus auto]
 
 ``--node-cpus`` gives every node's processes a CPU budget (``benchmarks/node_cpu.py``, a cgroup
-cpu quota; ``auto``: the machine's cores over the part's nodes), as a cluster's nodes each bring
-their own compute. Without it the nodes share the machine's cores: a peer that stops a node's work
+cpu quota; ``auto``: 3/4 of the machine's cores over the part's nodes, the rest left to the
+control plane: ``node_cpu.NODES_SHARE``), as a cluster's nodes each bring their own compute.
+Without it the nodes share the machine's cores: a peer that stops a node's work
 hands its CPU to the survivors, so samples/s after a loss says little about nodes kept training.
 
 torchft is the optional ``bench`` extra (``pip install -e .[bench]``, see pyproject.toml).
@@ -564,7 +565,7 @@ def main() -> int:
         "--node-cpus",
         type=_node_cpus,
         help="give every node a CPU budget (cgroup cpu quota) of this many CPUs, or 'auto' for "
-        "this machine's cores over the part's nodes, as a cluster's nodes each have their own",
+        "3/4 of this machine's cores over the part's nodes, as a cluster's nodes each have their own",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -588,7 +589,7 @@ def main() -> int:
     results = {}
     for part in ("a", "b") if args.part == "both" else (args.part,):
         nodes = PARTS[part][0]
-        cpus = (os.cpu_count() or 1) / nodes if args.node_cpus == "auto" else args.node_cpus
+        cpus = node_cpu.auto_cpus(os.cpu_count() or 1, nodes) if args.node_cpus == "auto" else args.node_cpus
         results[part] = bench_part(
             part,
             out,

@@ -22,6 +22,14 @@ def test_a_quota_is_the_cpus_share_of_a_period_and_nonsense_is_refused() -> None
             node_cpu.quota_us(cpus)
 
 
+def test_auto_budgets_leave_the_control_plane_a_quarter_of_the_cores() -> None:
+    """Part (b) on 2 cores: 6 nodes of 0.25 CPUs, 1.5 CPUs in all, never every core."""
+    assert node_cpu.auto_cpus(2, 6) == pytest.approx(0.25)
+    assert node_cpu.auto_cpus(2, 4) == pytest.approx(0.375)
+    for cores, nodes in ((2, 6), (2, 4), (64, 8)):
+        assert node_cpu.auto_cpus(cores, nodes) * nodes < cores
+
+
 def test_a_folder_that_is_no_cpu_controller_is_named_in_the_error(tmp_path: Path) -> None:
     """Without a cgroup cpu controller the benchmark says where it looked, before any run."""
     with pytest.raises(node_cpu.NodeCpuBudgetError, match=str(tmp_path)):
