@@ -36,8 +36,8 @@ The rest is the control plane's (master, lighthouse, the benchmark itself) and a
 exit: with budgets summing to every core (part (b): 6 x 0.33 of 2 cores) those processes took
 CPU from the nodes, a node did not get its budget, and a loss freed CPU that sped the survivors
 up, so torchft's 4 surviving nodes kept 77% of its samples/s where 4 of 6 nodes can give 67%.
-At 0.75 (6 x 0.25) its survivors kept 56-64% and oobleck's 5 kept 85% (5/6 is 83%), as on a
-cluster, where a node's compute is its own.
+At 0.75 (6 x 0.25), over two runs, its survivors kept 56-73% and oobleck's 5 kept 83-85% (5/6
+is 83%): each node gets its budget, as on a cluster, where a node's compute is its own.
 """
 
 
