@@ -25,8 +25,8 @@ curve equals the fault-free one, and nodes still training (``benchmarks/recovery
 ``--node-cpus`` gives every node's processes a CPU budget (``benchmarks/node_cpu.py``, a cgroup
 cpu quota; ``auto``: 3/4 of the machine's cores over the part's nodes, the rest left to the
 control plane: ``node_cpu.NODES_SHARE``), as a cluster's nodes each bring their own compute.
-Without it the nodes share the machine's cores: a peer that stops a node's work
-hands its CPU to the survivors, so samples/s after a loss says little about nodes kept training.
+Without it the nodes share the machine's cores: a peer that stops a node's work hands its CPU to
+the survivors, so samples/s after a loss says little about nodes kept training.
 
 torchft is the optional ``bench`` extra (``pip install -e .[bench]``, see pyproject.toml).
 """

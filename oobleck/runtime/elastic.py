@@ -97,12 +97,6 @@ generation-0 planner claim fail before publishing the inputs (the claim-then-die
 
 QUIET_ERROR_WAIT_S = 5.0
 """After a communication error with no notice, wait this long before asking the master to regroup."""
-STUCK_BUILD_TIMEOUTS = 1.5
-"""A generation's build that outlasts this many worker timeouts dumps its threads' stacks (a bug:
-each wait in it is bounded by one timeout; a multi-GB layer copy on a slow link may also trip it,
-harmlessly). Under two: the peers drop a node stuck in a build after two timeouts (their world
-rendezvous, then the next generation's barrier), and at three a benchmark worker stuck so was
-killed 245 s in, before its stacks were written."""
 NOTICE_SWITCH_INTERVAL_S = 0.0005
 """The worker's GIL switch interval (CPython's default: 5 ms). Why: the link thread that reads,
 verifies and acts on a failure notice gives the GIL up at every syscall, and while the training
@@ -354,7 +348,7 @@ class ElasticLoop:
             # NOTE: the watchdog first: a worker that stopped for good after its abort, before its
             # next world (seen in CI), left no stack, its hang being outside the watched block.
             with (
-                stacks_if_stuck(STUCK_BUILD_TIMEOUTS * self._timeout.total_seconds()),
+                stacks_if_stuck(stuck_build_after_s(self._timeout.total_seconds(), BARRIER_TIMEOUT_S)),
                 self._sockets.building(),
             ):
                 # NOTE: the store is inside the try: a notice arriving meanwhile abandons it.
@@ -663,6 +657,18 @@ class ElasticLoop:
         keep = self.job.checkpoint.keep
         if keep is not None:
             prune(self.ckpt_dir, self.engine.adapter.num_layers, keep)
+
+
+def stuck_build_after_s(worker_timeout_s: float, barrier_timeout_s: float) -> float:
+    """How long a generation's build may last before its threads' stacks are dumped.
+
+    Longer than one worker timeout, the bound of each wait in a build (a build that merely waited
+    out one slow peer is no bug), and shorter than what the peers wait before they drop a node
+    stuck in its build: their world rendezvous (one worker timeout), then the next generation's
+    state barrier. So the stuck node reports before it is killed (a fixed three worker timeouts
+    did not: a benchmark worker stuck so was killed 245 s in, before its 360 s dump).
+    """
+    return worker_timeout_s + barrier_timeout_s / 2
 
 
 @contextlib.contextmanager

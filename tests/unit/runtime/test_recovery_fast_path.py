@@ -24,7 +24,7 @@ from oobleck.runtime.control.store import start_store_service, store_key
 from oobleck.runtime.control.store_client import StoreClient, StoreClosedError
 from oobleck.runtime.control.store_records import state_key, state_record
 from oobleck.runtime.control.store_state import StoreState
-from oobleck.runtime.elastic import abandon_when_superseded, stacks_if_stuck
+from oobleck.runtime.elastic import abandon_when_superseded, stacks_if_stuck, stuck_build_after_s
 from oobleck.runtime.engine import Engine
 from oobleck.runtime.engine import comm as comm_module
 from oobleck.runtime.engine.comm import Comm, CommunicationError
@@ -370,6 +370,17 @@ def test_speculative_replans_do_not_log_losses(tiny_planner, caplog):
         assert "reconfigured" not in caplog.text
         cache.reconfigure(committed, lost_nodes=(0, 1), joined_nodes=())
     assert "reconfigured: lost [0, 1]" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("worker_s", "barrier_s"), [(120.0, 120.0), (600.0, 120.0), (30.0, 120.0), (5.0, 5.0)]
+)
+def test_a_stuck_build_reports_after_one_bounded_wait_and_before_the_peers_drop_it(worker_s, barrier_s):
+    """The dump comes later than one wait of a build (its bound: a worker timeout) and before the
+    peers drop the stuck node (their rendezvous, then the next barrier): the old fixed three worker
+    timeouts fired at 360 s where the node was dropped at 240 s, and at 1800 s for a 600 s timeout."""
+    after = stuck_build_after_s(worker_s, barrier_s)
+    assert worker_s < after < worker_s + barrier_s
 
 
 def test_a_stuck_build_dumps_every_threads_stack_once_and_a_prompt_one_none(capfd):
